@@ -1,0 +1,28 @@
+"""stepgraph: train graph neural networks on spatial transcriptomics data.
+
+stepgraph builds the spatial neighbour graph of an :class:`anndata.AnnData`,
+serves mini-batches to a model through PyTorch Geometric's ``NeighborLoader``
+and runs the training loop (loss accumulation, validation, early stopping,
+checkpoints) through one shared core. Its :class:`Trainer` implements the public
+API of the STEP project's trainer.
+"""
+
+__version__ = "0.1.0"
+
+from stepgraph.data.dataset import BaseDataset, MaskedDataset
+from stepgraph.data.split import category_random_split
+from stepgraph.train.early_stopping import EarlyStopping
+from stepgraph.train.loop import train_loop_formatter
+from stepgraph.train.meter import LossMeter
+from stepgraph.train.trainer import Trainer
+
+__all__ = [
+    "BaseDataset",
+    "EarlyStopping",
+    "LossMeter",
+    "MaskedDataset",
+    "Trainer",
+    "category_random_split",
+    "train_loop_formatter",
+    "__version__",
+]

@@ -1,0 +1,260 @@
+"""Datasets over an AnnData: expression rows plus optional batch and class labels.
+
+The expression matrix stays as the user stored it (dense or scipy sparse);
+rows are densified per batch only, so a million-cell sparse matrix is never
+densified whole. The AnnData is never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["BaseDataset", "MaskedDataset", "MODES"]
+
+#: Output modes, as in STEP: what one item (or batch) holds.
+MODES = {
+    "single_batch": ("x",),
+    "multi_batches": ("x", "batch_label"),
+    "multi_batches_with_ct": ("x", "batch_label", "class_label"),
+}
+
+
+def _category_codes(adata, key: str, argname: str) -> tuple[np.ndarray, pd.Index]:
+    if key not in adata.obs.columns:
+        raise KeyError(
+            f"{argname}={key!r} is not a column of adata.obs; columns are {list(adata.obs.columns)}"
+        )
+    cat = pd.Categorical(adata.obs[key])
+    if (cat.codes < 0).any():
+        raise ValueError(f"{argname}={key!r}: adata.obs[{key!r}] has missing values")
+    return cat.codes.astype(np.int64), cat.categories
+
+
+class BaseDataset(Dataset):
+    """Expression of an AnnData as a map-style torch dataset.
+
+    Parameters
+    ----------
+    adata
+        The annotated data matrix. ``X`` (or ``layers[layer_key]``) may be a
+        dense array or any scipy sparse matrix.
+    layer_key
+        Use ``adata.layers[layer_key]`` instead of ``adata.X``.
+    batch_key
+        Column of ``adata.obs`` with the batch (section, library) of each cell;
+        its category codes are :attr:`batch_label`.
+    class_key
+        Column of ``adata.obs`` with a class (cell type) per cell; codes in
+        :attr:`class_label`.
+    mode
+        What an item holds: ``"single_batch"`` ``(x,)``, ``"multi_batches"``
+        ``(x, batch_label)`` or ``"multi_batches_with_ct"``
+        ``(x, batch_label, class_label)``. Defaults to the richest mode the
+        given keys allow.
+
+    Examples
+    --------
+    >>> ds = BaseDataset(adata, batch_key="section")   # doctest: +SKIP
+    >>> x, batch_label = ds[[0, 1, 2]]                  # doctest: +SKIP
+    """
+
+    def __init__(self, adata, layer_key: str | None = None, batch_key: str | None = None,
+                 class_key: str | None = None, mode: str | None = None):
+        if adata.n_obs == 0:
+            raise ValueError("adata has no observations (n_obs == 0)")
+        if layer_key is None:
+            matrix = adata.X
+        elif layer_key not in adata.layers:
+            raise KeyError(
+                f"layer_key={layer_key!r} is not in adata.layers; layers are {list(adata.layers)}"
+            )
+        else:
+            matrix = adata.layers[layer_key]
+        if matrix is None:
+            raise ValueError("adata.X is None; pass layer_key to use a layer")
+        if sp.issparse(matrix):
+            matrix = matrix if matrix.format == "csr" else sp.csr_matrix(matrix)
+        else:
+            matrix = np.asarray(matrix)
+        if not np.issubdtype(matrix.dtype, np.number):
+            raise TypeError(f"expression matrix must be numeric, got dtype {matrix.dtype}")
+        self.adata = adata
+        self.layer_key = layer_key
+        self.batch_key = batch_key
+        self.class_key = class_key
+        self.X = matrix
+        self.batch_label = self.batch_categories = None
+        self.class_label = self.class_categories = None
+        if batch_key is not None:
+            codes, self.batch_categories = _category_codes(adata, batch_key, "batch_key")
+            self.batch_label = torch.from_numpy(codes)
+        if class_key is not None:
+            codes, self.class_categories = _category_codes(adata, class_key, "class_key")
+            self.class_label = torch.from_numpy(codes)
+        if mode is None:
+            mode = ("multi_batches_with_ct" if class_key is not None
+                    else "multi_batches" if batch_key is not None else "single_batch")
+        self.set_mode(mode)
+
+    # --- sizes -----------------------------------------------------------
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_vars(self) -> int:
+        """Number of features (genes) per row."""
+        return self.X.shape[1]
+
+    @property
+    def n_batches(self) -> int:
+        """Number of batch categories (0 without ``batch_key``)."""
+        return 0 if self.batch_categories is None else len(self.batch_categories)
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """``adata.obs`` rows of this dataset."""
+        return self.adata.obs
+
+    @property
+    def row_index(self) -> np.ndarray:
+        """Positions of this dataset's rows in the original AnnData."""
+        return np.arange(len(self))
+
+    # --- modes -----------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        """Choose what items hold; see :data:`MODES`."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got mode={mode!r}")
+        if "batch_label" in MODES[mode] and self.batch_label is None:
+            raise ValueError(f"mode={mode!r} needs batch_key, which was not given")
+        if "class_label" in MODES[mode] and self.class_label is None:
+            raise ValueError(f"mode={mode!r} needs class_key, which was not given")
+        self.mode = mode
+
+    # --- fetching --------------------------------------------------------
+    def features(self, index) -> torch.Tensor:
+        """Dense float32 expression of the rows at ``index`` (positions in this dataset).
+
+        Parameters
+        ----------
+        index
+            Integer array or tensor of row positions.
+        """
+        rows = self._base_rows(index)
+        block = self.X[rows]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+
+    def labels(self, name: str, index) -> torch.Tensor | None:
+        """``batch_label`` or ``class_label`` of the rows at ``index`` (or ``None``)."""
+        values = getattr(self, name)
+        return None if values is None else values[torch.as_tensor(self._base_rows(index))]
+
+    def fetch(self, index) -> tuple[torch.Tensor, ...]:
+        """One batch in the current mode: ``(x, [batch_label, [class_label]])``."""
+        index = _as_index(index)
+        out = [self.features(index)]
+        for name in MODES[self.mode][1:]:
+            out.append(self.labels(name, index))
+        return tuple(out)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return tuple(t[0] for t in self.fetch(np.array([index])))
+        return self.fetch(index)
+
+    def __getitems__(self, indices: Sequence[int]):
+        # torch's DataLoader calls this with a whole batch of indices: one
+        # vectorised gather instead of one __getitem__ per row.
+        return self.fetch(indices)
+
+    def _base_rows(self, index) -> np.ndarray:
+        return _as_index(index)
+
+    # --- subsets ---------------------------------------------------------
+    def subset(self, key: str, col, exclude: bool = False) -> MaskedDataset:
+        """Rows whose ``obs[key]`` is (or, with ``exclude``, is not) in ``col``.
+
+        Parameters
+        ----------
+        key
+            Column of ``obs``.
+        col
+            One value or a list of values of that column.
+        exclude
+            Keep the rows *not* matching instead.
+        """
+        if key not in self.obs.columns:
+            raise KeyError(f"key={key!r} is not a column of obs; columns are {list(self.obs.columns)}")
+        values = [col] if isinstance(col, (str, int, float)) else list(col)
+        match = self.obs[key].isin(values).to_numpy()
+        if exclude:
+            match = ~match
+        return MaskedDataset(self, np.flatnonzero(match))
+
+    def __repr__(self) -> str:
+        kind = f"sparse {self.X.format}" if sp.issparse(self.X) else "dense"
+        return (f"{type(self).__name__}(n_obs={len(self)}, n_vars={self.n_vars}, X={kind}, "
+                f"mode={self.mode!r})")
+
+
+class MaskedDataset(BaseDataset):
+    """A view of a dataset restricted to some of its rows.
+
+    Parameters
+    ----------
+    dataset
+        A :class:`BaseDataset` (or another :class:`MaskedDataset`).
+    indices
+        Row positions in ``dataset`` to keep, in order.
+    """
+
+    def __init__(self, dataset: BaseDataset, indices):
+        indices = _as_index(indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(dataset)):
+            raise IndexError(
+                f"indices must lie in [0, {len(dataset)}), got range "
+                f"[{indices.min()}, {indices.max()}]"
+            )
+        if isinstance(dataset, MaskedDataset):
+            indices = dataset.indices[indices]
+            dataset = dataset.dataset
+        self.dataset = dataset
+        self.indices = indices
+        # share the parent's arrays; nothing is copied
+        for name in ("adata", "layer_key", "batch_key", "class_key", "X", "batch_label",
+                     "batch_categories", "class_label", "class_categories", "mode"):
+            setattr(self, name, getattr(dataset, name))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        return self.adata.obs.iloc[self.indices]
+
+    @property
+    def row_index(self) -> np.ndarray:
+        return self.indices
+
+    def _base_rows(self, index) -> np.ndarray:
+        return self.indices[_as_index(index)]
+
+
+def _as_index(index) -> np.ndarray:
+    if isinstance(index, torch.Tensor):
+        index = index.detach().cpu().numpy()
+    index = np.asarray(index)
+    if index.dtype == bool:
+        return np.flatnonzero(index)
+    if index.ndim == 0:
+        index = index.reshape(1)
+    if not np.issubdtype(index.dtype, np.integer):
+        raise TypeError(f"index must hold integers, got dtype {index.dtype}")
+    return index.astype(np.int64, copy=False)

@@ -1,0 +1,126 @@
+"""Seeded train/validation splits: random, and stratified by an obs category."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from stepgraph.data.dataset import BaseDataset, MaskedDataset
+
+__all__ = ["check_split_rate", "random_split_indices", "category_split_indices",
+           "category_random_split"]
+
+
+def check_split_rate(split_rate: float) -> float:
+    """Validate a validation share: a number in [0, 1)."""
+    try:
+        rate = float(split_rate)
+    except (TypeError, ValueError):
+        raise TypeError(f"split_rate must be a number in [0, 1), got split_rate={split_rate!r}") from None
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"split_rate must be in [0, 1), got split_rate={split_rate!r}")
+    return rate
+
+
+def _n_valid(n: np.ndarray | int, rate: float) -> np.ndarray:
+    """Validation size per group: round(n * rate), at least 1 and at most n - 1 when n >= 2."""
+    n = np.asarray(n, dtype=np.int64)
+    k = np.rint(n * rate).astype(np.int64)
+    if rate > 0:
+        k = np.where(n >= 2, np.clip(k, 1, n - 1), 0)
+    return k
+
+
+def random_split_indices(n: int, split_rate: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` at random into sorted train and validation positions.
+
+    Parameters
+    ----------
+    n
+        Number of samples.
+    split_rate
+        Share of samples for validation, in [0, 1). Every positive share gives
+        at least one validation sample (when ``n >= 2``); 0 gives none.
+    seed
+        Seed of the permutation.
+
+    Returns
+    -------
+    train_ind, valid_ind
+        Sorted int64 arrays, disjoint, together ``range(n)``.
+    """
+    rate = check_split_rate(split_rate)
+    if n < 1:
+        raise ValueError(f"cannot split an empty dataset (n={n})")
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(_n_valid(n, rate))
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def category_split_indices(categories, split_rate: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions so that each category sends ``split_rate`` of its members to validation.
+
+    Every category with two or more members lands in both sets; a category with
+    a single member stays in training.
+
+    Parameters
+    ----------
+    categories
+        One label per sample (any hashable values).
+    split_rate
+        Share of each category for validation, in [0, 1).
+    seed
+        Seed of the shuffle within categories.
+    """
+    rate = check_split_rate(split_rate)
+    codes = pd.Categorical(np.asarray(categories)).codes.astype(np.int64)
+    n = codes.size
+    if n < 1:
+        raise ValueError("cannot split an empty dataset")
+    if (codes < 0).any():
+        raise ValueError("categories contain missing values")
+    perm = np.random.default_rng(seed).permutation(n)
+    order = perm[np.argsort(codes[perm], kind="stable")]  # grouped by category, random within
+    sizes = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.arange(n) - np.repeat(starts, sizes)
+    is_valid = rank < np.repeat(_n_valid(sizes, rate), sizes)
+    return np.sort(order[~is_valid]), np.sort(order[is_valid])
+
+
+def category_random_split(dataset: BaseDataset | MaskedDataset, split_rate: float = 0.2,
+                          obs_key: str | None = None, seed: int = 0
+                          ) -> tuple[MaskedDataset, MaskedDataset]:
+    """Split a dataset into training and validation datasets, per category.
+
+    Parameters
+    ----------
+    dataset
+        The dataset to split.
+    split_rate
+        Ratio of validation data, in [0, 1), applied within each category.
+    obs_key
+        Column of ``dataset.obs`` holding the categories. ``None`` makes a
+        plain random split.
+    seed
+        Seed of the split; the same seed gives the same split.
+
+    Returns
+    -------
+    train_dataset, valid_dataset
+        Disjoint :class:`MaskedDataset` views; nothing is written into the
+        user's ``adata.obs``.
+
+    Examples
+    --------
+    >>> train_ds, valid_ds = category_random_split(ds, 0.2, obs_key="cell_type")  # doctest: +SKIP
+    """
+    if obs_key is None:
+        train_ind, valid_ind = random_split_indices(len(dataset), split_rate, seed)
+    else:
+        if obs_key not in dataset.obs.columns:
+            raise KeyError(
+                f"obs_key={obs_key!r} is not a column of adata.obs; columns are {list(dataset.obs.columns)}"
+            )
+        train_ind, valid_ind = category_split_indices(dataset.obs[obs_key].to_numpy(), split_rate, seed)
+    return MaskedDataset(dataset, train_ind), MaskedDataset(dataset, valid_ind)

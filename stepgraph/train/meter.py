@@ -1,0 +1,87 @@
+"""Running means of named losses, on detached values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from numbers import Number
+
+import torch
+
+__all__ = ["LossMeter", "tensor_losses"]
+
+
+def tensor_losses(loss_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """The entries of a loss dict that take part in the backward pass.
+
+    Tensor values are losses; anything else (numbers, strings) is logged only.
+    The metadata key ``graph_ids`` is never a loss.
+    """
+    return {
+        k: v for k, v in loss_dict.items()
+        if isinstance(v, torch.Tensor) and k != "graph_ids"
+    }
+
+
+class LossMeter:
+    """Weighted running mean of each named loss over an epoch.
+
+    Values are detached on entry, so the meter never holds an autograd graph
+    (STEP's trainer kept the graph of every accumulated loss alive). Sums stay
+    on the loss's device until :meth:`compute`, so updating does not force a
+    device synchronisation per step.
+
+    Examples
+    --------
+    >>> meter = LossMeter()
+    >>> meter.update({"loss": torch.tensor(1.0)}, weight=3)
+    >>> meter.update({"loss": torch.tensor(3.0)}, weight=1)
+    >>> meter.compute()
+    {'loss': 1.5}
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor | float] = {}
+        self._weights: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._sums)
+
+    def update(self, loss_dict: Mapping[str, object], weight: float = 1.0) -> None:
+        """Add one batch's losses, weighted by its size.
+
+        Parameters
+        ----------
+        loss_dict
+            Named scalar values (tensors or numbers); ``graph_ids`` and
+            non-numeric values are skipped.
+        weight
+            The batch's weight in the mean, normally its number of samples.
+        """
+        for key, value in loss_dict.items():
+            if key == "graph_ids":
+                continue
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise ValueError(
+                        f"loss {key!r} must be a scalar, got a tensor of shape {tuple(value.shape)}"
+                    )
+                value = value.detach().reshape(()).to(torch.float64) * weight
+            elif isinstance(value, Number) and not isinstance(value, bool):
+                value = float(value) * weight
+            else:
+                continue
+            if key in self._sums:
+                self._sums[key] = self._sums[key] + value
+                self._weights[key] += weight
+            else:
+                self._sums[key] = value
+                self._weights[key] = float(weight)
+
+    def compute(self) -> dict[str, float]:
+        """The weighted mean of every loss seen, as Python floats."""
+        return {k: float(s) / self._weights[k] for k, s in self._sums.items()}
+
+    def reset(self) -> None:
+        """Forget everything seen."""
+        self._sums.clear()
+        self._weights.clear()

@@ -1,0 +1,723 @@
+"""The Trainer: STEP's trainer API over one shared training core.
+
+Every training path (``train``, ``train_batch``, ``train_node_sampler``,
+``train_graph_batch``) turns its input into a sequence of steps and a loss
+call, then hands both to :meth:`Trainer._run_epoch`, the one place where
+losses are summed and back-propagated (:meth:`Trainer.update_model_params`),
+accumulated (:class:`~stepgraph.LossMeter`), validated, logged and checked for
+early stopping (:meth:`Trainer._end_epoch`).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from stepgraph.data.loaders import make_loaders as _make_loaders
+from stepgraph.data.split import random_split_indices
+from stepgraph.train.checkpoint import load_checkpoint
+from stepgraph.train.early_stopping import EarlyStopping
+from stepgraph.train.loop import train_loop_formatter
+from stepgraph.train.meter import LossMeter, tensor_losses
+
+__all__ = ["Trainer", "NonFiniteLossError"]
+
+#: Names given, in order, to the members of a tensor batch tuple.
+INPUT_NAMES = ("x", "batch_label", "class_label")
+STOP_RULES = ("all", "any", "total")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss is NaN or infinite; the weights were not updated."""
+
+
+def _batch_weight(batch) -> int:
+    """Number of samples in a batch: the length of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    for item in batch:
+        if isinstance(item, torch.Tensor) and item.dim() > 0:
+            return item.shape[0]
+    return 1
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _as_index_tensor(ind, name: str, n: int) -> torch.Tensor:
+    ind = torch.as_tensor(np.asarray(ind) if not isinstance(ind, torch.Tensor) else ind)
+    if ind.dtype == torch.bool:
+        if ind.numel() != n:
+            raise ValueError(f"{name} is a boolean mask of length {ind.numel()}, expected {n}")
+        ind = ind.nonzero().flatten()
+    if ind.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must hold integer positions, got dtype {ind.dtype}")
+    ind = ind.long().flatten()
+    if ind.numel() == 0:
+        raise ValueError(f"{name} is empty")
+    if ind.min() < 0 or ind.max() >= n:
+        raise IndexError(f"{name} holds positions outside [0, {n}): "
+                         f"min {int(ind.min())}, max {int(ind.max())}")
+    if torch.unique(ind).numel() != ind.numel():
+        raise ValueError(f"{name} holds duplicated positions")
+    return ind
+
+
+def _check_disjoint(train_ind: torch.Tensor, valid_ind: torch.Tensor | None) -> None:
+    if valid_ind is not None and torch.isin(valid_ind, train_ind).any():
+        n = int(torch.isin(valid_ind, train_ind).sum())
+        raise ValueError(f"train_ind and valid_ind overlap in {n} positions; they must be disjoint")
+
+
+class Trainer:
+    """Train a model whose losses come back as a dict of named scalars.
+
+    The public methods and attributes are those of STEP's trainer; see
+    ``docs/`` for the differences. A model meets the *loss-dict contract*:
+    ``model.loss(x, ind=None, **named_inputs)`` returns ``{"name": scalar
+    tensor, ...}``; tensor values are summed for the backward pass, other values
+    are only logged, and ``graph_ids`` is metadata.
+
+    Parameters
+    ----------
+    model
+        The :class:`torch.nn.Module` to train.
+    device
+        Where batches are moved; defaults to the device of the model's first
+        parameter.
+    checkpoint_dir
+        Folder of the best-weights checkpoint (``best.pt``); a fresh temporary
+        folder when ``None``.
+    seed
+        Seed of the splits made by :meth:`split_X`.
+    grad_clip
+        Clip the gradients' global norm to this value; ``None`` does not clip.
+    stop_on
+        Early-stopping rule over the validation losses: ``"all"`` (stop when
+        every loss has stopped improving, STEP's rule), ``"any"`` (when one has)
+        or ``"total"`` (one monitor on the sum of the validation losses).
+    restore_best
+        Load the best weights (lowest total validation loss) at the end of
+        training when a checkpoint was written.
+    progress
+        Show tqdm progress bars.
+    trace_func
+        Receives the trainer's messages (early stopping reports).
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The model being trained.
+    optimizer : torch.optim.Optimizer or None
+        Set by :meth:`init_optimizer` (called with defaults on first training).
+    lr_scheduler : torch.optim.lr_scheduler.LRScheduler or None
+        Set by :meth:`set_lr_scheduler`; stepped once per epoch.
+    early_stopping : dict[str, EarlyStopping]
+        One monitor per validation loss, created at the first validation.
+    lossconfig : dict
+        Per-loss :class:`EarlyStopping` settings, keyed by loss name (with or
+        without the ``val_`` prefix), e.g. ``{"recon_loss": {"patience": 5}}``.
+    defualt_lcfg : dict
+        Settings for losses not in ``lossconfig`` (STEP's spelling; also
+        reachable as ``default_lcfg``).
+    history : list[dict]
+        One record per epoch of the last run: ``epoch``, the train losses, the
+        ``val_`` losses and ``lr``.
+
+    Examples
+    --------
+    >>> trainer = Trainer(model)                                           # doctest: +SKIP
+    >>> trainer.init_optimizer(lr=1e-3)                                    # doctest: +SKIP
+    >>> train_loader, valid_loader = Trainer.make_loaders(dataset, 256)    # doctest: +SKIP
+    >>> trainer.train_batch(epochs=20, loaders=(train_loader, valid_loader))  # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
+                 checkpoint_dir: str | Path | None = None, seed: int = 0,
+                 grad_clip: float | None = None, stop_on: str = "all", restore_best: bool = True,
+                 progress: bool = True, trace_func: Callable[[str], Any] = print):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if stop_on not in STOP_RULES:
+            raise ValueError(f"stop_on must be one of {STOP_RULES}, got stop_on={stop_on!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got grad_clip={grad_clip!r}")
+        self.model = model
+        if device is None:
+            first = next(model.parameters(), None)
+            device = first.device if first is not None else "cpu"
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.seed = seed
+        self.grad_clip = grad_clip
+        self.stop_on = stop_on
+        self.restore_best = restore_best
+        self.progress = progress
+        self.trace_func = trace_func
+        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler = None
+        self.early_stopping: dict[str, EarlyStopping] = {}
+        self.lossconfig: dict[str, dict] = {}
+        self.defualt_lcfg: dict[str, Any] = {"patience": 10, "delta": 0.0, "mode": "min",
+                                             "verbose": False, "path": None}
+        self.history: list[dict[str, float]] = []
+        self.stop_reason: str | None = None
+        self.best: EarlyStopping | None = None
+        self._tensor_keys: set[str] = set()
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def default_lcfg(self) -> dict[str, Any]:
+        """Correctly spelled alias of :attr:`defualt_lcfg`."""
+        return self.defualt_lcfg
+
+    @default_lcfg.setter
+    def default_lcfg(self, value: dict[str, Any]) -> None:
+        self.defualt_lcfg = value
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Folder holding ``best.pt`` (created on first use)."""
+        if self._checkpoint_dir is None:
+            self._checkpoint_dir = Path(tempfile.mkdtemp(prefix="stepgraph-"))
+        self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return self._checkpoint_dir
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The user's model, unwrapped from DistributedDataParallel if wrapped."""
+        return getattr(self.model, "module", self.model)
+
+    def mode_switch_to_train(self) -> None:
+        """Put the model in training mode."""
+        self.model.train()
+
+    def init_optimizer(self, lr: float = 0.001, tune_lr: float = 0.0001, stage: int = 1,
+                       tune_batch_embedding: bool = True) -> torch.optim.Optimizer:
+        """Create the Adam optimizer.
+
+        Stage 1 trains every parameter at ``lr``. Stage 2 fine-tunes: the
+        model's pretrained backbone, the parameters returned by its
+        ``backbone_parameters()`` method, train at ``tune_lr`` and every other
+        parameter at ``lr``. Batch-embedding parameters, those whose name
+        contains ``"batch_embedding"``, are trained at ``lr`` when
+        ``tune_batch_embedding`` is true and frozen (``requires_grad=False``,
+        left out of the optimizer) otherwise, in either stage.
+
+        Parameters
+        ----------
+        lr
+            Learning rate of the (non-backbone) parameters.
+        tune_lr
+            Learning rate of the backbone in stage 2.
+        stage
+            1 (train all) or 2 (fine-tune).
+        tune_batch_embedding
+            Whether batch-embedding parameters are trained.
+        """
+        for name, value in (("lr", lr), ("tune_lr", tune_lr)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {name}={value!r}")
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got stage={stage!r}")
+        net = self.net
+        batch_emb = {id(p) for n, p in net.named_parameters() if "batch_embedding" in n}
+        for n, p in net.named_parameters():
+            if id(p) in batch_emb:
+                p.requires_grad_(bool(tune_batch_embedding))
+        backbone: set[int] = set()
+        if stage == 2:
+            hook = getattr(net, "backbone_parameters", None)
+            if not callable(hook):
+                raise ValueError(
+                    "stage=2 needs the model to define backbone_parameters(), returning the "
+                    "pretrained parameters to fine-tune at tune_lr"
+                )
+            backbone = {id(p) for p in hook() if id(p) not in batch_emb}
+        params = [p for p in net.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        groups = [{"params": [p for p in params if id(p) not in backbone], "lr": lr}]
+        if backbone:
+            groups.append({"params": [p for p in params if id(p) in backbone], "lr": tune_lr})
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.Adam(groups, lr=lr)
+        self.lr_scheduler = None
+        return self.optimizer
+
+    def set_lr_scheduler(self, lr_scheduler=None, gamma: float = 0.1, milestones: Iterable[int] = ()):
+        """Set the learning-rate scheduler, stepped once per epoch.
+
+        Parameters
+        ----------
+        lr_scheduler
+            A scheduler built on :attr:`optimizer`, or a callable taking the
+            optimizer and returning one. ``None`` builds
+            :class:`~torch.optim.lr_scheduler.MultiStepLR` from ``gamma`` and
+            ``milestones``. A :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau`
+            is stepped with the total validation loss (training loss without
+            validation).
+        gamma
+            Multiplicative factor of learning-rate decay (``MultiStepLR``).
+        milestones
+            Epochs at which the learning rate decays (``MultiStepLR``).
+        """
+        if self.optimizer is None:
+            self.init_optimizer()
+        if lr_scheduler is None:
+            lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, milestones=sorted(int(m) for m in milestones), gamma=gamma)
+        elif callable(lr_scheduler) and not hasattr(lr_scheduler, "step"):
+            lr_scheduler = lr_scheduler(self.optimizer)
+        if not hasattr(lr_scheduler, "step"):
+            raise TypeError(f"lr_scheduler must be a torch scheduler, got {type(lr_scheduler).__name__}")
+        if getattr(lr_scheduler, "optimizer", self.optimizer) is not self.optimizer:
+            raise ValueError("lr_scheduler was built on another optimizer than trainer.optimizer")
+        self.lr_scheduler = lr_scheduler
+        return lr_scheduler
+
+    # ------------------------------------------------------------ the core
+    def update_model_params(self, loss_dict: Mapping[str, Any], epoch: int, step: int | None = None
+                            ) -> torch.Tensor:
+        """Sum the tensor losses, back-propagate, clip and step the optimizer.
+
+        Parameters
+        ----------
+        loss_dict
+            Named losses; tensor values are summed, others ignored.
+        epoch
+            Current epoch, for error messages.
+        step
+            Current step within the epoch, for error messages.
+
+        Returns
+        -------
+        torch.Tensor
+            The detached total loss.
+
+        Raises
+        ------
+        NonFiniteLossError
+            When the total is NaN or infinite; raised before the weights change.
+        """
+        if self.optimizer is None:
+            self.init_optimizer()
+        losses = tensor_losses(loss_dict)
+        if not losses:
+            raise TypeError(
+                "the loss dict holds no tensor to back-propagate; keys were "
+                f"{list(loss_dict)} (values must be scalar tensors)"
+            )
+        total = sum(losses.values())
+        if total.dim() != 0 and total.numel() != 1:
+            raise ValueError(f"losses must be scalars, got a total of shape {tuple(total.shape)}")
+        if not bool(torch.isfinite(total)):
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            where = f"epoch {epoch}" + ("" if step is None else f", step {step}")
+            raise NonFiniteLossError(f"non-finite training loss at {where}: {values}")
+        self._tensor_keys.update(losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return total.detach()
+
+    def cum_loss(self, loss_dict: Mapping[str, Any], total_loss_dict, use_earlystop: bool = False,
+                 n_batch: int = -1, n_epoch: int = -1, weight: float = 1.0):
+        """Accumulate one batch's losses into the epoch's running means.
+
+        Parameters
+        ----------
+        loss_dict
+            The batch's losses.
+        total_loss_dict
+            A :class:`~stepgraph.LossMeter` (updated with ``weight``), or a
+            plain dict of running means, updated as the mean over ``n_batch``
+            batches (STEP's form).
+        use_earlystop
+            Set up early stopping from these keys when not yet done.
+        n_batch
+            1-based number of batches seen, for the plain-dict form.
+        n_epoch
+            Current epoch (unused; kept for STEP's signature).
+        weight
+            The batch's weight (its number of samples) for a ``LossMeter``.
+
+        Returns
+        -------
+        LossMeter or dict
+            ``total_loss_dict``, updated. Values are detached: nothing kept
+            here holds an autograd graph.
+        """
+        if isinstance(total_loss_dict, LossMeter):
+            total_loss_dict.update(loss_dict, weight)
+        else:
+            n = max(int(n_batch), 1)
+            for key, value in loss_dict.items():
+                if key == "graph_ids":
+                    continue
+                value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+                prev = total_loss_dict.get(key, 0.0)
+                total_loss_dict[key] = prev + (value - prev) / n
+        if use_earlystop and not self.early_stopping:
+            self.setup_early_stopping(loss_dict)
+        return total_loss_dict
+
+    def _steps(self, batches, state):
+        total = len(batches) if hasattr(batches, "__len__") else None
+        if not self.progress or total == 1:
+            return batches
+        return tqdm(batches, total=total, leave=False, desc="step", dynamic_ncols=True)
+
+    def _run_epoch(self, state: dict, batches: Iterable, loss_call: Callable,
+                   validate: Callable[[], dict] | None = None) -> bool:
+        """Train one epoch: the shared core of every training path.
+
+        Parameters
+        ----------
+        state
+            The loop state (see :func:`~stepgraph.train_loop_formatter`).
+        batches
+            Iterable of whatever ``loss_call`` takes.
+        loss_call
+            ``loss_call(batch, step) -> (loss_dict, weight)``.
+        validate
+            Returns the epoch's ``val_`` losses; ``None`` when there is no
+            validation set.
+
+        Returns
+        -------
+        bool
+            Whether early stopping fired.
+        """
+        self.mode_switch_to_train()
+        meter = LossMeter()
+        last_shown = time.monotonic()
+        for step, batch in enumerate(self._steps(batches, state)):
+            loss_dict, weight = loss_call(batch, step)
+            loss_dict = dict(loss_dict)
+            loss_dict.pop("graph_ids", None)
+            self.update_model_params(loss_dict, state["epoch"], step)
+            self.cum_loss(loss_dict, meter, weight=weight)
+            state["step"] += 1
+            if self.progress and time.monotonic() - last_shown > 1.0:
+                state["tbar"].set_postfix_str(self.format_loss_dict(meter.compute(), state))
+                last_shown = time.monotonic()
+        if not len(meter):
+            raise ValueError(f"epoch {state['epoch']} had no training batch")
+        train_losses = meter.compute()
+        valid_losses = validate() if validate is not None else {}
+        return self._end_epoch(state, train_losses, valid_losses)
+
+    def _evaluate(self, batches: Iterable, loss_call: Callable) -> dict[str, float]:
+        """Validation through the same meter: eval mode, no grad, ``val_`` keys."""
+        was_training = self.model.training
+        self.model.eval()
+        meter = LossMeter()
+        try:
+            with torch.no_grad():
+                for step, batch in enumerate(batches):
+                    loss_dict, weight = loss_call(batch, step)
+                    meter.update(loss_dict, weight)
+        finally:
+            self.model.train(was_training)
+        return {f"val_{k}": v for k, v in meter.compute().items()}
+
+    def _total(self, losses: Mapping[str, float], prefix: str = "") -> float:
+        keys = [prefix + k for k in self._tensor_keys if prefix + k in losses]
+        return float(sum(losses[k] for k in keys)) if keys else math.nan
+
+    def _end_epoch(self, state: dict, train_losses: dict, valid_losses: dict) -> bool:
+        epoch = state["epoch"]
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else math.nan
+        self.history.append({"epoch": epoch, **train_losses, **valid_losses, "lr": lr})
+        writer = state.get("writer")
+        if writer is not None:
+            for key, value in {**train_losses, **valid_losses}.items():
+                writer.add_scalar(key, value, epoch)
+        stop = self.check_early_stop(valid_losses) if valid_losses else False
+        if self.lr_scheduler is not None:
+            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                monitored = self._total(valid_losses, "val_") if valid_losses else self._total(train_losses)
+                self.lr_scheduler.step(monitored)
+            else:
+                self.lr_scheduler.step()
+        if self.progress:
+            state["tbar"].set_postfix_str(
+                self.format_loss_dict(train_losses, state, valid_losses, endepoch=True))
+        return stop
+
+    # ------------------------------------------------------ early stopping
+    def begin_fit(self) -> None:
+        """Reset the per-run state: early-stopping monitors, history, stop reason."""
+        self.early_stopping = {}
+        self.history = []
+        self.stop_reason = None
+        self.best = None
+        self._tensor_keys = set()
+
+    def setup_early_stopping(self, loss_dict: Mapping[str, Any]) -> dict[str, EarlyStopping]:
+        """Create one :class:`EarlyStopping` per ``val_`` loss in ``loss_dict``.
+
+        Settings come from :attr:`lossconfig` (by loss name, with or without
+        ``val_``) over :attr:`defualt_lcfg`. With ``stop_on="total"`` a single
+        monitor, ``val_total``, watches the sum of the validation losses.
+        """
+        keys = [k for k in loss_dict if k.startswith("val_") and k != "val_graph_ids"]
+        if self.stop_on == "total":
+            keys = ["val_total"]
+        self.early_stopping = {}
+        for key in keys:
+            cfg = {**self.defualt_lcfg,
+                   **self.lossconfig.get(key[4:], {}), **self.lossconfig.get(key, {})}
+            cfg.setdefault("trace_func", self.trace_func)
+            try:
+                self.early_stopping[key] = EarlyStopping(**cfg)
+            except TypeError as err:
+                raise TypeError(f"invalid early-stopping settings for {key!r}: {cfg}: {err}") from None
+        return self.early_stopping
+
+    def check_early_stop(self, total_loss_dict: Mapping[str, float]) -> bool:
+        """Feed the validation losses to the monitors; decide whether to stop.
+
+        Also tracks the best total validation loss and writes its weights to
+        ``checkpoint_dir / "best.pt"``.
+
+        Returns
+        -------
+        bool
+            ``True`` when the :attr:`stop_on` rule is met.
+        """
+        val = {k: float(v) for k, v in total_loss_dict.items() if k.startswith("val_")}
+        if not val:
+            return False
+        total = self._total(val, "val_")
+        if math.isnan(total):  # no train step seen yet: all val_ values count
+            total = float(sum(val.values()))
+        if self.stop_on == "total":
+            val = {"val_total": total}
+        if not self.early_stopping:
+            self.setup_early_stopping(val)
+        for key, es in self.early_stopping.items():
+            if key not in val:
+                raise KeyError(f"validation loss {key!r} was monitored but is missing now; "
+                               f"got {sorted(val)}")
+            es(val[key], self.net)
+        if self.best is None:
+            self.best = EarlyStopping(patience=1 << 30, path=self.checkpoint_dir / "best.pt",
+                                      trace_func=self.trace_func)
+        self.best(total, self.net)
+        stopped = [k for k, es in self.early_stopping.items() if es.early_stop]
+        stop = bool(stopped) and (len(stopped) == len(self.early_stopping) or self.stop_on == "any")
+        if stop:
+            detail = ", ".join(f"{k} (best {self.early_stopping[k].best_score:.4g}, no improvement "
+                               f"for {self.early_stopping[k].counter} checks)" for k in stopped)
+            self.stop_reason = f"stopped on {detail}"
+        return stop
+
+    def restore_best_weights(self) -> bool:
+        """Load the best checkpoint of the last run, if one was written.
+
+        Returns
+        -------
+        bool
+            Whether weights were restored.
+        """
+        if self.best is None or not self.best.checkpoint_written:
+            return False
+        self.net.load_state_dict(load_checkpoint(self.best.path, map_location=self.device))
+        return True
+
+    def format_loss_dict(self, loss_dict: Mapping[str, float], state: Mapping[str, Any],
+                         valid_loss_dict: Mapping[str, float] | None = None,
+                         endepoch: bool = False) -> str:
+        """Progress-bar text: ``name=value`` per loss, validation as ``value/best``.
+
+        Parameters
+        ----------
+        loss_dict
+            Training losses (floats).
+        state
+            The loop state; unused here, kept for STEP's signature.
+        valid_loss_dict
+            Validation losses, shown with the best value seen so far.
+        endepoch
+            Whether the epoch has ended (validation is only shown then).
+        """
+        parts = [f"{k}={float(v):.4f}" for k, v in loss_dict.items() if k != "graph_ids"]
+        if valid_loss_dict and endepoch:
+            for key, value in valid_loss_dict.items():
+                es = self.early_stopping.get(key)
+                best = es.best_score if es is not None and es.best_score is not None else value
+                parts.append(f"{key}={float(value):.4f}/{float(best):.4f}")
+        return ", ".join(parts)
+
+    # ---------------------------------------------------------- splitting
+    def split_X(self, X, split_rate: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Seeded random split of the rows of ``X``.
+
+        Parameters
+        ----------
+        X
+            Array-like with samples in rows.
+        split_rate
+            Share of rows for validation, in [0, 1); every positive share is
+            honoured (at least one validation row), 0 gives no validation set.
+
+        Returns
+        -------
+        train_ind, valid_ind
+            Sorted int64 index tensors; ``valid_ind`` is ``None`` when
+            ``split_rate`` is 0.
+        """
+        train_ind, valid_ind = random_split_indices(len(X), split_rate, seed=self.seed)
+        if train_ind.size == 0:
+            raise ValueError(f"split_rate={split_rate} leaves no training rows out of {len(X)}")
+        return torch.from_numpy(train_ind), (torch.from_numpy(valid_ind) if valid_ind.size else None)
+
+    # ------------------------------------------------------- loss calls
+    def loss(self, X, ind=None, **kwargs):
+        """Loss of the full-matrix path; defaults to ``model.loss(X, ind=ind, **kwargs)``."""
+        return self.model.loss(X, ind=ind, **kwargs) if self.model is self.net else \
+            self.net.loss(X, ind=ind, **kwargs)
+
+    def handle_input_tuple(self, input_tuple):
+        """Loss dict of one tensor batch.
+
+        A tuple ``(x, batch_label, class_label)`` (as many as the dataset's
+        mode gives) calls ``model.loss(x, batch_label=..., class_label=...)``;
+        a dict calls ``model.loss(**batch)``; a tensor ``model.loss(x)``.
+        """
+        batch = _to_device(input_tuple, self.device)
+        if isinstance(batch, torch.Tensor):
+            return self.net.loss(batch)
+        if isinstance(batch, Mapping):
+            return self.net.loss(**batch)
+        if len(batch) > len(INPUT_NAMES):
+            raise ValueError(f"a batch tuple holds at most {len(INPUT_NAMES)} items "
+                             f"{INPUT_NAMES}, got {len(batch)}")
+        named = {name: value for name, value in zip(INPUT_NAMES[1:], batch[1:])}
+        return self.net.loss(batch[0], **named)
+
+    # ------------------------------------------------------ training paths
+    @staticmethod
+    def _split_loaders(loaders):
+        if isinstance(loaders, (tuple, list)):
+            if len(loaders) == 1:
+                return loaders[0], None
+            if len(loaders) != 2:
+                raise ValueError(f"loaders must be (train_loader, valid_loader), got {len(loaders)} items")
+            return loaders[0], loaders[1]
+        return loaders, None
+
+    @train_loop_formatter
+    def train_batch(self, state: dict, loaders, call_func: Callable | None = None) -> bool:
+        """Train one epoch over tensor batches (decorated: call with ``epochs=``).
+
+        Parameters
+        ----------
+        state
+            Supplied by the loop.
+        loaders
+            ``(train_loader, valid_loader)``; ``valid_loader`` may be ``None``.
+            A single loader trains without validation.
+        call_func
+            ``call_func(batch) -> loss_dict``; defaults to
+            :meth:`handle_input_tuple`.
+
+        Returns
+        -------
+        bool
+            Whether to stop early.
+        """
+        train_loader, valid_loader = self._split_loaders(loaders)
+        call = call_func or self.handle_input_tuple
+
+        def loss_call(batch, step):
+            return call(batch), _batch_weight(batch)
+
+        validate = None if valid_loader is None else (lambda: self.validate_loader(valid_loader, call_func))
+        return self._run_epoch(state, train_loader, loss_call, validate)
+
+    @train_loop_formatter
+    def train(self, state: dict, X, train_ind=None, valid_ind=None, call_func: Callable | None = None,
+              **kwargs) -> bool:
+        """Train one full-matrix step per epoch (decorated: call with ``epochs=``).
+
+        Parameters
+        ----------
+        state
+            Supplied by the loop.
+        X
+            The whole input matrix (tensor or array), samples in rows.
+        train_ind
+            Rows to train on; all rows when ``None``.
+        valid_ind
+            Rows to validate on; no validation when ``None``. Must not overlap
+            ``train_ind``.
+        call_func
+            ``call_func(X, ind=..., **kwargs) -> loss_dict``; defaults to
+            :meth:`loss`.
+        **kwargs
+            Passed to the loss call.
+        """
+        X = _to_device(torch.as_tensor(X), self.device)
+        n = X.shape[0]
+        train_ind = torch.arange(n) if train_ind is None else _as_index_tensor(train_ind, "train_ind", n)
+        valid_ind = None if valid_ind is None else _as_index_tensor(valid_ind, "valid_ind", n)
+        if state["epoch"] == 1:
+            _check_disjoint(train_ind, valid_ind)
+        call = call_func or self.loss
+        train_ind = train_ind.to(self.device)
+
+        def loss_call(ind, step):
+            return call(X, ind=ind, **kwargs), ind.numel()
+
+        validate = None if valid_ind is None else (lambda: self.validate_X(X, valid_ind, call_func, **kwargs))
+        return self._run_epoch(state, [train_ind], loss_call, validate)
+
+    # ----------------------------------------------------------- validation
+    def validate_loader(self, loader, call_func: Callable | None = None) -> dict[str, float]:
+        """Mean losses over a loader in eval mode without gradients.
+
+        Returns
+        -------
+        dict
+            ``{"val_<name>": mean}``, weighted by batch size.
+        """
+        call = call_func or self.handle_input_tuple
+        return self._evaluate(loader, lambda batch, step: (call(batch), _batch_weight(batch)))
+
+    def validate_X(self, X, ind=None, call_func: Callable | None = None, **kwargs) -> dict[str, float]:
+        """Losses of the full-matrix path on rows ``ind`` (all when ``None``), in eval mode."""
+        X = _to_device(torch.as_tensor(X), self.device)
+        ind = torch.arange(X.shape[0]) if ind is None else _as_index_tensor(ind, "ind", X.shape[0])
+        ind = ind.to(self.device)
+        call = call_func or self.loss
+        return self._evaluate([ind], lambda i, step: (call(X, ind=i, **kwargs), i.numel()))
+
+    # ----------------------------------------------------------- loaders
+    @staticmethod
+    def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,
+                     obs_key: str | None = None, **kwargs):
+        """Training and validation loaders; see :func:`stepgraph.data.loaders.make_loaders`."""
+        return _make_loaders(dataset, batch_size, split_rate, shuffle, obs_key, **kwargs)
