@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from stepgraph.data.dataset import BaseDataset, MaskedDataset
 from stepgraph.data.split import category_random_split
 
-__all__ = ["make_loaders", "collate_batch"]
+__all__ = ["make_loaders", "collate_batch", "node_loaders", "graph_loader", "derive_neighbor_loader"]
 
 
 def collate_batch(batch):
@@ -63,3 +63,111 @@ def make_loaders(dataset: BaseDataset | MaskedDataset, batch_size: int, split_ra
     valid_loader = (_loader(valid_ds, batch_size, False, seed, **kwargs)
                     if len(valid_ds) else None)
     return train_loader, valid_loader
+
+
+# ----------------------------------------------------------------- graph loaders
+def _neighbor_loader(data, num_neighbors, input_nodes, batch_size, shuffle, seed, backend,
+                     sampler=None, **kwargs):
+    from torch_geometric.loader import NeighborLoader
+
+    from stepgraph.data.sampler import make_neighbor_sampler
+
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got batch_size={batch_size!r}")
+    if sampler is None:
+        sampler = make_neighbor_sampler(data, list(num_neighbors), backend=backend,
+                                        share_memory=kwargs.get("num_workers", 0) > 0)
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return NeighborLoader(data, num_neighbors=list(num_neighbors), input_nodes=input_nodes,
+                          batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          neighbor_sampler=sampler, **kwargs)
+
+
+def _check_fanouts(num_neighbors) -> list[int]:
+    fanouts = list(num_neighbors)
+    if not fanouts or any((not isinstance(k, int)) or (k < 1 and k != -1) for k in fanouts):
+        raise ValueError(f"num_neighbors must be a non-empty list of positive ints or -1, "
+                         f"got num_neighbors={num_neighbors!r}")
+    return fanouts
+
+
+def node_loaders(data, num_neighbors=(10, 5), batch_size: int = 1024, train_ind=None,
+                 valid_ind=None, shuffle: bool = True, seed: int = 0, backend: str = "auto",
+                 **kwargs):
+    """``NeighborLoader`` pair for node-sampled training (``Trainer.train_node_sampler``).
+
+    Parameters
+    ----------
+    data
+        The graph, e.g. from :func:`stepgraph.to_pyg`.
+    num_neighbors
+        Fan-out per hop, e.g. ``[10, 5]`` for a two-layer GNN (``-1``: all).
+    batch_size
+        Seed nodes per mini-batch.
+    train_ind
+        Seed nodes of the training loader; all nodes when ``None``.
+    valid_ind
+        Seed nodes of the validation loader (not shuffled); none when ``None``.
+    shuffle
+        Shuffle the training seeds each epoch (seeded by ``seed``).
+    seed
+        Seed of the shuffling.
+    backend
+        Neighbour sampler: ``"auto"`` (PyG's compiled sampler when pyg-lib or
+        torch-sparse is installed, else stepgraph's built-in one),
+        ``"builtin"`` or ``"pyg"``; see :func:`stepgraph.data.sampler.make_neighbor_sampler`.
+    **kwargs
+        Passed to :class:`~torch_geometric.loader.NeighborLoader` (``num_workers``...).
+
+    Returns
+    -------
+    train_loader, valid_loader
+        ``valid_loader`` is ``None`` without ``valid_ind``. Both share one sampler.
+    """
+    fanouts = _check_fanouts(num_neighbors)
+    train_ind = None if train_ind is None else torch.as_tensor(train_ind, dtype=torch.long)
+    train_loader = _neighbor_loader(data, fanouts, train_ind, batch_size, shuffle, seed, backend, **kwargs)
+    valid_loader = None
+    if valid_ind is not None:
+        valid_loader = derive_neighbor_loader(train_loader, valid_ind, shuffle=False)
+    return train_loader, valid_loader
+
+
+def graph_loader(data, n_layers: int = 2, batch_size: int = 1024, shuffle: bool = False,
+                 seed: int = 0, backend: str = "auto", **kwargs):
+    """``NeighborLoader`` over all nodes with full ``n_layers``-hop neighbourhoods
+    (``Trainer.train_graph_batch``).
+
+    Parameters
+    ----------
+    data
+        The graph.
+    n_layers
+        Number of message-passing layers of the model (hops to include).
+    batch_size
+        Seed nodes per mini-batch.
+    shuffle
+        Visit the seed nodes in a random (seeded) order.
+    seed
+        Seed of the shuffling.
+    backend
+        Neighbour sampler backend (see :func:`node_loaders`).
+    **kwargs
+        Passed to :class:`~torch_geometric.loader.NeighborLoader`.
+    """
+    if not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be a positive int, got n_layers={n_layers!r}")
+    return _neighbor_loader(data, [-1] * n_layers, None, batch_size, shuffle, seed, backend, **kwargs)
+
+
+def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int = 0):
+    """A ``NeighborLoader`` like ``loader`` (same graph, sampler, batch size and
+    workers) over other seed nodes."""
+    from torch_geometric.loader import NeighborLoader
+
+    input_nodes = torch.as_tensor(input_nodes, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return NeighborLoader(loader.data, num_neighbors=loader.node_sampler.num_neighbors.values,
+                          input_nodes=input_nodes, batch_size=loader.batch_size, shuffle=shuffle,
+                          generator=generator, neighbor_sampler=loader.node_sampler,
+                          num_workers=loader.num_workers)

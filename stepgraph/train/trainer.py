@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stepgraph.data.loaders import derive_neighbor_loader
 from stepgraph.data.loaders import make_loaders as _make_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.train.checkpoint import load_checkpoint
@@ -182,6 +183,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self.best: EarlyStopping | None = None
         self._tensor_keys: set[str] = set()
+        self.graph_dataset = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -399,7 +401,8 @@ class Trainer:
         batches
             Iterable of whatever ``loss_call`` takes.
         loss_call
-            ``loss_call(batch, step) -> (loss_dict, weight)``.
+            ``loss_call(batch, step) -> (loss_dict, weight)``, or ``None`` to
+            skip a batch.
         validate
             Returns the epoch's ``val_`` losses; ``None`` when there is no
             validation set.
@@ -413,7 +416,10 @@ class Trainer:
         meter = LossMeter()
         last_shown = time.monotonic()
         for step, batch in enumerate(self._steps(batches, state)):
-            loss_dict, weight = loss_call(batch, step)
+            out = loss_call(batch, step)
+            if out is None:  # nothing to train on in this batch (e.g. no train node)
+                continue
+            loss_dict, weight = out
             loss_dict = dict(loss_dict)
             loss_dict.pop("graph_ids", None)
             self.update_model_params(loss_dict, state["epoch"], step)
@@ -436,8 +442,9 @@ class Trainer:
         try:
             with torch.no_grad():
                 for step, batch in enumerate(batches):
-                    loss_dict, weight = loss_call(batch, step)
-                    meter.update(loss_dict, weight)
+                    out = loss_call(batch, step)
+                    if out is not None:
+                        meter.update(*out)
         finally:
             self.model.train(was_training)
         return {f"val_{k}": v for k, v in meter.compute().items()}
@@ -714,6 +721,190 @@ class Trainer:
         ind = ind.to(self.device)
         call = call_func or self.loss
         return self._evaluate([ind], lambda i, step: (call(X, ind=i, **kwargs), i.numel()))
+
+    # ------------------------------------------------------- graph paths
+    def _graph_inputs(self, batch, dataset) -> dict[str, Any]:
+        """Model inputs of a NeighborLoader batch: features of ``batch.n_id`` from
+        ``dataset`` (sparse rows densified here), edges, edge weights and batch labels."""
+        n_id = batch.n_id
+        inputs = {"x": dataset.features(n_id).to(self.device, non_blocking=True),
+                  "edge_index": batch.edge_index.to(self.device, non_blocking=True)}
+        if getattr(batch, "edge_weight", None) is not None:
+            inputs["edge_weight"] = batch.edge_weight.to(self.device, non_blocking=True)
+        if dataset.batch_label is not None:
+            inputs["batch_label"] = dataset.labels("batch_label", n_id).to(self.device, non_blocking=True)
+        return inputs
+
+    def handle_ginput_tuple(self, input_tuple, ind=None, step=None):
+        """Loss dict of one ``NeighborLoader`` batch.
+
+        Gathers the features of ``batch.n_id`` from the dataset being trained
+        on (sparse rows densified per batch), its batch labels when it has
+        sections, and calls ``model.loss(x, ind=ind, edge_index=...,
+        edge_weight=..., batch_label=...)``.
+
+        Parameters
+        ----------
+        input_tuple
+            A batch from :class:`torch_geometric.loader.NeighborLoader`.
+        ind
+            Local positions of the nodes the loss is computed on; the seed
+            nodes (``0..batch.batch_size-1``) when ``None``.
+        step
+            Step within the epoch (for subclasses that schedule by step).
+        """
+        if self.graph_dataset is None:
+            raise RuntimeError("handle_ginput_tuple needs trainer.graph_dataset; it is set by "
+                               "train_node_sampler / train_graph_batch / validate_gloader")
+        if ind is None:
+            ind = torch.arange(input_tuple.batch_size)
+        inputs = self._graph_inputs(input_tuple, self.graph_dataset)
+        return self.net.loss(inputs.pop("x"), ind=ind.to(self.device), **inputs)
+
+    def _graph_loss_call(self, mask: torch.Tensor | None, call_func: Callable | None):
+        """``loss_call`` over NeighborLoader batches: losses on the seed nodes, restricted
+        to ``mask`` (a boolean node mask) when given; batches without such seeds are skipped."""
+        call = call_func or self.handle_ginput_tuple
+
+        def loss_call(batch, step):
+            ind = torch.arange(batch.batch_size)
+            if mask is not None:
+                ind = mask[batch.n_id[:batch.batch_size]].nonzero().flatten()
+                if ind.numel() == 0:
+                    return None
+            return call(batch, ind, step), ind.numel()
+
+        return loss_call
+
+    def _set_graph_dataset(self, gloader, dataset) -> torch.Tensor | None:
+        if not hasattr(dataset, "features"):
+            raise TypeError(f"dataset must be a stepgraph BaseDataset, got {type(dataset).__name__}")
+        data = getattr(gloader, "data", None)
+        num_nodes = getattr(data, "num_nodes", None)
+        if num_nodes is not None and num_nodes != len(dataset):
+            raise ValueError(f"dataset has {len(dataset)} rows but the graph has {num_nodes} nodes; "
+                             "graph node i must be dataset row i")
+        self.graph_dataset = dataset
+        return num_nodes
+
+    @staticmethod
+    def _node_mask(ind, name: str, num_nodes: int) -> torch.Tensor | None:
+        if ind is None:
+            return None
+        mask = torch.zeros(num_nodes, dtype=torch.bool)
+        mask[_as_index_tensor(ind, name, num_nodes)] = True
+        return mask
+
+    @train_loop_formatter
+    def train_node_sampler(self, state: dict, gloader, dataset, train_ind=None, valid_ind=None,
+                           call_func: Callable | None = None) -> bool:
+        """Train one epoch over sampled neighbourhoods (decorated: call with ``epochs=``).
+
+        Parameters
+        ----------
+        state
+            Supplied by the loop.
+        gloader
+            A :class:`~torch_geometric.loader.NeighborLoader` with sampled
+            fan-outs (see :func:`~stepgraph.data.loaders.node_loaders`), or a
+            ``(train_loader, valid_loader)`` pair.
+        dataset
+            The :class:`~stepgraph.BaseDataset` whose row ``i`` is graph node ``i``.
+        train_ind
+            Seed nodes to train on; the loader's own input nodes when ``None``.
+            When given, a loader over these seeds is derived from ``gloader``.
+        valid_ind
+            Seed nodes to validate on; a non-shuffled loader over them is
+            derived from ``gloader`` (unless a pair was given).
+        call_func
+            ``call_func(batch, ind, step) -> loss_dict``; defaults to
+            :meth:`handle_ginput_tuple`.
+        """
+        if state["epoch"] == 1 or "node_loaders" not in state:
+            train_loader, valid_loader = self._split_loaders(gloader)
+            num_nodes = self._set_graph_dataset(train_loader, dataset)
+            if train_ind is not None or valid_ind is not None:
+                t = None if train_ind is None else _as_index_tensor(train_ind, "train_ind", num_nodes)
+                v = None if valid_ind is None else _as_index_tensor(valid_ind, "valid_ind", num_nodes)
+                if t is not None:
+                    _check_disjoint(t, v)
+                    train_loader = derive_neighbor_loader(train_loader, t, shuffle=True)
+                if v is not None and valid_loader is None:
+                    valid_loader = derive_neighbor_loader(train_loader, v, shuffle=False)
+            state["node_loaders"] = (train_loader, valid_loader)
+        train_loader, valid_loader = state["node_loaders"]
+        self.graph_dataset = dataset
+        validate = None if valid_loader is None else (
+            lambda: self.validate_gloader(valid_loader, call_func=call_func))
+        return self._run_epoch(state, train_loader, self._graph_loss_call(None, call_func), validate)
+
+    @train_loop_formatter
+    def train_graph_batch(self, state: dict, gloader, dataset, train_ind=None, valid_ind=None,
+                          call_func: Callable | None = None) -> bool:
+        """Train one epoch over full neighbourhoods, losses masked to ``train_ind``.
+
+        The loader (see :func:`~stepgraph.data.loaders.graph_loader`) visits
+        every node with its complete ``n_layers``-hop neighbourhood. Training
+        losses are computed on the seed nodes in ``train_ind`` only; validation
+        re-visits the graph in eval mode without gradients and computes the
+        losses on the seed nodes in ``valid_ind``.
+
+        Parameters
+        ----------
+        state
+            Supplied by the loop.
+        gloader
+            A :class:`~torch_geometric.loader.NeighborLoader` with
+            ``num_neighbors=[-1] * n_layers`` over all nodes.
+        dataset
+            The :class:`~stepgraph.BaseDataset` whose row ``i`` is graph node ``i``.
+        train_ind
+            Nodes whose losses are trained on; all nodes when ``None``.
+        valid_ind
+            Nodes whose losses are validated; no validation when ``None``.
+        call_func
+            ``call_func(batch, ind, step) -> loss_dict``; defaults to
+            :meth:`handle_ginput_tuple`.
+        """
+        if state["epoch"] == 1 or "graph_masks" not in state:
+            num_nodes = self._set_graph_dataset(gloader, dataset)
+            t = None if train_ind is None else _as_index_tensor(train_ind, "train_ind", num_nodes)
+            v = None if valid_ind is None else _as_index_tensor(valid_ind, "valid_ind", num_nodes)
+            if t is not None:
+                _check_disjoint(t, v)
+            state["graph_masks"] = (self._node_mask(t, "train_ind", num_nodes),
+                                    self._node_mask(v, "valid_ind", num_nodes))
+        train_mask, valid_mask = state["graph_masks"]
+        self.graph_dataset = dataset
+        validate = None if valid_mask is None else (
+            lambda: self._evaluate(gloader, self._graph_loss_call(valid_mask, call_func)))
+        return self._run_epoch(state, gloader, self._graph_loss_call(train_mask, call_func), validate)
+
+    def validate_gloader(self, gloader, valid_ind=None, dataset=None,
+                         call_func: Callable | None = None) -> dict[str, float]:
+        """Mean losses over a ``NeighborLoader``'s seed nodes, in eval mode without gradients.
+
+        Parameters
+        ----------
+        gloader
+            The loader to evaluate.
+        valid_ind
+            Restrict the losses to seed nodes in ``valid_ind``; all seeds when ``None``.
+        dataset
+            The dataset serving node features; defaults to the one being trained on.
+        call_func
+            ``call_func(batch, ind, step) -> loss_dict``.
+
+        Returns
+        -------
+        dict
+            ``{"val_<name>": mean}``, weighted by the number of loss nodes.
+        """
+        if dataset is not None:
+            self._set_graph_dataset(gloader, dataset)
+        num_nodes = gloader.data.num_nodes
+        mask = self._node_mask(valid_ind, "valid_ind", num_nodes)
+        return self._evaluate(gloader, self._graph_loss_call(mask, call_func))
 
     # ----------------------------------------------------------- loaders
     @staticmethod
