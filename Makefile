@@ -22,11 +22,11 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIN)
 	$(PY) -c "import torch_scatter" 2>/dev/null || $(PIP) install -q --no-build-isolation torch-scatter
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,plot]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "make demo arrives with issue 5 (stepgraph demo); see README.md" && exit 1
+	$(VENV)/bin/stepgraph demo
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff && $(PY) -m ruff check stepgraph tests benchmarks

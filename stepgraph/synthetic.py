@@ -73,9 +73,10 @@ def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int 
     base = rng.gamma(0.6, 1.0, size=n_genes) * 0.5
     type_program = base * rng.lognormal(0.0, 0.8, size=(n_cell_types, n_genes))
     domain_shift = np.ones((n_domains, n_genes))
-    markers = rng.permutation(n_genes)[: 4 * n_domains].reshape(n_domains, 4)
+    n_markers = max(2, n_genes // (4 * n_domains))
+    markers = rng.permutation(n_genes)[: n_markers * n_domains].reshape(n_domains, n_markers)
     for d in range(n_domains):
-        domain_shift[d, markers[d]] = 2.5
+        domain_shift[d, markers[d]] = 3.0
     library = rng.lognormal(np.log(300.0), 0.3, size=n_cells)
     rate = type_program[cell_type] * domain_shift[domain]
     rate *= (library / rate.sum(axis=1))[:, None]

@@ -906,6 +906,53 @@ class Trainer:
         mask = self._node_mask(valid_ind, "valid_ind", num_nodes)
         return self._evaluate(gloader, self._graph_loss_call(mask, call_func))
 
+    def predict_gloader(self, gloader, dataset=None, method: str = "encode") -> torch.Tensor:
+        """Run ``model.<method>`` over every seed node of a ``NeighborLoader``.
+
+        Typically used with a full-neighbourhood :func:`~stepgraph.data.loaders.graph_loader`
+        to embed every cell: the output for a seed node is computed from its
+        complete neighbourhood, in eval mode and without gradients.
+
+        Parameters
+        ----------
+        gloader
+            The loader; its seed nodes are the nodes predicted.
+        dataset
+            The dataset serving node features; defaults to the one trained on.
+        method
+            Name of the model's method, called as ``method(x, edge_index,
+            edge_weight=..., batch_label=...)``.
+
+        Returns
+        -------
+        torch.Tensor
+            One row per graph node (in node order), on the CPU; rows of
+            nodes that were never a seed are zero.
+        """
+        if dataset is not None:
+            self._set_graph_dataset(gloader, dataset)
+        if self.graph_dataset is None:
+            raise ValueError("predict_gloader needs dataset= (no graph dataset trained on yet)")
+        func = getattr(self.net, method, None)
+        if not callable(func):
+            raise AttributeError(f"the model has no method {method!r}")
+        was_training = self.model.training
+        self.model.eval()
+        out = None
+        try:
+            with torch.no_grad():
+                for batch in gloader:
+                    inputs = self._graph_inputs(batch, self.graph_dataset)
+                    seeds = batch.n_id[:batch.batch_size]
+                    pred = func(inputs.pop("x"), inputs.pop("edge_index"), **inputs)
+                    pred = pred[:batch.batch_size].detach().cpu()
+                    if out is None:
+                        out = torch.zeros((gloader.data.num_nodes, *pred.shape[1:]), dtype=pred.dtype)
+                    out[seeds] = pred
+        finally:
+            self.model.train(was_training)
+        return out
+
     # ----------------------------------------------------------- loaders
     @staticmethod
     def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,

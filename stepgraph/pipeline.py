@@ -1,0 +1,227 @@
+"""The reference pipeline behind ``stepgraph demo`` and ``stepgraph train``.
+
+AnnData -> normalised expression -> spatial graph -> node-sampled training of
+:class:`~stepgraph.models.GraphAutoencoder` (validation split, early
+stopping, best checkpoint) -> embedding of every cell -> k-means domains ->
+outputs in a folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from stepgraph.clustering import adjusted_rand_index, kmeans_domains, smooth_over_graph
+from stepgraph.data.dataset import BaseDataset
+from stepgraph.data.loaders import graph_loader, node_loaders
+from stepgraph.data.split import random_split_indices
+from stepgraph.graph import spatial_graph, to_pyg
+from stepgraph.models import GraphAutoencoder
+from stepgraph.train.trainer import Trainer
+
+__all__ = ["PipelineConfig", "log_normalise", "run_pipeline"]
+
+EMBEDDING_KEY = "X_stepgraph"
+DOMAIN_KEY = "stepgraph_domain"
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of :func:`run_pipeline` (the CLI options of ``stepgraph train``)."""
+
+    spatial_key: str = "spatial"
+    batch_key: str | None = None
+    layer_key: str | None = None
+    method: str = "knn"
+    n_neighbors: int = 6
+    radius: float | None = None
+    epochs: int = 50
+    batch_size: int = 1024
+    fanout: list[int] = field(default_factory=lambda: [10, 5])
+    hidden_dim: int = 64
+    latent_dim: int = 16
+    conv: str = "gcn"
+    lr: float = 0.003
+    split_rate: float = 0.1
+    patience: int = 5
+    smooth: int = 2
+    n_domains: int | None = None
+    truth_key: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+    progress: bool = True
+
+
+def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
+    """Counts scaled to ``target_sum`` per cell, then ``log1p``; a new matrix.
+
+    Sparse input stays sparse (only its non-zeros are touched).
+    """
+    if sp.issparse(matrix):
+        out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        totals = np.asarray(out.sum(axis=1)).ravel()
+        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        out.data *= np.repeat(scale, np.diff(out.indptr)).astype(np.float32)
+        np.log1p(out.data, out=out.data)
+        return out
+    out = np.asarray(matrix, dtype=np.float32)
+    totals = out.sum(axis=1, keepdims=True)
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log1p(out * scale)
+
+
+def _save_history(history: list[dict], out_dir: Path) -> None:
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(out_dir / "history.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _save_figure(adata, history, config, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sections = (list(adata.obs[config.batch_key].cat.categories) if config.batch_key
+                else [None])
+    fig, axes = plt.subplots(1, 1 + len(sections), figsize=(4.5 * (1 + len(sections)), 4.2))
+    ax = axes[0]
+    epochs = [h["epoch"] for h in history]
+    for key in [k for k in history[0] if k not in ("epoch", "lr")]:
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], label=key,
+                linestyle="--" if key.startswith("val_") else "-")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("training")
+    ax.legend(fontsize=8)
+    domains = adata.obs[DOMAIN_KEY].cat.codes.to_numpy()
+    xy = adata.obsm[config.spatial_key]
+    for ax, section in zip(axes[1:], sections):
+        mask = np.ones(adata.n_obs, bool) if section is None else (adata.obs[config.batch_key] == section).to_numpy()
+        ax.scatter(xy[mask, 0], xy[mask, 1], c=domains[mask], s=1.5, cmap="tab10", linewidths=0)
+        ax.set_title(f"{section or 'tissue'}: predicted domains")
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None,
+                 resume: str | Path | None = None) -> dict:
+    """Train the reference model on ``adata`` and write every output to ``out_dir``.
+
+    ``adata`` gains the documented keys only: the graph (``obsp``/``uns``
+    from :func:`~stepgraph.graph.spatial_graph`), ``obsm["X_stepgraph"]`` (the
+    embedding) and ``obs["stepgraph_domain"]`` (k-means domains). Its ``X``
+    is not modified: the model reads a log-normalised copy.
+
+    Parameters
+    ----------
+    adata
+        Counts in ``X`` (or ``layers[config.layer_key]``), coordinates in
+        ``obsm[config.spatial_key]``.
+    out_dir
+        Folder for ``adata.h5ad``, ``checkpoints/best.pt``, ``history.csv``,
+        ``history.json``, ``figure.png`` and ``summary.json``.
+    config
+        Settings; defaults to :class:`PipelineConfig`.
+    resume
+        Checkpoint of weights to start from (``best.pt`` of an earlier run).
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``: epochs run, whether early
+        stopping fired, the best validation loss, the ARI (when
+        ``config.truth_key`` is set), the wall time and the output paths.
+    """
+    config = config or PipelineConfig()
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+
+    counts = adata.X if config.layer_key is None else adata.layers[config.layer_key]
+    obs = adata.obs[[config.batch_key]] if config.batch_key else None
+    model_input = ad.AnnData(X=log_normalise(counts), obs=obs)
+    dataset = BaseDataset(model_input, batch_key=config.batch_key)
+
+    spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors, radius=config.radius,
+                  spatial_key=config.spatial_key, batch_key=config.batch_key)
+    data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
+
+    train_ind, valid_ind = random_split_indices(adata.n_obs, config.split_rate, seed=config.seed)
+    train_loader, valid_loader = node_loaders(
+        data, config.fanout, batch_size=min(config.batch_size, len(train_ind)), train_ind=train_ind,
+        valid_ind=valid_ind if len(valid_ind) else None, seed=config.seed, backend=config.backend)
+
+    model = GraphAutoencoder(dataset.n_vars, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
+                             n_layers=len(config.fanout), conv=config.conv, n_batches=dataset.n_batches)
+    if resume is not None:
+        from stepgraph.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(resume)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"resume={str(resume)!r} does not hold weights of this model: "
+                             f"{str(err).splitlines()[0]}") from None
+    trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / "checkpoints",
+                      seed=config.seed, progress=config.progress)
+    trainer.defualt_lcfg.update(patience=config.patience, delta=1e-4)
+    trainer.init_optimizer(lr=config.lr)
+    stopped = trainer.train_node_sampler(epochs=config.epochs, gloader=(train_loader, valid_loader),
+                                         dataset=dataset)
+
+    full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=4096,
+                               backend=config.backend)
+    embedding = trainer.predict_gloader(full_loader, dataset).numpy()
+    adata.obsm[EMBEDDING_KEY] = embedding
+    n_domains = config.n_domains
+    if n_domains is None:
+        n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
+    smoothed = smooth_over_graph(embedding, adata.obsp["spatial_connectivities"], config.smooth)
+    labels = kmeans_domains(smoothed, n_domains, seed=config.seed)
+    adata.obs[DOMAIN_KEY] = np.array([f"domain{i}" for i in labels])
+    adata.obs[DOMAIN_KEY] = adata.obs[DOMAIN_KEY].astype("category")
+    ari = (adjusted_rand_index(adata.obs[config.truth_key], labels) if config.truth_key else None)
+
+    _save_history(trainer.history, out_dir)
+    adata.write_h5ad(out_dir / "adata.h5ad")
+    figure = _save_figure(adata, trainer.history, config, out_dir / "figure.png")
+    best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
+    summary = {
+        "n_obs": adata.n_obs,
+        "epochs_run": len(trainer.history),
+        "early_stopped": bool(stopped),
+        "best_val_loss": None if trainer.best is None else trainer.best.best_score,
+        "n_domains": n_domains,
+        "ari": ari,
+        "seconds": time.perf_counter() - start,
+        "outputs": {
+            "adata": str(out_dir / "adata.h5ad"),
+            "checkpoint": None if best is None else str(best),
+            "history": str(out_dir / "history.csv"),
+            "figure": str(out_dir / "figure.png") if figure else None,
+        },
+        "config": asdict(config),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
