@@ -84,6 +84,7 @@ class BaseDataset(Dataset):
             matrix = np.asarray(matrix)
         if not np.issubdtype(matrix.dtype, np.number):
             raise TypeError(f"expression matrix must be numeric, got dtype {matrix.dtype}")
+        _check_finite(matrix, adata, layer_key)
         self.adata = adata
         self.layer_key = layer_key
         self.batch_key = batch_key
@@ -245,6 +246,29 @@ class MaskedDataset(BaseDataset):
 
     def _base_rows(self, index) -> np.ndarray:
         return self.indices[_as_index(index)]
+
+
+def _check_finite(matrix, adata, layer_key, block: int = 65536) -> None:
+    """Raise if the matrix holds NaN or infinite values (checked in row blocks)."""
+    source = "adata.X" if layer_key is None else f"adata.layers[{layer_key!r}]"
+    if sp.issparse(matrix):
+        finite = np.isfinite(matrix.data)
+        if finite.all():
+            return
+        first = int(np.searchsorted(matrix.indptr, np.flatnonzero(~finite)[0], side="right") - 1)
+        bad = int((~finite).sum())
+    else:
+        bad, first = 0, None
+        for start in range(0, matrix.shape[0], block):
+            rows_bad = ~np.isfinite(matrix[start:start + block]).reshape(min(block, matrix.shape[0] - start), -1)
+            if rows_bad.any():
+                bad += int(rows_bad.sum())
+                if first is None:
+                    first = start + int(np.flatnonzero(rows_bad.any(axis=1))[0])
+        if not bad:
+            return
+    raise ValueError(f"{source} holds {bad} NaN or infinite value(s); the first is in obs "
+                     f"{adata.obs_names[first]!r}")
 
 
 def _as_index(index) -> np.ndarray:

@@ -37,6 +37,12 @@ def train_loop_formatter(train_func: Callable) -> Callable:
     TensorBoard's ``SummaryWriter``; it receives every train and validation
     loss per epoch.
 
+    Every ``self.checkpoint_every`` epochs (and at the end) the whole training
+    state is written atomically to ``checkpoint_dir / "last.pt"``; passing
+    ``resume_from=<that file>`` to the same call continues the run exactly
+    where it stopped (on the CPU, bitwise). ``KeyboardInterrupt`` writes
+    ``interrupted.pt``, prints how to resume and returns ``False``.
+
     Parameters
     ----------
     train_func
@@ -53,24 +59,42 @@ def train_loop_formatter(train_func: Callable) -> Callable:
     """
 
     @functools.wraps(train_func)
-    def loop(self, epochs: int, *args, writer=None, **kwargs) -> bool:
+    def loop(self, epochs: int, *args, writer=None, resume_from=None, **kwargs) -> bool:
         epochs = _check_epochs(epochs)
-        self.begin_fit()
-        bar = tqdm(total=epochs, disable=not self.progress, dynamic_ncols=True)
-        state = {"epoch": 0, "epochs": epochs, "step": 0, "tbar": bar, "writer": writer}
-        stopped = False
+        state = {"epoch": 0, "epochs": epochs, "step": 0, "tbar": None, "writer": writer}
+        if resume_from is None:
+            self.begin_fit()
+            done, stopped = 0, False
+        else:
+            done, stopped = self.load_training_state(resume_from, state)
+        bar = tqdm(total=epochs, initial=done, disable=not self.progress, dynamic_ncols=True)
+        state["tbar"] = bar
         try:
-            for epoch in range(1, epochs + 1):
+            for epoch in range(done + 1, epochs + 1):
+                if stopped:
+                    break
                 state["epoch"] = epoch
                 bar.set_description(f"Epoch {epoch}/{epochs}")
                 stopped = bool(train_func(self, state, *args, **kwargs))
                 bar.update(1)
-                if stopped:
-                    break
+                if self.checkpoint_every and (epoch % self.checkpoint_every == 0 or stopped
+                                              or epoch == epochs):
+                    self.save_training_state(self.checkpoint_dir / "last.pt", state, stopped=stopped)
+        except KeyboardInterrupt:
+            bar.close()
+            path = self.save_training_state(self.checkpoint_dir / "interrupted.pt", state,
+                                            completed=state["epoch"] - 1)
+            self.interrupted = True
+            self.trace_func(
+                f"Interrupted during epoch {state['epoch']}/{epochs}; training state saved to {path}. "
+                f"Resume with the same call plus resume_from={str(path)!r} (the interrupted epoch "
+                f"restarts), or from {self.checkpoint_dir / 'last.pt'} for an exact continuation "
+                f"of the last completed epoch.")
+            return False
         finally:
             bar.close()
-        if stopped:
-            self.trace_func(f"Early stopping at epoch {state['epoch']}/{epochs}: {self.stop_reason}")
+        if stopped and self.stop_reason:
+            self.trace_func(f"Early stopping at epoch {len(self.history)}/{epochs}: {self.stop_reason}")
         if self.restore_best:
             self.restore_best_weights()
         return stopped

@@ -24,16 +24,19 @@ from tqdm.auto import tqdm
 from stepgraph.data.loaders import derive_neighbor_loader
 from stepgraph.data.loaders import make_loaders as _make_loaders
 from stepgraph.data.split import random_split_indices
-from stepgraph.train.checkpoint import load_checkpoint
+from stepgraph.train.checkpoint import atomic_save, load_checkpoint
 from stepgraph.train.early_stopping import EarlyStopping
 from stepgraph.train.loop import train_loop_formatter
 from stepgraph.train.meter import LossMeter, tensor_losses
+from stepgraph.train.rng import get_rng_state, seed_everything, set_rng_state
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
 #: Names given, in order, to the members of a tensor batch tuple.
 INPUT_NAMES = ("x", "batch_label", "class_label")
 STOP_RULES = ("all", "any", "total")
+NONFINITE_POLICIES = ("raise", "skip")
+STATE_FORMAT = "stepgraph-training-state"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -107,7 +110,10 @@ class Trainer:
         Folder of the best-weights checkpoint (``best.pt``); a fresh temporary
         folder when ``None``.
     seed
-        Seed of the splits made by :meth:`split_X`.
+        Seed of the whole run: every training call starts by seeding Python,
+        NumPy and torch with it (:func:`~stepgraph.train.rng.seed_everything`),
+        so shuffling, sampling and dropout repeat; :meth:`split_X` uses it
+        too. ``None`` leaves the global generators alone.
     grad_clip
         Clip the gradients' global norm to this value; ``None`` does not clip.
     stop_on
@@ -121,6 +127,13 @@ class Trainer:
         Show tqdm progress bars.
     trace_func
         Receives the trainer's messages (early stopping reports).
+    checkpoint_every
+        Write the whole training state to ``checkpoint_dir / "last.pt"`` every
+        this many epochs (and at the end); 0 never writes it.
+    on_nonfinite
+        ``"raise"`` (default) stops at a NaN or infinite training loss with
+        :class:`NonFiniteLossError`; ``"skip"`` skips such batches without
+        touching the weights and counts them in :attr:`skipped_batches`.
 
     Attributes
     ----------
@@ -153,11 +166,18 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
                  checkpoint_dir: str | Path | None = None, seed: int = 0,
                  grad_clip: float | None = None, stop_on: str = "all", restore_best: bool = True,
-                 progress: bool = True, trace_func: Callable[[str], Any] = print):
+                 progress: bool = True, trace_func: Callable[[str], Any] = print,
+                 checkpoint_every: int = 1, on_nonfinite: str = "raise"):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if stop_on not in STOP_RULES:
             raise ValueError(f"stop_on must be one of {STOP_RULES}, got stop_on={stop_on!r}")
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got on_nonfinite={on_nonfinite!r}")
+        if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be an int >= 0, got checkpoint_every={checkpoint_every!r}")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+            raise TypeError(f"seed must be an int or None, got seed={seed!r}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got grad_clip={grad_clip!r}")
         self.model = model
@@ -172,6 +192,10 @@ class Trainer:
         self.restore_best = restore_best
         self.progress = progress
         self.trace_func = trace_func
+        self.checkpoint_every = checkpoint_every
+        self.on_nonfinite = on_nonfinite
+        self.skipped_batches = 0
+        self.interrupted = False
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler = None
@@ -312,8 +336,9 @@ class Trainer:
 
         Returns
         -------
-        torch.Tensor
-            The detached total loss.
+        torch.Tensor or None
+            The detached total loss; ``None`` when a non-finite batch was
+            skipped (``on_nonfinite="skip"``).
 
         Raises
         ------
@@ -332,9 +357,14 @@ class Trainer:
         if total.dim() != 0 and total.numel() != 1:
             raise ValueError(f"losses must be scalars, got a total of shape {tuple(total.shape)}")
         if not bool(torch.isfinite(total)):
+            if self.on_nonfinite == "skip":
+                self.skipped_batches += 1
+                return None
             values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             where = f"epoch {epoch}" + ("" if step is None else f", step {step}")
-            raise NonFiniteLossError(f"non-finite training loss at {where}: {values}")
+            raise NonFiniteLossError(
+                f"non-finite training loss at {where}: {values}; the weights were not updated "
+                f"(the last good state is in {self.checkpoint_dir / 'last.pt'} if it was written)")
         self._tensor_keys.update(losses)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -414,6 +444,7 @@ class Trainer:
         """
         self.mode_switch_to_train()
         meter = LossMeter()
+        keys = None
         last_shown = time.monotonic()
         for step, batch in enumerate(self._steps(batches, state)):
             out = loss_call(batch, step)
@@ -422,7 +453,13 @@ class Trainer:
             loss_dict, weight = out
             loss_dict = dict(loss_dict)
             loss_dict.pop("graph_ids", None)
-            self.update_model_params(loss_dict, state["epoch"], step)
+            if keys is None:
+                keys = set(loss_dict)
+            elif set(loss_dict) != keys:
+                raise ValueError(f"the loss dict's keys changed at epoch {state['epoch']}, step {step}: "
+                                 f"{sorted(loss_dict)} instead of {sorted(keys)}")
+            if self.update_model_params(loss_dict, state["epoch"], step) is None:
+                continue
             self.cum_loss(loss_dict, meter, weight=weight)
             state["step"] += 1
             if self.progress and time.monotonic() - last_shown > 1.0:
@@ -475,7 +512,12 @@ class Trainer:
 
     # ------------------------------------------------------ early stopping
     def begin_fit(self) -> None:
-        """Reset the per-run state: early-stopping monitors, history, stop reason."""
+        """Start a new run: seed the generators (when :attr:`seed` is set) and
+        reset the early-stopping monitors, history and stop reason."""
+        if self.seed is not None:
+            seed_everything(self.seed)
+        self.skipped_batches = 0
+        self.interrupted = False
         self.early_stopping = {}
         self.history = []
         self.stop_reason = None
@@ -578,6 +620,124 @@ class Trainer:
                 parts.append(f"{key}={float(value):.4f}/{float(best):.4f}")
         return ", ".join(parts)
 
+    # ----------------------------------------------------- training state
+    @staticmethod
+    def _track_generators(state: dict, *loaders) -> None:
+        """Remember the loaders' shuffling generators (saved in checkpoints); on a
+        resumed run, give them back their saved states."""
+        if "generators" in state:
+            return
+        gens = [loader.generator for loader in loaders
+                if loader is not None and getattr(loader, "generator", None) is not None]
+        state["generators"] = gens
+        pending = state.pop("resume_generators", None)
+        if pending is not None:
+            if len(pending) != len(gens):
+                raise ValueError(f"resume_from: the checkpoint holds {len(pending)} loader generator "
+                                 f"state(s) but the loaders given have {len(gens)}; resume with the same "
+                                 "loaders (same shuffle settings) as the interrupted run")
+            for gen, gen_state in zip(gens, pending):
+                gen.set_state(gen_state)
+
+    def save_training_state(self, path, state: dict, completed: int | None = None,
+                            stopped: bool = False) -> Path:
+        """Write the whole training state to ``path``, atomically.
+
+        It holds the model, optimizer, LR scheduler, every early-stopping
+        monitor, the epoch and step, the history, the RNG states of Python,
+        NumPy and torch, and the states of the loaders' shuffling generators.
+
+        Parameters
+        ----------
+        path
+            Destination file.
+        state
+            The loop state.
+        completed
+            Number of completed epochs; ``state["epoch"]`` by default.
+        stopped
+            Whether early stopping had fired.
+        """
+        payload = {
+            "format": STATE_FORMAT,
+            "version": 1,
+            "epoch": state["epoch"] if completed is None else completed,
+            "step": state["step"],
+            "stopped": stopped,
+            "model": self.net.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "lr_scheduler": None if self.lr_scheduler is None else self.lr_scheduler.state_dict(),
+            "early_stopping": {k: es.state_dict() for k, es in self.early_stopping.items()},
+            "best": None if self.best is None else self.best.state_dict(),
+            "history": list(self.history),
+            "stop_reason": self.stop_reason,
+            "tensor_keys": sorted(self._tensor_keys),
+            "skipped_batches": self.skipped_batches,
+            "rng": get_rng_state(),
+            "generators": [g.get_state() for g in state.get("generators", [])],
+        }
+        return atomic_save(payload, path)
+
+    def load_training_state(self, path, state: dict) -> tuple[int, bool]:
+        """Restore a state written by :meth:`save_training_state`.
+
+        Call it (through ``resume_from=``) with the same model architecture,
+        optimizer set-up and loaders as the run that wrote it.
+
+        Returns
+        -------
+        completed, stopped
+            The number of completed epochs and whether early stopping had fired.
+
+        Raises
+        ------
+        ValueError
+            When the file is not a stepgraph training state or was written for
+            another model.
+        """
+        payload = load_checkpoint(path, map_location=self.device)
+        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+            raise ValueError(f"resume_from={str(path)!r} is not a stepgraph training state "
+                             "(expected last.pt or interrupted.pt written by the Trainer)")
+        try:
+            self.net.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())[:300]
+            raise ValueError(f"resume_from={str(path)!r} was written for another model: {detail}") from None
+        if payload["optimizer"] is not None:
+            if self.optimizer is None:
+                self.init_optimizer()
+            try:
+                self.optimizer.load_state_dict(payload["optimizer"])
+            except ValueError as err:
+                raise ValueError(f"resume_from={str(path)!r}: the optimizer differs from the saved one "
+                                 f"({err}); call init_optimizer as in the interrupted run") from None
+        if payload["lr_scheduler"] is not None:
+            if self.lr_scheduler is None:
+                raise ValueError(f"resume_from={str(path)!r} holds an LR scheduler state; call "
+                                 "set_lr_scheduler as in the interrupted run before resuming")
+            self.lr_scheduler.load_state_dict(payload["lr_scheduler"])
+        self.early_stopping = {}
+        for key, es_state in payload["early_stopping"].items():
+            cfg = {k: es_state[k] for k in ("patience", "delta", "mode", "path")}
+            self.early_stopping[key] = EarlyStopping(trace_func=self.trace_func, **cfg)
+            self.early_stopping[key].load_state_dict(es_state)
+        self.best = None
+        if payload["best"] is not None:
+            self.best = EarlyStopping(patience=payload["best"]["patience"], path=payload["best"]["path"],
+                                      trace_func=self.trace_func)
+            self.best.load_state_dict(payload["best"])
+        self.history = list(payload["history"])
+        self.stop_reason = payload["stop_reason"]
+        self._tensor_keys = set(payload["tensor_keys"])
+        self.skipped_batches = payload["skipped_batches"]
+        self.interrupted = False
+        set_rng_state(payload["rng"])
+        state["step"] = payload["step"]
+        state["epoch"] = payload["epoch"]
+        state["resume_generators"] = payload["generators"]
+        return payload["epoch"], payload["stopped"]
+
     # ---------------------------------------------------------- splitting
     def split_X(self, X, split_rate: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Seeded random split of the rows of ``X``.
@@ -596,7 +756,7 @@ class Trainer:
             Sorted int64 index tensors; ``valid_ind`` is ``None`` when
             ``split_rate`` is 0.
         """
-        train_ind, valid_ind = random_split_indices(len(X), split_rate, seed=self.seed)
+        train_ind, valid_ind = random_split_indices(len(X), split_rate, seed=self.seed or 0)
         if train_ind.size == 0:
             raise ValueError(f"split_rate={split_rate} leaves no training rows out of {len(X)}")
         return torch.from_numpy(train_ind), (torch.from_numpy(valid_ind) if valid_ind.size else None)
@@ -657,6 +817,7 @@ class Trainer:
             Whether to stop early.
         """
         train_loader, valid_loader = self._split_loaders(loaders)
+        self._track_generators(state, train_loader, valid_loader)
         call = call_func or self.handle_input_tuple
 
         def loss_call(batch, step):
@@ -691,8 +852,9 @@ class Trainer:
         n = X.shape[0]
         train_ind = torch.arange(n) if train_ind is None else _as_index_tensor(train_ind, "train_ind", n)
         valid_ind = None if valid_ind is None else _as_index_tensor(valid_ind, "valid_ind", n)
-        if state["epoch"] == 1:
+        if not state.setdefault("checked_indices", False):
             _check_disjoint(train_ind, valid_ind)
+            state["checked_indices"] = True
         call = call_func or self.loss
         train_ind = train_ind.to(self.device)
 
@@ -833,6 +995,7 @@ class Trainer:
                     valid_loader = derive_neighbor_loader(train_loader, v, shuffle=False)
             state["node_loaders"] = (train_loader, valid_loader)
         train_loader, valid_loader = state["node_loaders"]
+        self._track_generators(state, train_loader, valid_loader)
         self.graph_dataset = dataset
         validate = None if valid_loader is None else (
             lambda: self.validate_gloader(valid_loader, call_func=call_func))
@@ -875,6 +1038,7 @@ class Trainer:
             state["graph_masks"] = (self._node_mask(t, "train_ind", num_nodes),
                                     self._node_mask(v, "valid_ind", num_nodes))
         train_mask, valid_mask = state["graph_masks"]
+        self._track_generators(state, gloader)
         self.graph_dataset = dataset
         validate = None if valid_mask is None else (
             lambda: self._evaluate(gloader, self._graph_loss_call(valid_mask, call_func)))
