@@ -83,7 +83,7 @@ def train_loop_formatter(train_func: Callable) -> Callable:
         except KeyboardInterrupt:
             bar.close()
             path = self.save_training_state(self.checkpoint_dir / "interrupted.pt", state,
-                                            completed=state["epoch"] - 1)
+                                            completed=state["epoch"] - 1, gather=False)
             self.interrupted = True
             self.trace_func(
                 f"Interrupted during epoch {state['epoch']}/{epochs}; training state saved to {path}. "

@@ -10,6 +10,7 @@ early stopping (:meth:`Trainer._end_epoch`).
 
 from __future__ import annotations
 
+import gc
 import math
 import tempfile
 import time
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from stepgraph.data.loaders import derive_neighbor_loader
 from stepgraph.data.loaders import make_loaders as _make_loaders
 from stepgraph.data.split import random_split_indices
+from stepgraph.train import distributed as ddp
 from stepgraph.train.checkpoint import atomic_save, load_checkpoint
 from stepgraph.train.early_stopping import EarlyStopping
 from stepgraph.train.loop import train_loop_formatter
@@ -130,6 +132,14 @@ class Trainer:
     checkpoint_every
         Write the whole training state to ``checkpoint_dir / "last.pt"`` every
         this many epochs (and at the end); 0 never writes it.
+    distributed
+        Train data-parallel over a ``torch.distributed`` process group
+        (DistributedDataParallel). ``None`` (default) does so when launched by
+        ``torchrun`` (``WORLD_SIZE`` > 1) or when a group is initialised;
+        see ``docs/distributed.md``.
+    find_unused_parameters
+        Passed to DistributedDataParallel (for models whose losses skip some
+        parameters).
     on_nonfinite
         ``"raise"`` (default) stops at a NaN or infinite training loss with
         :class:`NonFiniteLossError`; ``"skip"`` skips such batches without
@@ -167,7 +177,8 @@ class Trainer:
                  checkpoint_dir: str | Path | None = None, seed: int = 0,
                  grad_clip: float | None = None, stop_on: str = "all", restore_best: bool = True,
                  progress: bool = True, trace_func: Callable[[str], Any] = print,
-                 checkpoint_every: int = 1, on_nonfinite: str = "raise"):
+                 checkpoint_every: int = 1, on_nonfinite: str = "raise",
+                 distributed: bool | None = None, find_unused_parameters: bool = False):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if stop_on not in STOP_RULES:
@@ -181,6 +192,17 @@ class Trainer:
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got grad_clip={grad_clip!r}")
         self.model = model
+        self.distributed = ddp.init_distributed() if distributed in (None, True) else False
+        if distributed and not self.distributed:
+            raise ValueError("distributed=True but no torch.distributed process group with more than "
+                             "one process was found; launch with torchrun")
+        self.find_unused_parameters = find_unused_parameters
+        if self.distributed and on_nonfinite == "skip":
+            raise ValueError("on_nonfinite='skip' is not supported in distributed training: a batch "
+                             "skipped on one rank would leave the others waiting in backward")
+        self._ddp = None
+        if device is None and self.distributed and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
         if device is None:
             first = next(model.parameters(), None)
             device = first.device if first is not None else "cpu"
@@ -190,8 +212,9 @@ class Trainer:
         self.grad_clip = grad_clip
         self.stop_on = stop_on
         self.restore_best = restore_best
-        self.progress = progress
-        self.trace_func = trace_func
+        main = ddp.is_main_process()
+        self.progress = progress and main
+        self.trace_func = trace_func if main else (lambda message: None)
         self.checkpoint_every = checkpoint_every
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
@@ -229,8 +252,27 @@ class Trainer:
 
     @property
     def net(self) -> torch.nn.Module:
-        """The user's model, unwrapped from DistributedDataParallel if wrapped."""
-        return getattr(self.model, "module", self.model)
+        """The user's model (:attr:`model` is never wrapped; the DDP wrapper is internal)."""
+        return self.model
+
+    def _ddp_module(self):
+        """The DistributedDataParallel wrapper, built at first use (after the
+        optimizer has decided which parameters train)."""
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(ddp.LossForward(self.model), device_ids=ids,
+                                                find_unused_parameters=self.find_unused_parameters)
+            self._ddp_params = {id(p) for p in self.model.parameters() if p.requires_grad}
+        return self._ddp
+
+    def _model_loss(self, *args, **kwargs):
+        """Call ``model.loss``; through DDP when training distributed, so that the
+        backward pass synchronises the gradients."""
+        if self.distributed and self.model.training and torch.is_grad_enabled():
+            return self._ddp_module()(*args, **kwargs)
+        return self.model.loss(*args, **kwargs)
 
     def mode_switch_to_train(self) -> None:
         """Put the model in training mode."""
@@ -287,6 +329,8 @@ class Trainer:
         groups = [g for g in groups if g["params"]]
         self.optimizer = torch.optim.Adam(groups, lr=lr)
         self.lr_scheduler = None
+        if self._ddp is not None and {id(p) for p in params} != self._ddp_params:
+            self._ddp = None  # the trainable parameters changed: DDP must be rebuilt
         return self.optimizer
 
     def set_lr_scheduler(self, lr_scheduler=None, gamma: float = 0.1, milestones: Iterable[int] = ()):
@@ -443,7 +487,18 @@ class Trainer:
             Whether early stopping fired.
         """
         self.mode_switch_to_train()
+        if self.optimizer is None:  # before the first forward (which may build DDP)
+            self.init_optimizer()
         meter = LossMeter()
+        self._train_steps(state, batches, loss_call, meter)
+        ddp.all_reduce_meter(meter)
+        if not len(meter):
+            raise ValueError(f"epoch {state['epoch']} had no training batch")
+        train_losses = meter.compute()
+        valid_losses = validate() if validate is not None else {}
+        return self._end_epoch(state, train_losses, valid_losses)
+
+    def _train_steps(self, state: dict, batches: Iterable, loss_call: Callable, meter: LossMeter) -> None:
         keys = None
         last_shown = time.monotonic()
         for step, batch in enumerate(self._steps(batches, state)):
@@ -465,11 +520,6 @@ class Trainer:
             if self.progress and time.monotonic() - last_shown > 1.0:
                 state["tbar"].set_postfix_str(self.format_loss_dict(meter.compute(), state))
                 last_shown = time.monotonic()
-        if not len(meter):
-            raise ValueError(f"epoch {state['epoch']} had no training batch")
-        train_losses = meter.compute()
-        valid_losses = validate() if validate is not None else {}
-        return self._end_epoch(state, train_losses, valid_losses)
 
     def _evaluate(self, batches: Iterable, loss_call: Callable) -> dict[str, float]:
         """Validation through the same meter: eval mode, no grad, ``val_`` keys."""
@@ -484,6 +534,7 @@ class Trainer:
                         meter.update(*out)
         finally:
             self.model.train(was_training)
+        ddp.all_reduce_meter(meter)
         return {f"val_{k}": v for k, v in meter.compute().items()}
 
     def _total(self, losses: Mapping[str, float], prefix: str = "") -> float:
@@ -495,7 +546,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else math.nan
         self.history.append({"epoch": epoch, **train_losses, **valid_losses, "lr": lr})
         writer = state.get("writer")
-        if writer is not None:
+        if writer is not None and ddp.is_main_process():
             for key, value in {**train_losses, **valid_losses}.items():
                 writer.add_scalar(key, value, epoch)
         stop = self.check_early_stop(valid_losses) if valid_losses else False
@@ -514,6 +565,11 @@ class Trainer:
     def begin_fit(self) -> None:
         """Start a new run: seed the generators (when :attr:`seed` is set) and
         reset the early-stopping monitors, history and stop reason."""
+        if self.distributed:
+            # An earlier Trainer's DDP wrapper left for the garbage collector may
+            # talk to the process group when it is freed; collect it here, at
+            # the same point on every rank, not at a random moment mid-epoch.
+            gc.collect()
         if self.seed is not None:
             seed_everything(self.seed)
         self.skipped_batches = 0
@@ -570,11 +626,11 @@ class Trainer:
             if key not in val:
                 raise KeyError(f"validation loss {key!r} was monitored but is missing now; "
                                f"got {sorted(val)}")
-            es(val[key], self.net)
+            es(val[key], self.model if ddp.is_main_process() else None)
         if self.best is None:
             self.best = EarlyStopping(patience=1 << 30, path=self.checkpoint_dir / "best.pt",
                                       trace_func=self.trace_func)
-        self.best(total, self.net)
+        self.best(total, self.model if ddp.is_main_process() else None)
         stopped = [k for k, es in self.early_stopping.items() if es.early_stop]
         stop = bool(stopped) and (len(stopped) == len(self.early_stopping) or self.stop_on == "any")
         if stop:
@@ -591,9 +647,17 @@ class Trainer:
         bool
             Whether weights were restored.
         """
-        if self.best is None or not self.best.checkpoint_written:
+        written = self.best is not None and self.best.checkpoint_written
+        if self.distributed:  # rank 0 holds the file; every rank gets its weights
+            written = ddp.all_gather_objects(written)[0]
+            if written and ddp.is_main_process():
+                self.model.load_state_dict(load_checkpoint(self.best.path, map_location=self.device))
+            if written:
+                ddp.broadcast_module(self.model)
+            return written
+        if not written:
             return False
-        self.net.load_state_dict(load_checkpoint(self.best.path, map_location=self.device))
+        self.model.load_state_dict(load_checkpoint(self.best.path, map_location=self.device))
         return True
 
     def format_loss_dict(self, loss_dict: Mapping[str, float], state: Mapping[str, Any],
@@ -620,6 +684,40 @@ class Trainer:
                 parts.append(f"{key}={float(value):.4f}/{float(best):.4f}")
         return ", ".join(parts)
 
+    # ------------------------------------------------------ data parallel
+    def _shard(self, indices, state: dict, shuffle: bool, pad: bool) -> torch.Tensor:
+        """This rank's share of ``indices`` for the current epoch (shared-seed permutation;
+        ``pad`` for training, so every rank runs the same number of steps)."""
+        indices = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
+        return torch.from_numpy(ddp.shard_indices(indices, state["epoch"], self.seed or 0, shuffle, pad))
+
+    @staticmethod
+    def _loader_seeds(loader) -> torch.Tensor:
+        """The seed nodes a NeighborLoader visits."""
+        nodes = loader.input_data.node
+        return torch.arange(loader.data.num_nodes) if nodes is None else nodes
+
+    def _sharded_loaders(self, state: dict, train_loader, valid_loader):
+        """DataLoaders over this rank's shard, reshuffled per epoch with a shared seed."""
+        if "ddp_loaders" not in state:
+            from torch.utils.data import DataLoader, RandomSampler
+
+            def shard(loader, shuffle, pad):
+                if loader is None:
+                    return None
+                sampler = ddp.ShardSampler(len(loader.dataset), shuffle, seed=self.seed or 0, pad=pad)
+                return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                                  collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                                  drop_last=loader.drop_last)
+
+            state["ddp_loaders"] = (
+                shard(train_loader, isinstance(train_loader.sampler, RandomSampler), pad=True),
+                shard(valid_loader, False, pad=False))
+        for loader in state["ddp_loaders"]:
+            if loader is not None:
+                loader.sampler.set_epoch(state["epoch"])
+        return state["ddp_loaders"]
+
     # ----------------------------------------------------- training state
     @staticmethod
     def _track_generators(state: dict, *loaders) -> None:
@@ -640,7 +738,7 @@ class Trainer:
                 gen.set_state(gen_state)
 
     def save_training_state(self, path, state: dict, completed: int | None = None,
-                            stopped: bool = False) -> Path:
+                            stopped: bool = False, gather: bool = True) -> Path:
         """Write the whole training state to ``path``, atomically.
 
         It holds the model, optimizer, LR scheduler, every early-stopping
@@ -657,7 +755,13 @@ class Trainer:
             Number of completed epochs; ``state["epoch"]`` by default.
         stopped
             Whether early stopping had fired.
+        gather
+            In distributed runs, collect every rank's RNG state (a collective
+            call: every rank must call it); rank 0 alone writes the file.
         """
+        rng_states = ddp.all_gather_objects(get_rng_state()) if gather else [get_rng_state()]
+        if not ddp.is_main_process():
+            return Path(path)
         payload = {
             "format": STATE_FORMAT,
             "version": 1,
@@ -673,7 +777,7 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "tensor_keys": sorted(self._tensor_keys),
             "skipped_batches": self.skipped_batches,
-            "rng": get_rng_state(),
+            "rng": rng_states,
             "generators": [g.get_state() for g in state.get("generators", [])],
         }
         return atomic_save(payload, path)
@@ -732,7 +836,8 @@ class Trainer:
         self._tensor_keys = set(payload["tensor_keys"])
         self.skipped_batches = payload["skipped_batches"]
         self.interrupted = False
-        set_rng_state(payload["rng"])
+        rng_states = payload["rng"]
+        set_rng_state(rng_states[ddp.rank()] if len(rng_states) == ddp.world_size() else rng_states[0])
         state["step"] = payload["step"]
         state["epoch"] = payload["epoch"]
         state["resume_generators"] = payload["generators"]
@@ -764,8 +869,7 @@ class Trainer:
     # ------------------------------------------------------- loss calls
     def loss(self, X, ind=None, **kwargs):
         """Loss of the full-matrix path; defaults to ``model.loss(X, ind=ind, **kwargs)``."""
-        return self.model.loss(X, ind=ind, **kwargs) if self.model is self.net else \
-            self.net.loss(X, ind=ind, **kwargs)
+        return self._model_loss(X, ind=ind, **kwargs)
 
     def handle_input_tuple(self, input_tuple):
         """Loss dict of one tensor batch.
@@ -776,14 +880,14 @@ class Trainer:
         """
         batch = _to_device(input_tuple, self.device)
         if isinstance(batch, torch.Tensor):
-            return self.net.loss(batch)
+            return self._model_loss(batch)
         if isinstance(batch, Mapping):
-            return self.net.loss(**batch)
+            return self._model_loss(**batch)
         if len(batch) > len(INPUT_NAMES):
             raise ValueError(f"a batch tuple holds at most {len(INPUT_NAMES)} items "
                              f"{INPUT_NAMES}, got {len(batch)}")
         named = {name: value for name, value in zip(INPUT_NAMES[1:], batch[1:])}
-        return self.net.loss(batch[0], **named)
+        return self._model_loss(batch[0], **named)
 
     # ------------------------------------------------------ training paths
     @staticmethod
@@ -817,6 +921,8 @@ class Trainer:
             Whether to stop early.
         """
         train_loader, valid_loader = self._split_loaders(loaders)
+        if self.distributed:
+            train_loader, valid_loader = self._sharded_loaders(state, train_loader, valid_loader)
         self._track_generators(state, train_loader, valid_loader)
         call = call_func or self.handle_input_tuple
 
@@ -856,6 +962,9 @@ class Trainer:
             _check_disjoint(train_ind, valid_ind)
             state["checked_indices"] = True
         call = call_func or self.loss
+        if self.distributed:  # every rank holds X and trains on its share of the rows
+            train_ind = self._shard(train_ind, state, shuffle=False, pad=True)
+            valid_ind = None if valid_ind is None else self._shard(valid_ind, state, shuffle=False, pad=False)
         train_ind = train_ind.to(self.device)
 
         def loss_call(ind, step):
@@ -921,7 +1030,7 @@ class Trainer:
         if ind is None:
             ind = torch.arange(input_tuple.batch_size)
         inputs = self._graph_inputs(input_tuple, self.graph_dataset)
-        return self.net.loss(inputs.pop("x"), ind=ind.to(self.device), **inputs)
+        return self._model_loss(inputs.pop("x"), ind=ind.to(self.device), **inputs)
 
     def _graph_loss_call(self, mask: torch.Tensor | None, call_func: Callable | None):
         """``loss_call`` over NeighborLoader batches: losses on the seed nodes, restricted
@@ -933,7 +1042,12 @@ class Trainer:
             if mask is not None:
                 ind = mask[batch.n_id[:batch.batch_size]].nonzero().flatten()
                 if ind.numel() == 0:
-                    return None
+                    if not (self.distributed and self.model.training):
+                        return None
+                    # every rank must run the same synchronised backward passes:
+                    # a batch without loss nodes contributes zero loss, weight 0
+                    losses = call(batch, torch.zeros(1, dtype=torch.long), step)
+                    return {k: v * 0 if isinstance(v, torch.Tensor) else v for k, v in losses.items()}, 0
             return call(batch, ind, step), ind.numel()
 
         return loss_call
@@ -995,6 +1109,14 @@ class Trainer:
                     valid_loader = derive_neighbor_loader(train_loader, v, shuffle=False)
             state["node_loaders"] = (train_loader, valid_loader)
         train_loader, valid_loader = state["node_loaders"]
+        if self.distributed:
+            train_loader = derive_neighbor_loader(
+                train_loader, self._shard(self._loader_seeds(train_loader), state, shuffle=True, pad=True),
+                shuffle=False)
+            if valid_loader is not None:
+                valid_loader = derive_neighbor_loader(
+                    valid_loader, self._shard(self._loader_seeds(valid_loader), state, shuffle=False, pad=False),
+                    shuffle=False)
         self._track_generators(state, train_loader, valid_loader)
         self.graph_dataset = dataset
         validate = None if valid_loader is None else (
@@ -1038,6 +1160,9 @@ class Trainer:
             state["graph_masks"] = (self._node_mask(t, "train_ind", num_nodes),
                                     self._node_mask(v, "valid_ind", num_nodes))
         train_mask, valid_mask = state["graph_masks"]
+        if self.distributed:
+            gloader = derive_neighbor_loader(
+                gloader, self._shard(self._loader_seeds(gloader), state, shuffle=True, pad=True), shuffle=False)
         self._track_generators(state, gloader)
         self.graph_dataset = dataset
         validate = None if valid_mask is None else (

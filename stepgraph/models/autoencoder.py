@@ -1,0 +1,256 @@
+"""A graph autoencoder for spatial expression data: the reference model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GCNConv, SAGEConv
+
+__all__ = ["GraphAutoencoder"]
+
+_CONVS = {"gcn": GCNConv, "sage": SAGEConv}
+
+
+class GraphAutoencoder(nn.Module):
+    r"""A graph autoencoder that embeds every cell (or spot) from its own
+    expression and that of its spatial neighbours, and reconstructs its
+    expression from the embedding.
+
+    The encoder is a stack of :obj:`n_layers` graph convolutions
+    (:class:`~torch_geometric.nn.conv.GCNConv` or
+    :class:`~torch_geometric.nn.conv.SAGEConv`) with ReLU and dropout,
+    followed by a linear map to the :obj:`latent_dim`-dimensional embedding
+    (two maps, mean and log-variance, when :obj:`variational=True`). The
+    decoder is an MLP from the embedding, concatenated with a learned
+    section (batch) embedding when :obj:`n_batches > 0`, back to the
+    :obj:`in_dim` features. It expects log1p-normalised expression and is
+    trained with the mean squared error.
+
+    The model follows stepgraph's model contract: :meth:`loss` returns a dict
+    of named scalar losses (:obj:`"recon_loss"`, plus :obj:`"kl_loss"` when
+    variational) that the :class:`~stepgraph.Trainer` sums and logs.
+
+    Args:
+        in_dim (int): Number of input features (genes).
+        hidden_dim (int, optional): Width of the graph convolutions and of the
+            decoder's hidden layer. (default: :obj:`128`)
+        latent_dim (int, optional): Size of the embedding. (default: :obj:`32`)
+        n_layers (int, optional): Number of graph convolutions in the encoder
+            (the receptive field in hops; match it to the number of fan-outs
+            of a :class:`~torch_geometric.loader.NeighborLoader`).
+            (default: :obj:`2`)
+        conv (str, optional): :obj:`"gcn"` (symmetric normalisation with
+            self-loops; uses :obj:`edge_weight`) or :obj:`"sage"`
+            (mean aggregation plus a separate self term; ignores
+            :obj:`edge_weight`). (default: :obj:`"gcn"`)
+        variational (bool, optional): If set to :obj:`True`, the encoder
+            outputs a Gaussian posterior, the decoder sees a sample from it in
+            training mode (its mean in eval mode), and :meth:`loss` adds a
+            :obj:`"kl_loss"`. (default: :obj:`False`)
+        n_batches (int, optional): Number of sections (batches) to correct
+            for. If greater than :obj:`0`, a learned :obj:`batch_embedding`
+            of each node's section is concatenated to the decoder input, and
+            :obj:`batch_label` must be passed. (default: :obj:`0`)
+        batch_emb_dim (int, optional): Size of the section embedding.
+            (default: :obj:`8`)
+        dropout (float, optional): Dropout probability after every hidden
+            layer. (default: :obj:`0.0`)
+
+    Example:
+        >>> import torch
+        >>> from stepgraph.models import GraphAutoencoder
+        >>> x = torch.rand(100, 50)
+        >>> edge_index = torch.randint(0, 100, (2, 400))
+        >>> model = GraphAutoencoder(50, hidden_dim=32, latent_dim=8)
+        >>> losses = model.loss(x, edge_index=edge_index)
+        >>> sorted(losses)
+        ['recon_loss']
+        >>> model.encode(x, edge_index).shape
+        torch.Size([100, 8])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int = 128,
+        latent_dim: int = 32,
+        n_layers: int = 2,
+        conv: str = "gcn",
+        variational: bool = False,
+        n_batches: int = 0,
+        batch_emb_dim: int = 8,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if conv not in _CONVS:
+            raise ValueError(f"'conv' must be one of {sorted(_CONVS)}; got {conv!r}")
+        for name, value, low in (("in_dim", in_dim, 1), ("hidden_dim", hidden_dim, 1),
+                                 ("latent_dim", latent_dim, 1), ("n_layers", n_layers, 1),
+                                 ("n_batches", n_batches, 0), ("batch_emb_dim", batch_emb_dim, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"'{name}' must be an integer >= {low}; got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1); got {dropout!r}")
+
+        self.in_dim = in_dim
+        self.latent_dim = latent_dim
+        self.conv_type = conv
+        self.variational = variational
+        self.n_batches = n_batches
+        self.dropout = dropout
+
+        conv_cls = _CONVS[conv]
+        dims = [in_dim] + [hidden_dim] * n_layers
+        self.convs = nn.ModuleList(conv_cls(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.mu = nn.Linear(hidden_dim, latent_dim)
+        self.logvar = nn.Linear(hidden_dim, latent_dim) if variational else None
+
+        emb_dim = batch_emb_dim if n_batches > 0 else 0
+        self.batch_embedding = nn.Embedding(n_batches, batch_emb_dim) if n_batches > 0 else None
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim + emb_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, in_dim),
+        )
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        r"""The encoder's parameters (graph convolutions and latent heads).
+
+        The :class:`~stepgraph.Trainer` uses this hook for stage-2
+        fine-tuning, where the backbone is trained with the smaller
+        :obj:`tune_lr`; the section embedding is the set of parameters whose
+        name contains :obj:`"batch_embedding"`, and the decoder is the rest.
+        """
+        yield from self.convs.parameters()
+        yield from self.mu.parameters()
+        if self.logvar is not None:
+            yield from self.logvar.parameters()
+
+    def _hidden(self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None) -> Tensor:
+        if edge_index is None:
+            # No graph: every node only sees itself (GCNConv adds the
+            # self-loops, SAGEConv keeps its root term), i.e. an MLP.
+            edge_index = torch.empty(2, 0, dtype=torch.long, device=x.device)
+            edge_weight = None
+        for conv in self.convs:
+            if self.conv_type == "gcn":
+                x = conv(x, edge_index, edge_weight)
+            else:
+                x = conv(x, edge_index)
+            x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
+        return x
+
+    def _posterior(
+        self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        h = self._hidden(x, edge_index, edge_weight)
+        mu = self.mu(h)
+        logvar = self.logvar(h).clamp(-10.0, 10.0) if self.logvar is not None else None
+        return mu, logvar
+
+    def encode(
+        self,
+        x: Tensor,
+        edge_index: Tensor | None = None,
+        edge_weight: Tensor | None = None,
+        batch_label: Tensor | None = None,
+    ) -> Tensor:
+        r"""Embeds every node of the (sub)graph.
+
+        Args:
+            x (torch.Tensor): Node features, shape :obj:`[num_nodes, in_dim]`.
+            edge_index (torch.Tensor, optional): Graph connectivity; without
+                it every node is embedded from its own features only.
+            edge_weight (torch.Tensor, optional): Edge weights (GCN only).
+            batch_label (torch.Tensor, optional): Not used by the encoder;
+                accepted so that all methods take the same arguments.
+
+        Returns:
+            The embedding, shape :obj:`[num_nodes, latent_dim]` (the
+            posterior mean when variational).
+        """
+        return self._posterior(x, edge_index, edge_weight)[0]
+
+    def decode(self, z: Tensor, batch_label: Tensor | None = None) -> Tensor:
+        r"""Reconstructs the features from embeddings :obj:`z` of nodes in
+        sections :obj:`batch_label` (required when :obj:`n_batches > 0`).
+        """
+        if self.batch_embedding is not None:
+            if batch_label is None:
+                raise ValueError(
+                    f"'batch_label' is required: the model corrects for {self.n_batches} sections"
+                )
+            z = torch.cat([z, self.batch_embedding(batch_label.long())], dim=-1)
+        return self.decoder(z)
+
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor | None = None,
+        edge_weight: Tensor | None = None,
+        batch_label: Tensor | None = None,
+    ) -> Tensor:
+        r"""Reconstructs the features of every node (from the posterior mean
+        when variational); see :meth:`encode` for the arguments.
+        """
+        return self.decode(self.encode(x, edge_index, edge_weight), batch_label)
+
+    def loss(
+        self,
+        x: Tensor,
+        ind: Tensor | None = None,
+        edge_index: Tensor | None = None,
+        edge_weight: Tensor | None = None,
+        batch_label: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        r"""The training losses on the nodes :obj:`ind` of a (sub)graph.
+
+        The encoder runs on the whole (sub)graph, so the nodes in :obj:`ind`
+        see their neighbours; the losses are averaged over :obj:`ind` only.
+
+        Args:
+            x (torch.Tensor): Node features (log1p-normalised expression) of
+                all nodes of the (sub)graph, shape :obj:`[num_nodes, in_dim]`.
+            ind (torch.LongTensor, optional): Local positions of the nodes the
+                losses are computed on, e.g. :obj:`arange(batch.batch_size)`
+                for the seed nodes of a :class:`NeighborLoader` mini-batch (a
+                boolean mask works too). All nodes if :obj:`None`.
+            edge_index (torch.Tensor, optional): Graph connectivity (local
+                ids). Without it the encoder sees each node alone.
+            edge_weight (torch.Tensor, optional): Edge weights (GCN only).
+            batch_label (torch.Tensor, optional): Section of every node of the
+                (sub)graph (required when :obj:`n_batches > 0`).
+
+        Returns:
+            :obj:`{"recon_loss": ...}` (plus :obj:`"kl_loss"` when
+            variational): the mean squared reconstruction error per feature,
+            averaged over the nodes; and the KL divergence of the posterior
+            from :math:`\mathcal{N}(0, I)`, summed over latent dimensions,
+            averaged over the nodes and divided by :obj:`in_dim`, so that
+            their sum is the per-feature negative ELBO of a Gaussian decoder
+            with variance :math:`1/2` (up to a constant).
+        """
+        mu, logvar = self._posterior(x, edge_index, edge_weight)
+        target = x
+        if ind is not None:
+            ind = torch.as_tensor(ind, device=x.device)
+            if ind.dtype == torch.bool:
+                ind = ind.nonzero().view(-1)
+            ind = ind.long()
+            mu, target = mu[ind], x[ind]
+            logvar = logvar[ind] if logvar is not None else None
+            batch_label = batch_label[ind] if batch_label is not None else None
+
+        z = mu
+        if logvar is not None and self.training:
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        recon = self.decode(z, batch_label)
+        losses = {"recon_loss": F.mse_loss(recon, target.to(recon.dtype))}
+        if logvar is not None:
+            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)
+            losses["kl_loss"] = kl.mean() / self.in_dim
+        return losses

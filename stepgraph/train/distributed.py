@@ -1,0 +1,187 @@
+"""torch.distributed (DDP) helpers: process group, sharding, reductions.
+
+Under ``torchrun`` the :class:`~stepgraph.Trainer` finds the environment
+(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...), joins the
+process group (gloo on CPU, nccl on GPU) and wraps the model in
+:class:`~torch.nn.parallel.DistributedDataParallel`. Each epoch the training
+seeds (graph paths) or rows (tensor paths) are permuted with a seed shared by
+all ranks and dealt out round-robin, padded so that every rank runs the same
+number of steps; epoch losses are all-reduced as sums and
+counts, so every rank sees the same numbers and takes the same early-stopping
+decision. Only rank 0 writes files, progress bars and writer scalars.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main_process",
+           "shard_indices", "ShardSampler", "all_reduce_meter", "broadcast_module",
+           "all_gather_objects", "LossForward"]
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is active."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files and shows progress (rank 0)."""
+    return rank() == 0
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Join the process group described by the environment, if any.
+
+    Does nothing when a group is already initialised or when ``WORLD_SIZE`` is
+    unset or 1 (a plain ``python`` run).
+
+    Parameters
+    ----------
+    backend
+        ``"gloo"`` or ``"nccl"``; by default nccl when CUDA is available, gloo
+        otherwise.
+
+    Returns
+    -------
+    bool
+        Whether training is distributed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return is_distributed()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return is_distributed()
+
+
+def shard_indices(indices: np.ndarray, epoch: int, seed: int, shuffle: bool = True,
+                  pad: bool = False) -> np.ndarray:
+    """This rank's share of ``indices`` for an epoch.
+
+    All ranks draw the same permutation (seeded by ``seed`` and ``epoch``) and
+    take every ``world_size``-th element from their rank on.
+
+    Parameters
+    ----------
+    indices
+        The indices to deal out.
+    epoch, seed
+        Seed the shared permutation.
+    shuffle
+        Permute before dealing.
+    pad
+        Repeat the first indices so that every rank gets the same number
+        (training needs it: every rank must run the same number of
+        synchronised backward passes, or the ranks would hang). Validation
+        does not pad: its sums and counts are all-reduced exactly.
+    """
+    indices = np.asarray(indices)
+    if shuffle:
+        indices = indices[np.random.default_rng([seed, epoch]).permutation(indices.size)]
+    world = world_size()
+    if pad and indices.size % world:
+        extra = world - indices.size % world
+        indices = np.concatenate([indices, np.resize(indices, extra)])
+    return indices[rank()::world]
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """A sampler yielding this rank's shard of ``range(n)``, reshuffled per epoch.
+
+    Parameters
+    ----------
+    n
+        Dataset size.
+    shuffle
+        Permute (with a seed shared by all ranks) before sharding.
+    seed
+        Shared seed; the permutation of epoch ``e`` uses ``(seed, e)``.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, pad: bool = False):
+        self.n, self.shuffle, self.seed, self.pad, self.epoch = n, shuffle, seed, pad, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation is used."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(shard_indices(np.arange(self.n), self.epoch, self.seed, self.shuffle,
+                                  self.pad).tolist())
+
+    def __len__(self) -> int:
+        if self.pad:
+            return -(-self.n // world_size())
+        return len(range(rank(), self.n, world_size()))
+
+
+def all_gather_objects(obj) -> list:
+    """``obj`` from every rank, in rank order (a one-element list when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_meter(meter) -> None:
+    """Sum a :class:`~stepgraph.LossMeter`'s sums and weights over all ranks, in place.
+
+    Ranks may have seen different keys (a rank with no validation batch sees
+    none); the union of keys is reduced.
+    """
+    if not is_distributed():
+        return
+    keys = sorted(set().union(*all_gather_objects(sorted(meter._sums))))
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    packed = torch.zeros(2 * len(keys), dtype=torch.float64, device=device)
+    for i, key in enumerate(keys):
+        if key in meter._sums:
+            packed[i] = torch.as_tensor(meter._sums[key], dtype=torch.float64)
+            packed[len(keys) + i] = meter._weights[key]
+    dist.all_reduce(packed)
+    packed = packed.cpu()
+    meter._sums = {k: float(packed[i]) for i, k in enumerate(keys)}
+    meter._weights = {k: float(packed[len(keys) + i]) for i, k in enumerate(keys)}
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy ``src``'s parameters and buffers to every rank."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=src)
+
+
+class LossForward(torch.nn.Module):
+    """Routes a call of one of the model's methods (``loss``) through ``forward``,
+    so that :class:`~torch.nn.parallel.DistributedDataParallel` sees it and
+    synchronises the gradients of its backward pass."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, _method: str = "loss", **kwargs):
+        return getattr(self.model, _method)(*args, **kwargs)
