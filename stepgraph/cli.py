@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "report the adjusted Rand index against the truth.")
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="output folder (default: %(default)s)")
     demo.add_argument("--n-cells", type=_positive_int, default=20_000, help="cells (default: %(default)s)")
-    demo.add_argument("--epochs", type=_positive_int, default=30, help="maximum epochs (default: %(default)s)")
+    demo.add_argument("--epochs", type=_positive_int, default=50, help="maximum epochs (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed of tissue and training (default: %(default)s)")
     demo.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -152,7 +152,7 @@ def _run_demo(args) -> int:
     print(f"synthetic tissue: {adata.n_obs} cells x {adata.n_vars} genes, "
           f"{adata.obs['section'].nunique()} sections, {adata.obs['domain'].nunique()} domains")
     config = PipelineConfig(batch_key="section", truth_key="domain", epochs=args.epochs,
-                            batch_size=2048, seed=args.seed, device=args.device, progress=not args.quiet)
+                            batch_size=1024, seed=args.seed, device=args.device, progress=not args.quiet)
     _report(run_pipeline(adata, args.out, config))
     return 0
 

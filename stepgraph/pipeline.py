@@ -57,7 +57,7 @@ class PipelineConfig:
     truth_key: str | None = None
     seed: int = 0
     device: str = "cpu"
-    backend: str = "auto"
+    backend: str = "builtin"
     progress: bool = True
 
 
@@ -185,7 +185,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
                              f"{str(err).splitlines()[0]}") from None
     trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / "checkpoints",
                       seed=config.seed, progress=config.progress)
-    trainer.defualt_lcfg.update(patience=config.patience, delta=1e-4)
+    trainer.defualt_lcfg.update(patience=config.patience, delta=1e-3)
     trainer.init_optimizer(lr=config.lr)
     stopped = trainer.train_node_sampler(epochs=config.epochs, gloader=(train_loader, valid_loader),
                                          dataset=dataset)

@@ -318,3 +318,24 @@ def test_history_is_finite_and_default_lcfg_alias(adata):
     assert trainer.default_lcfg is trainer.defualt_lcfg
     trainer.train(epochs=2, X=dense_X(adata))
     assert all(math.isfinite(h["recon_loss"]) for h in trainer.history)
+
+
+def test_early_stopping_monitors_losses_not_logged_values(adata):
+    class LogsACount(TinyAutoencoder):
+        def loss(self, x, **kw):
+            out = super().loss(x, **kw)
+            out["n_cells"] = float(x.shape[0])  # constant: would "plateau" at once
+            return out
+
+    trainer = quiet_trainer(LogsACount(adata.n_vars), stop_on="any")
+    trainer.init_optimizer(lr=0.01)
+    trainer.defualt_lcfg["patience"] = 2
+    X = dense_X(adata)
+    trainer.train(epochs=6, X=X, train_ind=np.arange(300), valid_ind=np.arange(300, 400))
+    assert set(trainer.early_stopping) == {"val_recon_loss"}
+    assert len(trainer.history) == 6 and "val_n_cells" in trainer.history[-1]
+
+
+def test_split_x_accepts_sparse_matrices(adata):
+    train_ind, valid_ind = quiet_trainer(torch.nn.Linear(2, 2)).split_X(adata.X, 0.25)
+    assert len(train_ind) + len(valid_ind) == adata.n_obs and len(valid_ind) == 100

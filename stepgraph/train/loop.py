@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
@@ -99,5 +100,16 @@ def train_loop_formatter(train_func: Callable) -> Callable:
             self.restore_best_weights()
         return stopped
 
+    # show the call's real signature: (epochs, <the method's own arguments>, writer, resume_from)
+    params = list(inspect.signature(train_func).parameters.values())
+    self_param, own = params[0], [p for p in params[2:] if p.kind is not p.VAR_KEYWORD]
+    extra = [inspect.Parameter("writer", inspect.Parameter.KEYWORD_ONLY, default=None),
+             inspect.Parameter("resume_from", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    own_kw = [p for p in own if p.kind is p.KEYWORD_ONLY]
+    own_pos = [p for p in own if p.kind is not p.KEYWORD_ONLY]
+    var_kw = [p for p in params[2:] if p.kind is p.VAR_KEYWORD]
+    loop.__signature__ = inspect.Signature(
+        [self_param, inspect.Parameter("epochs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+         *own_pos, *own_kw, *extra, *var_kw])
     loop.__wrapped_epoch__ = train_func
     return loop

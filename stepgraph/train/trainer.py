@@ -109,8 +109,9 @@ class Trainer:
         Where batches are moved; defaults to the device of the model's first
         parameter.
     checkpoint_dir
-        Folder of the best-weights checkpoint (``best.pt``); a fresh temporary
-        folder when ``None``.
+        Folder of the checkpoints: ``best.pt`` (best weights), ``last.pt``
+        (whole training state, for ``resume_from``) and ``interrupted.pt``
+        (after Ctrl-C); a fresh temporary folder when ``None``.
     seed
         Seed of the whole run: every training call starts by seeding Python,
         NumPy and torch with it (:func:`~stepgraph.train.rng.seed_everything`),
@@ -174,7 +175,7 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
-                 checkpoint_dir: str | Path | None = None, seed: int = 0,
+                 checkpoint_dir: str | Path | None = None, seed: int | None = 0,
                  grad_clip: float | None = None, stop_on: str = "all", restore_best: bool = True,
                  progress: bool = True, trace_func: Callable[[str], Any] = print,
                  checkpoint_every: int = 1, on_nonfinite: str = "raise",
@@ -366,7 +367,7 @@ class Trainer:
 
     # ------------------------------------------------------------ the core
     def update_model_params(self, loss_dict: Mapping[str, Any], epoch: int, step: int | None = None
-                            ) -> torch.Tensor:
+                            ) -> torch.Tensor | None:
         """Sum the tensor losses, back-propagate, clip and step the optimizer.
 
         Parameters
@@ -613,6 +614,8 @@ class Trainer:
             ``True`` when the :attr:`stop_on` rule is met.
         """
         val = {k: float(v) for k, v in total_loss_dict.items() if k.startswith("val_")}
+        if self._tensor_keys:  # monitor losses only, not values the model logs
+            val = {k: v for k, v in val.items() if k[4:] in self._tensor_keys}
         if not val:
             return False
         total = self._total(val, "val_")
@@ -861,9 +864,10 @@ class Trainer:
             Sorted int64 index tensors; ``valid_ind`` is ``None`` when
             ``split_rate`` is 0.
         """
-        train_ind, valid_ind = random_split_indices(len(X), split_rate, seed=self.seed or 0)
+        n = X.shape[0] if hasattr(X, "shape") else len(X)
+        train_ind, valid_ind = random_split_indices(n, split_rate, seed=self.seed or 0)
         if train_ind.size == 0:
-            raise ValueError(f"split_rate={split_rate} leaves no training rows out of {len(X)}")
+            raise ValueError(f"split_rate={split_rate} leaves no training rows out of {n}")
         return torch.from_numpy(train_ind), (torch.from_numpy(valid_ind) if valid_ind.size else None)
 
     # ------------------------------------------------------- loss calls
