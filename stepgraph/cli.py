@@ -134,6 +134,10 @@ def _check_keys(adata, args, extra_obs=()) -> None:
 
 
 def _report(summary: dict) -> None:
+    from stepgraph.train.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return
     print(f"epochs run: {summary['epochs_run']}" + (" (early stopping)" if summary["early_stopped"] else ""))
     if summary["ari"] is not None:
         print(f"adjusted Rand index vs truth: {summary['ari']:.3f}")

@@ -25,6 +25,7 @@ from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
+from stepgraph.train.distributed import is_main_process
 from stepgraph.train.trainer import Trainer
 
 __all__ = ["PipelineConfig", "log_normalise", "run_pipeline"]
@@ -203,9 +204,11 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     adata.obs[DOMAIN_KEY] = adata.obs[DOMAIN_KEY].astype("category")
     ari = (adjusted_rand_index(adata.obs[config.truth_key], labels) if config.truth_key else None)
 
-    _save_history(trainer.history, out_dir)
-    adata.write_h5ad(out_dir / "adata.h5ad")
-    figure = _save_figure(adata, trainer.history, config, out_dir / "figure.png")
+    main = is_main_process()  # under torchrun, rank 0 alone writes the outputs
+    if main:
+        _save_history(trainer.history, out_dir)
+        adata.write_h5ad(out_dir / "adata.h5ad")
+    figure = main and _save_figure(adata, trainer.history, config, out_dir / "figure.png")
     best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
     summary = {
         "n_obs": adata.n_obs,
@@ -223,5 +226,6 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         },
         "config": asdict(config),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
