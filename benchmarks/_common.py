@@ -8,9 +8,9 @@ import resource
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
 import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:

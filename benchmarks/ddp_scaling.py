@@ -20,15 +20,20 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from _common import RESULTS, markdown_table, write_json
 
 
 def _run(rank: int, world: int, init_file: str, args, queue) -> None:
     import anndata as ad
-    import numpy as np
 
-    from stepgraph import BaseDataset, Trainer, node_loaders, spatial_graph, synthetic_tissue, to_pyg
+    from stepgraph import (
+        BaseDataset,
+        Trainer,
+        node_loaders,
+        spatial_graph,
+        synthetic_tissue,
+        to_pyg,
+    )
     from stepgraph.models import GraphAutoencoder
     from stepgraph.pipeline import log_normalise
 

@@ -22,8 +22,8 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 import torch
-
 from _common import RESULTS, markdown_table, write_json
+
 from stepgraph import BaseDataset, Trainer
 
 

@@ -309,7 +309,7 @@ class Trainer:
             raise ValueError(f"stage must be 1 or 2, got stage={stage!r}")
         net = self.net
         batch_emb = {id(p) for n, p in net.named_parameters() if "batch_embedding" in n}
-        for n, p in net.named_parameters():
+        for p in net.parameters():
             if id(p) in batch_emb:
                 p.requires_grad_(bool(tune_batch_embedding))
         backbone: set[int] = set()
