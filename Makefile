@@ -11,7 +11,7 @@ STAMP := $(VENV)/.stepgraph-installed
 # against the installed torch, hence --no-build-isolation (pip caches the wheel).
 TORCH_PIN := torch==2.13.0
 
-.PHONY: test demo bench lint clean install
+.PHONY: test demo bench bench-deps lint clean install
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -27,6 +27,20 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/stepgraph demo
+
+# Optional comparison baselines: torch-sparse (compiled against our torch, so
+# without build isolation) and squidpy (pulls many packages; a separate venv is
+# fine too: the benchmarks only need `stepgraph` importable).
+bench-deps: $(STAMP)
+	$(PY) -c "import torch_sparse" 2>/dev/null || $(PIP) install -q --no-build-isolation torch-sparse
+	$(PIP) install -q -e ".[bench]"
+
+# The figures quoted in the issues' notes; each script's --help documents sizes.
+bench: $(STAMP)
+	$(PY) benchmarks/trainer_overhead.py
+	$(PY) benchmarks/graph_build.py
+	$(PY) benchmarks/node_sampling.py
+	$(PY) benchmarks/ddp_scaling.py
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff && $(PY) -m ruff check stepgraph tests benchmarks
