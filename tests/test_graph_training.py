@@ -35,25 +35,18 @@ def make_trainer(dataset, conv="gcn", lr=0.01, **kwargs):
     return trainer
 
 
-def test_node_sampler_trains_and_validates(tissue):
+@pytest.mark.parametrize("path", ["node_sampler", "graph_batch"])
+def test_graph_paths_train_and_validate(tissue, path):
     adata, data, dataset, train_ind, valid_ind = tissue
     trainer = make_trainer(dataset)
-    loader, _ = node_loaders(data, [10, 5], batch_size=128, backend="builtin")
-    trainer.train_node_sampler(epochs=6, gloader=loader, dataset=dataset,
-                               train_ind=train_ind, valid_ind=valid_ind)
-    first, last = trainer.history[0], trainer.history[-1]
-    assert {"recon_loss", "val_recon_loss"} <= set(last)
-    assert last["recon_loss"] < 0.7 * first["recon_loss"]
-    assert last["val_recon_loss"] < first["val_recon_loss"]
-    assert _tensors_requiring_grad(trainer) == []
-
-
-def test_graph_batch_trains_and_validates(tissue):
-    adata, data, dataset, train_ind, valid_ind = tissue
-    trainer = make_trainer(dataset)
-    loader = graph_loader(data, n_layers=2, batch_size=200, backend="builtin")
-    trainer.train_graph_batch(epochs=6, gloader=loader, dataset=dataset,
-                              train_ind=train_ind, valid_ind=valid_ind)
+    if path == "node_sampler":
+        loader, _ = node_loaders(data, [10, 5], batch_size=128, backend="builtin")
+        trainer.train_node_sampler(epochs=6, gloader=loader, dataset=dataset,
+                                   train_ind=train_ind, valid_ind=valid_ind)
+    else:
+        loader = graph_loader(data, n_layers=2, batch_size=200, backend="builtin")
+        trainer.train_graph_batch(epochs=6, gloader=loader, dataset=dataset,
+                                  train_ind=train_ind, valid_ind=valid_ind)
     first, last = trainer.history[0], trainer.history[-1]
     assert {"recon_loss", "val_recon_loss"} <= set(last)
     assert last["recon_loss"] < 0.7 * first["recon_loss"]
