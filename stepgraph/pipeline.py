@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -97,7 +98,7 @@ def _save_figure(adata, history, config, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    sections = (list(adata.obs[config.batch_key].cat.categories) if config.batch_key
+    sections = (list(pd.Categorical(adata.obs[config.batch_key]).categories) if config.batch_key
                 else [None])
     fig, axes = plt.subplots(1, 1 + len(sections), figsize=(4.5 * (1 + len(sections)), 4.2))
     ax = axes[0]
@@ -200,8 +201,8 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
     smoothed = smooth_over_graph(embedding, adata.obsp["spatial_connectivities"], config.smooth)
     labels = kmeans_domains(smoothed, n_domains, seed=config.seed)
-    adata.obs[DOMAIN_KEY] = np.array([f"domain{i}" for i in labels])
-    adata.obs[DOMAIN_KEY] = adata.obs[DOMAIN_KEY].astype("category")
+    adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
+        labels, categories=[f"domain{i}" for i in range(n_domains)])
     ari = (adjusted_rand_index(adata.obs[config.truth_key], labels) if config.truth_key else None)
 
     main = is_main_process()  # under torchrun, rank 0 alone writes the outputs

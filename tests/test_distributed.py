@@ -89,12 +89,35 @@ def graph_scenarios(ckpt_dir):
     return out
 
 
+def edge_scenarios(ckpt_dir):
+    """A call_func that bypasses the DDP wrapper; a validation set smaller than the world."""
+    dataset = BaseDataset(make_adata(n_obs=120))
+    out = {}
+    torch.manual_seed(rank_seed())  # different initial weights per rank: DDP must align them
+    trainer = quiet(TinyAutoencoder(dataset.n_vars), checkpoint_dir=f"{ckpt_dir}/callfunc",
+                    restore_best=False)
+    trainer.init_optimizer(lr=0.01)
+    direct = lambda batch: trainer.model.loss(batch[0])  # noqa: E731
+    trainer.train_batch(epochs=2, loaders=Trainer.make_loaders(dataset, 20, split_rate=0), call_func=direct)
+    out["callfunc"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer = quiet(TinyAutoencoder(dataset.n_vars), checkpoint_dir=f"{ckpt_dir}/smallvalid")
+    X = dataset.features(np.arange(120))
+    trainer.train(epochs=2, X=X, train_ind=np.arange(119), valid_ind=[119])
+    out["small_valid"] = trainer.history
+    return out
+
+
+def rank_seed():
+    return dist.get_rank() + 100
+
+
 def _worker(rank, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         result = {"tensor": tensor_scenarios(f"{out_dir}/ckpt{rank}", batch_size=32),
-                  "graph": graph_scenarios(f"{out_dir}/ckpt{rank}")}
+                  "graph": graph_scenarios(f"{out_dir}/ckpt{rank}"),
+                  "edge": edge_scenarios(f"{out_dir}/ckpt{rank}")}
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -148,6 +171,17 @@ def test_early_stopping_stops_both_ranks_at_the_same_epoch(ranks):
     assert results[0]["graph"]["early_stop"] == results[1]["graph"]["early_stop"]
     stopped, epochs = results[0]["graph"]["early_stop"]
     assert stopped and epochs == 3
+
+
+def test_a_call_func_bypassing_ddp_still_keeps_ranks_identical(ranks):
+    results, _ = ranks
+    _assert_same_params(results[0]["edge"]["callfunc"], results[1]["edge"]["callfunc"])
+
+
+def test_a_validation_set_smaller_than_the_world_is_fine(ranks):
+    results, _ = ranks
+    h0, h1 = results[0]["edge"]["small_valid"], results[1]["edge"]["small_valid"]
+    assert h0 == h1 and all(np.isfinite(h["val_recon_loss"]) for h in h0)
 
 
 def test_only_rank_zero_writes_checkpoints(ranks):

@@ -111,3 +111,12 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_an_improvement_revokes_the_stop_signal():
+    es = EarlyStopping(patience=2, path=None)
+    for v in [1.0, 1.1, 1.2]:
+        es(v)
+    assert es.early_stop
+    es(0.5)
+    assert not es.early_stop and es.counter == 0

@@ -62,8 +62,9 @@ def test_without_valid_ind_there_are_no_val_keys(tissue):
     assert not any(k.startswith("val_") for k in trainer.history[-1])
 
 
+@pytest.mark.parametrize("given_train", [True, False])
 @pytest.mark.parametrize("path", ["node", "graph"])
-def test_train_and_valid_nodes_never_swap_roles(tissue, path):
+def test_train_and_valid_nodes_never_swap_roles(tissue, path, given_train):
     adata, data, dataset, train_ind, valid_ind = tissue
     trainer = make_trainer(dataset)
     seen = {True: [], False: []}
@@ -74,15 +75,18 @@ def test_train_and_valid_nodes_never_swap_roles(tissue, path):
 
     if path == "node":
         loader, _ = node_loaders(data, [5, 5], batch_size=100, backend="builtin")
-        trainer.train_node_sampler(epochs=2, gloader=loader, dataset=dataset, train_ind=train_ind,
+        trainer.train_node_sampler(epochs=2, gloader=loader, dataset=dataset,
+                                   train_ind=train_ind if given_train else None,
                                    valid_ind=valid_ind, call_func=recording_call)
     else:
         loader = graph_loader(data, 2, batch_size=100, backend="builtin")
-        trainer.train_graph_batch(epochs=2, gloader=loader, dataset=dataset, train_ind=train_ind,
+        trainer.train_graph_batch(epochs=2, gloader=loader, dataset=dataset,
+                                  train_ind=train_ind if given_train else None,
                                   valid_ind=valid_ind, call_func=recording_call)
     trained = torch.cat(seen[True]).numpy()
     validated = torch.cat(seen[False]).numpy()
-    # every train node is trained on twice (2 epochs), every valid node validated twice
+    # every train node is trained on twice (2 epochs), every valid node validated twice;
+    # without train_ind, training uses every node that is not validated
     np.testing.assert_array_equal(np.sort(trained), np.sort(np.repeat(train_ind, 2)))
     np.testing.assert_array_equal(np.sort(validated), np.sort(np.repeat(valid_ind, 2)))
 

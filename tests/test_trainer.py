@@ -339,3 +339,38 @@ def test_early_stopping_monitors_losses_not_logged_values(adata):
 def test_split_x_accepts_sparse_matrices(adata):
     train_ind, valid_ind = quiet_trainer(torch.nn.Linear(2, 2)).split_X(adata.X, 0.25)
     assert len(train_ind) + len(valid_ind) == adata.n_obs and len(valid_ind) == 100
+
+
+def test_all_rule_does_not_stop_while_a_loss_still_improves():
+    # "a" runs out of patience at epoch 3, then improves again; "b" plateaus later
+    script = {"a": [1.0, 1.1, 1.2, 0.5, 0.4, 0.3], "b": [1.0, 0.9, 0.8, 0.7, 0.75, 0.8]}
+    trainer = quiet_trainer(ScriptedModel(script), stop_on="all")
+    trainer.init_optimizer(lr=0.1)
+    trainer.defualt_lcfg["patience"] = 2
+    stopped = trainer.train(epochs=6, X=torch.zeros(4, 1), train_ind=[0, 1], valid_ind=[2, 3])
+    assert stopped is False and len(trainer.history) == 6
+
+
+def test_train_with_only_valid_ind_trains_on_the_other_rows(adata):
+    seen = []
+
+    class Recording(TinyAutoencoder):
+        def loss(self, x, ind=None, **kw):
+            if self.training:
+                seen.append(ind.clone())
+            return super().loss(x, ind=ind, **kw)
+
+    trainer = quiet_trainer(Recording(adata.n_vars))
+    trainer.train(epochs=1, X=dense_X(adata), valid_ind=np.arange(300, 400))
+    assert torch.equal(seen[0], torch.arange(300))
+
+
+def test_resume_into_another_folder_brings_the_best_weights(adata, tmp_path):
+    X = dense_X(adata)
+    first = quiet_trainer(TinyAutoencoder(adata.n_vars), checkpoint_dir=tmp_path / "a")
+    first.train(epochs=2, X=X, train_ind=np.arange(300), valid_ind=np.arange(300, 400))
+    second = quiet_trainer(TinyAutoencoder(adata.n_vars), checkpoint_dir=tmp_path / "b")
+    second.train(epochs=3, X=X, train_ind=np.arange(300), valid_ind=np.arange(300, 400),
+                 resume_from=tmp_path / "a" / "last.pt")
+    assert (tmp_path / "b" / "best.pt").is_file() and second.best.path == tmp_path / "b" / "best.pt"
+    assert [h["epoch"] for h in second.history] == [1, 2, 3]

@@ -160,12 +160,19 @@ def graph_loader(data, n_layers: int = 2, batch_size: int = 1024, shuffle: bool 
     return _neighbor_loader(data, [-1] * n_layers, None, batch_size, shuffle, seed, backend, **kwargs)
 
 
-def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int = 0):
+def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None = None):
     """A ``NeighborLoader`` like ``loader`` (same graph, sampler, batch size and
-    workers) over other seed nodes."""
+    workers) over other seed nodes.
+
+    ``seed`` defaults to the seed of ``loader``'s shuffling generator (0 when it
+    has none). Other ``NeighborLoader`` options (``transform``,
+    ``pin_memory``...) are not carried over.
+    """
     from torch_geometric.loader import NeighborLoader
 
     input_nodes = torch.as_tensor(input_nodes, dtype=torch.long)
+    if seed is None:
+        seed = loader.generator.initial_seed() if getattr(loader, "generator", None) is not None else 0
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return NeighborLoader(loader.data, num_neighbors=loader.node_sampler.num_neighbors.values,
                           input_nodes=input_nodes, batch_size=loader.batch_size, shuffle=shuffle,

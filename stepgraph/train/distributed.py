@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main_process",
-           "shard_indices", "ShardSampler", "all_reduce_meter", "broadcast_module",
+           "shard_indices", "ShardSampler", "all_reduce_meter", "all_reduce_gradients", "broadcast_module",
            "all_gather_objects", "LossForward"]
 
 
@@ -163,6 +163,26 @@ def all_reduce_meter(meter) -> None:
     packed = packed.cpu()
     meter._sums = {k: float(packed[i]) for i, k in enumerate(keys)}
     meter._weights = {k: float(packed[len(keys) + i]) for i, k in enumerate(keys)}
+
+
+def all_reduce_gradients(module: torch.nn.Module) -> None:
+    """Average the gradients of ``module``'s trainable parameters over all ranks.
+
+    Used when a loss was computed without going through the DDP wrapper (a
+    custom ``call_func`` calling ``model.loss`` directly), so that the ranks
+    still take identical optimizer steps. Missing gradients count as zeros.
+    """
+    if not is_distributed():
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
 
 
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:

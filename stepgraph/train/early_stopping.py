@@ -107,6 +107,7 @@ class EarlyStopping:
                 )
             self.best_score = value
             self.counter = 0
+            self.early_stop = False  # an improvement revokes an earlier stop signal
             if model is not None and self.path is not None:
                 atomic_save(model.state_dict(), self.path)
                 self.checkpoint_written = True

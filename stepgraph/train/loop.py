@@ -42,7 +42,9 @@ def train_loop_formatter(train_func: Callable) -> Callable:
     state is written atomically to ``checkpoint_dir / "last.pt"``; passing
     ``resume_from=<that file>`` to the same call continues the run exactly
     where it stopped (on the CPU, bitwise). ``KeyboardInterrupt`` writes
-    ``interrupted.pt``, prints how to resume and returns ``False``.
+    ``interrupted.pt`` (the state at the interrupt; resuming from it re-runs
+    the interrupted epoch from there, so it is close to but not bitwise an
+    uninterrupted run), prints how to resume and returns ``False``.
 
     Parameters
     ----------
@@ -70,6 +72,7 @@ def train_loop_formatter(train_func: Callable) -> Callable:
             done, stopped = self.load_training_state(resume_from, state)
         bar = tqdm(total=epochs, initial=done, disable=not self.progress, dynamic_ncols=True)
         state["tbar"] = bar
+        completed = done
         try:
             for epoch in range(done + 1, epochs + 1):
                 if stopped:
@@ -77,6 +80,7 @@ def train_loop_formatter(train_func: Callable) -> Callable:
                 state["epoch"] = epoch
                 bar.set_description(f"Epoch {epoch}/{epochs}")
                 stopped = bool(train_func(self, state, *args, **kwargs))
+                completed = epoch
                 bar.update(1)
                 if self.checkpoint_every and (epoch % self.checkpoint_every == 0 or stopped
                                               or epoch == epochs):
@@ -84,13 +88,15 @@ def train_loop_formatter(train_func: Callable) -> Callable:
         except KeyboardInterrupt:
             bar.close()
             path = self.save_training_state(self.checkpoint_dir / "interrupted.pt", state,
-                                            completed=state["epoch"] - 1, gather=False)
+                                            completed=completed, stopped=stopped, gather=False)
             self.interrupted = True
             self.trace_func(
-                f"Interrupted during epoch {state['epoch']}/{epochs}; training state saved to {path}. "
-                f"Resume with the same call plus resume_from={str(path)!r} (the interrupted epoch "
-                f"restarts), or from {self.checkpoint_dir / 'last.pt'} for an exact continuation "
-                f"of the last completed epoch.")
+                f"Interrupted after {completed} completed epoch(s) of {epochs}; training state saved "
+                f"to {path}. Resume with the same call plus resume_from={str(path)!r}: the "
+                f"interrupted epoch runs again from the weights it had reached (close to, not "
+                f"bitwise equal to, an uninterrupted run); resume_from="
+                f"{str(self.checkpoint_dir / 'last.pt')!r} continues exactly from the last "
+                f"checkpointed epoch.")
             return False
         finally:
             bar.close()

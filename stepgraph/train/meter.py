@@ -79,7 +79,8 @@ class LossMeter:
 
     def compute(self) -> dict[str, float]:
         """The weighted mean of every loss seen, as Python floats."""
-        return {k: float(s) / self._weights[k] for k, s in self._sums.items()}
+        return {k: float(s) / w if (w := self._weights[k]) else float("nan")
+                for k, s in self._sums.items()}
 
     def reset(self) -> None:
         """Forget everything seen."""

@@ -202,6 +202,7 @@ class Trainer:
             raise ValueError("on_nonfinite='skip' is not supported in distributed training: a batch "
                              "skipped on one rank would leave the others waiting in backward")
         self._ddp = None
+        self._synced_forward = False
         if device is None and self.distributed and torch.cuda.is_available():
             device = torch.device("cuda", torch.cuda.current_device())
         if device is None:
@@ -272,6 +273,7 @@ class Trainer:
         """Call ``model.loss``; through DDP when training distributed, so that the
         backward pass synchronises the gradients."""
         if self.distributed and self.model.training and torch.is_grad_enabled():
+            self._synced_forward = True
             return self._ddp_module()(*args, **kwargs)
         return self.model.loss(*args, **kwargs)
 
@@ -413,6 +415,10 @@ class Trainer:
         self._tensor_keys.update(losses)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.distributed:
+            if not self._synced_forward:  # a call_func called model.loss itself, bypassing DDP
+                ddp.all_reduce_gradients(self.model)
+            self._synced_forward = False
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -539,7 +545,7 @@ class Trainer:
         return {f"val_{k}": v for k, v in meter.compute().items()}
 
     def _total(self, losses: Mapping[str, float], prefix: str = "") -> float:
-        keys = [prefix + k for k in self._tensor_keys if prefix + k in losses]
+        keys = [prefix + k for k in sorted(self._tensor_keys) if prefix + k in losses]
         return float(sum(losses[k] for k in keys)) if keys else math.nan
 
     def _end_epoch(self, state: dict, train_losses: dict, valid_losses: dict) -> bool:
@@ -571,6 +577,7 @@ class Trainer:
             # talk to the process group when it is freed; collect it here, at
             # the same point on every rank, not at a random moment mid-epoch.
             gc.collect()
+            ddp.broadcast_module(self.model)  # every rank starts from rank 0's weights
         if self.seed is not None:
             seed_everything(self.seed)
         self.skipped_batches = 0
@@ -831,9 +838,16 @@ class Trainer:
             self.early_stopping[key].load_state_dict(es_state)
         self.best = None
         if payload["best"] is not None:
-            self.best = EarlyStopping(patience=payload["best"]["patience"], path=payload["best"]["path"],
-                                      trace_func=self.trace_func)
-            self.best.load_state_dict(payload["best"])
+            # the best weights so far move into this trainer's checkpoint_dir
+            self.best = EarlyStopping(patience=payload["best"]["patience"],
+                                      path=self.checkpoint_dir / "best.pt", trace_func=self.trace_func)
+            self.best.load_state_dict({**payload["best"], "path": self.best.path})
+            old = Path(payload["best"]["path"]) if payload["best"]["path"] else None
+            if ddp.is_main_process() and self.best.checkpoint_written and old != self.best.path:
+                if old is not None and old.is_file():
+                    atomic_save(load_checkpoint(old), self.best.path)
+                else:
+                    self.best.checkpoint_written = False
         self.history = list(payload["history"])
         self.stop_reason = payload["stop_reason"]
         self._tensor_keys = set(payload["tensor_keys"])
@@ -960,8 +974,13 @@ class Trainer:
         """
         X = _to_device(torch.as_tensor(X), self.device)
         n = X.shape[0]
-        train_ind = torch.arange(n) if train_ind is None else _as_index_tensor(train_ind, "train_ind", n)
         valid_ind = None if valid_ind is None else _as_index_tensor(valid_ind, "valid_ind", n)
+        if train_ind is not None:
+            train_ind = _as_index_tensor(train_ind, "train_ind", n)
+        elif valid_ind is not None:  # train on the rows that are not validated
+            train_ind = torch.ones(n, dtype=torch.bool).index_fill_(0, valid_ind, False).nonzero().flatten()
+        else:
+            train_ind = torch.arange(n)
         if not state.setdefault("checked_indices", False):
             _check_disjoint(train_ind, valid_ind)
             state["checked_indices"] = True
@@ -972,9 +991,12 @@ class Trainer:
         train_ind = train_ind.to(self.device)
 
         def loss_call(ind, step):
-            return call(X, ind=ind, **kwargs), ind.numel()
+            return call(X, ind=ind.to(self.device), **kwargs), ind.numel()
 
-        validate = None if valid_ind is None else (lambda: self.validate_X(X, valid_ind, call_func, **kwargs))
+        validate = None
+        if valid_ind is not None:  # a rank's validation share may be empty: no batch then
+            valid_batches = [valid_ind] if valid_ind.numel() else []
+            validate = lambda: self._evaluate(valid_batches, loss_call)  # noqa: E731
         return self._run_epoch(state, [train_ind], loss_call, validate)
 
     # ----------------------------------------------------------- validation
@@ -1103,14 +1125,18 @@ class Trainer:
         if state["epoch"] == 1 or "node_loaders" not in state:
             train_loader, valid_loader = self._split_loaders(gloader)
             num_nodes = self._set_graph_dataset(train_loader, dataset)
-            if train_ind is not None or valid_ind is not None:
-                t = None if train_ind is None else _as_index_tensor(train_ind, "train_ind", num_nodes)
-                v = None if valid_ind is None else _as_index_tensor(valid_ind, "valid_ind", num_nodes)
-                if t is not None:
-                    _check_disjoint(t, v)
-                    train_loader = derive_neighbor_loader(train_loader, t, shuffle=True)
-                if v is not None and valid_loader is None:
-                    valid_loader = derive_neighbor_loader(train_loader, v, shuffle=False)
+            t = None if train_ind is None else _as_index_tensor(train_ind, "train_ind", num_nodes)
+            v = None if valid_ind is None else _as_index_tensor(valid_ind, "valid_ind", num_nodes)
+            if t is None and v is not None:  # train on the loader's seeds that are not validated
+                seeds = self._loader_seeds(train_loader)
+                t = seeds[~torch.isin(seeds, v)]
+            if t is not None:
+                _check_disjoint(t, v)
+                train_loader = derive_neighbor_loader(train_loader, t, shuffle=True)
+            if v is not None and valid_loader is None:
+                valid_loader = derive_neighbor_loader(train_loader, v, shuffle=False)
+            if valid_loader is not None:
+                _check_disjoint(self._loader_seeds(train_loader), self._loader_seeds(valid_loader))
             state["node_loaders"] = (train_loader, valid_loader)
         train_loader, valid_loader = state["node_loaders"]
         if self.distributed:
@@ -1161,8 +1187,11 @@ class Trainer:
             v = None if valid_ind is None else _as_index_tensor(valid_ind, "valid_ind", num_nodes)
             if t is not None:
                 _check_disjoint(t, v)
-            state["graph_masks"] = (self._node_mask(t, "train_ind", num_nodes),
-                                    self._node_mask(v, "valid_ind", num_nodes))
+            train_mask = self._node_mask(t, "train_ind", num_nodes)
+            valid_mask = self._node_mask(v, "valid_ind", num_nodes)
+            if train_mask is None and valid_mask is not None:
+                train_mask = ~valid_mask  # never train on the validation nodes
+            state["graph_masks"] = (train_mask, valid_mask)
         train_mask, valid_mask = state["graph_masks"]
         if self.distributed:
             gloader = derive_neighbor_loader(
