@@ -52,6 +52,15 @@ def _add_graph_options(p: argparse.ArgumentParser) -> None:
                    help="radius for method=radius; prunes longer edges for knn/delaunay (default: none)")
 
 
+def _add_run_options(p: argparse.ArgumentParser, out: str, seed_help: str) -> None:
+    """Options shared by ``demo`` and ``train``."""
+    p.add_argument("--epochs", type=_positive_int, default=50, help="maximum epochs (default: %(default)s)")
+    p.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help=f"{seed_help} (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``stepgraph`` command."""
     parser = argparse.ArgumentParser(
@@ -64,12 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "domains), build its graph, train the reference model with node sampling, "
                           "validation and early stopping, cluster the embedding into domains and "
                           "report the adjusted Rand index against the truth.")
-    demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="output folder (default: %(default)s)")
     demo.add_argument("--n-cells", type=_positive_int, default=20_000, help="cells (default: %(default)s)")
-    demo.add_argument("--epochs", type=_positive_int, default=50, help="maximum epochs (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of tissue and training (default: %(default)s)")
-    demo.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(demo, DEFAULT_DEMO_OUT, "seed of tissue and training")
 
     train = sub.add_parser("train", help="the same pipeline on your .h5ad file",
                            description="Build the spatial graph of INPUT, train the reference graph "
@@ -79,7 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("input", help="input .h5ad file (counts in X)")
     _add_graph_options(train)
     train.add_argument("--layer", default=None, help="use this layer of counts instead of X (default: X)")
-    train.add_argument("--epochs", type=_positive_int, default=50, help="maximum epochs (default: %(default)s)")
     train.add_argument("--batch-size", type=_positive_int, default=1024, help="seed cells per batch (default: %(default)s)")
     train.add_argument("--fanout", type=_fanout, default=[10, 5],
                        help="neighbours sampled per hop, comma separated (default: 10,5)")
@@ -91,11 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-domains", type=_positive_int, default=None,
                        help="clusters in the domain assignment (default: categories of --truth-key, else 7)")
     train.add_argument("--truth-key", default=None, help="obs column of known domains, to report the ARI")
-    train.add_argument("--out", default="stepgraph_out/train", help="output folder (default: %(default)s)")
     train.add_argument("--resume", default=None, help="start from the weights of this checkpoint")
-    train.add_argument("--seed", type=int, default=0, help="seed of split, sampling and initialisation (default: %(default)s)")
-    train.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(train, "stepgraph_out/train", "seed of split, sampling and initialisation")
 
     graph = sub.add_parser("graph", help="build the spatial graph and write it into an h5ad file",
                            description="Write obsp['<key>_connectivities'], obsp['<key>_distances'] and "

@@ -112,22 +112,13 @@ def test_delaunay_equals_scipy_triangulation(dim):
     np.testing.assert_allclose(coo.data, np.linalg.norm(x[coo.row] - x[coo.col], axis=1))
 
 
-def test_delaunay_pruned_by_radius():
-    adata = make_adata(seed=40)
-    full, dist = spatial_graph(adata, method="delaunay", copy=True)
-    pruned, _ = spatial_graph(adata, method="delaunay", radius=0.8, copy=True)
+@pytest.mark.parametrize("method, seed, radius", [("delaunay", 40, 0.8), ("knn", 41, 0.5)])
+def test_pruned_by_radius(method, seed, radius):
+    adata = make_adata(seed=seed)
+    _, dist = spatial_graph(adata, method=method, copy=True)
+    pruned, _ = spatial_graph(adata, method=method, radius=radius, copy=True)
     coo = dist.tocoo()
-    expected = {(r, c) for r, c, v in zip(coo.row, coo.col, coo.data, strict=True) if v <= 0.8}
-    assert edge_set(pruned) == expected
-    assert 0 < len(expected) < full.nnz
-
-
-def test_knn_pruned_by_radius():
-    adata = make_adata(seed=41)
-    _, dist = spatial_graph(adata, method="knn", copy=True)
-    pruned, _ = spatial_graph(adata, method="knn", radius=0.5, copy=True)
-    coo = dist.tocoo()
-    expected = {(r, c) for r, c, v in zip(coo.row, coo.col, coo.data, strict=True) if v <= 0.5}
+    expected = {(r, c) for r, c, v in zip(coo.row, coo.col, coo.data, strict=True) if v <= radius}
     assert edge_set(pruned) == expected
     assert 0 < len(expected) < dist.nnz
 
