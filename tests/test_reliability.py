@@ -119,7 +119,7 @@ def test_keyboard_interrupt_saves_a_resumable_state(tissue, tmp_path):
     assert trainer.interrupted
     assert (tmp_path / "interrupted.pt").is_file()
     assert any("resume_from=" in m and "interrupted.pt" in m for m in messages)
-    assert load_checkpoint(tmp_path / "interrupted.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "interrupted.pt")["progress"]["epoch"] == 2
     trainer.train_batch(epochs=5, loaders=Trainer.make_loaders(dataset, 64),
                         resume_from=tmp_path / "interrupted.pt")
     assert [h["epoch"] for h in trainer.history] == [1, 2, 3, 4, 5]
@@ -161,8 +161,8 @@ def test_killed_process_always_leaves_a_readable_checkpoint(tmp_path):
             proc.wait(timeout=30)
         state = load_checkpoint(last)  # must never be torn
         assert state["format"] == "stepgraph-training-state"
-        epochs_seen.append(state["epoch"])
-        assert state["epoch"] == len(state["history"]) >= 1
+        epochs_seen.append(state["progress"]["epoch"])
+        assert state["progress"]["epoch"] == len(state["trainer"]["history"]) >= 1
     assert len(set(epochs_seen)) >= 1
 
 
@@ -185,7 +185,7 @@ def test_non_finite_loss_raise_names_loss_epoch_step_and_keeps_last_state(tmp_pa
     loader = Trainer.make_loaders(ds, 64, split_rate=0)
     with pytest.raises(NonFiniteLossError, match=r"epoch 3, step 1: recon_loss=inf"):
         trainer.train_batch(epochs=5, loaders=loader)
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "last.pt")["progress"]["epoch"] == 2
 
 
 def test_non_finite_batches_can_be_skipped_and_counted():

@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 from stepgraph.data.dataset import BaseDataset, MaskedDataset
 from stepgraph.data.split import category_random_split
 
-__all__ = ["make_loaders", "collate_batch", "node_loaders", "graph_loader", "derive_neighbor_loader"]
+__all__ = ["make_loaders", "collate_batch", "node_loaders", "graph_loader", "derive_neighbor_loader",
+           "loader_seeds"]
 
 
 def collate_batch(batch):
@@ -178,3 +179,10 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
                           input_nodes=input_nodes, batch_size=loader.batch_size, shuffle=shuffle,
                           generator=generator, neighbor_sampler=loader.node_sampler,
                           num_workers=loader.num_workers)
+
+
+def loader_seeds(loader) -> torch.Tensor:
+    """The seed nodes a ``NeighborLoader`` visits (all nodes when it was built without
+    ``input_nodes``), as an ``int64`` tensor."""
+    nodes = loader.input_data.node
+    return torch.arange(loader.data.num_nodes) if nodes is None else nodes

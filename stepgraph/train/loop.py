@@ -1,23 +1,88 @@
-"""The epoch loop around a per-epoch training method."""
+"""The epoch loop around a per-epoch training method, and its state."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["train_loop_formatter"]
+from stepgraph._validation import check_int
+
+__all__ = ["train_loop_formatter", "LoopState"]
 
 
-def _check_epochs(epochs) -> int:
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got epochs={epochs!r}")
-    return epochs
+@dataclasses.dataclass
+class LoopState:
+    """Progress of one training loop, handed to every epoch.
+
+    It reads like STEP's ``state`` dict (``state["epoch"]``, ``state["tbar"]``,
+    ``state.get("writer")``), so STEP-style epoch functions keep working; keys
+    that are not fields are kept in :attr:`extra`.
+
+    Attributes
+    ----------
+    epoch : int
+        The current epoch, from 1.
+    epochs : int
+        Epochs asked for.
+    step : int
+        Optimizer steps taken in this run.
+    tbar : tqdm or None
+        The epoch progress bar.
+    writer : object or None
+        Receives ``add_scalar(tag, value, epoch)`` per loss and epoch.
+    extra : dict
+        Anything else an epoch function stores in the state.
+    """
+
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    tbar: Any = None
+    writer: Any = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def _is_field(self, key: str) -> bool:
+        return key in _FIELDS
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key) if self._is_field(key) else self.extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._is_field(key):
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def __contains__(self, key: object) -> bool:
+        return (isinstance(key, str) and self._is_field(key)) or key in self.extra
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (*_FIELDS, *self.extra)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``state[key]``, or ``default`` when there is no such key."""
+        return self[key] if key in self else default
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``state[key]``, first set to ``default`` when missing."""
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def keys(self) -> list[str]:
+        """Every key, fields first."""
+        return list(self)
 
 
-def train_loop_formatter(train_func: Callable) -> Callable:
+_FIELDS = tuple(f.name for f in dataclasses.fields(LoopState) if f.name != "extra")
+
+
+def train_loop_formatter(train_func: Callable | None = None, *, path: type | None = None) -> Callable:
     """Turn a per-epoch training method into a training loop.
 
     The decorated method is written as ``train_func(self, state, *args,
@@ -27,8 +92,8 @@ def train_loop_formatter(train_func: Callable) -> Callable:
 
     - runs epochs ``1..epochs`` under a tqdm bar showing the formatted losses
       (``epochs=1`` reports epoch 1/1);
-    - passes ``state`` (a dict with ``epoch``, ``epochs``, ``step``, ``tbar``
-      and ``writer``) to every epoch;
+    - passes ``state`` (a :class:`LoopState`, read like a dict with
+      ``epoch``, ``epochs``, ``step``, ``tbar`` and ``writer``) to every epoch;
     - stops when an epoch returns ``True`` and says which losses stopped and at
       which epoch;
     - restores the best weights at the end when ``self.restore_best`` is set and
@@ -50,6 +115,12 @@ def train_loop_formatter(train_func: Callable) -> Callable:
     ----------
     train_func
         The per-epoch method of a :class:`~stepgraph.Trainer` (sub)class.
+    path
+        A training path class (see :mod:`stepgraph.train.paths`), used as
+        ``@train_loop_formatter(path=MatrixPath)``: it is built once per call,
+        from the method's own arguments, before the first epoch (so bad
+        arguments fail at once), and is the trainer's ``active_path`` during
+        the run.
 
     Returns
     -------
@@ -61,23 +132,27 @@ def train_loop_formatter(train_func: Callable) -> Callable:
     >>> trainer.train_batch(epochs=20, loaders=(train_loader, valid_loader))  # doctest: +SKIP
     """
 
+    if train_func is None:
+        return functools.partial(train_loop_formatter, path=path)
+
     @functools.wraps(train_func)
     def loop(self, epochs: int, *args, writer=None, resume_from=None, **kwargs) -> bool:
-        epochs = _check_epochs(epochs)
-        state = {"epoch": 0, "epochs": epochs, "step": 0, "tbar": None, "writer": writer}
+        epochs = check_int(epochs, "epochs", minimum=1)
+        state = LoopState(epochs=epochs, writer=writer)
         if resume_from is None:
             self.begin_fit()
-            done, stopped = 0, False
-        else:
+        self.active_path = None if path is None else path(self, *args, **kwargs)
+        done, stopped = 0, False
+        if resume_from is not None:
             done, stopped = self.load_training_state(resume_from, state)
         bar = tqdm(total=epochs, initial=done, disable=not self.progress, dynamic_ncols=True)
-        state["tbar"] = bar
+        state.tbar = bar
         completed = done
         try:
             for epoch in range(done + 1, epochs + 1):
                 if stopped:
                     break
-                state["epoch"] = epoch
+                state.epoch = epoch
                 bar.set_description(f"Epoch {epoch}/{epochs}")
                 stopped = bool(train_func(self, state, *args, **kwargs))
                 completed = epoch
@@ -87,12 +162,12 @@ def train_loop_formatter(train_func: Callable) -> Callable:
                     self.save_training_state(self.checkpoint_dir / "last.pt", state, stopped=stopped)
         except KeyboardInterrupt:
             bar.close()
-            path = self.save_training_state(self.checkpoint_dir / "interrupted.pt", state,
-                                            completed=completed, stopped=stopped, gather=False)
+            saved = self.save_training_state(self.checkpoint_dir / "interrupted.pt", state,
+                                             completed=completed, stopped=stopped, gather=False)
             self.interrupted = True
             self.trace_func(
                 f"Interrupted after {completed} completed epoch(s) of {epochs}; training state saved "
-                f"to {path}. Resume with the same call plus resume_from={str(path)!r}: the "
+                f"to {saved}. Resume with the same call plus resume_from={str(saved)!r}: the "
                 f"interrupted epoch runs again from the weights it had reached (close to, not "
                 f"bitwise equal to, an uninterrupted run); resume_from="
                 f"{str(self.checkpoint_dir / 'last.pt')!r} continues exactly from the last "

@@ -82,6 +82,19 @@ class LossMeter:
         return {k: float(s) / w if (w := self._weights[k]) else float("nan")
                 for k, s in self._sums.items()}
 
+    def state(self) -> tuple[dict[str, torch.Tensor | float], dict[str, float]]:
+        """The weighted sums and total weights per loss (copies), e.g. to reduce them
+        over processes; :meth:`load_state` puts reduced ones back."""
+        return dict(self._sums), dict(self._weights)
+
+    def load_state(self, sums: Mapping[str, float], weights: Mapping[str, float]) -> None:
+        """Replace the sums and weights with ``sums`` and ``weights`` (same keys)."""
+        if set(sums) != set(weights):
+            raise ValueError(f"sums and weights must have the same keys, got {sorted(sums)} "
+                             f"and {sorted(weights)}")
+        self._sums = {k: float(v) for k, v in sums.items()}
+        self._weights = {k: float(v) for k, v in weights.items()}
+
     def reset(self) -> None:
         """Forget everything seen."""
         self._sums.clear()
