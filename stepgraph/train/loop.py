@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from stepgraph._validation import check_int
+from stepgraph.train.meter import LossMeter
 
-__all__ = ["train_loop_formatter", "LoopState"]
+__all__ = ["train_loop_formatter", "LoopState", "run_epoch", "evaluate"]
 
 
 @dataclasses.dataclass
@@ -82,6 +86,93 @@ class LoopState:
 _FIELDS = tuple(f.name for f in dataclasses.fields(LoopState) if f.name != "extra")
 
 
+# --------------------------------------------------------------- the shared core
+def run_epoch(trainer, state: LoopState, path) -> bool:
+    """Train one epoch of ``path``: the shared core of every training path.
+
+    The path's batches go through its loss call, :meth:`~stepgraph.Trainer.update_model_params`
+    and a :class:`~stepgraph.LossMeter` (reduced over ranks); the path validates
+    through the trainer's public ``validate_*`` hook; the epoch ends with the
+    history, the writer, early stopping, best weights and the LR scheduler.
+
+    Returns
+    -------
+    bool
+        Whether early stopping fired.
+    """
+    trainer.mode_switch_to_train()
+    if trainer.optimizer is None:  # before the first forward (which may build the DDP wrapper)
+        trainer.init_optimizer()
+    meter = LossMeter()
+    _train_steps(trainer, state, path.train_batches(state.epoch), path.loss, meter)
+    trainer.strategy.reduce_meter(meter)
+    if not len(meter):
+        raise ValueError(f"epoch {state.epoch} had no training batch")
+    return _end_epoch(trainer, state, meter.compute(), path.validate(state.epoch) or {})
+
+
+def _train_steps(trainer, state: LoopState, batches: Iterable, loss_call: Callable, meter: LossMeter) -> None:
+    keys, last_shown = None, time.monotonic()
+    total = len(batches) if hasattr(batches, "__len__") else None
+    if trainer.progress and total != 1:
+        batches = tqdm(batches, total=total, leave=False, desc="step", dynamic_ncols=True)
+    for step, batch in enumerate(batches):
+        out = loss_call(batch, step)
+        if out is None:  # nothing to train on in this batch (e.g. no train node)
+            continue
+        loss_dict, weight = out
+        loss_dict = dict(loss_dict)
+        loss_dict.pop("graph_ids", None)
+        if keys is None:
+            keys = set(loss_dict)
+        elif set(loss_dict) != keys:
+            raise ValueError(f"the loss dict's keys changed at epoch {state.epoch}, step {step}: "
+                             f"{sorted(loss_dict)} instead of {sorted(keys)}")
+        if trainer.update_model_params(loss_dict, state.epoch, step) is None:
+            continue
+        trainer.cum_loss(loss_dict, meter, weight=weight)
+        state.step += 1
+        if trainer.progress and time.monotonic() - last_shown > 1.0:
+            state.tbar.set_postfix_str(trainer.format_loss_dict(meter.compute(), state))
+            last_shown = time.monotonic()
+
+
+def evaluate(trainer, batches: Iterable, loss_call: Callable) -> dict[str, float]:
+    """Validation through the same meter: eval mode, no grad, reduced over ranks, ``val_`` keys."""
+    was_training = trainer.model.training
+    trainer.model.eval()
+    meter = LossMeter()
+    try:
+        with torch.no_grad():
+            for step, batch in enumerate(batches):
+                out = loss_call(batch, step)
+                if out is not None:
+                    meter.update(*out)
+    finally:
+        trainer.model.train(was_training)
+    trainer.strategy.reduce_meter(meter)
+    return {f"val_{k}": v for k, v in meter.compute().items()}
+
+
+def _end_epoch(trainer, state: LoopState, train_losses: dict, valid_losses: dict) -> bool:
+    lr = trainer.optimizer.param_groups[0]["lr"] if trainer.optimizer is not None else math.nan
+    trainer.history.append({"epoch": state.epoch, **train_losses, **valid_losses, "lr": lr})
+    if state.writer is not None and trainer.strategy.is_main:
+        for key, value in {**train_losses, **valid_losses}.items():
+            state.writer.add_scalar(key, value, state.epoch)
+    stop = trainer.check_early_stop(valid_losses) if valid_losses else False
+    if isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        watched = valid_losses or {f"val_{k}": v for k, v in train_losses.items()}
+        _, total = trainer.stopping.monitored(watched, trainer._loss_names)
+        trainer.lr_scheduler.step(total)
+    elif trainer.lr_scheduler is not None:
+        trainer.lr_scheduler.step()
+    if trainer.progress:
+        state.tbar.set_postfix_str(trainer.format_loss_dict(train_losses, state, valid_losses, endepoch=True))
+    return stop
+
+
+# ------------------------------------------------------------------- the loop
 def train_loop_formatter(train_func: Callable | None = None, *, path: type | None = None) -> Callable:
     """Turn a per-epoch training method into a training loop.
 

@@ -7,7 +7,7 @@ from numbers import Number
 
 import torch
 
-__all__ = ["LossMeter", "tensor_losses"]
+__all__ = ["LossMeter", "tensor_losses", "running_mean_update"]
 
 
 def tensor_losses(loss_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -99,3 +99,15 @@ class LossMeter:
         """Forget everything seen."""
         self._sums.clear()
         self._weights.clear()
+
+
+def running_mean_update(means: dict, loss_dict: Mapping[str, object], n_batch: int) -> dict:
+    """STEP's plain-dict accumulation: update ``means`` in place to the running mean
+    over ``n_batch`` batches (1-based) with this batch's detached values."""
+    n = max(int(n_batch), 1)
+    for key, value in loss_dict.items():
+        if key != "graph_ids":
+            value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+            prev = means.get(key, 0.0)
+            means[key] = prev + (value - prev) / n
+    return means

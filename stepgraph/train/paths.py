@@ -24,7 +24,8 @@ from stepgraph.data.loaders import derive_neighbor_loader, loader_seeds
 
 __all__ = ["TrainingPath", "MatrixPath", "TensorBatchPath", "NodeSamplingPath",
            "FullNeighbourhoodPath", "to_device", "batch_weight", "graph_inputs",
-           "matrix_loss_call", "tensor_loss_call", "graph_loss_call", "node_mask", "split_loaders"]
+           "matrix_loss_call", "tensor_loss_call", "graph_loss_call", "node_mask", "split_loaders",
+           "predict_nodes"]
 
 #: ``loss_call(batch, step) -> (loss_dict, weight)``, or ``None`` to skip the batch.
 LossCall = Callable[[Any, int], "tuple[Mapping[str, Any], float] | None"]
@@ -65,6 +66,26 @@ def graph_inputs(batch, dataset, device) -> dict[str, Any]:
     if dataset.batch_label is not None:
         inputs["batch_label"] = dataset.labels("batch_label", n_id).to(device, non_blocking=True)
     return inputs
+
+
+def predict_nodes(model: torch.nn.Module, func: Callable, gloader, dataset, device) -> torch.Tensor:
+    """``func(x, edge_index, **inputs)`` for the seed nodes of every batch of ``gloader``,
+    in eval mode without gradients: one row per graph node, on the CPU (zero for a
+    node never a seed)."""
+    was_training, out = model.training, None
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in gloader:
+                inputs = graph_inputs(batch, dataset, device)
+                pred = func(inputs.pop("x"), inputs.pop("edge_index"), **inputs)
+                pred = pred[:batch.batch_size].detach().cpu()
+                if out is None:
+                    out = torch.zeros((gloader.data.num_nodes, *pred.shape[1:]), dtype=pred.dtype)
+                out[batch.n_id[:batch.batch_size]] = pred
+    finally:
+        model.train(was_training)
+    return out
 
 
 def node_mask(ind, name: str, num_nodes: int) -> torch.Tensor | None:

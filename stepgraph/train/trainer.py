@@ -15,15 +15,12 @@ is :class:`TrainingCheckpoint`'s.
 
 from __future__ import annotations
 
-import math
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from stepgraph._validation import as_index, check_choice, check_int, check_number
 from stepgraph.data.loaders import make_loaders as _make_loaders
@@ -32,8 +29,8 @@ from stepgraph.train import paths
 from stepgraph.train.checkpoint import BestWeights, TrainingCheckpoint
 from stepgraph.train.distributed import make_strategy
 from stepgraph.train.early_stopping import EarlyStopping, EarlyStoppingGroup
-from stepgraph.train.loop import LoopState, train_loop_formatter
-from stepgraph.train.meter import LossMeter, tensor_losses
+from stepgraph.train.loop import LoopState, evaluate, run_epoch, train_loop_formatter
+from stepgraph.train.meter import LossMeter, running_mean_update, tensor_losses
 from stepgraph.train.optim import build_optimizer, build_scheduler
 from stepgraph.train.rng import seed_everything
 
@@ -51,56 +48,46 @@ class NonFiniteLossError(FloatingPointError):
 class Trainer:
     """Train a model whose losses come back as a dict of named scalars.
 
-    The public methods and attributes are those of STEP's trainer; see
-    ``docs/`` for the differences. A model meets the *loss-dict contract*:
-    ``model.loss(x, ind=None, **named_inputs)`` returns ``{"name": scalar
-    tensor, ...}``; tensor values are summed for the backward pass, other values
-    are only logged, and ``graph_ids`` is metadata.
+    STEP's trainer API (differences in ``docs/porting-from-step.md``). The model
+    meets the *loss-dict contract*: ``model.loss(x, ind=None, **inputs)`` returns
+    ``{"name": scalar tensor, ...}``; tensors are summed for the backward pass,
+    other values are only logged, and ``graph_ids`` is metadata.
 
     Parameters
     ----------
     model
         The :class:`torch.nn.Module` to train.
     device
-        Where batches are moved; defaults to the device of the model's first
-        parameter.
+        Where batches are moved; the device of the model's first parameter by default.
     checkpoint_dir
-        Folder of the checkpoints: ``best.pt`` (best weights), ``last.pt``
-        (whole training state, for ``resume_from``) and ``interrupted.pt``
-        (after Ctrl-C); a fresh temporary folder when ``None``.
+        Folder of ``best.pt`` (best weights), ``last.pt`` (whole training state,
+        for ``resume_from``) and ``interrupted.pt`` (Ctrl-C); a temporary folder when ``None``.
     seed
-        Seed of the whole run: every training call starts by seeding Python,
-        NumPy and torch with it (:func:`~stepgraph.train.rng.seed_everything`),
-        so shuffling, sampling and dropout repeat; :meth:`split_X` uses it
-        too. ``None`` leaves the global generators alone.
+        Every training call seeds Python, NumPy and torch with it, so shuffling,
+        sampling and dropout repeat; :meth:`split_X` uses it too. ``None``: no seeding.
     grad_clip
         Clip the gradients' global norm to this value; ``None`` does not clip.
     stop_on
-        Early-stopping rule over the validation losses: ``"all"`` (stop when
-        every loss has stopped improving, STEP's rule), ``"any"`` (when one has)
-        or ``"total"`` (one monitor on the sum of the validation losses).
+        ``"all"`` (stop when every validation loss stalled, STEP's rule), ``"any"``
+        (when one has) or ``"total"`` (one monitor on their sum).
     restore_best
-        Load the best weights (lowest total validation loss) at the end of
-        training when a checkpoint was written.
+        Load the best weights (lowest total validation loss) at the end of training.
     progress
         Show tqdm progress bars.
     trace_func
         Receives the trainer's messages (early stopping reports).
     checkpoint_every
-        Write the whole training state to ``checkpoint_dir / "last.pt"`` every
-        this many epochs (and at the end); 0 never writes it.
+        Write the training state to ``checkpoint_dir / "last.pt"`` every this many
+        epochs (and at the end); 0 never does.
     distributed
-        Train data-parallel over a ``torch.distributed`` process group
-        (DistributedDataParallel). ``None`` (default) does so when launched by
-        ``torchrun`` (``WORLD_SIZE`` > 1) or when a group is initialised;
-        see ``docs/distributed.md``.
+        Train data-parallel (DDP). ``None``: when launched by ``torchrun`` or inside
+        a process group of several processes; see ``docs/distributed.md``.
     find_unused_parameters
-        Passed to DistributedDataParallel (for models whose losses skip some
-        parameters).
+        Passed to DistributedDataParallel.
     on_nonfinite
-        ``"raise"`` (default) stops at a NaN or infinite training loss with
-        :class:`NonFiniteLossError`; ``"skip"`` skips such batches without
-        touching the weights and counts them in :attr:`skipped_batches`.
+        ``"raise"`` stops at a NaN or infinite training loss with
+        :class:`NonFiniteLossError`; ``"skip"`` skips such batches, counted in
+        :attr:`skipped_batches`.
 
     Attributes
     ----------
@@ -110,27 +97,17 @@ class Trainer:
         Set by :meth:`init_optimizer` (called with defaults on first training).
     lr_scheduler : torch.optim.lr_scheduler.LRScheduler or None
         Set by :meth:`set_lr_scheduler`; stepped once per epoch.
-    early_stopping : dict[str, EarlyStopping]
-        One monitor per validation loss, created at the first validation
-        (the monitors of :attr:`stopping`).
     stopping : EarlyStoppingGroup
-        Decides when to stop: monitors, settings, ``stop_on`` rule, reason.
-    best : BestWeights
-        Tracks the lowest total validation loss and keeps its weights in
-        ``checkpoint_dir / "best.pt"``.
+        Decides when to stop; :attr:`early_stopping`, :attr:`lossconfig` and
+        :attr:`defualt_lcfg` are its monitors and settings.
+    best : BestWeights or None
+        Keeps the weights of the lowest total validation loss in ``best.pt``.
     strategy : SingleProcess or DataParallel
-        How the run is spread over processes (see :mod:`stepgraph.train.distributed`).
+        How the run is spread over processes.
     active_path : TrainingPath or None
         The training path of the current (or last) run.
-    lossconfig : dict
-        Per-loss :class:`EarlyStopping` settings, keyed by loss name (with or
-        without the ``val_`` prefix), e.g. ``{"recon_loss": {"patience": 5}}``.
-    defualt_lcfg : dict
-        Settings for losses not in ``lossconfig`` (STEP's spelling; also
-        reachable as ``default_lcfg``).
     history : list[dict]
-        One record per epoch of the last run: ``epoch``, the train losses, the
-        ``val_`` losses and ``lr``.
+        Per epoch of the last run: ``epoch``, train and ``val_`` losses, ``lr``.
 
     Examples
     --------
@@ -276,22 +253,9 @@ class Trainer:
                             ) -> torch.Tensor | None:
         """Sum the tensor losses, back-propagate, clip and step the optimizer.
 
-        Parameters
-        ----------
-        loss_dict
-            Named losses; tensor values are summed, others ignored.
-        epoch, step
-            Where training is, for error messages.
-
-        Returns
-        -------
-        torch.Tensor or None
-            The detached total; ``None`` when a non-finite batch was skipped.
-
-        Raises
-        ------
-        NonFiniteLossError
-            When the total is NaN or infinite (``on_nonfinite="raise"``), before the weights change.
+        Returns the detached total, or ``None`` when a non-finite batch was skipped;
+        raises :class:`NonFiniteLossError` (naming the losses, ``epoch`` and ``step``)
+        before the weights change otherwise.
         """
         if self.optimizer is None:
             self.init_optimizer()
@@ -348,86 +312,10 @@ class Trainer:
         if isinstance(total_loss_dict, LossMeter):
             total_loss_dict.update(loss_dict, weight)
         else:
-            n = max(int(n_batch), 1)
-            for key, value in loss_dict.items():
-                if key != "graph_ids":
-                    value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-                    prev = total_loss_dict.get(key, 0.0)
-                    total_loss_dict[key] = prev + (value - prev) / n
+            running_mean_update(total_loss_dict, loss_dict, n_batch)
         if use_earlystop and not self.early_stopping:
             self.setup_early_stopping(loss_dict)
         return total_loss_dict
-
-    def _run_epoch(self, state: LoopState, path: paths.TrainingPath) -> bool:
-        """One epoch of ``path``: the shared core of every training path; returns whether to stop."""
-        self.mode_switch_to_train()
-        if self.optimizer is None:  # before the first forward (which may build the DDP wrapper)
-            self.init_optimizer()
-        meter = LossMeter()
-        self._train_steps(state, path.train_batches(state.epoch), path.loss, meter)
-        self.strategy.reduce_meter(meter)
-        if not len(meter):
-            raise ValueError(f"epoch {state.epoch} had no training batch")
-        return self._end_epoch(state, meter.compute(), path.validate(state.epoch) or {})
-
-    def _train_steps(self, state: LoopState, batches: Iterable, loss_call: Callable, meter: LossMeter) -> None:
-        keys, last_shown = None, time.monotonic()
-        total = len(batches) if hasattr(batches, "__len__") else None
-        if self.progress and total != 1:
-            batches = tqdm(batches, total=total, leave=False, desc="step", dynamic_ncols=True)
-        for step, batch in enumerate(batches):
-            out = loss_call(batch, step)
-            if out is None:  # nothing to train on in this batch (e.g. no train node)
-                continue
-            loss_dict, weight = out
-            loss_dict = dict(loss_dict)
-            loss_dict.pop("graph_ids", None)
-            if keys is None:
-                keys = set(loss_dict)
-            elif set(loss_dict) != keys:
-                raise ValueError(f"the loss dict's keys changed at epoch {state.epoch}, step {step}: "
-                                 f"{sorted(loss_dict)} instead of {sorted(keys)}")
-            if self.update_model_params(loss_dict, state.epoch, step) is None:
-                continue
-            self.cum_loss(loss_dict, meter, weight=weight)
-            state.step += 1
-            if self.progress and time.monotonic() - last_shown > 1.0:
-                state.tbar.set_postfix_str(self.format_loss_dict(meter.compute(), state))
-                last_shown = time.monotonic()
-
-    def _evaluate(self, batches: Iterable, loss_call: Callable) -> dict[str, float]:
-        """Validation through the same meter: eval mode, no grad, reduced over ranks, ``val_`` keys."""
-        was_training = self.model.training
-        self.model.eval()
-        meter = LossMeter()
-        try:
-            with torch.no_grad():
-                for step, batch in enumerate(batches):
-                    out = loss_call(batch, step)
-                    if out is not None:
-                        meter.update(*out)
-        finally:
-            self.model.train(was_training)
-        self.strategy.reduce_meter(meter)
-        return {f"val_{k}": v for k, v in meter.compute().items()}
-
-    def _end_epoch(self, state: LoopState, train_losses: dict, valid_losses: dict) -> bool:
-        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else math.nan
-        self.history.append({"epoch": state.epoch, **train_losses, **valid_losses, "lr": lr})
-        if state.writer is not None and self.strategy.is_main:
-            for key, value in {**train_losses, **valid_losses}.items():
-                state.writer.add_scalar(key, value, state.epoch)
-        stop = self.check_early_stop(valid_losses) if valid_losses else False
-        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            values, total = self.stopping.monitored(valid_losses or
-                                                    {f"val_{k}": v for k, v in train_losses.items()},
-                                                    self._loss_names)
-            self.lr_scheduler.step(total)
-        elif self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-        if self.progress:
-            state.tbar.set_postfix_str(self.format_loss_dict(train_losses, state, valid_losses, endepoch=True))
-        return stop
 
     # ------------------------------------------------------ early stopping
     def begin_fit(self) -> None:
@@ -615,7 +503,7 @@ class Trainer:
         call_func
             ``call_func(batch) -> loss_dict``; defaults to :meth:`handle_input_tuple`.
         """
-        return self._run_epoch(state, self.active_path)
+        return run_epoch(self, state, self.active_path)
 
     @train_loop_formatter(path=paths.MatrixPath)
     def train(self, state: LoopState, X, train_ind=None, valid_ind=None, call_func: Callable | None = None,
@@ -638,7 +526,7 @@ class Trainer:
         **kwargs
             Passed to the loss call.
         """
-        return self._run_epoch(state, self.active_path)
+        return run_epoch(self, state, self.active_path)
 
     @train_loop_formatter(path=paths.NodeSamplingPath)
     def train_node_sampler(self, state: LoopState, gloader, dataset, train_ind=None, valid_ind=None,
@@ -662,7 +550,7 @@ class Trainer:
         call_func
             ``call_func(batch, ind, step) -> loss_dict``; defaults to :meth:`handle_ginput_tuple`.
         """
-        return self._run_epoch(state, self.active_path)
+        return run_epoch(self, state, self.active_path)
 
     @train_loop_formatter(path=paths.FullNeighbourhoodPath)
     def train_graph_batch(self, state: LoopState, gloader, dataset, train_ind=None, valid_ind=None,
@@ -686,13 +574,13 @@ class Trainer:
         call_func
             ``call_func(batch, ind, step) -> loss_dict``; defaults to :meth:`handle_ginput_tuple`.
         """
-        return self._run_epoch(state, self.active_path)
+        return run_epoch(self, state, self.active_path)
 
     # ----------------------------------------------------------- validation
     def validate_loader(self, loader, call_func: Callable | None = None) -> dict[str, float]:
         """Mean losses over a loader of tensor batches in eval mode without gradients:
         ``{"val_<name>": mean}``, weighted by batch size."""
-        return self._evaluate(loader, paths.tensor_loss_call(call_func or self.handle_input_tuple))
+        return evaluate(self, loader, paths.tensor_loss_call(call_func or self.handle_input_tuple))
 
     def validate_X(self, X, ind=None, call_func: Callable | None = None, **kwargs) -> dict[str, float]:
         """Losses of the full-matrix path on rows ``ind`` (all when ``None``) in eval mode:
@@ -701,7 +589,7 @@ class Trainer:
         ind = torch.arange(X.shape[0]) if ind is None else as_index(ind, "ind", X.shape[0])
         share = self.strategy.shard(ind, 0, self.seed or 0, shuffle=False, pad=False)
         call = paths.matrix_loss_call(X, call_func or self.loss, kwargs, self.device)
-        return self._evaluate([share] if share.numel() else [], call)
+        return evaluate(self, [share] if share.numel() else [], call)
 
     def validate_gloader(self, gloader, valid_ind=None, dataset=None,
                          call_func: Callable | None = None) -> dict[str, float]:
@@ -726,7 +614,7 @@ class Trainer:
         if dataset is not None:
             self.graph_dataset = dataset
         mask = paths.node_mask(valid_ind, "valid_ind", gloader.data.num_nodes)
-        return self._evaluate(gloader, paths.graph_loss_call(self, mask, call_func or self.handle_ginput_tuple))
+        return evaluate(self, gloader, paths.graph_loss_call(self, mask, call_func or self.handle_ginput_tuple))
 
     def predict_gloader(self, gloader, dataset=None, method: str = "encode") -> torch.Tensor:
         """``model.<method>(x, edge_index, edge_weight=..., batch_label=...)`` for every
@@ -753,20 +641,7 @@ class Trainer:
         func = getattr(self.net, method, None)
         if not callable(func):
             raise AttributeError(f"method must name a method of the model, got method={method!r}")
-        was_training, out = self.model.training, None
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                for batch in gloader:
-                    inputs = paths.graph_inputs(batch, dataset, self.device)
-                    pred = func(inputs.pop("x"), inputs.pop("edge_index"), **inputs)
-                    pred = pred[:batch.batch_size].detach().cpu()
-                    if out is None:
-                        out = torch.zeros((gloader.data.num_nodes, *pred.shape[1:]), dtype=pred.dtype)
-                    out[batch.n_id[:batch.batch_size]] = pred
-        finally:
-            self.model.train(was_training)
-        return out
+        return paths.predict_nodes(self.model, func, gloader, dataset, self.device)
 
     @staticmethod
     def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,
