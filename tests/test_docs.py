@@ -22,6 +22,9 @@ import pytest
 
 import stepgraph
 from stepgraph import BaseDataset, EarlyStopping, LossMeter, MaskedDataset, Trainer
+from stepgraph.train.checkpoint import BestWeights, TrainingCheckpoint
+from stepgraph.train.early_stopping import EarlyStoppingGroup
+from stepgraph.train.loop import LoopState
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -78,7 +81,9 @@ def documented(name: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", api_text()) is not None
 
 
-EXPECTED_CLASS_MEMBERS = sorted({member for cls in (Trainer, EarlyStopping, LossMeter, BaseDataset, MaskedDataset)
+DOCUMENTED_CLASSES = (Trainer, EarlyStopping, EarlyStoppingGroup, LossMeter, LoopState, BestWeights,
+                      TrainingCheckpoint, BaseDataset, MaskedDataset)
+EXPECTED_CLASS_MEMBERS = sorted({member for cls in DOCUMENTED_CLASSES
                                  for member in public_members(cls)})
 
 
