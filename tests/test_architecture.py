@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from stepgraph import BaseDataset, Trainer
-from stepgraph._validation import ArgumentTypeError, as_index, category_codes, check_choice, check_int
+from stepgraph._validation import (
+    ArgumentTypeError,
+    as_index,
+    category_codes,
+    check_choice,
+    check_int,
+)
 from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder

@@ -205,7 +205,7 @@ class EarlyStoppingGroup:
 
     def setup(self, keys: Iterable[str]) -> dict[str, EarlyStopping]:
         """Build one monitor per validation key (``val_total`` alone with ``stop_on="total"``)."""
-        keys = [k for k in keys if k.startswith("val_") and k != "val_graph_ids"]
+        keys = [k for k in keys if k.startswith("val_")]
         if self.stop_on == "total":
             keys = ["val_total"]
         self.monitors = {}
@@ -237,7 +237,7 @@ class EarlyStoppingGroup:
         """
         names = set(loss_names)
         values = {k: float(v) for k, v in losses.items()
-                  if k.startswith("val_") and k != "val_graph_ids" and (not names or k[4:] in names)}
+                  if k.startswith("val_") and (not names or k[4:] in names)}
         total = float(sum(values[k] for k in sorted(values))) if values else math.nan
         if self.stop_on == "total" and values:
             values = {"val_total": total}

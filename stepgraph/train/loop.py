@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stepgraph._validation import check_int
-from stepgraph.train.meter import LossMeter
+from stepgraph.train.meter import LossMeter, without_metadata
 
 __all__ = ["train_loop_formatter", "LoopState", "run_epoch", "evaluate"]
 
@@ -120,9 +120,7 @@ def _train_steps(trainer, state: LoopState, batches: Iterable, loss_call: Callab
         out = loss_call(batch, step)
         if out is None:  # nothing to train on in this batch (e.g. no train node)
             continue
-        loss_dict, weight = out
-        loss_dict = dict(loss_dict)
-        loss_dict.pop("graph_ids", None)
+        loss_dict, weight = without_metadata(out[0]), out[1]
         if keys is None:
             keys = set(loss_dict)
         elif set(loss_dict) != keys:
@@ -147,7 +145,7 @@ def evaluate(trainer, batches: Iterable, loss_call: Callable) -> dict[str, float
             for step, batch in enumerate(batches):
                 out = loss_call(batch, step)
                 if out is not None:
-                    meter.update(*out)
+                    meter.update(without_metadata(out[0]), out[1])
     finally:
         trainer.model.train(was_training)
     trainer.strategy.reduce_meter(meter)

@@ -7,7 +7,17 @@ from numbers import Number
 
 import torch
 
-__all__ = ["LossMeter", "tensor_losses", "running_mean_update"]
+__all__ = ["LossMeter", "tensor_losses", "running_mean_update", "without_metadata", "METADATA_KEYS"]
+
+#: Keys of a loss dict that carry metadata, never a loss (STEP's ``graph_ids``).
+METADATA_KEYS = frozenset({"graph_ids"})
+
+
+def without_metadata(loss_dict: Mapping[str, object]) -> dict[str, object]:
+    """``loss_dict`` without its metadata keys (:data:`METADATA_KEYS`): the one place
+    where ``graph_ids`` is dropped. The training core applies it to every loss dict
+    a loss call returns; the public accumulators apply it to what users pass them."""
+    return {k: v for k, v in loss_dict.items() if k not in METADATA_KEYS}
 
 
 def tensor_losses(loss_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -16,10 +26,7 @@ def tensor_losses(loss_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
     Tensor values are losses; anything else (numbers, strings) is logged only.
     The metadata key ``graph_ids`` is never a loss.
     """
-    return {
-        k: v for k, v in loss_dict.items()
-        if isinstance(v, torch.Tensor) and k != "graph_ids"
-    }
+    return {k: v for k, v in without_metadata(loss_dict).items() if isinstance(v, torch.Tensor)}
 
 
 class LossMeter:
@@ -57,9 +64,7 @@ class LossMeter:
         weight
             The batch's weight in the mean, normally its number of samples.
         """
-        for key, value in loss_dict.items():
-            if key == "graph_ids":
-                continue
+        for key, value in without_metadata(loss_dict).items():
             if isinstance(value, torch.Tensor):
                 if value.numel() != 1:
                     raise ValueError(
@@ -105,9 +110,8 @@ def running_mean_update(means: dict, loss_dict: Mapping[str, object], n_batch: i
     """STEP's plain-dict accumulation: update ``means`` in place to the running mean
     over ``n_batch`` batches (1-based) with this batch's detached values."""
     n = max(int(n_batch), 1)
-    for key, value in loss_dict.items():
-        if key != "graph_ids":
-            value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-            prev = means.get(key, 0.0)
-            means[key] = prev + (value - prev) / n
+    for key, value in without_metadata(loss_dict).items():
+        value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+        prev = means.get(key, 0.0)
+        means[key] = prev + (value - prev) / n
     return means

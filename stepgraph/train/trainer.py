@@ -30,7 +30,7 @@ from stepgraph.train.checkpoint import BestWeights, TrainingCheckpoint
 from stepgraph.train.distributed import make_strategy
 from stepgraph.train.early_stopping import EarlyStopping, EarlyStoppingGroup
 from stepgraph.train.loop import LoopState, evaluate, run_epoch, train_loop_formatter
-from stepgraph.train.meter import LossMeter, running_mean_update, tensor_losses
+from stepgraph.train.meter import LossMeter, running_mean_update, tensor_losses, without_metadata
 from stepgraph.train.optim import build_optimizer, build_scheduler
 from stepgraph.train.rng import seed_everything
 
@@ -375,7 +375,7 @@ class Trainer:
         endepoch
             Whether the epoch has ended (validation is only shown then).
         """
-        parts = [f"{k}={float(v):.4f}" for k, v in loss_dict.items() if k != "graph_ids"]
+        parts = [f"{k}={float(v):.4f}" for k, v in without_metadata(loss_dict).items()]
         if valid_loss_dict and endepoch:
             for key, value in valid_loss_dict.items():
                 es = self.early_stopping.get(key)
