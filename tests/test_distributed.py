@@ -76,7 +76,7 @@ def graph_scenarios(ckpt_dir):
     trainer = quiet(GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2),
                     checkpoint_dir=f"{ckpt_dir}/stop")
     trainer.init_optimizer(lr=1e-12)
-    trainer.defualt_lcfg.update(patience=2, delta=0.05)  # sampling noise stays below delta
+    trainer.lossconfig["recon_loss"] = {"patience": 2, "delta": 0.05}  # sampling noise stays below delta
     loaders = node_loaders(data, [3], 64, train_ind=train_ind, valid_ind=valid_ind, backend="builtin")
     stopped = trainer.train_node_sampler(epochs=30, gloader=loaders, dataset=dataset)
     out["early_stop"] = (stopped, len(trainer.history))

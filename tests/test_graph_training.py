@@ -94,6 +94,7 @@ def test_train_and_valid_nodes_never_swap_roles(tissue, path, given_train):
 def test_early_stopping_triggers_on_a_plateau(tissue):
     adata, data, dataset, train_ind, valid_ind = tissue
     trainer = make_trainer(dataset, lr=1e-12)  # weights do not move: validation is flat
+    trainer.lossconfig.clear()  # STEP's per-loss defaults off: defualt_lcfg applies to every loss
     trainer.defualt_lcfg.update(patience=2, delta=1e-4)
     loader, valid_loader = node_loaders(data, [5, 5], 200, train_ind=train_ind, valid_ind=valid_ind,
                                         backend="builtin")

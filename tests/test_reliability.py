@@ -299,4 +299,4 @@ def test_validation_index_checks_and_batch_size(tissue):
         trainer.train_node_sampler(epochs=1, gloader=node_loaders(data, [3], 16, backend="builtin")[0],
                                    dataset=dataset, train_ind=[1, 2, 3], valid_ind=[3, 4])
     with pytest.raises(ValueError, match="batch_size"):
-        Trainer.make_loaders(dataset, len(dataset) + 1)
+        Trainer.make_loaders(dataset, -3)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+from stepgraph._validation import check_int
 from stepgraph.data.dataset import BaseDataset, MaskedDataset
 from stepgraph.data.split import category_random_split
 
-__all__ = ["make_loaders", "collate_batch", "node_loaders", "graph_loader", "derive_neighbor_loader",
+__all__ = ["make_loaders", "collate_batch", "per_sample_collate", "node_loaders", "graph_loader", "derive_neighbor_loader",
            "loader_seeds"]
 
 
@@ -18,10 +19,23 @@ def collate_batch(batch):
     return batch
 
 
+def per_sample_collate(collate_fn):
+    """Adapt a user's ``collate_fn``, written for a list of per-sample items (as
+    STEP's are), to stepgraph datasets, whose ``__getitems__`` returns a whole batch
+    ``(x, label, ...)``: the batch is split into per-sample tuples first."""
+    def collate(batch):
+        if isinstance(batch, torch.Tensor):
+            return collate_fn(list(batch))
+        return collate_fn(list(zip(*batch)))
+    return collate
+
+
 def _loader(dataset, batch_size, shuffle, seed, **kwargs) -> DataLoader:
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+    user_collate = kwargs.pop("collate_fn", None)
+    collate = collate_batch if user_collate is None else per_sample_collate(user_collate)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=collate_batch, **kwargs)
+                      collate_fn=collate, **kwargs)
 
 
 def make_loaders(dataset: BaseDataset | MaskedDataset, batch_size: int, split_rate: float = 0.2,
@@ -34,31 +48,30 @@ def make_loaders(dataset: BaseDataset | MaskedDataset, batch_size: int, split_ra
     dataset
         The dataset to load.
     batch_size
-        Samples per batch (positive, at most the number of samples).
+        Samples per batch (positive); larger than the dataset gives one batch
+        per epoch, as in STEP.
     split_rate
         Share of samples for validation, in [0, 1); 0 gives no validation loader.
     shuffle
         Shuffle the training loader (seeded). The validation loader never shuffles.
     obs_key
         Column of ``obs`` to stratify the split by (see
-        :func:`~stepgraph.category_random_split`); ``None`` splits at random.
+        :func:`~stepgraph.category_random_split`; cells with a missing category
+        are split at random, with a warning); ``None`` splits at random.
     seed
         Seed of the split and of the shuffling.
     **kwargs
         Passed to :class:`torch.utils.data.DataLoader` (``num_workers``,
-        ``drop_last``, ``pin_memory``...).
+        ``drop_last``, ``pin_memory``...). A ``collate_fn`` of yours receives
+        a list of per-sample tuples, as with STEP's datasets (see
+        :func:`per_sample_collate`).
 
     Returns
     -------
     train_loader, valid_loader
         ``valid_loader`` is ``None`` when ``split_rate`` is 0.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got batch_size={batch_size!r}")
-    if batch_size > len(dataset):
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the dataset ({len(dataset)} samples)"
-        )
+    check_int(batch_size, "batch_size", minimum=1)
     train_ds, valid_ds = category_random_split(dataset, split_rate, obs_key, seed=seed)
     train_loader = _loader(train_ds, batch_size, shuffle, seed, **kwargs)
     valid_loader = (_loader(valid_ds, batch_size, False, seed, **kwargs)
@@ -73,8 +86,7 @@ def _neighbor_loader(data, num_neighbors, input_nodes, batch_size, shuffle, seed
 
     from stepgraph.data.sampler import make_neighbor_sampler
 
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got batch_size={batch_size!r}")
+    check_int(batch_size, "batch_size", minimum=1)
     if sampler is None:
         sampler = make_neighbor_sampler(data, list(num_neighbors), backend=backend,
                                         share_memory=kwargs.get("num_workers", 0) > 0)
@@ -156,8 +168,7 @@ def graph_loader(data, n_layers: int = 2, batch_size: int = 1024, shuffle: bool 
     **kwargs
         Passed to :class:`~torch_geometric.loader.NeighborLoader`.
     """
-    if not isinstance(n_layers, int) or n_layers < 1:
-        raise ValueError(f"n_layers must be a positive int, got n_layers={n_layers!r}")
+    check_int(n_layers, "n_layers", minimum=1)
     return _neighbor_loader(data, [-1] * n_layers, None, batch_size, shuffle, seed, backend, **kwargs)
 
 

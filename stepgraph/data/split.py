@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+import warnings
 
+import numpy as np
+
+from stepgraph._validation import category_codes
 from stepgraph.data.dataset import BaseDataset, MaskedDataset
 
 __all__ = ["check_split_rate", "random_split_indices", "category_split_indices",
@@ -61,7 +63,9 @@ def category_split_indices(categories, split_rate: float = 0.2, seed: int = 0) -
     """Split positions so that each category sends ``split_rate`` of its members to validation.
 
     Every category with two or more members lands in both sets; a category with
-    a single member stays in training.
+    a single member stays in training. Samples whose category is missing (NaN,
+    ``None``) are split at random as a group of their own, with a warning (as
+    STEP does: its refinement step trains on a column with unlabelled cells).
 
     Parameters
     ----------
@@ -73,12 +77,15 @@ def category_split_indices(categories, split_rate: float = 0.2, seed: int = 0) -
         Seed of the shuffle within categories.
     """
     rate = check_split_rate(split_rate)
-    codes = pd.Categorical(np.asarray(categories)).codes.astype(np.int64)
+    codes, categories = category_codes(np.asarray(categories, dtype=object), "categories", allow_missing=True)
     n = codes.size
     if n < 1:
         raise ValueError("cannot split an empty dataset")
-    if (codes < 0).any():
-        raise ValueError("categories contain missing values")
+    missing = codes < 0
+    if missing.any():
+        warnings.warn(f"{int(missing.sum())} of {n} samples have no category; they are split at random "
+                      f"({split_rate:.0%} to validation) as a group of their own", UserWarning, stacklevel=3)
+        codes = np.where(missing, len(categories), codes)  # the missing ones: one more group
     perm = np.random.default_rng(seed).permutation(n)
     order = perm[np.argsort(codes[perm], kind="stable")]  # grouped by category, random within
     sizes = np.bincount(codes)
@@ -123,4 +130,5 @@ def category_random_split(dataset: BaseDataset | MaskedDataset, split_rate: floa
                 f"obs_key={obs_key!r} is not a column of adata.obs; columns are {list(dataset.obs.columns)}"
             )
         train_ind, valid_ind = category_split_indices(dataset.obs[obs_key].to_numpy(), split_rate, seed)
+
     return MaskedDataset(dataset, train_ind), MaskedDataset(dataset, valid_ind)

@@ -108,7 +108,8 @@ def run_epoch(trainer, state: LoopState, path) -> bool:
     trainer.strategy.reduce_meter(meter)
     if not len(meter):
         raise ValueError(f"epoch {state.epoch} had no training batch")
-    return _end_epoch(trainer, state, meter.compute(), path.validate(state.epoch) or {})
+    valid_losses = {k: float(v) for k, v in (path.validate(state.epoch) or {}).items()}
+    return _end_epoch(trainer, state, meter.compute(), valid_losses)
 
 
 def _train_steps(trainer, state: LoopState, batches: Iterable, loss_call: Callable, meter: LossMeter) -> None:

@@ -107,11 +107,14 @@ class LossMeter:
 
 
 def running_mean_update(means: dict, loss_dict: Mapping[str, object], n_batch: int) -> dict:
-    """STEP's plain-dict accumulation: update ``means`` in place to the running mean
-    over ``n_batch`` batches (1-based) with this batch's detached values."""
-    n = max(int(n_batch), 1)
+    """STEP's plain-dict accumulation, in place: for ``n_batch == 0`` (the 0-based
+    index of the batch) ``means`` becomes this batch's losses; otherwise the
+    running mean, in which this batch weighs ``1 / (n_batch + 1)``. Values are
+    detached 0-d tensors, as STEP returns them."""
     for key, value in without_metadata(loss_dict).items():
-        value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-        prev = means.get(key, 0.0)
-        means[key] = prev + (value - prev) / n
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        if n_batch == 0 or key not in means:
+            means[key] = value.clone()
+        else:
+            means[key] = means[key] + (value - means[key]) / (n_batch + 1)
     return means

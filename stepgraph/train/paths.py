@@ -14,17 +14,19 @@ that uses it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from stepgraph._validation import as_index
+from stepgraph.data.dataset import MODES
 from stepgraph.data.loaders import derive_neighbor_loader, loader_seeds
 
 __all__ = ["TrainingPath", "MatrixPath", "TensorBatchPath", "NodeSamplingPath",
            "FullNeighbourhoodPath", "to_device", "batch_weight", "graph_inputs",
-           "matrix_loss_call", "tensor_loss_call", "graph_loss_call", "node_mask", "split_loaders",
+           "matrix_loss_call", "tensor_loss_call", "graph_loss_call", "graph_call", "node_mask", "split_loaders",
            "predict_nodes"]
 
 #: ``loss_call(batch, step) -> (loss_dict, weight)``, or ``None`` to skip the batch.
@@ -130,6 +132,23 @@ def tensor_loss_call(call: Callable) -> LossCall:
     def loss_call(batch, step):
         return call(batch), batch_weight(batch)
     return loss_call
+
+
+def graph_call(call: Callable, dataset) -> Callable:
+    """``call`` in stepgraph's form ``call(batch, ind, step)`` (``ind``: local positions
+    of the loss nodes).
+
+    STEP's spatial models override ``handle_ginput_tuple(input_tuple, dataset, ind,
+    step)`` with the dataset second and ``ind`` as global node ids; a callable whose
+    second parameter is named ``dataset`` is taken to be of that form and adapted.
+    """
+    try:
+        names = list(inspect.signature(call).parameters)
+    except (TypeError, ValueError):  # a builtin or C callable: stepgraph's form
+        return call
+    if len(names) >= 2 and names[1] == "dataset":
+        return lambda batch, ind, step: call(batch, dataset, batch.n_id[ind], step)
+    return call
 
 
 def graph_loss_call(trainer, mask: torch.Tensor | None, call: Callable) -> LossCall:
@@ -246,6 +265,8 @@ class TensorBatchPath(TrainingPath):
         super().__init__(trainer)
         self.train_loader, self.valid_loader = split_loaders(loaders)
         self.call_func = call_func
+        mode = getattr(getattr(self.train_loader, "dataset", None), "mode", None)
+        trainer.input_names = MODES.get(mode) if isinstance(mode, str) else None
         self.loss = tensor_loss_call(call_func or trainer.handle_input_tuple)
         self._track(self.train_loader, self.valid_loader)
         self._valid_shard = trainer.strategy.shard_loader(self.valid_loader, 0, self._seed, pad=False)
@@ -306,7 +327,7 @@ class NodeSamplingPath(_GraphPath):
         if valid_loader is not None:
             _check_disjoint(loader_seeds(train_loader), loader_seeds(valid_loader))
         self.train_loader, self.valid_loader, self.call_func = train_loader, valid_loader, call_func
-        self.loss = graph_loss_call(trainer, None, call_func or trainer.handle_ginput_tuple)
+        self.loss = graph_loss_call(trainer, None, graph_call(call_func or trainer.handle_ginput_tuple, dataset))
         self._track(train_loader, valid_loader)
         self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self._seed,
                                                                    shuffle=False, pad=False)
@@ -338,7 +359,8 @@ class FullNeighbourhoodPath(_GraphPath):
         if train_mask is None and valid is not None:
             train_mask = ~node_mask(valid, "valid_ind", num_nodes)  # never train on validation nodes
         self.gloader, self.call_func = gloader, call_func
-        self.loss = graph_loss_call(trainer, train_mask, call_func or trainer.handle_ginput_tuple)
+        self.loss = graph_loss_call(trainer, train_mask,
+                                    graph_call(call_func or trainer.handle_ginput_tuple, dataset))
         self._track(gloader)
         valid_loader = None if valid is None else derive_neighbor_loader(gloader, valid, shuffle=False)
         self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self._seed,

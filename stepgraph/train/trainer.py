@@ -36,9 +36,21 @@ from stepgraph.train.rng import seed_everything
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
-#: Names given, in order, to the members of a tensor batch tuple.
-INPUT_NAMES = ("x", "batch_label", "class_label")
+#: Names given to the members of a tensor batch tuple by its length, in STEP's
+#: order (the batch label is always last); a dataset's mode names them exactly.
+INPUT_NAMES = {1: ("x",), 2: ("x", "batch_label"), 3: ("x", "class_label", "batch_label"),
+               4: ("x", "rep", "domains", "batch_label")}
 NONFINITE_POLICIES = ("raise", "skip")
+
+#: STEP's per-loss early-stopping settings (``Trainer.lossconfig``) and its default.
+STEP_LOSSCONFIG = {"recon_loss": {"patience": 30, "delta": 1e-2}, "kl_loss": {"patience": 10, "delta": 1e-3},
+                   "cl_loss": {"patience": 20, "delta": 1e-4}, "gate_loss": {"patience": 15, "delta": 1e-3}}
+STEP_DEFAULT_LCFG = {"patience": 15, "delta": 1e-3}
+
+
+def _as_tensors(losses: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Losses as 0-d tensors, as STEP's methods return them (``.item()`` and ``float()`` both work)."""
+    return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in losses.items()}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,7 +83,11 @@ class Trainer:
         ``"all"`` (stop when every validation loss stalled, STEP's rule), ``"any"``
         (when one has) or ``"total"`` (one monitor on their sum).
     restore_best
-        Load the best weights (lowest total validation loss) at the end of training.
+        Load the best weights (lowest total validation loss) at the end of training;
+        ``None`` (default): when :attr:`use_earlystop` is on.
+    use_earlystop
+        Build early-stopping monitors and stop early (STEP's switch, also an
+        attribute); when false every path trains all its epochs.
     progress
         Show tqdm progress bars.
     trace_func
@@ -119,7 +135,8 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
                  checkpoint_dir: str | Path | None = None, seed: int | None = 0,
-                 grad_clip: float | None = None, stop_on: str = "all", restore_best: bool = True,
+                 grad_clip: float | None = None, stop_on: str = "all", restore_best: bool | None = None,
+                 use_earlystop: bool = True,
                  progress: bool = True, trace_func: Callable[[str], Any] = print,
                  checkpoint_every: int = 1, on_nonfinite: str = "raise",
                  distributed: bool | None = None, find_unused_parameters: bool = False):
@@ -130,6 +147,8 @@ class Trainer:
         self.seed = check_int(seed, "seed", allow_none=True)
         self.grad_clip = check_number(grad_clip, "grad_clip", positive=True, allow_none=True)
         self.stopping = EarlyStoppingGroup(stop_on)
+        self.stopping.lossconfig = {k: dict(v) for k, v in STEP_LOSSCONFIG.items()}
+        self.stopping.default_config.update(STEP_DEFAULT_LCFG)
         self.strategy = make_strategy(distributed, find_unused_parameters=find_unused_parameters)
         if self.strategy.lockstep and on_nonfinite == "skip":
             raise ValueError("on_nonfinite must be 'raise' in distributed training (a batch skipped on "
@@ -139,7 +158,9 @@ class Trainer:
             device = self.strategy.default_device() or (first.device if first is not None else "cpu")
         self.device = self.strategy.device = torch.device(device)
         self.model = model.to(self.device)
-        self.restore_best = restore_best
+        self._restore_best = restore_best
+        self.use_earlystop = bool(use_earlystop)
+        self.input_names: tuple[str, ...] | None = None
         self.progress = progress and self.strategy.is_main
         self.trace_func = trace_func if self.strategy.is_main else (lambda message: None)
         self.stopping.trace_func = self.trace_func
@@ -165,6 +186,16 @@ class Trainer:
     net = property(lambda self: self.model,
                    doc="The user's model (:attr:`model` is never wrapped; DDP wrapping is internal).")
     stop_on = property(lambda self: self.stopping.stop_on, doc="The early-stopping rule.")
+
+    @property
+    def restore_best(self) -> bool:
+        """Whether the best weights are loaded at the end of training (by default
+        when :attr:`use_earlystop` is on)."""
+        return self.use_earlystop if self._restore_best is None else bool(self._restore_best)
+
+    @restore_best.setter
+    def restore_best(self, value: bool | None) -> None:
+        self._restore_best = value
     stop_reason = property(lambda self: self.stopping.stop_reason,
                            doc="Why the last run stopped early, in words (``None`` if it did not).")
 
@@ -294,11 +325,14 @@ class Trainer:
             The batch's losses.
         total_loss_dict
             A :class:`~stepgraph.LossMeter` (updated with ``weight``), or a plain
-            dict of running means over ``n_batch`` batches (STEP's form).
+            dict (STEP's form): for ``n_batch == 0`` it becomes this batch's
+            losses, otherwise the running mean in which this batch weighs
+            ``1 / (n_batch + 1)``.
         use_earlystop
             Set up early stopping from these keys when not yet done.
         n_batch
-            1-based number of batches seen, for the plain-dict form.
+            The 0-based index of the batch in the epoch (STEP's ``enumerate``
+            index); required for the plain-dict form.
         n_epoch
             Current epoch (unused; STEP's signature).
         weight
@@ -307,13 +341,13 @@ class Trainer:
         Returns
         -------
         LossMeter or dict
-            ``total_loss_dict``, updated with detached values.
+            ``total_loss_dict``, updated; the plain dict holds detached 0-d tensors.
         """
         if isinstance(total_loss_dict, LossMeter):
             total_loss_dict.update(loss_dict, weight)
         else:
-            running_mean_update(total_loss_dict, loss_dict, n_batch)
-        if use_earlystop and not self.early_stopping:
+            running_mean_update(total_loss_dict, loss_dict, check_int(n_batch, "n_batch", minimum=0))
+        if use_earlystop and self.use_earlystop and not self.early_stopping:
             self.setup_early_stopping(loss_dict)
         return total_loss_dict
 
@@ -327,10 +361,17 @@ class Trainer:
         self._reset_run()
 
     def setup_early_stopping(self, loss_dict: Mapping[str, Any]) -> dict[str, EarlyStopping]:
-        """Create one :class:`EarlyStopping` per ``val_`` loss in ``loss_dict``, with
-        settings from :attr:`lossconfig` over :attr:`defualt_lcfg` (one ``val_total``
-        monitor with ``stop_on="total"``)."""
-        return self.stopping.setup(loss_dict)
+        """Create one :class:`EarlyStopping` per loss, named ``val_<loss>``, with settings
+        from :attr:`lossconfig` over :attr:`defualt_lcfg` (one ``val_total`` monitor with
+        ``stop_on="total"``). ``loss_dict`` holds training losses (STEP's form: tensor
+        values; logged numbers are skipped) or ``val_`` values; none when
+        :attr:`use_earlystop` is off."""
+        if not self.use_earlystop:
+            self.stopping.monitors = {}
+            return self.stopping.monitors
+        names = [k if k.startswith("val_") else f"val_{k}" for k, v in without_metadata(loss_dict).items()
+                 if k.startswith("val_") or isinstance(v, torch.Tensor)]
+        return self.stopping.setup(names)
 
     def check_early_stop(self, total_loss_dict: Mapping[str, float]) -> bool:
         """Feed the validation losses to the monitors and the best-weights tracker.
@@ -343,7 +384,7 @@ class Trainer:
         values, total = self.stopping.monitored(total_loss_dict, self._loss_names)
         if not values:
             return False
-        stop = self.stopping.step(values, self.model if self.strategy.is_main else None)
+        stop = self.use_earlystop and self.stopping.step(values, self.model if self.strategy.is_main else None)
         if self.best is None:
             self.best = BestWeights(self.checkpoint_dir / "best.pt", write=self.strategy.is_main)
         self.best.update(total, self.model)
@@ -364,24 +405,35 @@ class Trainer:
                          endepoch: bool = False) -> str:
         """Progress-bar text: ``name=value`` per loss, validation as ``value/best``.
 
+        Both of STEP's usages work: the text is written into ``state`` (training
+        part in ``state["loss_dict"]``, validation part in ``state["validation"]``),
+        as STEP does, and returned.
+
         Parameters
         ----------
         loss_dict
             Training losses.
         state
-            The loop state (unused; STEP's signature).
+            The loop state, or any dict (``None``: nothing written).
         valid_loss_dict
             Validation losses, shown with the best value so far.
         endepoch
             Whether the epoch has ended (validation is only shown then).
         """
-        parts = [f"{k}={float(v):.4f}" for k, v in without_metadata(loss_dict).items()]
+        text = ", ".join(f"{k}={float(v):.4f}" for k, v in without_metadata(loss_dict).items())
+        validation = ""
         if valid_loss_dict and endepoch:
+            parts = []
             for key, value in valid_loss_dict.items():
                 es = self.early_stopping.get(key)
                 best = es.best_score if es is not None and es.best_score is not None else value
                 parts.append(f"{key}={float(value):.4f}/{float(best):.4f}")
-        return ", ".join(parts)
+            validation = ", ".join(parts)
+        if state is not None:
+            state["loss_dict"] = text
+            if endepoch:
+                state["validation"] = validation
+        return ", ".join(t for t in (text, validation) if t)
 
     # ----------------------------------------------------- training state
     def _checkpoint(self) -> TrainingCheckpoint:
@@ -447,23 +499,33 @@ class Trainer:
 
     # ------------------------------------------------------- loss calls
     def loss(self, X, ind=None, **kwargs):
-        """Loss of the full-matrix path; defaults to ``model.loss(X, ind=ind, **kwargs)``."""
-        return self.strategy.loss_forward(self.model, X, ind=ind, **kwargs)
+        """The loss call every default path goes through (override it in a subclass, as
+        STEP's models do): ``model.loss(X, ind=ind, **kwargs)`` (without ``ind`` when
+        it is ``None``)."""
+        if ind is not None:
+            kwargs["ind"] = ind
+        return self.strategy.loss_forward(self.model, X, **kwargs)
 
     def handle_input_tuple(self, input_tuple):
-        """Loss dict of one tensor batch: a tuple ``(x, batch_label, class_label)`` (as
-        many as the dataset's mode gives) calls ``model.loss(x, batch_label=...,
-        class_label=...)``, a dict ``model.loss(**batch)``, a tensor ``model.loss(x)``."""
+        """Loss dict of one tensor batch, through :meth:`loss` (as in STEP).
+
+        The tuple's members are named by the dataset's mode
+        (:attr:`input_names`, set by :meth:`train_batch`) or, without one, by
+        its length in STEP's order: ``(x,)``, ``(x, batch_label)``, ``(x,
+        class_label, batch_label)``, ``(x, rep, domains, batch_label)``; the
+        call is ``self.loss(x, class_label=..., batch_label=...)``. A dict
+        calls ``self.loss(**batch)``, a tensor ``self.loss(x)``.
+        """
         batch = paths.to_device(input_tuple, self.device)
         if isinstance(batch, torch.Tensor):
-            return self.strategy.loss_forward(self.model, batch)
+            return self.loss(batch)
         if isinstance(batch, Mapping):
-            return self.strategy.loss_forward(self.model, **batch)
-        if len(batch) > len(INPUT_NAMES):
-            raise ValueError(f"a batch tuple must hold at most {len(INPUT_NAMES)} items {INPUT_NAMES}, "
-                             f"got {len(batch)}")
-        named = dict(zip(INPUT_NAMES[1:], batch[1:]))
-        return self.strategy.loss_forward(self.model, batch[0], **named)
+            return self.loss(**batch)
+        names = self.input_names if self.input_names and len(self.input_names) == len(batch) \
+            else INPUT_NAMES.get(len(batch))
+        if names is None:
+            raise ValueError(f"a batch tuple must hold 1 to {max(INPUT_NAMES)} items, got {len(batch)}")
+        return self.loss(batch[0], **dict(zip(names[1:], batch[1:])))
 
     def handle_ginput_tuple(self, input_tuple, ind=None, step=None):
         """Loss dict of one ``NeighborLoader`` batch.
@@ -579,17 +641,18 @@ class Trainer:
     # ----------------------------------------------------------- validation
     def validate_loader(self, loader, call_func: Callable | None = None) -> dict[str, float]:
         """Mean losses over a loader of tensor batches in eval mode without gradients:
-        ``{"val_<name>": mean}``, weighted by batch size."""
-        return evaluate(self, loader, paths.tensor_loss_call(call_func or self.handle_input_tuple))
+        ``{"val_<name>": mean}`` (0-d tensors, as in STEP), weighted by batch size."""
+        return _as_tensors(evaluate(self, loader, paths.tensor_loss_call(call_func or self.handle_input_tuple)))
 
     def validate_X(self, X, ind=None, call_func: Callable | None = None, **kwargs) -> dict[str, float]:
         """Losses of the full-matrix path on rows ``ind`` (all when ``None``) in eval mode:
-        ``{"val_<name>": value}``. In a data-parallel run each rank computes its share."""
+        ``{"val_<name>": value}`` (0-d tensors). In a data-parallel run each rank computes
+        its share."""
         X = paths.to_device(torch.as_tensor(X), self.device)
         ind = torch.arange(X.shape[0]) if ind is None else as_index(ind, "ind", X.shape[0])
         share = self.strategy.shard(ind, 0, self.seed or 0, shuffle=False, pad=False)
         call = paths.matrix_loss_call(X, call_func or self.loss, kwargs, self.device)
-        return evaluate(self, [share] if share.numel() else [], call)
+        return _as_tensors(evaluate(self, [share] if share.numel() else [], call))
 
     def validate_gloader(self, gloader, valid_ind=None, dataset=None,
                          call_func: Callable | None = None) -> dict[str, float]:
@@ -609,12 +672,13 @@ class Trainer:
         Returns
         -------
         dict
-            ``{"val_<name>": mean}``, weighted by the number of loss nodes.
+            ``{"val_<name>": mean}`` (0-d tensors), weighted by the number of loss nodes.
         """
         if dataset is not None:
             self.graph_dataset = dataset
         mask = paths.node_mask(valid_ind, "valid_ind", gloader.data.num_nodes)
-        return evaluate(self, gloader, paths.graph_loss_call(self, mask, call_func or self.handle_ginput_tuple))
+        call = paths.graph_call(call_func or self.handle_ginput_tuple, self.graph_dataset)
+        return _as_tensors(evaluate(self, gloader, paths.graph_loss_call(self, mask, call)))
 
     def predict_gloader(self, gloader, dataset=None, method: str = "encode") -> torch.Tensor:
         """``model.<method>(x, edge_index, edge_weight=..., batch_label=...)`` for every
