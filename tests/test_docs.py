@@ -125,7 +125,7 @@ def _parameters(func) -> list[str]:
     names = [p.name for p in params]
     if hasattr(func, "__wrapped_epoch__"):
         # a train_loop_formatter method: called as method(epochs, ..., writer=, resume_from=)
-        names = ["epochs", *names[1:], "writer", "resume_from"]
+        names = ["epochs", *names[1:], "writer", "writer_every", "resume_from"]
     return names
 
 

@@ -36,7 +36,8 @@ class EarlyStopping:
     Parameters
     ----------
     patience
-        Number of checks without improvement before stopping.
+        Number of checks without improvement before stopping (at least 1; a
+        float is accepted as in STEP: the run stops once the count reaches it).
     verbose
         If ``True``, report every improvement through ``trace_func``.
     delta
@@ -66,7 +67,10 @@ class EarlyStopping:
         trace_func: Callable[[str], Any] = print,
         mode: str = "min",
     ):
-        patience = check_int(patience, "patience", minimum=1)
+        if not (isinstance(patience, (int, float)) and not isinstance(patience, bool)):
+            check_int(patience, "patience", minimum=1)  # raises, naming the type
+        patience = check_number(patience, "patience", minimum=1)
+        patience = int(patience) if patience.is_integer() else patience  # STEP accepts 2.5: stops after 3
         delta = check_number(delta, "delta", minimum=0)
         check_choice(mode, "mode", ("min", "max"))
         self.patience = patience

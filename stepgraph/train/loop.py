@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from stepgraph._validation import check_int
-from stepgraph.train.meter import LossMeter, without_metadata
+from stepgraph._validation import check_choice, check_int
+from stepgraph.train.meter import LossMeter, tensor_losses, without_metadata
 
 __all__ = ["train_loop_formatter", "LoopState", "run_epoch", "evaluate"]
 
@@ -23,9 +23,14 @@ __all__ = ["train_loop_formatter", "LoopState", "run_epoch", "evaluate"]
 class LoopState:
     """Progress of one training loop, handed to every epoch.
 
-    It reads like STEP's ``state`` dict (``state["epoch"]``, ``state["tbar"]``,
-    ``state.get("writer")``), so STEP-style epoch functions keep working; keys
-    that are not fields are kept in :attr:`extra`.
+    It reads like STEP's ``state`` dict, so STEP-style epoch functions keep
+    working: ``state["epoch"]`` is STEP's text ``"e/E"``, ``state["epoch_val"]``
+    the epoch number, ``state["last_epoch"]`` whether this is the last epoch,
+    ``state["is_init"]`` whether it is the first one of the call,
+    ``state["start_time"]`` when the loop started (``time.time()``), and
+    :meth:`~stepgraph.Trainer.format_loss_dict` writes ``state["loss_dict"]`` and
+    ``state["validation"]`` (text). stepgraph's own code reads the attributes
+    (``state.epoch`` is an ``int``). Other keys are kept in :attr:`extra`.
 
     Attributes
     ----------
@@ -38,7 +43,13 @@ class LoopState:
     tbar : tqdm or None
         The epoch progress bar.
     writer : object or None
-        Receives ``add_scalar(tag, value, epoch)`` per loss and epoch.
+        Receives ``add_scalar(tag, value, step)`` for every loss.
+    writer_every : str
+        ``"epoch"``: epoch means against the epoch number; ``"step"``: every
+        training step's losses against the global step (as STEP's writer), and
+        validation at the end of each epoch against the same step.
+    start_time : float
+        ``time.time()`` when the loop started.
     extra : dict
         Anything else an epoch function stores in the state.
     """
@@ -48,25 +59,38 @@ class LoopState:
     step: int = 0
     tbar: Any = None
     writer: Any = None
+    writer_every: str = "epoch"
+    start_time: float = dataclasses.field(default_factory=time.time)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    # STEP's derived keys, read-only
+    _STEP_KEYS = {"epoch": lambda s: f"{s.epoch}/{s.epochs}", "epoch_val": lambda s: s.epoch,
+                  "last_epoch": lambda s: s.epoch == s.epochs, "is_init": lambda s: s.epoch <= s.first_epoch}
+    first_epoch: int = 1
 
     def _is_field(self, key: str) -> bool:
         return key in _FIELDS
 
     def __getitem__(self, key: str) -> Any:
+        if key in self._STEP_KEYS:
+            return self._STEP_KEYS[key](self)
         return getattr(self, key) if self._is_field(key) else self.extra[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if self._is_field(key):
+        if key in ("epoch", "epoch_val"):  # an int, or STEP's "e/E" text
+            self.epoch = int(str(value).split("/")[0])
+        elif key in self._STEP_KEYS:
+            raise KeyError(f"state[{key!r}] is derived from the epoch and cannot be set")
+        elif self._is_field(key):
             setattr(self, key, value)
         else:
             self.extra[key] = value
 
     def __contains__(self, key: object) -> bool:
-        return (isinstance(key, str) and self._is_field(key)) or key in self.extra
+        return isinstance(key, str) and (key in self._STEP_KEYS or self._is_field(key)) or key in self.extra
 
     def __iter__(self) -> Iterator[str]:
-        yield from (*_FIELDS, *self.extra)
+        yield from dict.fromkeys((*_FIELDS, *self._STEP_KEYS, *self.extra))
 
     def get(self, key: str, default: Any = None) -> Any:
         """``state[key]``, or ``default`` when there is no such key."""
@@ -83,7 +107,8 @@ class LoopState:
         return list(self)
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(LoopState) if f.name != "extra")
+_FIELDS = tuple(f.name for f in dataclasses.fields(LoopState) if f.name not in ("extra", "first_epoch"))
+WRITER_EVERY = ("epoch", "step")
 
 
 # --------------------------------------------------------------- the shared core
@@ -131,6 +156,9 @@ def _train_steps(trainer, state: LoopState, batches: Iterable, loss_call: Callab
             continue
         trainer.cum_loss(loss_dict, meter, weight=weight)
         state.step += 1
+        if state.writer is not None and state.writer_every == "step" and trainer.strategy.is_main:
+            for key, value in tensor_losses(loss_dict).items():
+                state.writer.add_scalar(key, float(value.detach()), state.step)
         if trainer.progress and time.monotonic() - last_shown > 1.0:
             state.tbar.set_postfix_str(trainer.format_loss_dict(meter.compute(), state))
             last_shown = time.monotonic()
@@ -157,8 +185,9 @@ def _end_epoch(trainer, state: LoopState, train_losses: dict, valid_losses: dict
     lr = trainer.optimizer.param_groups[0]["lr"] if trainer.optimizer is not None else math.nan
     trainer.history.append({"epoch": state.epoch, **train_losses, **valid_losses, "lr": lr})
     if state.writer is not None and trainer.strategy.is_main:
-        for key, value in {**train_losses, **valid_losses}.items():
-            state.writer.add_scalar(key, value, state.epoch)
+        logged = {**train_losses, **valid_losses} if state.writer_every == "epoch" else valid_losses
+        for key, value in logged.items():
+            state.writer.add_scalar(key, value, state.epoch if state.writer_every == "epoch" else state.step)
     stop = trainer.check_early_stop(valid_losses) if valid_losses else False
     if isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         watched = valid_losses or {f"val_{k}": v for k, v in train_losses.items()}
@@ -226,15 +255,18 @@ def train_loop_formatter(train_func: Callable | None = None, *, path: type | Non
         return functools.partial(train_loop_formatter, path=path)
 
     @functools.wraps(train_func)
-    def loop(self, epochs: int, *args, writer=None, resume_from=None, **kwargs) -> bool:
+    def loop(self, epochs: int, *args, writer=None, writer_every: str = "epoch", resume_from=None,
+             **kwargs) -> bool:
         epochs = check_int(epochs, "epochs", minimum=1)
-        state = LoopState(epochs=epochs, writer=writer)
+        state = LoopState(epochs=epochs, writer=writer, writer_every=check_choice(writer_every, "writer_every",
+                                                                                 WRITER_EVERY))
         if resume_from is None:
             self.begin_fit()
         self.active_path = None if path is None else path(self, *args, **kwargs)
         done, stopped = 0, False
         if resume_from is not None:
             done, stopped = self.load_training_state(resume_from, state)
+        state.first_epoch = done + 1
         bar = tqdm(total=epochs, initial=done, disable=not self.progress, dynamic_ncols=True)
         state.tbar = bar
         completed = done
@@ -275,6 +307,7 @@ def train_loop_formatter(train_func: Callable | None = None, *, path: type | Non
     params = list(inspect.signature(train_func).parameters.values())
     self_param, own = params[0], [p for p in params[2:] if p.kind is not p.VAR_KEYWORD]
     extra = [inspect.Parameter("writer", inspect.Parameter.KEYWORD_ONLY, default=None),
+             inspect.Parameter("writer_every", inspect.Parameter.KEYWORD_ONLY, default="epoch"),
              inspect.Parameter("resume_from", inspect.Parameter.KEYWORD_ONLY, default=None)]
     own_kw = [p for p in own if p.kind is p.KEYWORD_ONLY]
     own_pos = [p for p in own if p.kind is not p.KEYWORD_ONLY]

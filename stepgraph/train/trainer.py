@@ -466,7 +466,8 @@ class Trainer:
         gather
             Collect every rank's RNG state (a collective call); rank 0 alone writes.
         """
-        progress = {"epoch": state["epoch"] if completed is None else completed, "step": state["step"],
+        epoch = state.epoch if isinstance(state, LoopState) else int(str(state["epoch"]).split("/")[0])
+        progress = {"epoch": epoch if completed is None else completed, "step": state["step"],
                     "stopped": bool(stopped)}
         return self._checkpoint().save(path, progress, collective=gather)
 
