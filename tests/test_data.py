@@ -25,7 +25,7 @@ def test_modes_labels_and_h5ad_round_trip(tmp_path):
     adata = ad.read_h5ad(path)
     ds = BaseDataset(adata, batch_key="section", class_key="cell_type")
     assert ds.mode == "multi_batches_with_ct"
-    x, b, c = ds[np.arange(10)]
+    x, c, b = ds[np.arange(10)]  # STEP's order: the batch label last
     expected_b = adata.obs["section"].cat.codes.to_numpy()[:10]
     expected_c = adata.obs["cell_type"].cat.codes.to_numpy()[:10]
     assert torch.equal(b, torch.from_numpy(expected_b.astype(np.int64)))

@@ -17,12 +17,18 @@ from torch.utils.data import Dataset
 
 __all__ = ["BaseDataset", "MaskedDataset", "MODES"]
 
-#: Output modes, as in STEP: what one item (or batch) holds.
+#: Output modes, as in STEP: what one item (or batch) holds, in STEP's order
+#: (the batch label is always last).
 MODES = {
     "single_batch": ("x",),
     "multi_batches": ("x", "batch_label"),
-    "multi_batches_with_ct": ("x", "batch_label", "class_label"),
+    "multi_batches_with_ct": ("x", "class_label", "batch_label"),
+    "with_rep": ("x", "rep", "batch_label"),
+    "with_domains": ("x", "rep", "domains", "batch_label"),
 }
+
+#: The constructor argument each member of a mode needs.
+_NEEDS = {"batch_label": "batch_key", "class_label": "class_key", "rep": "rep_key", "domains": "domain_key"}
 
 
 def _category_codes(adata, key: str, argname: str) -> tuple[np.ndarray, pd.Index]:
@@ -34,6 +40,19 @@ def _category_codes(adata, key: str, argname: str) -> tuple[np.ndarray, pd.Index
     if (cat.codes < 0).any():
         raise ValueError(f"{argname}={key!r}: adata.obs[{key!r}] has missing values")
     return cat.codes.astype(np.int64), cat.categories
+
+
+def _representation(adata, key: str) -> torch.Tensor:
+    if key not in adata.obsm:
+        raise KeyError(f"rep_key={key!r} is not in adata.obsm; keys are {list(adata.obsm)}")
+    rep = adata.obsm[key]
+    rep = rep.toarray() if sp.issparse(rep) else np.asarray(rep)
+    if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number):
+        raise ValueError(f"rep_key={key!r}: adata.obsm[{key!r}] must be a numeric 2-D array, "
+                         f"got dtype {rep.dtype} and shape {rep.shape}")
+    if not np.isfinite(rep).all():
+        raise ValueError(f"rep_key={key!r}: adata.obsm[{key!r}] holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(rep, dtype=np.float32))
 
 
 class BaseDataset(Dataset):
@@ -53,10 +72,16 @@ class BaseDataset(Dataset):
         Column of ``adata.obs`` with a class (cell type) per cell; codes in
         :attr:`class_label`.
     mode
-        What an item holds: ``"single_batch"`` ``(x,)``, ``"multi_batches"``
-        ``(x, batch_label)`` or ``"multi_batches_with_ct"``
-        ``(x, batch_label, class_label)``. Defaults to the richest mode the
+        What an item holds (:data:`MODES`, STEP's order): ``"single_batch"``
+        ``(x,)``, ``"multi_batches"`` ``(x, batch_label)``,
+        ``"multi_batches_with_ct"`` ``(x, class_label, batch_label)``,
+        ``"with_rep"`` ``(x, rep, batch_label)`` or ``"with_domains"``
+        ``(x, rep, domains, batch_label)``. Defaults to the richest mode the
         given keys allow.
+    rep_key
+        Key of ``adata.obsm`` with a representation per cell (``rep``, float32).
+    domain_key
+        Column of ``adata.obs`` with a spatial domain per cell; codes in :attr:`domains`.
 
     Examples
     --------
@@ -65,7 +90,8 @@ class BaseDataset(Dataset):
     """
 
     def __init__(self, adata, layer_key: str | None = None, batch_key: str | None = None,
-                 class_key: str | None = None, mode: str | None = None):
+                 class_key: str | None = None, mode: str | None = None, rep_key: str | None = None,
+                 domain_key: str | None = None):
         if adata.n_obs == 0:
             raise ValueError("adata has no observations (n_obs == 0)")
         if layer_key is None:
@@ -98,8 +124,16 @@ class BaseDataset(Dataset):
         if class_key is not None:
             codes, self.class_categories = _category_codes(adata, class_key, "class_key")
             self.class_label = torch.from_numpy(codes)
+        self.rep_key, self.domain_key = rep_key, domain_key
+        self.rep = self.domains = self.domain_categories = None
+        if rep_key is not None:
+            self.rep = _representation(adata, rep_key)
+        if domain_key is not None:
+            codes, self.domain_categories = _category_codes(adata, domain_key, "domain_key")
+            self.domains = torch.from_numpy(codes)
         if mode is None:
-            mode = ("multi_batches_with_ct" if class_key is not None
+            mode = ("with_domains" if domain_key is not None else "with_rep" if rep_key is not None
+                    else "multi_batches_with_ct" if class_key is not None
                     else "multi_batches" if batch_key is not None else "single_batch")
         self.set_mode(mode)
 
@@ -132,10 +166,9 @@ class BaseDataset(Dataset):
         """Choose what items hold; see :data:`MODES`."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got mode={mode!r}")
-        if "batch_label" in MODES[mode] and self.batch_label is None:
-            raise ValueError(f"mode={mode!r} needs batch_key, which was not given")
-        if "class_label" in MODES[mode] and self.class_label is None:
-            raise ValueError(f"mode={mode!r} needs class_key, which was not given")
+        for name in MODES[mode][1:]:
+            if getattr(self, name) is None:
+                raise ValueError(f"mode={mode!r} needs {_NEEDS[name]}, which was not given")
         self.mode = mode
 
     # --- fetching --------------------------------------------------------
@@ -153,12 +186,13 @@ class BaseDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
 
     def labels(self, name: str, index) -> torch.Tensor | None:
-        """``batch_label`` or ``class_label`` of the rows at ``index`` (or ``None``)."""
+        """``batch_label``, ``class_label``, ``rep`` or ``domains`` of the rows at ``index``
+        (or ``None``)."""
         values = getattr(self, name)
         return None if values is None else values[torch.as_tensor(self._base_rows(index))]
 
     def fetch(self, index) -> tuple[torch.Tensor, ...]:
-        """One batch in the current mode: ``(x, [batch_label, [class_label]])``."""
+        """One batch in the current mode (:data:`MODES`), e.g. ``(x, class_label, batch_label)``."""
         index = _as_index(index)
         out = [self.features(index)]
         for name in MODES[self.mode][1:]:
@@ -230,7 +264,8 @@ class MaskedDataset(BaseDataset):
         self.indices = indices
         # share the parent's arrays; nothing is copied
         for name in ("adata", "layer_key", "batch_key", "class_key", "X", "batch_label",
-                     "batch_categories", "class_label", "class_categories", "mode"):
+                     "batch_categories", "class_label", "class_categories", "rep_key", "rep",
+                     "domain_key", "domains", "domain_categories", "mode"):
             setattr(self, name, getattr(dataset, name))
 
     def __len__(self) -> int:
