@@ -260,7 +260,8 @@ class Trainer:
         self.strategy.parameters_changed()
         return self.optimizer
 
-    def set_lr_scheduler(self, lr_scheduler=None, gamma: float = 0.1, milestones: Iterable[int] = ()):
+    def set_lr_scheduler(self, lr_scheduler=None, gamma: float = 0.1, *step_milestones: int,
+                         milestones: Iterable[int] = ()):
         """Set the learning-rate scheduler, stepped once per epoch.
 
         Parameters
@@ -271,12 +272,15 @@ class Trainer:
             is stepped with the total validation loss (training loss without validation).
         gamma
             Decay factor (``MultiStepLR``).
+        *step_milestones
+            Milestones given positionally, as STEP's ``set_lr_scheduler(None, gamma, *milestones)``.
         milestones
             Epochs at which the learning rate decays (``MultiStepLR``).
         """
         if self.optimizer is None:
             self.init_optimizer()
-        self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler, gamma, milestones)
+        self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler, gamma,
+                                            [*step_milestones, *milestones])
         return self.lr_scheduler
 
     # ------------------------------------------------------------ the core
