@@ -114,7 +114,10 @@ def test_the_active_path_holds_the_derived_loaders(tissue, tmp_path):
 
 def test_loop_state_reads_like_steps_dict():
     state = LoopState(epoch=3, epochs=10, step=7)
-    assert state["epoch"] == 3 and state.get("epochs") == 10 and state.get("missing", 5) == 5
+    assert state["epoch"] == "3/10" and state["epoch_val"] == state.epoch == 3  # STEP's text, our int
+    assert state.get("epochs") == 10 and state.get("missing", 5) == 5
+    state["epoch"] = "4/10"  # STEP-style code may write the text back
+    assert state.epoch == 4 and state["last_epoch"] is False
     state["mine"] = [1]
     state["step"] = 8
     assert state.step == 8 and state.extra == {"mine": [1]}
