@@ -262,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         return runner(args)
     except UserError as err:
         return _fail(args.command, err)
-    except (ValueError, KeyError, TypeError, OSError) as err:
+    except (ValueError, KeyError, TypeError, OSError, FloatingPointError) as err:
         # bad input detected deeper (coordinates with NaN, sections too small, a
-        # checkpoint refused) or the system refusing a write (a full disk)
+        # checkpoint refused, a non-finite loss) or the system refusing a write (a full disk)
         if isinstance(err, KeyError) and err.args:
             err = err.args[0]
         elif isinstance(err, OSError) and err.strerror:

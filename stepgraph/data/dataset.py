@@ -249,8 +249,9 @@ def expression_matrix(adata, layer_key: str | None = None):
     Raises
     ------
     ValueError
-        When ``adata`` has no cells or no genes, ``X`` is ``None``, or the
-        matrix holds NaN or infinite values.
+        When ``adata`` has no cells or no genes, ``X`` is ``None``, a sparse
+        matrix is malformed (its index arrays point outside the matrix, as in
+        a corrupt file), or the matrix holds NaN or infinite values.
     KeyError
         When ``layer_key`` is not a layer.
     TypeError
@@ -272,6 +273,8 @@ def expression_matrix(adata, layer_key: str | None = None):
         raise ValueError("adata.X is None; pass layer_key to use a layer")
     source = "adata.X" if layer_key is None else f"adata.layers[{layer_key!r}]"
     if sp.issparse(matrix):
+        if matrix.format in ("csr", "csc"):
+            _check_compressed(matrix, source)
         matrix = matrix if matrix.format == "csr" else sp.csr_matrix(matrix)
     else:
         matrix = np.asarray(matrix)
@@ -279,6 +282,26 @@ def expression_matrix(adata, layer_key: str | None = None):
         raise TypeError(f"{source} must hold numbers (counts or expression values), got dtype {matrix.dtype}")
     _check_finite(matrix, adata, layer_key)
     return matrix
+
+
+def _check_compressed(matrix, source: str) -> None:
+    """Raise if a CSR/CSC matrix's index arrays are inconsistent (read-only, unlike
+    scipy's ``check_format``, which may rewrite them)."""
+    n_major, n_minor = matrix.shape if matrix.format == "csr" else matrix.shape[::-1]
+    indptr, indices = np.asarray(matrix.indptr), np.asarray(matrix.indices)
+    problem = None
+    if indptr.ndim != 1 or len(indptr) != n_major + 1 or indptr[0] != 0:
+        problem = f"its indptr has {len(indptr)} entries starting at {indptr[:1].tolist()}, expected " \
+                  f"{n_major + 1} starting at 0"
+    elif indptr[-1] > min(len(indices), len(matrix.data)) or (np.diff(indptr) < 0).any():
+        problem = "its indptr is not a non-decreasing sequence within the stored values"
+    else:
+        used = indices[:indptr[-1]]
+        if used.size and (used.min() < 0 or used.max() >= n_minor):
+            problem = f"its indices must lie in [0, {n_minor}), got [{used.min()}, {used.max()}]"
+    if problem is not None:
+        raise ValueError(f"{source} is a malformed {matrix.format.upper()} matrix ({problem}); "
+                         "the file may be corrupt")
 
 
 def _check_finite(matrix, adata, layer_key, block: int = 65536) -> None:

@@ -302,8 +302,8 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
     TypeError
         If the coordinates are not numeric.
     ValueError
-        If they are not a 2-D array with 2 or 3 columns, or hold NaN or
-        infinite values (the count and the first offending obs name are given).
+        If they are not a 2-D array with 2 or 3 columns, or hold NaN,
+        infinite or absurdly large (beyond float32's range) values (the count and the first offending obs name are given).
 
     Examples
     --------
@@ -348,6 +348,14 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
         raise ValueError(
             f"adata.obsm[{spatial_key!r}] (spatial_key) has NaN or infinite coordinates "
             f"for {bad} of {len(finite)} cells; the first is obs {first!r}."
+        )
+    limit = float(np.finfo(np.float32).max)
+    too_large = np.abs(coords).max(axis=1) > limit
+    if too_large.any():
+        first = adata.obs_names[int(np.argmax(too_large))]
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] (spatial_key) has coordinates beyond +-{limit:.3g} "
+            f"(float32's range) for {int(too_large.sum())} cells; the first is obs {first!r}."
         )
     return coords
 
