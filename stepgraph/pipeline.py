@@ -148,8 +148,8 @@ def _initial_weights(model: torch.nn.Module, path: str | Path, trusted: bool) ->
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"init_weights={str(path)!r} does not hold weights of this model: "
-                         f"{str(err).splitlines()[0]}") from None
+        detail = " ".join(str(err).split())[:300]
+        raise ValueError(f"init_weights={str(path)!r} does not hold weights of this model: {detail}") from None
 
 
 def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None) -> dict:

@@ -150,8 +150,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
     except Exception as err:  # torch raises many types for a corrupt file
         text = str(err)
-        if not trusted and isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
-            found = re.search(r"(?:GLOBAL|global) ([\w.]+)", text)
+        refused = re.search(r"Unsupported global|allowlist|unrecognized function|Unsupported class", text)
+        if not trusted and isinstance(err, pickle.UnpicklingError) and refused:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
             what = f" (such as {found.group(1)})" if found else ""
             raise ValueError(
                 f"checkpoint path={str(path)!r} holds objects other than tensors and plain types{what}; "
