@@ -213,6 +213,9 @@ def _run_train(args) -> int:
     _check_keys(adata, args, extra_obs=[("--truth-key", args.truth_key)])
     if args.layer is not None and args.layer not in adata.layers:
         raise UserError(f"--layer {args.layer!r} is not in adata.layers; layers are {list(adata.layers)}")
+    if args.init_weights is not None and args.resume:
+        raise UserError("--init-weights and --resume exclude each other: --resume continues a run with "
+                        "its own weights, --init-weights starts a new one from given weights")
     if args.init_weights is not None and not Path(args.init_weights).is_file():
         raise UserError(f"--init-weights {args.init_weights!r} is not a file")
     resume_from = out / "checkpoints" / "last.pt"

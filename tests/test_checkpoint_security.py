@@ -204,7 +204,7 @@ def test_rng_state_round_trips_bitwise_through_a_weights_only_file(tmp_path):
 
 
 def test_an_older_rng_state_loads_only_when_trusted(tmp_path):
-    """stepgraph 0.1 stored NumPy's state as an array: refused by default, and
+    """Older stepgraph versions stored NumPy's state as an array: refused by default, and
     restored bitwise when the file is trusted."""
     np.random.seed(5)
     old = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

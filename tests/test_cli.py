@@ -106,6 +106,8 @@ def test_help_documents_every_option_with_its_default():
         (["train", "{not_h5ad}"], "not a readable .h5ad"),
         (["train", "{tissue}", "--spatial-key", "xy"], "--spatial-key 'xy' is not in adata.obsm"),
         (["train", "{tissue}", "--batch-key", "slide"], "--batch-key 'slide' is not a column"),
+        (["train", "{tissue}", "--init-weights", "{missing}"], "--init-weights"),
+        (["train", "{tissue}", "--init-weights", "{not_h5ad}", "--resume"], "exclude each other"),
         (["graph", "{tissue}", "--spatial-key", "xy", "--output", "{out}"], "--spatial-key 'xy'"),
     ],
 )

@@ -57,7 +57,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore states captured by :func:`get_rng_state`, bitwise.
 
     Also accepts the NumPy state as :func:`numpy.random.get_state` returns it
-    (a tuple holding an array), as checkpoints of stepgraph 0.1 stored it.
+    (a tuple holding an array), as older stepgraph checkpoints stored it.
     """
     version, internal, gauss = state["python"]
     random.setstate((int(version), tuple(int(v) for v in internal), gauss))
