@@ -47,7 +47,7 @@ def marker(tmp_path):
 
 def assert_refused(err, marker):
     message = str(err.value)
-    assert "could run code" in message and "trusted=True" in message, message
+    assert "refused checkpoint" in message and "could run code" in message, message
     assert not marker.exists(), "the payload ran"
 
 
@@ -76,7 +76,8 @@ def test_load_checkpoint_refuses_code(tmp_path, marker):
     with pytest.raises(ValueError) as err:
         load_checkpoint(path)
     assert_refused(err, marker)
-    assert "(such as exec)" in str(err.value) and "--trust-checkpoint" in str(err.value)
+    message = str(err.value)
+    assert "(such as exec)" in message and "trusted=True" in message and "--trust-checkpoint" in message
 
 
 def test_trusted_checkpoints_block_opts_in_and_ends(tmp_path, marker):

@@ -155,9 +155,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted:
             found = re.search(r"GLOBAL ([\w.]+)", text)
             what = f" (such as {found.group(1)})" if found else ""
             raise ValueError(
-                f"checkpoint path={str(path)!r} holds objects other than tensors and plain types{what}; "
-                "loading it could run code, so it was refused. If you trust its source, load it with "
-                "load_checkpoint(path, trusted=True) (in the CLI: --trust-checkpoint)"
+                f"refused checkpoint path={str(path)!r}: loading it could run code, as it holds objects "
+                f"other than tensors and plain types{what}. If you trust its source, load it with "
+                "trusted=True (load_checkpoint(path, trusted=True); CLI: --trust-checkpoint)"
             ) from None
         detail = " ".join(text.split())[:300]
         raise ValueError(
