@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             err = err.strerror + (f": {err.filename!r}" if err.filename else "")
         return _fail(args.command, err)
     except KeyboardInterrupt:
-        hint = "; rerun with --resume to continue from the last completed epoch" if args.command == "train" else ""
+        hint = ("; rerun with --resume to continue from the last completed epoch"
+                if args.command == "train" else "")
         print(f"stepgraph {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
@@ -283,6 +284,7 @@ def _fail(command: str, message) -> int:
     """Print ``message`` as one line on stderr; exit status 2."""
     print(f"stepgraph {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -73,6 +73,30 @@ def test_resume_continues_the_run_exactly(tissue_file, tmp_path, capsys):
     np.testing.assert_array_equal(emb_resumed, emb_straight)
 
 
+def test_interrupted_run_exits_130_and_resumes(tissue_file, tmp_path, capsys, monkeypatch):
+    from stepgraph.pipeline import Trainer
+
+    options = ["train", str(tissue_file), "--batch-size", "64", "--fanout", "3", "--quiet",
+               "--epochs", "3", "--out", str(tmp_path / "run")]
+    real, calls = Trainer.handle_ginput_tuple, {"n": 0}
+
+    def interrupting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 10:  # in epoch 2 (7 calls per epoch: 6 training batches, 1 validation)
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "handle_ginput_tuple", interrupting)
+    assert main(options) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err
+    assert not (tmp_path / "run" / "adata.h5ad").exists()  # no outputs from a half-trained model
+    monkeypatch.undo()
+    assert main(options + ["--resume"]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
 def test_resume_without_an_earlier_run_is_one_line(tissue_file, tmp_path, capsys):
     assert main(["train", str(tissue_file), "--resume", "--out", str(tmp_path / "new"), "--quiet"]) == 2
     err = capsys.readouterr().err
