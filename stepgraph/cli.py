@@ -1,14 +1,18 @@
 """Command line: ``stepgraph demo | train | graph`` (also ``python -m stepgraph``).
 
-Errors in the user's input (a missing file, a file that is not h5ad, a missing
-``obsm`` key or ``obs`` column, a bad option) print one line to stderr and exit
-with status 2; nothing ever prints a traceback for them.
+Errors in the user's input (a missing, empty, truncated or corrupt file, a
+missing ``obsm`` key or ``obs`` column, bad coordinates, an ``--out`` that is a
+file or cannot be written, a checkpoint that cannot be loaded safely, a full
+disk) print one line to stderr and exit with status 2; nothing ever prints a
+traceback for them, and the input file is never modified.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -95,7 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-domains", type=_positive_int, default=None,
                        help="clusters in the domain assignment (default: categories of --truth-key, else 7)")
     train.add_argument("--truth-key", default=None, help="obs column of known domains, to report the ARI")
-    train.add_argument("--resume", default=None, help="start from the weights of this checkpoint")
+    train.add_argument("--init-weights", default=None, metavar="CHECKPOINT",
+                       help="start from the model weights of this checkpoint (best.pt or last.pt of "
+                       "an earlier run); training itself starts afresh (default: none)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoints/last.pt, exactly where it "
+                       "stopped; pass the same options as that run and the total --epochs")
+    train.add_argument("--trust-checkpoint", action="store_true",
+                       help="load --init-weights / --resume checkpoints in full, objects other than "
+                       "tensors included; a checkpoint can then run code: only for files you trust")
     _add_run_options(train, "stepgraph_out/train", "seed of split, sampling and initialisation")
 
     graph = sub.add_parser("graph", help="build the spatial graph and write it into an h5ad file",
@@ -118,11 +130,38 @@ def _read_h5ad(path: str):
         raise UserError(f"input file {path!r} does not exist")
     if file.is_dir():
         raise UserError(f"input {path!r} is a folder, not an .h5ad file")
+    if file.stat().st_size == 0:
+        raise UserError(f"input file {path!r} is empty (0 bytes), not an .h5ad file")
     try:
         return ad.read_h5ad(file)
-    except Exception as err:
+    except Exception as err:  # h5py and anndata raise many types for a truncated or corrupt file
+        reason = " ".join(str(err).split())[:200]
         raise UserError(f"input file {path!r} is not a readable .h5ad file "
-                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                        f"({type(err).__name__}: {reason})") from None
+
+
+def _check_out_name(out: Path, input_path: str | None = None) -> None:
+    """``--out`` must name a folder (or nothing yet), never the input file."""
+    if input_path is not None and out.resolve() == Path(input_path).resolve():
+        raise UserError(f"--out {str(out)!r} is the input file itself; choose a folder for the outputs")
+    if input_path is not None and (out / "adata.h5ad").resolve() == Path(input_path).resolve():
+        raise UserError(f"--out {str(out)!r} would overwrite the input file with its adata.h5ad; "
+                        "choose another folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is an existing file, not a folder")
+
+
+def _prepare_out(out: Path) -> bool:
+    """Create ``--out`` when missing and check that files can be written in it;
+    return whether it was created."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # a real write: permissions, read-only mounts
+            pass
+    except OSError as err:
+        raise UserError(f"--out {str(out)!r} is not a writable folder ({err.strerror or err})") from None
+    return created
 
 
 def _check_keys(adata, args, extra_obs=()) -> None:
@@ -153,34 +192,52 @@ def _run_demo(args) -> int:
     from stepgraph.pipeline import PipelineConfig, run_pipeline
     from stepgraph.synthetic import synthetic_tissue
 
+    out = Path(args.out)
+    _check_out_name(out)
+    _prepare_out(out)
     adata = synthetic_tissue(n_cells=args.n_cells, seed=args.seed)
     print(f"synthetic tissue: {adata.n_obs} cells x {adata.n_vars} genes, "
           f"{adata.obs['section'].nunique()} sections, {adata.obs['domain'].nunique()} domains")
     config = PipelineConfig(batch_key="section", truth_key="domain", epochs=args.epochs,
                             batch_size=1024, seed=args.seed, device=args.device, progress=not args.quiet)
-    _report(run_pipeline(adata, args.out, config))
+    _report(run_pipeline(adata, out, config))
     return 0
 
 
 def _run_train(args) -> int:
     from stepgraph.pipeline import PipelineConfig, run_pipeline
 
+    out = Path(args.out)
+    _check_out_name(out, args.input)
     adata = _read_h5ad(args.input)
     _check_keys(adata, args, extra_obs=[("--truth-key", args.truth_key)])
     if args.layer is not None and args.layer not in adata.layers:
         raise UserError(f"--layer {args.layer!r} is not in adata.layers; layers are {list(adata.layers)}")
-    if args.resume is not None and not Path(args.resume).is_file():
-        raise UserError(f"--resume {args.resume!r} does not exist")
-    out = Path(args.out)
-    if (out / "adata.h5ad").resolve() == Path(args.input).resolve():
-        raise UserError("--out would overwrite the input file; choose another folder")
+    if args.init_weights is not None and args.resume:
+        raise UserError("--init-weights and --resume exclude each other: --resume continues a run with "
+                        "its own weights, --init-weights starts a new one from given weights")
+    if args.init_weights is not None and not Path(args.init_weights).is_file():
+        raise UserError(f"--init-weights {args.init_weights!r} is not a file")
+    resume_from = out / "checkpoints" / "last.pt"
+    if args.resume and not resume_from.is_file():
+        raise UserError(f"--resume: {str(resume_from)!r} does not exist; there is no run to continue in "
+                        f"--out {str(out)!r} (run without --resume to start one)")
     config = PipelineConfig(
         spatial_key=args.spatial_key, batch_key=args.batch_key, layer_key=args.layer, method=args.method,
         n_neighbors=args.n_neighbors, radius=args.radius, epochs=args.epochs, batch_size=args.batch_size,
         fanout=args.fanout, lr=args.lr, split_rate=args.split_rate, patience=args.patience,
         n_domains=args.n_domains, truth_key=args.truth_key, seed=args.seed, device=args.device,
-        progress=not args.quiet)
-    _report(run_pipeline(adata, out, config, resume=args.resume))
+        progress=not args.quiet, init_weights=args.init_weights,
+        resume_from=str(resume_from) if args.resume else None, trust_checkpoint=args.trust_checkpoint)
+    created = _prepare_out(out)
+    try:
+        summary = run_pipeline(adata, out, config)
+    except BaseException:
+        if created:  # leave no empty folder behind a failed run
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    _report(summary)
     return 0
 
 
@@ -207,16 +264,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return runner(args)
     except UserError as err:
-        print(f"stepgraph {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
-        # bad input detected deeper (coordinates with NaN, sections too small...)
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"stepgraph {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(args.command, err)
+    except (ValueError, KeyError, TypeError, OSError, FloatingPointError) as err:
+        # bad input detected deeper (coordinates with NaN, sections too small, a
+        # checkpoint refused, a non-finite loss) or the system refusing a write (a full disk)
+        if isinstance(err, KeyError) and err.args:
+            err = err.args[0]
+        elif isinstance(err, OSError) and err.strerror:
+            err = err.strerror + (f": {err.filename!r}" if err.filename else "")
+        return _fail(args.command, err)
     except KeyboardInterrupt:
-        print(f"stepgraph {args.command}: interrupted", file=sys.stderr)
+        hint = ("; rerun with --resume to continue from the last completed epoch"
+                if args.command == "train" else "")
+        print(f"stepgraph {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, message) -> int:
+    """Print ``message`` as one line on stderr; exit status 2."""
+    print(f"stepgraph {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

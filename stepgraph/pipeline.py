@@ -21,11 +21,12 @@ import scipy.sparse as sp
 import torch
 
 from stepgraph.clustering import adjusted_rand_index, kmeans_domains, smooth_over_graph
-from stepgraph.data.dataset import BaseDataset
+from stepgraph.data.dataset import BaseDataset, expression_matrix
 from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
+from stepgraph.train.checkpoint import load_checkpoint, trusted_checkpoints
 from stepgraph.train.distributed import is_main_process
 from stepgraph.train.trainer import Trainer
 
@@ -37,7 +38,16 @@ DOMAIN_KEY = "stepgraph_domain"
 
 @dataclass
 class PipelineConfig:
-    """Settings of :func:`run_pipeline` (the CLI options of ``stepgraph train``)."""
+    """Settings of :func:`run_pipeline` (the CLI options of ``stepgraph train``).
+
+    Checkpoint settings: ``init_weights`` is a file of model weights to start
+    from (a ``state_dict`` such as ``best.pt``, or a training state such as
+    ``last.pt``, whose model weights are used); ``resume_from`` is a training
+    state (``checkpoints/last.pt`` of an earlier run with the same settings)
+    to continue exactly where it stopped; ``trust_checkpoint`` loads those
+    files in full (see :func:`~stepgraph.train.checkpoint.load_checkpoint`),
+    only for files from a source you trust.
+    """
 
     spatial_key: str = "spatial"
     batch_key: str | None = None
@@ -61,6 +71,9 @@ class PipelineConfig:
     device: str = "cpu"
     backend: str = "builtin"
     progress: bool = True
+    init_weights: str | None = None
+    resume_from: str | None = None
+    trust_checkpoint: bool = False
 
 
 def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
@@ -125,8 +138,21 @@ def _save_figure(adata, history, config, path: Path) -> bool:
     return True
 
 
-def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None,
-                 resume: str | Path | None = None) -> dict:
+def _initial_weights(model: torch.nn.Module, path: str | Path, trusted: bool) -> None:
+    """Load the weights of ``path`` (a ``state_dict`` or a training state) into ``model``."""
+    state = load_checkpoint(path, trusted=trusted)
+    if isinstance(state, dict) and state.get("format") == "stepgraph-training-state":
+        state = state.get("model")
+    if not isinstance(state, dict):
+        raise ValueError(f"init_weights={str(path)!r} does not hold model weights (a state_dict)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise ValueError(f"init_weights={str(path)!r} does not hold weights of this model: {detail}") from None
+
+
+def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None) -> dict:
     """Train the reference model on ``adata`` and write every output to ``out_dir``.
 
     ``adata`` gains the documented keys only: the graph (``obsp``/``uns``
@@ -143,9 +169,8 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         Folder for ``adata.h5ad``, ``checkpoints/best.pt``, ``history.csv``,
         ``history.json``, ``figure.png`` and ``summary.json``.
     config
-        Settings; defaults to :class:`PipelineConfig`.
-    resume
-        Checkpoint of weights to start from (``best.pt`` of an earlier run).
+        Settings; defaults to :class:`PipelineConfig` (its ``init_weights``,
+        ``resume_from`` and ``trust_checkpoint`` start from a checkpoint).
 
     Returns
     -------
@@ -160,7 +185,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    counts = adata.X if config.layer_key is None else adata.layers[config.layer_key]
+    counts = expression_matrix(adata, config.layer_key)  # numbers, finite, cells and genes
     obs = adata.obs[[config.batch_key]] if config.batch_key else None
     model_input = ad.AnnData(X=log_normalise(counts), obs=obs)
     dataset = BaseDataset(model_input, batch_key=config.batch_key)
@@ -176,21 +201,18 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
 
     model = GraphAutoencoder(dataset.n_vars, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
                              n_layers=len(config.fanout), conv=config.conv, n_batches=dataset.n_batches)
-    if resume is not None:
-        from stepgraph.train.checkpoint import load_checkpoint
-
-        state = load_checkpoint(resume)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(f"resume={str(resume)!r} does not hold weights of this model: "
-                             f"{str(err).splitlines()[0]}") from None
+    if config.init_weights is not None:
+        _initial_weights(model, config.init_weights, config.trust_checkpoint)
     trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / "checkpoints",
                       seed=config.seed, progress=config.progress)
+    trainer.lossconfig = {}  # the pipeline's own patience for every loss, not STEP's per-loss table
     trainer.defualt_lcfg.update(patience=config.patience, delta=1e-3)
     trainer.init_optimizer(lr=config.lr)
-    stopped = trainer.train_node_sampler(epochs=config.epochs, gloader=(train_loader, valid_loader),
-                                         dataset=dataset)
+    with trusted_checkpoints(config.trust_checkpoint):
+        stopped = trainer.train_node_sampler(epochs=config.epochs, gloader=(train_loader, valid_loader),
+                                             dataset=dataset, resume_from=config.resume_from)
+    if getattr(trainer, "interrupted", False):  # Ctrl-C: the state is saved, no outputs
+        raise KeyboardInterrupt
 
     full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=4096,
                                backend=config.backend)

@@ -535,9 +535,14 @@ def test_error_delaunay_degenerate():
     adata.obsm["spatial"] = np.column_stack([np.arange(20.0), 2 * np.arange(20.0)])  # a line
     with pytest.raises(ValueError, match="delaunay.*degenerate"):
         spatial_graph(adata, method="delaunay")
-    with pytest.raises(ValueError, match="delaunay.*2-D"):
-        adata.obsm["spatial"] = np.arange(20.0)[:, None]
-        spatial_graph(adata, method="delaunay")
+
+
+@pytest.mark.parametrize("n_dims", [1, 4])
+def test_error_coordinates_not_2d_or_3d(n_dims):
+    adata = make_adata(n=20)
+    adata.obsm["spatial"] = np.arange(20.0 * n_dims).reshape(20, n_dims)
+    with pytest.raises(ValueError, match=rf"\(n_obs, 2\) or \(n_obs, 3\).*\(20, {n_dims}\)"):
+        spatial_graph(adata)
 
 
 # --------------------------------------------------------------------------- #

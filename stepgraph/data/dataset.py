@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["BaseDataset", "MaskedDataset", "MODES"]
+__all__ = ["BaseDataset", "MaskedDataset", "MODES", "expression_matrix"]
 
 #: Output modes, as in STEP: what one item (or batch) holds, in STEP's order
 #: (the batch label is always last).
@@ -92,25 +92,7 @@ class BaseDataset(Dataset):
     def __init__(self, adata, layer_key: str | None = None, batch_key: str | None = None,
                  class_key: str | None = None, mode: str | None = None, rep_key: str | None = None,
                  domain_key: str | None = None):
-        if adata.n_obs == 0:
-            raise ValueError("adata has no observations (n_obs == 0)")
-        if layer_key is None:
-            matrix = adata.X
-        elif layer_key not in adata.layers:
-            raise KeyError(
-                f"layer_key={layer_key!r} is not in adata.layers; layers are {list(adata.layers)}"
-            )
-        else:
-            matrix = adata.layers[layer_key]
-        if matrix is None:
-            raise ValueError("adata.X is None; pass layer_key to use a layer")
-        if sp.issparse(matrix):
-            matrix = matrix if matrix.format == "csr" else sp.csr_matrix(matrix)
-        else:
-            matrix = np.asarray(matrix)
-        if not np.issubdtype(matrix.dtype, np.number):
-            raise TypeError(f"expression matrix must be numeric, got dtype {matrix.dtype}")
-        _check_finite(matrix, adata, layer_key)
+        matrix = expression_matrix(adata, layer_key)
         self.adata = adata
         self.layer_key = layer_key
         self.batch_key = batch_key
@@ -281,6 +263,80 @@ class MaskedDataset(BaseDataset):
 
     def _base_rows(self, index) -> np.ndarray:
         return self.indices[_as_index(index)]
+
+
+def expression_matrix(adata, layer_key: str | None = None):
+    """The expression matrix of ``adata``, checked: numeric, finite, not empty.
+
+    Parameters
+    ----------
+    adata
+        The annotated data matrix.
+    layer_key
+        Use ``adata.layers[layer_key]`` instead of ``adata.X``.
+
+    Returns
+    -------
+    numpy.ndarray or scipy.sparse.csr_matrix
+        The matrix as stored (a dense array, or CSR; other sparse formats are
+        converted to CSR). Nothing is copied for a dense array or a CSR matrix.
+
+    Raises
+    ------
+    ValueError
+        When ``adata`` has no cells or no genes, ``X`` is ``None``, a sparse
+        matrix is malformed (its index arrays point outside the matrix, as in
+        a corrupt file), or the matrix holds NaN or infinite values.
+    KeyError
+        When ``layer_key`` is not a layer.
+    TypeError
+        When the matrix does not hold numbers (strings, objects).
+    """
+    if adata.n_obs == 0:
+        raise ValueError("adata has no observations (n_obs == 0): there are no cells to train on")
+    if adata.n_vars == 0:
+        raise ValueError("adata has no variables (n_vars == 0): there are no genes to train on")
+    if layer_key is None:
+        matrix = adata.X
+    elif layer_key not in adata.layers:
+        raise KeyError(
+            f"layer_key={layer_key!r} is not in adata.layers; layers are {list(adata.layers)}"
+        )
+    else:
+        matrix = adata.layers[layer_key]
+    if matrix is None:
+        raise ValueError("adata.X is None; pass layer_key to use a layer")
+    source = "adata.X" if layer_key is None else f"adata.layers[{layer_key!r}]"
+    if sp.issparse(matrix):
+        if matrix.format in ("csr", "csc"):
+            _check_compressed(matrix, source)
+        matrix = matrix if matrix.format == "csr" else sp.csr_matrix(matrix)
+    else:
+        matrix = np.asarray(matrix)
+    if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
+        raise TypeError(f"{source} must hold numbers (counts or expression values), got dtype {matrix.dtype}")
+    _check_finite(matrix, adata, layer_key)
+    return matrix
+
+
+def _check_compressed(matrix, source: str) -> None:
+    """Raise if a CSR/CSC matrix's index arrays are inconsistent (read-only, unlike
+    scipy's ``check_format``, which may rewrite them)."""
+    n_major, n_minor = matrix.shape if matrix.format == "csr" else matrix.shape[::-1]
+    indptr, indices = np.asarray(matrix.indptr), np.asarray(matrix.indices)
+    problem = None
+    if indptr.ndim != 1 or len(indptr) != n_major + 1 or indptr[0] != 0:
+        problem = f"its indptr has {len(indptr)} entries starting at {indptr[:1].tolist()}, expected " \
+                  f"{n_major + 1} starting at 0"
+    elif indptr[-1] > min(len(indices), len(matrix.data)) or (np.diff(indptr) < 0).any():
+        problem = "its indptr is not a non-decreasing sequence within the stored values"
+    else:
+        used = indices[:indptr[-1]]
+        if used.size and (used.min() < 0 or used.max() >= n_minor):
+            problem = f"its indices must lie in [0, {n_minor}), got [{used.min()}, {used.max()}]"
+    if problem is not None:
+        raise ValueError(f"{source} is a malformed {matrix.format.upper()} matrix ({problem}); "
+                         "the file may be corrupt")
 
 
 def _check_finite(matrix, adata, layer_key, block: int = 65536) -> None:

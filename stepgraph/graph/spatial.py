@@ -302,8 +302,8 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
     TypeError
         If the coordinates are not numeric.
     ValueError
-        If they are not a 2-D array with at least one column, or hold NaN or
-        infinite values (the count and the first offending obs name are given).
+        If they are not a 2-D array with 2 or 3 columns, or hold NaN,
+        infinite or absurdly large (beyond float32's range) values (the count and the first offending obs name are given).
 
     Examples
     --------
@@ -335,10 +335,10 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
             f"adata.obsm[{spatial_key!r}] (spatial_key) must hold numbers (int or float), "
             f"got dtype {arr.dtype}."
         )
-    if arr.ndim != 2 or arr.shape[1] < 1:
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
         raise ValueError(
-            f"adata.obsm[{spatial_key!r}] (spatial_key) must have shape (n_obs, n_dims), "
-            f"got {arr.shape}."
+            f"adata.obsm[{spatial_key!r}] (spatial_key) must have shape (n_obs, 2) or (n_obs, 3): "
+            f"x, y and optionally z per cell; got shape {arr.shape}."
         )
     coords = arr.astype(np.float64, copy=False)
     finite = np.isfinite(coords).all(axis=1)
@@ -348,6 +348,14 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
         raise ValueError(
             f"adata.obsm[{spatial_key!r}] (spatial_key) has NaN or infinite coordinates "
             f"for {bad} of {len(finite)} cells; the first is obs {first!r}."
+        )
+    limit = float(np.finfo(np.float32).max)
+    too_large = np.abs(coords).max(axis=1) > limit
+    if too_large.any():
+        first = adata.obs_names[int(np.argmax(too_large))]
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] (spatial_key) has coordinates beyond +-{limit:.3g} "
+            f"(float32's range) for {int(too_large.sum())} cells; the first is obs {first!r}."
         )
     return coords
 
@@ -574,11 +582,7 @@ def _radius_edges(x: np.ndarray, r: float):
 def _delaunay_edges(x: np.ndarray, section: str):
     from scipy.spatial import Delaunay, QhullError
 
-    n, dim = x.shape
-    if dim < 2:
-        raise ValueError(
-            f"method='delaunay' needs at least 2-D coordinates, got {dim}-D (spatial_key)."
-        )
+    n, dim = x.shape  # 2 or 3 (get_coordinates)
     if n < dim + 1:
         raise ValueError(
             f"method='delaunay' needs at least {dim + 1} cells in {dim}-D, but {section} "
