@@ -89,6 +89,21 @@ def test_a_group_the_user_initialised_is_left_to_the_user(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_the_cli_under_torchrun_exits_cleanly(tmp_path):
+    from stepgraph.synthetic import synthetic_tissue
+
+    synthetic_tissue(n_cells=400, n_genes=20, seed=1).write_h5ad(tmp_path / "tissue.h5ad")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--standalone", "-m", "stepgraph", "train", str(tmp_path / "tissue.h5ad"),
+                             "--batch-key", "section", "--epochs", "2", "--batch-size", "64",
+                             "--out", str(tmp_path / "out"), "--quiet"],
+                            capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "terminate called" not in result.stderr
+    assert (tmp_path / "out" / "adata.h5ad").is_file()  # rank 0 wrote the outputs
+
+
 @pytest.fixture(autouse=True)
 def _not_nested():
     if os.environ.get("WORLD_SIZE", "1") != "1":
