@@ -187,6 +187,16 @@ def spatial_graph(
     cuts through a ring) may be picked differently. ``transform`` is not
     offered.
 
+    *``radius`` with ``"delaunay"`` and ``"knn"``.* With ``method="delaunay"``
+    a single-number ``radius`` prunes the triangulation to edges of length at
+    most ``radius``, whereas squidpy's ``spatial_neighbors(delaunay=True,
+    radius=r)`` keeps the whole triangulation for a single number (only an
+    interval prunes there; its newer ``spatial_neighbors_delaunay`` prunes). With
+    ``method="knn"`` a ``radius`` prunes the kNN graph (each cell keeps those
+    of its ``n_neighbors`` nearest cells that lie within ``radius``); squidpy
+    cannot build that graph: given a ``radius`` it builds a radius graph
+    instead and ignores ``n_neighs``.
+
     Examples
     --------
     >>> import anndata as ad, numpy as np
