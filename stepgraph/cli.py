@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clusters in the domain assignment (default: categories of --truth-key, else 7)")
     train.add_argument("--truth-key", default=None, help="obs column of known domains, to report the ARI")
     train.add_argument("--resume", default=None, help="start from the weights of this checkpoint")
+    train.add_argument("--backed", action="store_true",
+                       help="keep X on disk (read the file backed) and read each batch's rows from it; "
+                       "memory then holds the graph, not the expression matrix")
     _add_run_options(train, "stepgraph_out/train", "seed of split, sampling and initialisation")
 
     graph = sub.add_parser("graph", help="build the spatial graph and write it into an h5ad file",
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_h5ad(path: str):
+def _read_h5ad(path: str, backed: bool = False):
     import anndata as ad
 
     file = Path(path)
@@ -119,7 +122,7 @@ def _read_h5ad(path: str):
     if file.is_dir():
         raise UserError(f"input {path!r} is a folder, not an .h5ad file")
     try:
-        return ad.read_h5ad(file)
+        return ad.read_h5ad(file, backed="r" if backed else None)
     except Exception as err:
         raise UserError(f"input file {path!r} is not a readable .h5ad file "
                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
@@ -164,8 +167,11 @@ def _run_demo(args) -> int:
 
 def _run_train(args) -> int:
     from stepgraph.pipeline import PipelineConfig, run_pipeline
+    from stepgraph.stages import StageLog
 
-    adata = _read_h5ad(args.input)
+    stages = StageLog()
+    with stages.stage("read"):
+        adata = _read_h5ad(args.input, backed=args.backed)
     _check_keys(adata, args, extra_obs=[("--truth-key", args.truth_key)])
     if args.layer is not None and args.layer not in adata.layers:
         raise UserError(f"--layer {args.layer!r} is not in adata.layers; layers are {list(adata.layers)}")
@@ -179,8 +185,8 @@ def _run_train(args) -> int:
         n_neighbors=args.n_neighbors, radius=args.radius, epochs=args.epochs, batch_size=args.batch_size,
         fanout=args.fanout, lr=args.lr, split_rate=args.split_rate, patience=args.patience,
         n_domains=args.n_domains, truth_key=args.truth_key, seed=args.seed, device=args.device,
-        progress=not args.quiet)
-    _report(run_pipeline(adata, out, config, resume=args.resume))
+        progress=not args.quiet, backed=args.backed)
+    _report(run_pipeline(adata, out, config, resume=args.resume, stages=stages))
     return 0
 
 

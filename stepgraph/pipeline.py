@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
+from stepgraph.stages import StageLog
 from stepgraph.train.distributed import is_main_process
 from stepgraph.train.trainer import Trainer
 
@@ -61,6 +63,7 @@ class PipelineConfig:
     device: str = "cpu"
     backend: str = "builtin"
     progress: bool = True
+    backed: bool = False
 
 
 def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
@@ -125,14 +128,52 @@ def _save_figure(adata, history, config, path: Path) -> bool:
     return True
 
 
+def _model_input(adata, config: PipelineConfig) -> BaseDataset:
+    """The dataset the model reads: log-normalised expression (and sections)."""
+    if config.backed:
+        if not adata.isbacked:
+            raise ValueError("config.backed=True needs a backed AnnData, e.g. "
+                             "anndata.read_h5ad(path, backed='r'); got one held in memory")
+        # X stays on disk: each batch reads its rows and normalises them alone
+        # (log_normalise treats every row on its own, so this equals the in-memory path)
+        return BaseDataset(adata, layer_key=config.layer_key, batch_key=config.batch_key,
+                           row_transform=log_normalise)
+    counts = adata.X if config.layer_key is None else adata.layers[config.layer_key]
+    obs = adata.obs[[config.batch_key]] if config.batch_key else None
+    return BaseDataset(ad.AnnData(X=log_normalise(counts), obs=obs), batch_key=config.batch_key)
+
+
+def _write_adata(adata, path: Path) -> None:
+    """``adata`` to ``path``; a backed one without loading ``X``: the input
+    file is copied and everything but ``X`` is written into the copy."""
+    if not adata.isbacked:
+        adata.write_h5ad(path)
+        return
+    import h5py
+
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+    shutil.copyfile(adata.filename, path)
+    with h5py.File(path, "r+") as f:
+        for key, value in (("obs", adata.obs), ("obsm", dict(adata.obsm)),
+                           ("obsp", dict(adata.obsp)), ("uns", dict(adata.uns))):
+            if key in f:
+                del f[key]
+            write_elem(f, key, value)
+
+
 def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None,
-                 resume: str | Path | None = None) -> dict:
+                 resume: str | Path | None = None, stages: StageLog | None = None) -> dict:
     """Train the reference model on ``adata`` and write every output to ``out_dir``.
 
     ``adata`` gains the documented keys only: the graph (``obsp``/``uns``
     from :func:`~stepgraph.graph.spatial_graph`), ``obsm["X_stepgraph"]`` (the
     embedding) and ``obs["stepgraph_domain"]`` (k-means domains). Its ``X``
-    is not modified: the model reads a log-normalised copy.
+    is not modified: the model reads a log-normalised copy, or, with
+    ``config.backed``, reads the rows of each batch from disk and normalises
+    them per batch, so ``X`` is never loaded whole.
 
     Parameters
     ----------
@@ -146,6 +187,11 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         Settings; defaults to :class:`PipelineConfig`.
     resume
         Checkpoint of weights to start from (``best.pt`` of an earlier run).
+    stages
+        A :class:`~stepgraph.stages.StageLog` to add the stages to (the CLI
+        passes one that holds the reading of the file); a new one when ``None``.
+        Its rows (seconds and peak memory of graph, each epoch, embedding,
+        clustering, write) go to ``summary["stages"]``.
 
     Returns
     -------
@@ -155,19 +201,20 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         ``config.truth_key`` is set), the wall time and the output paths.
     """
     config = config or PipelineConfig()
+    stages = stages if stages is not None else StageLog()
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    counts = adata.X if config.layer_key is None else adata.layers[config.layer_key]
-    obs = adata.obs[[config.batch_key]] if config.batch_key else None
-    model_input = ad.AnnData(X=log_normalise(counts), obs=obs)
-    dataset = BaseDataset(model_input, batch_key=config.batch_key)
+    with stages.stage("normalise"):
+        dataset = _model_input(adata, config)
 
-    spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors, radius=config.radius,
-                  spatial_key=config.spatial_key, batch_key=config.batch_key)
-    data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
+    with stages.stage("graph"):
+        spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors,
+                      radius=config.radius, spatial_key=config.spatial_key,
+                      batch_key=config.batch_key)
+        data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
 
     train_ind, valid_ind = random_split_indices(adata.n_obs, config.split_rate, seed=config.seed)
     train_loader, valid_loader = node_loaders(
@@ -189,27 +236,31 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
                       seed=config.seed, progress=config.progress)
     trainer.defualt_lcfg.update(patience=config.patience, delta=1e-3)
     trainer.init_optimizer(lr=config.lr)
+    stages.start_epochs()  # the trainer's writer hook closes each epoch's stage
     stopped = trainer.train_node_sampler(epochs=config.epochs, gloader=(train_loader, valid_loader),
-                                         dataset=dataset)
+                                         dataset=dataset, writer=stages)
 
-    full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=4096,
-                               backend=config.backend)
-    embedding = trainer.predict_gloader(full_loader, dataset).numpy()
-    adata.obsm[EMBEDDING_KEY] = embedding
-    n_domains = config.n_domains
-    if n_domains is None:
-        n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
-    smoothed = smooth_over_graph(embedding, adata.obsp["spatial_connectivities"], config.smooth)
-    labels = kmeans_domains(smoothed, n_domains, seed=config.seed)
-    adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
-        labels, categories=[f"domain{i}" for i in range(n_domains)])
-    ari = (adjusted_rand_index(adata.obs[config.truth_key], labels) if config.truth_key else None)
+    with stages.stage("embedding"):
+        full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=4096,
+                                   backend=config.backend)
+        embedding = trainer.predict_gloader(full_loader, dataset).numpy()
+        adata.obsm[EMBEDDING_KEY] = embedding
+    with stages.stage("clustering"):
+        n_domains = config.n_domains
+        if n_domains is None:
+            n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
+        smoothed = smooth_over_graph(embedding, adata.obsp["spatial_connectivities"], config.smooth)
+        labels = kmeans_domains(smoothed, n_domains, seed=config.seed)
+        adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
+            labels, categories=[f"domain{i}" for i in range(n_domains)])
+        ari = (adjusted_rand_index(adata.obs[config.truth_key], labels) if config.truth_key else None)
 
     main = is_main_process()  # under torchrun, rank 0 alone writes the outputs
-    if main:
-        _save_history(trainer.history, out_dir)
-        adata.write_h5ad(out_dir / "adata.h5ad")
-    figure = main and _save_figure(adata, trainer.history, config, out_dir / "figure.png")
+    with stages.stage("write"):
+        if main:
+            _save_history(trainer.history, out_dir)
+            _write_adata(adata, out_dir / "adata.h5ad")
+        figure = main and _save_figure(adata, trainer.history, config, out_dir / "figure.png")
     best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
     summary = {
         "n_obs": adata.n_obs,
@@ -226,6 +277,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
             "figure": str(out_dir / "figure.png") if figure else None,
         },
         "config": asdict(config),
+        "stages": stages.rows,
     }
     if main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
