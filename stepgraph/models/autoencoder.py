@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import trim_to_layer
 
 __all__ = ["GraphAutoencoder"]
 
@@ -32,6 +34,19 @@ class GraphAutoencoder(nn.Module):
     The model follows stepgraph's model contract: :meth:`loss` returns a dict
     of named scalar losses (:obj:`"recon_loss"`, plus :obj:`"kl_loss"` when
     variational) that the :class:`~stepgraph.Trainer` sums and logs.
+
+    **Layer-wise trimming.** On a :class:`~torch_geometric.loader.NeighborLoader`
+    mini-batch, pass its per-hop counts (:obj:`batch.num_sampled_nodes` and
+    :obj:`batch.num_sampled_edges`) as :obj:`num_sampled_nodes_per_hop` and
+    :obj:`num_sampled_edges_per_hop` to :meth:`loss` or :meth:`encode`: each
+    layer then computes only what the next one reads (layer :math:`l` drops
+    the outermost :math:`l` hops, with
+    :func:`torch_geometric.utils.trim_to_layer`), and the seed nodes get the
+    very same outputs as without trimming. For GCN, the normalisation is
+    computed once on the whole sampled subgraph before trimming, which keeps
+    it exact. Trimming is skipped (the result is the same, only slower) when
+    the losses are asked of non-seed nodes, when there are fewer hops than
+    layers, or when the subgraph has self-loops.
 
     Args:
         in_dim (int): Number of input features (genes).
@@ -103,8 +118,11 @@ class GraphAutoencoder(nn.Module):
         self.dropout = dropout
 
         conv_cls = _CONVS[conv]
+        # GCN's normalisation is computed once per forward pass (see _normalise), not per layer
+        options = {"normalize": False} if conv == "gcn" else {}
         dims = [in_dim] + [hidden_dim] * n_layers
-        self.convs = nn.ModuleList(conv_cls(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.convs = nn.ModuleList(conv_cls(a, b, **options)
+                                   for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.mu = nn.Linear(hidden_dim, latent_dim)
         self.logvar = nn.Linear(hidden_dim, latent_dim) if variational else None
 
@@ -130,13 +148,22 @@ class GraphAutoencoder(nn.Module):
         if self.logvar is not None:
             yield from self.logvar.parameters()
 
-    def _hidden(self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None) -> Tensor:
+    def _hidden(self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None,
+                hops: tuple[list[int], list[int]] | None = None) -> Tensor:
         if edge_index is None:
-            # No graph: every node only sees itself (GCNConv adds the
-            # self-loops, SAGEConv keeps its root term), i.e. an MLP.
+            # No graph: every node only sees itself (GCN's self-loops, SAGE's
+            # root term), i.e. an MLP.
             edge_index = torch.empty(2, 0, dtype=torch.long, device=x.device)
-            edge_weight = None
-        for conv in self.convs:
+            edge_weight, hops = None, None
+        if hops is not None and (len(hops[1]) < len(self.convs)
+                                 or bool((edge_index[0] == edge_index[1]).any())):
+            hops = None  # trimming would not be exact: compute everything
+        if self.conv_type == "gcn":
+            edge_index, edge_weight, hops = _normalise(x, edge_index, edge_weight, hops)
+        for layer, conv in enumerate(self.convs):
+            if hops is not None:
+                x, edge_index, edge_weight = trim_to_layer(layer, hops[0], hops[1], x, edge_index,
+                                                           edge_weight)
             if self.conv_type == "gcn":
                 x = conv(x, edge_index, edge_weight)
             else:
@@ -145,9 +172,12 @@ class GraphAutoencoder(nn.Module):
         return x
 
     def _posterior(
-        self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None
+        self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None,
+        rows: Tensor | None = None, hops: tuple[list[int], list[int]] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        h = self._hidden(x, edge_index, edge_weight)
+        h = self._hidden(x, edge_index, edge_weight, hops)
+        if rows is not None:
+            h = h[rows]  # the heads only run on the rows asked for
         mu = self.mu(h)
         logvar = self.logvar(h).clamp(-10.0, 10.0) if self.logvar is not None else None
         return mu, logvar
@@ -158,6 +188,8 @@ class GraphAutoencoder(nn.Module):
         edge_index: Tensor | None = None,
         edge_weight: Tensor | None = None,
         batch_label: Tensor | None = None,
+        num_sampled_nodes_per_hop: list[int] | None = None,
+        num_sampled_edges_per_hop: list[int] | None = None,
     ) -> Tensor:
         r"""Embeds every node of the (sub)graph.
 
@@ -168,12 +200,23 @@ class GraphAutoencoder(nn.Module):
             edge_weight (torch.Tensor, optional): Edge weights (GCN only).
             batch_label (torch.Tensor, optional): Not used by the encoder;
                 accepted so that all methods take the same arguments.
+            num_sampled_nodes_per_hop (List[int], optional): Nodes per hop of
+                a :class:`NeighborLoader` mini-batch (:obj:`batch.num_sampled_nodes`);
+                with :obj:`num_sampled_edges_per_hop`, turns on layer-wise
+                trimming, and only the seed nodes are embedded.
+            num_sampled_edges_per_hop (List[int], optional): Edges per hop
+                (:obj:`batch.num_sampled_edges`).
 
         Returns:
             The embedding, shape :obj:`[num_nodes, latent_dim]` (the
-            posterior mean when variational).
+            posterior mean when variational); with the per-hop counts,
+            :obj:`[num_seed_nodes, latent_dim]`.
         """
-        return self._posterior(x, edge_index, edge_weight)[0]
+        hops = _hops(num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
+        if hops is None:
+            return self._posterior(x, edge_index, edge_weight)[0]
+        seeds = torch.arange(hops[0][0], device=x.device)
+        return self._posterior(x, edge_index, edge_weight, seeds, hops)[0]
 
     def decode(self, z: Tensor, batch_label: Tensor | None = None) -> Tensor:
         r"""Reconstructs the features from embeddings :obj:`z` of nodes in
@@ -206,6 +249,8 @@ class GraphAutoencoder(nn.Module):
         edge_index: Tensor | None = None,
         edge_weight: Tensor | None = None,
         batch_label: Tensor | None = None,
+        num_sampled_nodes_per_hop: list[int] | None = None,
+        num_sampled_edges_per_hop: list[int] | None = None,
     ) -> dict[str, Tensor]:
         r"""The training losses on the nodes :obj:`ind` of a (sub)graph.
 
@@ -224,6 +269,13 @@ class GraphAutoencoder(nn.Module):
             edge_weight (torch.Tensor, optional): Edge weights (GCN only).
             batch_label (torch.Tensor, optional): Section of every node of the
                 (sub)graph (required when :obj:`n_batches > 0`).
+            num_sampled_nodes_per_hop (List[int], optional): Nodes per hop of
+                a :class:`NeighborLoader` mini-batch (:obj:`batch.num_sampled_nodes`);
+                with :obj:`num_sampled_edges_per_hop`, turns on layer-wise
+                trimming when :obj:`ind` holds seed nodes only. The losses are
+                the same; the work is smaller.
+            num_sampled_edges_per_hop (List[int], optional): Edges per hop
+                (:obj:`batch.num_sampled_edges`).
 
         Returns:
             :obj:`{"recon_loss": ...}` (plus :obj:`"kl_loss"` when
@@ -234,16 +286,20 @@ class GraphAutoencoder(nn.Module):
             their sum is the per-feature negative ELBO of a Gaussian decoder
             with variance :math:`1/2` (up to a constant).
         """
-        mu, logvar = self._posterior(x, edge_index, edge_weight)
         target = x
+        hops = _hops(num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
         if ind is not None:
             ind = torch.as_tensor(ind, device=x.device)
             if ind.dtype == torch.bool:
                 ind = ind.nonzero().view(-1)
             ind = ind.long()
-            mu, target = mu[ind], x[ind]
-            logvar = logvar[ind] if logvar is not None else None
+            if hops is not None and ind.numel() and int(ind.max()) >= hops[0][0]:
+                hops = None  # losses of non-seed nodes: no trimming
+            target = x[ind]
             batch_label = batch_label[ind] if batch_label is not None else None
+        else:
+            hops = None  # losses of every node: nothing to trim
+        mu, logvar = self._posterior(x, edge_index, edge_weight, ind, hops)
 
         z = mu
         if logvar is not None and self.training:
@@ -254,3 +310,51 @@ class GraphAutoencoder(nn.Module):
             kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)
             losses["kl_loss"] = kl.mean() / self.in_dim
         return losses
+
+
+def _hops(nodes: list[int] | None, edges: list[int] | None) -> tuple[list[int], list[int]] | None:
+    """The per-hop counts as two lists of ints, or ``None`` without them."""
+    if nodes is None or edges is None:
+        return None
+    nodes, edges = [int(n) for n in nodes], [int(e) for e in edges]
+    if len(nodes) != len(edges) + 1:
+        raise ValueError(f"num_sampled_nodes_per_hop needs one entry more than "
+                         f"num_sampled_edges_per_hop (seeds, then one per hop); got "
+                         f"{len(nodes)} and {len(edges)}")
+    return nodes, edges
+
+
+def _normalise(x: Tensor, edge_index: Tensor, edge_weight: Tensor | None,
+               hops: tuple[list[int], list[int]] | None):
+    r"""GCN's symmetric normalisation with self-loops, once for all layers.
+
+    Without :obj:`hops` this is :func:`gcn_norm` (self-loops appended). With
+    them, the self-loop of each node of hop :math:`h - 1` is placed in the
+    edge block of hop :math:`h` (those of the last hop in the last block), so
+    that :func:`trim_to_layer` keeps a node's self-loop exactly as long as it
+    keeps the edges into it; the per-hop edge counts are returned to match.
+    The degrees are those of the whole sampled subgraph, as without trimming.
+    """
+    num_nodes = x.size(0)
+    if hops is None:
+        edge_index, edge_weight = gcn_norm(edge_index, edge_weight, num_nodes, add_self_loops=True,
+                                           dtype=x.dtype)
+        return edge_index, edge_weight, None
+    nodes, edges = hops
+    device = edge_index.device
+    if edge_weight is None:
+        edge_weight = torch.ones(edge_index.size(1), dtype=x.dtype, device=device)
+    node_start = [sum(nodes[:h]) for h in range(len(nodes) + 1)]
+    edge_start = [sum(edges[:h]) for h in range(len(edges) + 1)]
+    blocks, weights, counts = [], [], []
+    for h in range(1, len(edges) + 1):  # a loop over hops, not nodes
+        last = h == len(edges)
+        loops = torch.arange(node_start[h - 1], node_start[h + 1] if last else node_start[h],
+                             device=device)
+        blocks += [edge_index[:, edge_start[h - 1]:edge_start[h]], loops.expand(2, -1)]
+        weights += [edge_weight[edge_start[h - 1]:edge_start[h]],
+                    torch.ones(loops.numel(), dtype=edge_weight.dtype, device=device)]
+        counts.append(edges[h - 1] + loops.numel())
+    edge_index, edge_weight = gcn_norm(torch.cat(blocks, dim=1), torch.cat(weights), num_nodes,
+                                       add_self_loops=False)
+    return edge_index, edge_weight, (nodes, counts)
