@@ -241,7 +241,8 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
                                          dataset=dataset, writer=stages)
 
     with stages.stage("embedding"):
-        full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=4096,
+        # batches of batch_size seeds: their full neighbourhoods' rows are densified together
+        full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=config.batch_size,
                                    backend=config.backend)
         embedding = trainer.predict_gloader(full_loader, dataset).numpy()
         adata.obsm[EMBEDDING_KEY] = embedding
