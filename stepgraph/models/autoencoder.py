@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, SAGEConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
-from torch_geometric.utils import trim_to_layer
 
 __all__ = ["GraphAutoencoder"]
 
@@ -39,13 +38,15 @@ class GraphAutoencoder(nn.Module):
     mini-batch, pass its per-hop counts (:obj:`batch.num_sampled_nodes` and
     :obj:`batch.num_sampled_edges`) as :obj:`num_sampled_nodes_per_hop` and
     :obj:`num_sampled_edges_per_hop` to :meth:`loss` or :meth:`encode`: each
-    layer then computes only what the next one reads (layer :math:`l` drops
-    the outermost :math:`l` hops, with
-    :func:`torch_geometric.utils.trim_to_layer`), and the seed nodes get the
-    very same outputs as without trimming. For GCN, the normalisation is
-    computed once on the whole sampled subgraph before trimming, which keeps
-    it exact. Trimming is skipped (the result is the same, only slower) when
-    the losses are asked of non-seed nodes, when there are fewer hops than
+    layer then computes only what the next one reads, as
+    :func:`torch_geometric.utils.trim_to_layer` does, and one step further:
+    layer :math:`l` (of :math:`L`) reads the nodes of the first
+    :math:`L - l + 1` hops and computes outputs for those of the first
+    :math:`L - l` only, aggregating before the linear map (for GCN, whose
+    normalisation is computed once on the whole sampled subgraph). The seed
+    nodes get the same outputs as without trimming (up to float rounding).
+    Trimming is skipped (the result is the same, only slower) when the
+    losses are asked of non-seed nodes, when there are fewer hops than
     layers, or when the subgraph has self-loops.
 
     Args:
@@ -118,7 +119,7 @@ class GraphAutoencoder(nn.Module):
         self.dropout = dropout
 
         conv_cls = _CONVS[conv]
-        # GCN's normalisation is computed once per forward pass (see _normalise), not per layer
+        # GCN's normalisation is computed once per forward pass (in _hidden), not per layer
         options = {"normalize": False} if conv == "gcn" else {}
         dims = [in_dim] + [hidden_dim] * n_layers
         self.convs = nn.ModuleList(conv_cls(a, b, **options)
@@ -158,16 +159,49 @@ class GraphAutoencoder(nn.Module):
         if hops is not None and (len(hops[1]) < len(self.convs)
                                  or bool((edge_index[0] == edge_index[1]).any())):
             hops = None  # trimming would not be exact: compute everything
+        if hops is not None:
+            return self._hidden_trimmed(x, edge_index, edge_weight, *hops)
         if self.conv_type == "gcn":
-            edge_index, edge_weight, hops = _normalise(x, edge_index, edge_weight, hops)
-        for layer, conv in enumerate(self.convs):
-            if hops is not None:
-                x, edge_index, edge_weight = trim_to_layer(layer, hops[0], hops[1], x, edge_index,
-                                                           edge_weight)
+            # GCN's normalisation with self-loops, once for all layers
+            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, x.size(0),
+                                               add_self_loops=True, dtype=x.dtype)
+        for conv in self.convs:
             if self.conv_type == "gcn":
                 x = conv(x, edge_index, edge_weight)
             else:
                 x = conv(x, edge_index)
+            x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
+        return x
+
+    def _hidden_trimmed(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None,
+                        nodes: list[int], edges: list[int]) -> Tensor:
+        r"""The hidden state of the seed nodes, each layer computing only what
+        the next one reads. Nodes and edges of a NeighborLoader batch are
+        ordered by hop, so layer :math:`l` of :math:`L` reads the first
+        ``sum(nodes[:L - l + 1])`` nodes, writes the first ``sum(nodes[:L - l])``
+        and uses the first ``sum(edges[:L - l])`` edges (those into them)."""
+        n_layers = len(self.convs)
+        src, dst = edge_index
+        if self.conv_type == "gcn":
+            # gcn_norm over the whole sampled subgraph (self-loops of weight 1),
+            # exactly as without trimming
+            weight = (torch.ones(src.numel(), dtype=x.dtype, device=x.device)
+                      if edge_weight is None else edge_weight.to(x.dtype))
+            deg = torch.ones(x.size(0), dtype=x.dtype, device=x.device).index_add_(0, dst, weight)
+            inv_sqrt = deg.rsqrt()
+            norm = inv_sqrt.index_select(0, src) * weight * inv_sqrt.index_select(0, dst)
+            loop = inv_sqrt * inv_sqrt
+        for layer, conv in enumerate(self.convs):
+            n_out = sum(nodes[:n_layers - layer])
+            x = x[:sum(nodes[:n_layers - layer + 1])]
+            m = sum(edges[:n_layers - layer])
+            if self.conv_type == "gcn":
+                # aggregate, then transform only the n_out rows: Â (X W) = (Â X) W
+                messages = x.index_select(0, src[:m]) * norm[:m].unsqueeze(1)
+                agg = (x[:n_out] * loop[:n_out].unsqueeze(1)).index_add(0, dst[:m], messages)
+                x = conv.lin(agg) + conv.bias
+            else:
+                x = conv((x, x[:n_out]), edge_index[:, :m], size=(x.size(0), n_out))
             x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
         return x
 
@@ -323,38 +357,3 @@ def _hops(nodes: list[int] | None, edges: list[int] | None) -> tuple[list[int], 
                          f"{len(nodes)} and {len(edges)}")
     return nodes, edges
 
-
-def _normalise(x: Tensor, edge_index: Tensor, edge_weight: Tensor | None,
-               hops: tuple[list[int], list[int]] | None):
-    r"""GCN's symmetric normalisation with self-loops, once for all layers.
-
-    Without :obj:`hops` this is :func:`gcn_norm` (self-loops appended). With
-    them, the self-loop of each node of hop :math:`h - 1` is placed in the
-    edge block of hop :math:`h` (those of the last hop in the last block), so
-    that :func:`trim_to_layer` keeps a node's self-loop exactly as long as it
-    keeps the edges into it; the per-hop edge counts are returned to match.
-    The degrees are those of the whole sampled subgraph, as without trimming.
-    """
-    num_nodes = x.size(0)
-    if hops is None:
-        edge_index, edge_weight = gcn_norm(edge_index, edge_weight, num_nodes, add_self_loops=True,
-                                           dtype=x.dtype)
-        return edge_index, edge_weight, None
-    nodes, edges = hops
-    device = edge_index.device
-    if edge_weight is None:
-        edge_weight = torch.ones(edge_index.size(1), dtype=x.dtype, device=device)
-    node_start = [sum(nodes[:h]) for h in range(len(nodes) + 1)]
-    edge_start = [sum(edges[:h]) for h in range(len(edges) + 1)]
-    blocks, weights, counts = [], [], []
-    for h in range(1, len(edges) + 1):  # a loop over hops, not nodes
-        last = h == len(edges)
-        loops = torch.arange(node_start[h - 1], node_start[h + 1] if last else node_start[h],
-                             device=device)
-        blocks += [edge_index[:, edge_start[h - 1]:edge_start[h]], loops.expand(2, -1)]
-        weights += [edge_weight[edge_start[h - 1]:edge_start[h]],
-                    torch.ones(loops.numel(), dtype=edge_weight.dtype, device=device)]
-        counts.append(edges[h - 1] + loops.numel())
-    edge_index, edge_weight = gcn_norm(torch.cat(blocks, dim=1), torch.cat(weights), num_nodes,
-                                       add_self_loops=False)
-    return edge_index, edge_weight, (nodes, counts)
