@@ -1,4 +1,4 @@
-"""Command line: ``stepgraph demo | train | graph`` (also ``python -m stepgraph``).
+"""Command line: ``stepgraph demo | train | graph | bench`` (also ``python -m stepgraph``).
 
 Errors in the user's input (a missing file, a file that is not h5ad, a missing
 ``obsm`` key or ``obs`` column, a bad option) print one line to stderr and exit
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Train graph neural networks on spatial transcriptomics (AnnData + PyG).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,graph}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,graph,bench}")
 
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded synthetic tissue",
                           description="Generate the embedded synthetic tissue (two sections, known "
@@ -110,7 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--key-added", default="spatial", help="prefix of the written keys (default: %(default)s)")
     graph.add_argument("--output", default=None, help="file to write (default: INPUT with suffix .graph.h5ad)")
     graph.add_argument("--overwrite", action="store_true", help="allow writing over an existing file, INPUT included")
+    _add_bench_parser(sub)
     return parser
+
+
+def _add_bench_parser(sub) -> argparse._SubParsersAction:
+    """``stepgraph bench [--size ...]``; returns its (optional) sub-commands, so that
+    ``stepgraph bench <name>`` commands can be added beside the benchmark suite."""
+    from stepgraph.bench import SIZES
+
+    bench = sub.add_parser("bench", help="run every benchmark in benchmarks/ and write one report",
+                           description="Run every script of benchmarks/ at one size, each in its own "
+                           "process, and write bench.json (environment and results), bench.md (a "
+                           "report with the anchors: squidpy, torch-sparse, a bare loop) and bench.png "
+                           "(time and memory against size) to --out.")
+    bench.add_argument("--size", default="small", choices=list(SIZES),
+                       help="small: under 5 minutes; medium; large: the documented 1M-cell figures; "
+                       "tiny: seconds, for tests (default: %(default)s)")
+    bench.add_argument("--out", default="stepgraph_out/bench", help="output folder (default: %(default)s)")
+    bench.add_argument("--threads", type=_positive_int, default=1,
+                       help="torch threads of every benchmark (default: %(default)s)")
+    bench.add_argument("--only", default=None,
+                       help="comma-separated benchmarks to run (default: all), e.g. graph_build,end_to_end")
+    bench.add_argument("--bench-dir", default=None,
+                       help="the benchmarks/ folder (default: the one of this source checkout)")
+    return bench.add_subparsers(dest="bench_command", required=False, metavar="")
 
 
 def _read_h5ad(path: str, backed: bool = False):
@@ -206,10 +230,26 @@ def _run_graph(args) -> int:
     return 0
 
 
+def _run_bench(args) -> int:
+    from stepgraph.bench import run_benchmarks
+
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+    report = run_benchmarks(args.size, args.out, bench_dir=args.bench_dir, threads=args.threads,
+                            only=only, log=lambda line: print(line, flush=True))
+    failed = [name for name, runs in report["benchmarks"].items()
+              if any(run["status"] != "ok" for run in runs)]
+    print(f"report: {Path(args.out) / 'bench.md'} ({report['seconds']:.0f} s)")
+    if failed:
+        print(f"stepgraph bench: error: failed: {', '.join(failed)} (see bench.md)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stepgraph`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph}[args.command]
+    runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph,
+              "bench": _run_bench}[args.command]
     try:
         return runner(args)
     except UserError as err:
