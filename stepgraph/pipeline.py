@@ -27,6 +27,7 @@ from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
+from stepgraph.progress import TrackedLoader
 from stepgraph.stages import StageLog
 from stepgraph.train.distributed import is_main_process
 from stepgraph.train.trainer import Trainer
@@ -213,7 +214,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     with stages.stage("graph"):
         spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors,
                       radius=config.radius, spatial_key=config.spatial_key,
-                      batch_key=config.batch_key)
+                      batch_key=config.batch_key, progress=config.progress)
         data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
 
     train_ind, valid_ind = random_split_indices(adata.n_obs, config.split_rate, seed=config.seed)
@@ -244,7 +245,8 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         # batches of batch_size seeds: their full neighbourhoods' rows are densified together
         full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=config.batch_size,
                                    backend=config.backend)
-        embedding = trainer.predict_gloader(full_loader, dataset).numpy()
+        tracked = TrackedLoader(full_loader, "embedding", enabled=config.progress)
+        embedding = trainer.predict_gloader(tracked, dataset).numpy()
         adata.obsm[EMBEDDING_KEY] = embedding
     with stages.stage("clustering"):
         n_domains = config.n_domains
