@@ -177,6 +177,10 @@ class _Extents:
             base = offsets // item
         with open(dset.file.filename, "rb") as fh:
             self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_RANDOM"):
+            # rows are read scattered: no read-ahead and no fault-around, so a
+            # batch maps only the pages it touches (and releasing them is cheap)
+            self._map.madvise(mmap.MADV_RANDOM)
         self._elements = np.frombuffer(self._map, dtype=self.dtype,
                                        count=os.path.getsize(dset.file.filename) // item)
         self._element_base, self._chunk_len = base, chunk_len
@@ -190,7 +194,8 @@ class _Extents:
             out = self._elements[self._element_base[pos // self._chunk_len] + pos % self._chunk_len]
             # drop the pages just read from this process's resident set (they
             # stay in the page cache): memory stays that of one batch
-            self._map.madvise(mmap.MADV_DONTNEED)
+            if hasattr(mmap, "MADV_DONTNEED"):
+                self._map.madvise(mmap.MADV_DONTNEED)
             return out
         return self._gather_runs(starts, lengths)
 
