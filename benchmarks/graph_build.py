@@ -195,14 +195,20 @@ def run_case(case):
         import squidpy as sq
 
         kwargs = {
-            "knn": {"coord_type": "generic", "n_neighs": case["n_neighbors"]},
-            "radius": {"coord_type": "generic", "radius": case["radius"]},
-            "delaunay": {"coord_type": "generic", "delaunay": True},
-            "grid": {"coord_type": "grid", "n_neighs": case["n_neighbors"], "n_rings": 1},
+            "knn": {"n_neighs": case["n_neighbors"]},
+            "radius": {"radius": case["radius"]},
+            "delaunay": {},
+            "grid": {"n_neighs": case["n_neighbors"], "n_rings": 1},
         }[method]
+        # squidpy >= 1.8 has one function per method and deprecates spatial_neighbors
+        new_api = getattr(sq.gr, f"spatial_neighbors_{method}", None)
+        if new_api is None:
+            kwargs.update({"knn": {"coord_type": "generic"}, "radius": {"coord_type": "generic"},
+                           "delaunay": {"coord_type": "generic", "delaunay": True},
+                           "grid": {"coord_type": "grid"}}[method])
 
         def build(adata):
-            sq.gr.spatial_neighbors(adata, library_key=batch_key, **kwargs)
+            (new_api or sq.gr.spatial_neighbors)(adata, library_key=batch_key, **kwargs)
     else:
         from stepgraph.graph import spatial_graph
 

@@ -11,7 +11,13 @@ the same process, alternating backends epoch by epoch:
   the ``Data``; each mini-batch gathers and densifies its rows by ``batch.n_id``;
 * ``train``: training epochs of :class:`stepgraph.models.GraphAutoencoder`
   (Adam) on the dense features, losses on the seed nodes, with the resident
-  memory after every epoch to show that it stays flat.
+  memory after every epoch to show that it stays flat;
+* ``trim``: with the built-in sampler, training epochs of the reference model
+  as the code before layer-wise trimming ran it (``original``: GCN
+  normalised in every layer, latent head on every node), of today's model
+  without the per-hop counts (``untrimmed``) and with them (``trimmed``),
+  alternating, from the same initial weights; the ratio to ``original`` is
+  the speed-up.
 
 Reported per row: seconds per epoch (best of the repeats), sampled nodes per
 second, the peak resident memory during the phase (polled from
@@ -30,6 +36,7 @@ Run ``python benchmarks/node_sampling.py --help`` for all sizes.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import statistics
@@ -45,6 +52,7 @@ from _common import RESULTS, markdown_table, peak_rss_mb, write_json
 from scipy.spatial import cKDTree
 from torch_geometric.data import Data
 from torch_geometric.loader import NeighborLoader
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from stepgraph.data.sampler import BuiltinNeighborSampler, has_native_sampler, make_neighbor_sampler
 from stepgraph.models import GraphAutoencoder
@@ -159,6 +167,45 @@ def train_epoch(model, optimizer, loader) -> dict:
             "loss": total / seeds}
 
 
+def original_loss(model, x, ind, edge_index):
+    """The reference model's loss as the code before layer-wise trimming computed
+    it: GCN normalised in every layer, latent head on every node, then sliced."""
+    h = x
+    for conv in model.convs:
+        if model.conv_type == "gcn":
+            h, _ = conv.lin(h), None
+            ei, w = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
+            h = conv.propagate(ei, x=h, edge_weight=w) + conv.bias
+        else:
+            h = conv(h, edge_index)
+        h = torch.relu(h)
+    mu = model.mu(h)[ind]
+    return {"recon_loss": torch.nn.functional.mse_loss(model.decode(mu), x[ind])}
+
+
+def trim_epoch(variant: str, model, optimizer, loader) -> dict:
+    """A training epoch of one variant: ``original`` (the code before trimming),
+    ``untrimmed`` (today's model without the per-hop counts), ``trimmed``."""
+    nodes = batches = 0
+    start = time.perf_counter()
+    for batch in loader:
+        optimizer.zero_grad(set_to_none=True)
+        ind = torch.arange(batch.batch_size)
+        if variant == "original":
+            losses = original_loss(model, batch.x, ind, batch.edge_index)
+        elif variant == "untrimmed":
+            losses = model.loss(batch.x, ind=ind, edge_index=batch.edge_index)
+        else:
+            losses = model.loss(batch.x, ind=ind, edge_index=batch.edge_index,
+                                num_sampled_nodes_per_hop=batch.num_sampled_nodes,
+                                num_sampled_edges_per_hop=batch.num_sampled_edges)
+        sum(losses.values()).backward()
+        optimizer.step()
+        nodes += batch.num_nodes
+        batches += 1
+    return {"seconds": time.perf_counter() - start, "sampled_nodes": nodes, "batches": batches}
+
+
 def measure(phase: str, backends: list[str], repeats: int, run, labels: dict) -> list[dict]:
     """Runs ``run(backend)`` ``repeats`` times per backend, alternating."""
     runs = {b: [] for b in backends}
@@ -190,7 +237,10 @@ def measure(phase: str, backends: list[str], repeats: int, run, labels: dict) ->
             "runs": outs,
         })
     speed = {row["backend"]: row["sampled nodes/s"] for row in rows}
-    if len(speed) == 2:
+    if "original" in speed:
+        for row in rows:
+            row["speed-up vs original"] = row["sampled nodes/s"] / speed["original"]
+    elif len(speed) == 2:
         for row in rows:
             if row["backend"] == "builtin":
                 row["speed ratio builtin/native"] = speed["builtin"] / speed["native"]
@@ -224,8 +274,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="sparse-gene loader epochs per backend (alternating)")
     runs.add_argument("--train-epochs", type=int, default=3,
                       help="GraphAutoencoder training epochs per backend (alternating)")
-    runs.add_argument("--phases", nargs="+", default=["dense", "genes", "train"],
-                      choices=["dense", "genes", "train"], help="what to measure")
+    runs.add_argument("--phases", nargs="+", default=["dense", "genes", "train", "trim"],
+                      choices=["dense", "genes", "train", "trim"],
+                      help="what to measure; trim: built-in sampler, training epochs of the "
+                      "code before layer-wise trimming, of today's model untrimmed and trimmed")
     runs.add_argument("--backends", nargs="+", default=["builtin", "native"],
                       choices=["builtin", "native"],
                       help="samplers: stepgraph's built-in one, PyG's native one")
@@ -297,11 +349,24 @@ def main(argv=None) -> dict:
 
         rows += measure("train", backends, args.train_epochs, run, labels)
 
+    if "trim" in args.phases:
+        variants = ["original", "untrimmed", "trimmed"]
+        torch.manual_seed(args.seed)
+        init = GraphAutoencoder(args.dense_dim, hidden_dim=args.hidden, latent_dim=args.latent,
+                                n_layers=len(args.num_neighbors))
+        models = {}
+        for v in variants:
+            model = copy.deepcopy(init)
+            models[v] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+        rows += measure("trim", variants, args.train_epochs,
+                        lambda v: trim_epoch(v, *models[v], make_loader("builtin", data, args)),
+                        {v: v for v in variants})
+
     for row in rows:
-        row["backend"] = labels[row["backend"]]
+        row["backend"] = labels.get(row["backend"], row["backend"])
     columns = ["phase", "backend", "s/epoch (best)", "s/epoch (median)", "sampled nodes/s",
                "nodes/batch", "set-up s",
-               "speed ratio builtin/native", "peak RSS MiB", "RSS growth MiB"]
+               "speed ratio builtin/native", "speed-up vs original", "peak RSS MiB", "RSS growth MiB"]
     print()
     print(markdown_table(rows, columns))
     if epochs:

@@ -1,4 +1,4 @@
-"""Command line: ``stepgraph demo | train | graph`` (also ``python -m stepgraph``).
+"""Command line: ``stepgraph demo | train | graph | bench`` (also ``python -m stepgraph``).
 
 Errors in the user's input (a missing, empty, truncated or corrupt file, a
 missing ``obsm`` key or ``obs`` column, bad coordinates, an ``--out`` that is a
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Train graph neural networks on spatial transcriptomics (AnnData + PyG).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,graph}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,graph,bench}")
 
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded synthetic tissue",
                           description="Generate the embedded synthetic tissue (two sections, known "
@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--trust-checkpoint", action="store_true",
                        help="load --init-weights / --resume checkpoints in full, objects other than "
                        "tensors included; a checkpoint can then run code: only for files you trust")
+    train.add_argument("--backed", action="store_true",
+                       help="keep X on disk (read the file backed) and read each batch's rows from it; "
+                       "memory then holds the graph, not the expression matrix")
     _add_run_options(train, "stepgraph_out/train", "seed of split, sampling and initialisation")
 
     graph = sub.add_parser("graph", help="build the spatial graph and write it into an h5ad file",
@@ -119,10 +122,34 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--key-added", default="spatial", help="prefix of the written keys (default: %(default)s)")
     graph.add_argument("--output", default=None, help="file to write (default: INPUT with suffix .graph.h5ad)")
     graph.add_argument("--overwrite", action="store_true", help="allow writing over an existing file, INPUT included")
+    _add_bench_parser(sub)
     return parser
 
 
-def _read_h5ad(path: str):
+def _add_bench_parser(sub) -> argparse._SubParsersAction:
+    """``stepgraph bench [--size ...]``; returns its (optional) sub-commands, so that
+    ``stepgraph bench <name>`` commands can be added beside the benchmark suite."""
+    from stepgraph.bench import SIZES
+
+    bench = sub.add_parser("bench", help="run every benchmark in benchmarks/ and write one report",
+                           description="Run every script of benchmarks/ at one size, each in its own "
+                           "process, and write bench.json (environment and results), bench.md (a "
+                           "report with the anchors: squidpy, torch-sparse, a bare loop) and bench.png "
+                           "(time and memory against size) to --out.")
+    bench.add_argument("--size", default="small", choices=list(SIZES),
+                       help="small: under 5 minutes; medium; large: the documented 1M-cell figures; "
+                       "tiny: seconds, for tests (default: %(default)s)")
+    bench.add_argument("--out", default="stepgraph_out/bench", help="output folder (default: %(default)s)")
+    bench.add_argument("--threads", type=_positive_int, default=1,
+                       help="torch threads of every benchmark (default: %(default)s)")
+    bench.add_argument("--only", default=None,
+                       help="comma-separated benchmarks to run (default: all), e.g. graph_build,end_to_end")
+    bench.add_argument("--bench-dir", default=None,
+                       help="the benchmarks/ folder (default: the one of this source checkout)")
+    return bench.add_subparsers(dest="bench_command", required=False, metavar="")
+
+
+def _read_h5ad(path: str, backed: bool = False):
     import anndata as ad
 
     file = Path(path)
@@ -133,7 +160,7 @@ def _read_h5ad(path: str):
     if file.stat().st_size == 0:
         raise UserError(f"input file {path!r} is empty (0 bytes), not an .h5ad file")
     try:
-        return ad.read_h5ad(file)
+        return ad.read_h5ad(file, backed="r" if backed else None)
     except Exception as err:  # h5py and anndata raise many types for a truncated or corrupt file
         reason = " ".join(str(err).split())[:200]
         raise UserError(f"input file {path!r} is not a readable .h5ad file "
@@ -206,10 +233,13 @@ def _run_demo(args) -> int:
 
 def _run_train(args) -> int:
     from stepgraph.pipeline import PipelineConfig, run_pipeline
+    from stepgraph.stages import StageLog
 
     out = Path(args.out)
     _check_out_name(out, args.input)
-    adata = _read_h5ad(args.input)
+    stages = StageLog()
+    with stages.stage("read"):
+        adata = _read_h5ad(args.input, backed=args.backed)
     _check_keys(adata, args, extra_obs=[("--truth-key", args.truth_key)])
     if args.layer is not None and args.layer not in adata.layers:
         raise UserError(f"--layer {args.layer!r} is not in adata.layers; layers are {list(adata.layers)}")
@@ -228,10 +258,11 @@ def _run_train(args) -> int:
         fanout=args.fanout, lr=args.lr, split_rate=args.split_rate, patience=args.patience,
         n_domains=args.n_domains, truth_key=args.truth_key, seed=args.seed, device=args.device,
         progress=not args.quiet, init_weights=args.init_weights,
-        resume_from=str(resume_from) if args.resume else None, trust_checkpoint=args.trust_checkpoint)
+        resume_from=str(resume_from) if args.resume else None, trust_checkpoint=args.trust_checkpoint,
+        backed=args.backed)
     created = _prepare_out(out)
     try:
-        summary = run_pipeline(adata, out, config)
+        summary = run_pipeline(adata, out, config, stages=stages)
     except BaseException:
         if created:  # leave no empty folder behind a failed run
             with contextlib.suppress(OSError):
@@ -257,10 +288,26 @@ def _run_graph(args) -> int:
     return 0
 
 
+def _run_bench(args) -> int:
+    from stepgraph.bench import run_benchmarks
+
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+    report = run_benchmarks(args.size, args.out, bench_dir=args.bench_dir, threads=args.threads,
+                            only=only, log=lambda line: print(line, flush=True))
+    failed = [name for name, runs in report["benchmarks"].items()
+              if any(run["status"] != "ok" for run in runs)]
+    print(f"report: {Path(args.out) / 'bench.md'} ({report['seconds']:.0f} s)")
+    if failed:
+        print(f"stepgraph bench: error: failed: {', '.join(failed)} (see bench.md)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stepgraph`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph}[args.command]
+    runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph,
+              "bench": _run_bench}[args.command]
     try:
         return runner(args)
     except UserError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
+from stepgraph.progress import TrackedLoader
+from stepgraph.stages import StageLog
 from stepgraph.train.checkpoint import load_checkpoint, trusted_checkpoints
 from stepgraph.train.distributed import is_main_process
 from stepgraph.train.trainer import Trainer
@@ -74,6 +77,7 @@ class PipelineConfig:
     init_weights: str | None = None
     resume_from: str | None = None
     trust_checkpoint: bool = False
+    backed: bool = False
 
 
 def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
@@ -152,13 +156,52 @@ def _initial_weights(model: torch.nn.Module, path: str | Path, trusted: bool) ->
         raise ValueError(f"init_weights={str(path)!r} does not hold weights of this model: {detail}") from None
 
 
-def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None) -> dict:
+def _model_input(adata, config: PipelineConfig) -> BaseDataset:
+    """The dataset the model reads: log-normalised expression (and sections)."""
+    if config.backed:
+        if not adata.isbacked:
+            raise ValueError("config.backed=True needs a backed AnnData, e.g. "
+                             "anndata.read_h5ad(path, backed='r'); got one held in memory")
+        # X stays on disk: each batch reads its rows and normalises them alone
+        # (log_normalise treats every row on its own, so this equals the in-memory path)
+        return BaseDataset(adata, layer_key=config.layer_key, batch_key=config.batch_key,
+                           row_transform=log_normalise)
+    counts = expression_matrix(adata, config.layer_key)  # numbers, finite, cells and genes
+    obs = adata.obs[[config.batch_key]] if config.batch_key else None
+    return BaseDataset(ad.AnnData(X=log_normalise(counts), obs=obs), batch_key=config.batch_key)
+
+
+def _write_adata(adata, path: Path) -> None:
+    """``adata`` to ``path``; a backed one without loading ``X``: the input
+    file is copied and everything but ``X`` is written into the copy."""
+    if not adata.isbacked:
+        adata.write_h5ad(path)
+        return
+    import h5py
+
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+    shutil.copyfile(adata.filename, path)
+    with h5py.File(path, "r+") as f:
+        for key, value in (("obs", adata.obs), ("obsm", dict(adata.obsm)),
+                           ("obsp", dict(adata.obsp)), ("uns", dict(adata.uns))):
+            if key in f:
+                del f[key]
+            write_elem(f, key, value)
+
+
+def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None,
+                 stages: StageLog | None = None) -> dict:
     """Train the reference model on ``adata`` and write every output to ``out_dir``.
 
     ``adata`` gains the documented keys only: the graph (``obsp``/``uns``
     from :func:`~stepgraph.graph.spatial_graph`), ``obsm["X_stepgraph"]`` (the
     embedding) and ``obs["stepgraph_domain"]`` (k-means domains). Its ``X``
-    is not modified: the model reads a log-normalised copy.
+    is not modified: the model reads a log-normalised copy, or, with
+    ``config.backed``, reads the rows of each batch from disk and normalises
+    them per batch, so ``X`` is never loaded whole.
 
     Parameters
     ----------
@@ -171,6 +214,11 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     config
         Settings; defaults to :class:`PipelineConfig` (its ``init_weights``,
         ``resume_from`` and ``trust_checkpoint`` start from a checkpoint).
+    stages
+        A :class:`~stepgraph.stages.StageLog` to add the stages to (the CLI
+        passes one that holds the reading of the file); a new one when ``None``.
+        Its rows (seconds and peak memory of graph, each epoch, embedding,
+        clustering, write) go to ``summary["stages"]``.
 
     Returns
     -------
@@ -180,19 +228,20 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         ``config.truth_key`` is set), the wall time and the output paths.
     """
     config = config or PipelineConfig()
+    stages = stages if stages is not None else StageLog()
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    counts = expression_matrix(adata, config.layer_key)  # numbers, finite, cells and genes
-    obs = adata.obs[[config.batch_key]] if config.batch_key else None
-    model_input = ad.AnnData(X=log_normalise(counts), obs=obs)
-    dataset = BaseDataset(model_input, batch_key=config.batch_key)
+    with stages.stage("normalise"):
+        dataset = _model_input(adata, config)
 
-    spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors, radius=config.radius,
-                  spatial_key=config.spatial_key, batch_key=config.batch_key)
-    data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
+    with stages.stage("graph"):
+        spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors,
+                      radius=config.radius, spatial_key=config.spatial_key,
+                      batch_key=config.batch_key, progress=config.progress)
+        data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
 
     train_ind, valid_ind = random_split_indices(adata.n_obs, config.split_rate, seed=config.seed)
     train_loader, valid_loader = node_loaders(
@@ -208,30 +257,36 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     trainer.lossconfig = {}  # the pipeline's own patience for every loss, not STEP's per-loss table
     trainer.defualt_lcfg.update(patience=config.patience, delta=1e-3)
     trainer.init_optimizer(lr=config.lr)
+    stages.start_epochs()  # the trainer's writer hook closes each epoch's stage
     with trusted_checkpoints(config.trust_checkpoint):
         stopped = trainer.train_node_sampler(epochs=config.epochs, gloader=(train_loader, valid_loader),
-                                             dataset=dataset, resume_from=config.resume_from)
+                                             dataset=dataset, resume_from=config.resume_from, writer=stages)
     if getattr(trainer, "interrupted", False):  # Ctrl-C: the state is saved, no outputs
         raise KeyboardInterrupt
 
-    full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=4096,
-                               backend=config.backend)
-    embedding = trainer.predict_gloader(full_loader, dataset).numpy()
-    adata.obsm[EMBEDDING_KEY] = embedding
-    n_domains = config.n_domains
-    if n_domains is None:
-        n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
-    smoothed = smooth_over_graph(embedding, adata.obsp["spatial_connectivities"], config.smooth)
-    labels = kmeans_domains(smoothed, n_domains, seed=config.seed)
-    adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
-        labels, categories=[f"domain{i}" for i in range(n_domains)])
-    ari = (adjusted_rand_index(adata.obs[config.truth_key], labels) if config.truth_key else None)
+    with stages.stage("embedding"):
+        # batches of batch_size seeds: their full neighbourhoods' rows are densified together
+        full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=config.batch_size,
+                                   backend=config.backend)
+        tracked = TrackedLoader(full_loader, "embedding", enabled=config.progress)
+        embedding = trainer.predict_gloader(tracked, dataset).numpy()
+        adata.obsm[EMBEDDING_KEY] = embedding
+    with stages.stage("clustering"):
+        n_domains = config.n_domains
+        if n_domains is None:
+            n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
+        smoothed = smooth_over_graph(embedding, adata.obsp["spatial_connectivities"], config.smooth)
+        labels = kmeans_domains(smoothed, n_domains, seed=config.seed)
+        adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
+            labels, categories=[f"domain{i}" for i in range(n_domains)])
+        ari = (adjusted_rand_index(adata.obs[config.truth_key], labels) if config.truth_key else None)
 
     main = is_main_process()  # under torchrun, rank 0 alone writes the outputs
-    if main:
-        _save_history(trainer.history, out_dir)
-        adata.write_h5ad(out_dir / "adata.h5ad")
-    figure = main and _save_figure(adata, trainer.history, config, out_dir / "figure.png")
+    with stages.stage("write"):
+        if main:
+            _save_history(trainer.history, out_dir)
+            _write_adata(adata, out_dir / "adata.h5ad")
+        figure = main and _save_figure(adata, trainer.history, config, out_dir / "figure.png")
     best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
     summary = {
         "n_obs": adata.n_obs,
@@ -248,6 +303,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
             "figure": str(out_dir / "figure.png") if figure else None,
         },
         "config": asdict(config),
+        "stages": stages.rows,
     }
     if main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -550,24 +550,39 @@ def test_error_coordinates_not_2d_or_3d(n_dims):
 # --------------------------------------------------------------------------- #
 
 
+_SQUIDPY_OLD_STYLE = {  # the deprecated spatial_neighbors' way of naming each method
+    "knn": {"coord_type": "generic"},
+    "radius": {"coord_type": "generic"},
+    "delaunay": {"coord_type": "generic", "delaunay": True},
+    "grid": {"coord_type": "grid"},
+}
+
+
+def squidpy_graph(sq, adata, method, **kwargs):
+    """squidpy's graph with ``copy=True``: its ``spatial_neighbors_<method>``
+    where present (squidpy >= 1.8), else the deprecated ``spatial_neighbors``."""
+    build = getattr(sq.gr, f"spatial_neighbors_{method}", None)
+    if build is not None:
+        return build(adata, copy=True, **kwargs)
+    return sq.gr.spatial_neighbors(adata, copy=True, **_SQUIDPY_OLD_STYLE[method], **kwargs)
+
+
 def test_same_edges_as_squidpy():
     sq = pytest.importorskip("squidpy")
     adata = make_adata(n=400, seed=100, sections=["a", "b"])
     cases = [
-        ("knn", {}, {"coord_type": "generic", "n_neighs": 6}),
-        ("knn", {"percentile": 80}, {"coord_type": "generic", "n_neighs": 6, "percentile": 80}),
-        ("radius", {"radius": 1.5}, {"coord_type": "generic", "radius": 1.5}),
-        ("radius", {"radius": (0.5, 1.5)}, {"coord_type": "generic", "radius": (0.5, 1.5)}),
-        ("delaunay", {}, {"coord_type": "generic", "delaunay": True}),
-        ("knn", {"set_diag": True}, {"coord_type": "generic", "set_diag": True}),
+        ("knn", {}, {"n_neighs": 6}),
+        ("knn", {"percentile": 80}, {"n_neighs": 6, "percentile": 80}),
+        ("radius", {"radius": 1.5}, {"radius": 1.5}),
+        ("radius", {"radius": (0.5, 1.5)}, {"radius": (0.5, 1.5)}),
+        ("delaunay", {}, {}),
+        ("knn", {"set_diag": True}, {"set_diag": True}),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for method, ours, theirs in cases:
             conn, dist = spatial_graph(adata, method=method, batch_key="section", copy=True, **ours)
-            sconn, sdist = sq.gr.spatial_neighbors(
-                adata, library_key="section", copy=True, **theirs
-            )
+            sconn, sdist = squidpy_graph(sq, adata, method, library_key="section", **theirs)
             assert edge_set(conn) == edge_set(sconn), (method, ours)
             np.testing.assert_allclose(dist.toarray(), sdist.toarray())
         coords, _, _ = hex_lattice(10, 12)
@@ -575,8 +590,6 @@ def test_same_edges_as_squidpy():
         grid.obsm["spatial"] = coords
         for rings in (1, 2):
             conn, dist = spatial_graph(grid, method="grid", n_rings=rings, copy=True)
-            sconn, sdist = sq.gr.spatial_neighbors(
-                grid, coord_type="grid", n_rings=rings, copy=True
-            )
+            sconn, sdist = squidpy_graph(sq, grid, "grid", n_rings=rings)
             assert edge_set(conn) == edge_set(sconn)
             np.testing.assert_allclose(dist.toarray(), sdist.toarray())

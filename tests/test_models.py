@@ -191,3 +191,72 @@ def test_seed_embeddings_match_full_graph_with_all_neighbours(data):
     for batch in loader:
         z = model.encode(batch.x, batch.edge_index)[: batch.batch_size]
         torch.testing.assert_close(z, full[batch.n_id[: batch.batch_size]])
+
+
+# --------------------------------------------------------------------------- #
+# Layer-wise trimming: same losses and gradients, less work (issue 14)
+# --------------------------------------------------------------------------- #
+
+
+def _hop_counts(batch):
+    return {"num_sampled_nodes_per_hop": batch.num_sampled_nodes,
+            "num_sampled_edges_per_hop": batch.num_sampled_edges}
+
+
+@pytest.mark.parametrize("conv", ["gcn", "sage"])
+@pytest.mark.parametrize("fanout", [[4, 3], [3, 2, 2]])
+def test_trimmed_losses_and_gradients_equal_untrimmed(data, conv, fanout):
+    torch.manual_seed(0)
+    model = GraphAutoencoder(30, hidden_dim=16, latent_dim=4, conv=conv, n_layers=2,
+                             variational=True, n_batches=2).eval()  # eval: no sampling noise
+    loader = NeighborLoader(data, fanout, batch_size=64, shuffle=True,
+                            neighbor_sampler=BuiltinNeighborSampler(data, fanout))
+    batch = next(iter(loader))
+    ind = torch.arange(batch.batch_size)
+    args = dict(ind=ind, edge_index=batch.edge_index, edge_weight=batch.edge_weight,
+                batch_label=batch.section)
+    full = model.loss(batch.x, **args)
+    trimmed = model.loss(batch.x, **args, **_hop_counts(batch))
+    params = list(model.parameters())
+    for key in full:
+        torch.testing.assert_close(trimmed[key], full[key], rtol=1e-6, atol=1e-7)
+    grads_full = torch.autograd.grad(sum(full.values()), params, allow_unused=True)
+    grads_trim = torch.autograd.grad(sum(trimmed.values()), params, allow_unused=True)
+    for a, b in zip(grads_full, grads_trim, strict=True):
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    # encode: only the seeds, the same embeddings
+    seeds = model.encode(batch.x, batch.edge_index, batch.edge_weight, **_hop_counts(batch))
+    assert seeds.shape == (batch.batch_size, 4)
+    torch.testing.assert_close(seeds, model.encode(batch.x, batch.edge_index,
+                                                   batch.edge_weight)[:batch.batch_size])
+
+
+def test_trimming_is_skipped_where_it_would_not_be_exact(data):
+    torch.manual_seed(0)
+    model = GraphAutoencoder(30, hidden_dim=8, latent_dim=4)
+    batch = next(iter(NeighborLoader(data, [4, 3], batch_size=32,
+                                     neighbor_sampler=BuiltinNeighborSampler(data, [4, 3]))))
+    # losses of non-seed nodes: computed untrimmed, so still right
+    ind = torch.arange(batch.batch_size + 20)
+    loss = model.loss(batch.x, ind=ind, edge_index=batch.edge_index, **_hop_counts(batch))
+    torch.testing.assert_close(loss["recon_loss"],
+                               model.loss(batch.x, ind=ind, edge_index=batch.edge_index)["recon_loss"])
+    with pytest.raises(ValueError, match="one entry more"):
+        model.loss(batch.x, ind=ind, edge_index=batch.edge_index,
+                   num_sampled_nodes_per_hop=[32, 10], num_sampled_edges_per_hop=[5, 5])
+
+
+def test_gcn_normalised_once_equals_pyg_gcnconv(data):
+    # the reference model normalises once per forward pass: the outputs of
+    # PyG's own GCNConv (normalising in every layer) with the same weights
+    from torch_geometric.nn import GCNConv
+
+    torch.manual_seed(0)
+    model = GraphAutoencoder(30, hidden_dim=16, latent_dim=4, n_layers=2)
+    h = data.x
+    for conv in model.convs:
+        reference = GCNConv(conv.in_channels, conv.out_channels)
+        reference.load_state_dict(conv.state_dict())
+        h = torch.relu(reference(h, data.edge_index, data.edge_weight))
+    torch.testing.assert_close(model.encode(data.x, data.edge_index, data.edge_weight), model.mu(h))

@@ -269,8 +269,10 @@ def test_factory_backends(graph, monkeypatch):
     with pytest.raises(ImportError, match="pip install --no-build-isolation torch-sparse"):
         make_neighbor_sampler(graph, [2], backend="pyg")
     monkeypatch.setattr(torch_geometric.typing, "WITH_TORCH_SPARSE", True)
-    sampler = make_neighbor_sampler(graph, [2])
-    assert type(sampler) is NeighborSampler
+    # "auto" stays with the built-in sampler even when torch-sparse is there ...
+    assert isinstance(make_neighbor_sampler(graph, [2]), BuiltinNeighborSampler)
+    # ... and "pyg" asks for PyG's own
+    assert type(make_neighbor_sampler(graph, [2], backend="pyg")) is NeighborSampler
     with pytest.raises(ValueError, match="backend"):
         make_neighbor_sampler(graph, [2], backend="fast")
 
@@ -332,3 +334,65 @@ def test_dataloader_workers(graph):
         assert torch.equal(batch.n_id[batch.edge_index], graph.edge_index[:, batch.e_id])
         seeds.append(batch.n_id[: batch.batch_size])
     assert torch.equal(torch.cat(seeds), torch.arange(graph.num_nodes))
+
+
+# --------------------------------------------------------------------------- #
+# Uniformity of the default sampler, by a chi-square test that a biased one fails
+# --------------------------------------------------------------------------- #
+
+
+def _two_level_tree(n_seeds: int, degree: int) -> Data:
+    """Seeds with ``degree`` in-neighbours each, which have ``degree`` of their own.
+
+    Edges are sorted by target and every target has exactly ``degree`` of them,
+    so ``e_id % degree`` is the slot of an edge in its target's neighbour list.
+    """
+    n1 = n_seeds * degree
+    targets = torch.arange(n_seeds + n1).repeat_interleave(degree)
+    sources = n_seeds + torch.arange(n1 + n1 * degree)
+    return Data(edge_index=torch.stack([sources, targets]), num_nodes=n_seeds + n1 + n1 * degree)
+
+
+def _slot_p_values(sampler, data, n_seeds, degree, fanout):
+    """Chi-square p-value of the slot counts in hop 1 and hop 2 (uniform: all equal)."""
+    from scipy.stats import chisquare
+
+    loader = NeighborLoader(data, [fanout, fanout], input_nodes=torch.arange(n_seeds),
+                            batch_size=n_seeds, neighbor_sampler=sampler)
+    torch.manual_seed(0)
+    e_id = next(iter(loader)).e_id
+    hop1 = e_id < n_seeds * degree
+    return [chisquare(torch.bincount(e_id[mask] % degree, minlength=degree).numpy()).pvalue
+            for mask in (hop1, ~hop1)]
+
+
+def _floyd_from_half_open_range(deg, k):
+    # torch-sparse's variant: t drawn from [0, j) instead of [0, j]
+    u = torch.rand(deg.numel(), k, dtype=torch.float64)
+    choice = torch.empty(deg.numel(), k, dtype=torch.long)
+    for s in range(k):
+        j = deg - (k - s)
+        t = u[:, s].mul(j).long()
+        if s > 0:
+            t = torch.where((choice[:, :s] == t.unsqueeze(1)).any(dim=1), j, t)
+        choice[:, s] = t
+    return choice
+
+
+def test_default_sampler_is_uniform(monkeypatch):
+    # Degree 8, fan-out 3: 2000 seeds draw 6000 hop-1 edges, 6000 hop-1 nodes
+    # draw 18000 hop-2 edges; each of the 8 slots must be drawn equally often.
+    # Seeded, so the outcome is fixed; the threshold is loose on purpose.
+    n_seeds, degree, fanout = 2000, 8, 3
+    data = _two_level_tree(n_seeds, degree)
+    p_values = _slot_p_values(make_neighbor_sampler(data, [fanout, fanout]), data,
+                              n_seeds, degree, fanout)
+    assert min(p_values) > 1e-3, p_values
+
+    # The same test rejects a sampler with torch-sparse's off-by-one bias.
+    import stepgraph.data.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "_choose_k", _floyd_from_half_open_range)
+    p_values = _slot_p_values(BuiltinNeighborSampler(data, [fanout, fanout]), data,
+                              n_seeds, degree, fanout)
+    assert max(p_values) < 1e-6, p_values

@@ -2,7 +2,9 @@
 
 The expression matrix stays as the user stored it (dense or scipy sparse);
 rows are densified per batch only, so a million-cell sparse matrix is never
-densified whole. The AnnData is never modified.
+densified whole. A backed AnnData (``anndata.read_h5ad(path, backed="r")``)
+or one read lazily from zarr keeps it on disk: each batch reads only its own
+rows (see :mod:`stepgraph.data.ondisk`). The AnnData is never modified.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
+
+from stepgraph.data.ondisk import RowReader, is_on_disk
 
 __all__ = ["BaseDataset", "MaskedDataset", "MODES", "expression_matrix"]
 
@@ -62,7 +66,12 @@ class BaseDataset(Dataset):
     ----------
     adata
         The annotated data matrix. ``X`` (or ``layers[layer_key]``) may be a
-        dense array or any scipy sparse matrix.
+        dense array or any scipy sparse matrix, in memory; or on disk, in a
+        backed AnnData (``anndata.read_h5ad(path, backed="r")``, CSR or dense)
+        or a zarr store read lazily (an anndata sparse dataset or a zarr
+        array as ``X``). On disk, every batch reads only its own rows, and
+        NaN or infinite values are detected in the rows read (a
+        ``ValueError`` naming the cell) rather than up front.
     layer_key
         Use ``adata.layers[layer_key]`` instead of ``adata.X``.
     batch_key
@@ -82,6 +91,13 @@ class BaseDataset(Dataset):
         Key of ``adata.obsm`` with a representation per cell (``rep``, float32).
     domain_key
         Column of ``adata.obs`` with a spatial domain per cell; codes in :attr:`domains`.
+    row_transform
+        A function applied to each batch of rows before they are densified
+        (a CSR matrix for sparse data, else a dense array; it must return
+        the same kind, one row per row), e.g.
+        :func:`stepgraph.pipeline.log_normalise`. It must treat each row on
+        its own, so that a row's features do not depend on the batch. Lets
+        an on-disk matrix be normalised per batch instead of whole.
 
     Examples
     --------
@@ -91,8 +107,13 @@ class BaseDataset(Dataset):
 
     def __init__(self, adata, layer_key: str | None = None, batch_key: str | None = None,
                  class_key: str | None = None, mode: str | None = None, rep_key: str | None = None,
-                 domain_key: str | None = None):
+                 domain_key: str | None = None, row_transform=None):
+        if row_transform is not None and not callable(row_transform):
+            raise TypeError(f"row_transform must be callable, got {type(row_transform).__name__}")
         matrix = expression_matrix(adata, layer_key)
+        # on disk (backed h5ad, zarr): rows are read, and checked for NaN / inf, per batch
+        self.reader = RowReader(matrix) if is_on_disk(matrix) else None
+        self.row_transform = row_transform
         self.adata = adata
         self.layer_key = layer_key
         self.batch_key = batch_key
@@ -163,7 +184,31 @@ class BaseDataset(Dataset):
             Integer array or tensor of row positions.
         """
         rows = self._base_rows(index)
+        if self.reader is not None:
+            return self._read_features(rows)
         block = self.X[rows]
+        if self.row_transform is not None:
+            block = self.row_transform(block)
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+
+    def _read_features(self, rows: np.ndarray) -> torch.Tensor:
+        # on disk: read each distinct row once, in file order; check, transform,
+        # then put the rows back in the order asked for
+        unique, block, inverse = self.reader.read_unique(rows)
+        values = block.data if sp.issparse(block) else block
+        finite = np.isfinite(values)
+        if not finite.all():
+            first = np.flatnonzero(~finite.reshape(-1))[0]
+            row = (np.searchsorted(block.indptr, first, side="right") - 1 if sp.issparse(block)
+                   else first // block.shape[1])
+            source = "adata.X" if self.layer_key is None else f"adata.layers[{self.layer_key!r}]"
+            raise ValueError(f"{source} holds {int((~finite).sum())} NaN or infinite value(s) in the "
+                             f"rows of this batch; the first is in obs "
+                             f"{self.adata.obs_names[unique[row]]!r} (row {unique[row]})")
+        if self.row_transform is not None:
+            block = self.row_transform(block)
+        block = block[inverse]
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
         return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
 
@@ -216,7 +261,8 @@ class BaseDataset(Dataset):
         return MaskedDataset(self, np.flatnonzero(match))
 
     def __repr__(self) -> str:
-        kind = f"sparse {self.X.format}" if sp.issparse(self.X) else "dense"
+        kind = (f"on-disk {self.reader.format}" if self.reader is not None
+                else f"sparse {self.X.format}" if sp.issparse(self.X) else "dense")
         return (f"{type(self).__name__}(n_obs={len(self)}, n_vars={self.n_vars}, X={kind}, "
                 f"mode={self.mode!r})")
 
@@ -247,7 +293,7 @@ class MaskedDataset(BaseDataset):
         # share the parent's arrays; nothing is copied
         for name in ("adata", "layer_key", "batch_key", "class_key", "X", "batch_label",
                      "batch_categories", "class_label", "class_categories", "rep_key", "rep",
-                     "domain_key", "domains", "domain_categories", "mode"):
+                     "domain_key", "domains", "domain_categories", "mode", "reader", "row_transform"):
             setattr(self, name, getattr(dataset, name))
 
     def __len__(self) -> int:
@@ -277,9 +323,11 @@ def expression_matrix(adata, layer_key: str | None = None):
 
     Returns
     -------
-    numpy.ndarray or scipy.sparse.csr_matrix
+    numpy.ndarray, scipy.sparse.csr_matrix or an on-disk matrix
         The matrix as stored (a dense array, or CSR; other sparse formats are
         converted to CSR). Nothing is copied for a dense array or a CSR matrix.
+        An on-disk matrix (backed h5ad, zarr) is returned as it is: its values
+        are checked per batch when read.
 
     Raises
     ------
@@ -307,6 +355,10 @@ def expression_matrix(adata, layer_key: str | None = None):
     if matrix is None:
         raise ValueError("adata.X is None; pass layer_key to use a layer")
     source = "adata.X" if layer_key is None else f"adata.layers[{layer_key!r}]"
+    if is_on_disk(matrix):  # read per batch: values are checked in the rows read
+        if not np.issubdtype(matrix.dtype, np.number):
+            raise TypeError(f"{source} must hold numbers (counts or expression values), got dtype {matrix.dtype}")
+        return matrix
     if sp.issparse(matrix):
         if matrix.format in ("csr", "csc"):
             _check_compressed(matrix, source)

@@ -126,9 +126,9 @@ def node_loaders(data, num_neighbors=(10, 5), batch_size: int = 1024, train_ind=
     seed
         Seed of the shuffling.
     backend
-        Neighbour sampler: ``"auto"`` (PyG's compiled sampler when pyg-lib or
-        torch-sparse is installed, else stepgraph's built-in one),
-        ``"builtin"`` or ``"pyg"``; see :func:`stepgraph.data.sampler.make_neighbor_sampler`.
+        Neighbour sampler: ``"auto"`` or ``"builtin"`` (stepgraph's built-in,
+        uniform sampler) or ``"pyg"`` (PyG's compiled one, which needs pyg-lib
+        or torch-sparse); see :func:`stepgraph.data.sampler.make_neighbor_sampler`.
     **kwargs
         Passed to :class:`~torch_geometric.loader.NeighborLoader` (``num_workers``...).
 

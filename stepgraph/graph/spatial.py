@@ -26,6 +26,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+from stepgraph.progress import Progress
+
 __all__ = [
     "METHODS",
     "SpatialGraph",
@@ -66,6 +68,7 @@ def spatial_graph(
     percentile: float | None = None,
     symmetric: bool = False,
     copy: bool = False,
+    progress: bool = False,
 ) -> SpatialGraph | None:
     """Build a spatial neighbour graph from ``adata.obsm[spatial_key]``.
 
@@ -131,6 +134,9 @@ def spatial_graph(
         pruning, so that ``connectivities`` equals its transpose.
     copy
         Return the matrices instead of writing them into ``adata``.
+    progress
+        Show the cells done, section by section: a bar on a terminal, one
+        plain line every 10 seconds otherwise (see :mod:`stepgraph.progress`).
 
     Returns
     -------
@@ -187,6 +193,16 @@ def spatial_graph(
     cuts through a ring) may be picked differently. ``transform`` is not
     offered.
 
+    *``radius`` with ``"delaunay"`` and ``"knn"``.* With ``method="delaunay"``
+    a single-number ``radius`` prunes the triangulation to edges of length at
+    most ``radius``, whereas squidpy's ``spatial_neighbors(delaunay=True,
+    radius=r)`` keeps the whole triangulation for a single number (only an
+    interval prunes there; its newer ``spatial_neighbors_delaunay`` prunes). With
+    ``method="knn"`` a ``radius`` prunes the kNN graph (each cell keeps those
+    of its ``n_neighbors`` nearest cells that lie within ``radius``); squidpy
+    cannot build that graph: given a ``radius`` it builds a radius graph
+    instead and ignores ``n_neighs``.
+
     Examples
     --------
     >>> import anndata as ad, numpy as np
@@ -217,6 +233,7 @@ def spatial_graph(
     n = coords.shape[0]
 
     rows, cols, dists = [], [], []
+    tracker = Progress(n, "graph", "cells", enabled=progress)
     for label, idx in iter_sections(adata, batch_key):
         x = coords if len(idx) == n else coords[idx]
         r, c, d = _build_section(
@@ -232,6 +249,8 @@ def spatial_graph(
         rows.append(r if whole else idx[r])
         cols.append(c if whole else idx[c])
         dists.append(d)
+        tracker.update(len(idx))
+    tracker.close()
     if set_diag:
         diag = np.arange(n, dtype=np.int64)
         rows.append(diag)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 __all__ = ["GraphAutoencoder"]
 
@@ -32,6 +33,21 @@ class GraphAutoencoder(nn.Module):
     The model follows stepgraph's model contract: :meth:`loss` returns a dict
     of named scalar losses (:obj:`"recon_loss"`, plus :obj:`"kl_loss"` when
     variational) that the :class:`~stepgraph.Trainer` sums and logs.
+
+    **Layer-wise trimming.** On a :class:`~torch_geometric.loader.NeighborLoader`
+    mini-batch, pass its per-hop counts (:obj:`batch.num_sampled_nodes` and
+    :obj:`batch.num_sampled_edges`) as :obj:`num_sampled_nodes_per_hop` and
+    :obj:`num_sampled_edges_per_hop` to :meth:`loss` or :meth:`encode`: each
+    layer then computes only what the next one reads, as
+    :func:`torch_geometric.utils.trim_to_layer` does, and one step further:
+    layer :math:`l` (of :math:`L`) reads the nodes of the first
+    :math:`L - l + 1` hops and computes outputs for those of the first
+    :math:`L - l` only, aggregating before the linear map (for GCN, whose
+    normalisation is computed once on the whole sampled subgraph). The seed
+    nodes get the same outputs as without trimming (up to float rounding).
+    Trimming is skipped (the result is the same, only slower) when the
+    losses are asked of non-seed nodes, when there are fewer hops than
+    layers, or when the subgraph has self-loops.
 
     Args:
         in_dim (int): Number of input features (genes).
@@ -103,8 +119,11 @@ class GraphAutoencoder(nn.Module):
         self.dropout = dropout
 
         conv_cls = _CONVS[conv]
+        # GCN's normalisation is computed once per forward pass (in _hidden), not per layer
+        options = {"normalize": False} if conv == "gcn" else {}
         dims = [in_dim] + [hidden_dim] * n_layers
-        self.convs = nn.ModuleList(conv_cls(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.convs = nn.ModuleList(conv_cls(a, b, **options)
+                                   for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.mu = nn.Linear(hidden_dim, latent_dim)
         self.logvar = nn.Linear(hidden_dim, latent_dim) if variational else None
 
@@ -130,12 +149,22 @@ class GraphAutoencoder(nn.Module):
         if self.logvar is not None:
             yield from self.logvar.parameters()
 
-    def _hidden(self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None) -> Tensor:
+    def _hidden(self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None,
+                hops: tuple[list[int], list[int]] | None = None) -> Tensor:
         if edge_index is None:
-            # No graph: every node only sees itself (GCNConv adds the
-            # self-loops, SAGEConv keeps its root term), i.e. an MLP.
+            # No graph: every node only sees itself (GCN's self-loops, SAGE's
+            # root term), i.e. an MLP.
             edge_index = torch.empty(2, 0, dtype=torch.long, device=x.device)
-            edge_weight = None
+            edge_weight, hops = None, None
+        if hops is not None and (len(hops[1]) < len(self.convs)
+                                 or bool((edge_index[0] == edge_index[1]).any())):
+            hops = None  # trimming would not be exact: compute everything
+        if hops is not None:
+            return self._hidden_trimmed(x, edge_index, edge_weight, *hops)
+        if self.conv_type == "gcn":
+            # GCN's normalisation with self-loops, once for all layers
+            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, x.size(0),
+                                               add_self_loops=True, dtype=x.dtype)
         for conv in self.convs:
             if self.conv_type == "gcn":
                 x = conv(x, edge_index, edge_weight)
@@ -144,10 +173,45 @@ class GraphAutoencoder(nn.Module):
             x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
         return x
 
+    def _hidden_trimmed(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None,
+                        nodes: list[int], edges: list[int]) -> Tensor:
+        r"""The hidden state of the seed nodes, each layer computing only what
+        the next one reads. Nodes and edges of a NeighborLoader batch are
+        ordered by hop, so layer :math:`l` of :math:`L` reads the first
+        ``sum(nodes[:L - l + 1])`` nodes, writes the first ``sum(nodes[:L - l])``
+        and uses the first ``sum(edges[:L - l])`` edges (those into them)."""
+        n_layers = len(self.convs)
+        src, dst = edge_index
+        if self.conv_type == "gcn":
+            # gcn_norm over the whole sampled subgraph (self-loops of weight 1),
+            # exactly as without trimming
+            weight = (torch.ones(src.numel(), dtype=x.dtype, device=x.device)
+                      if edge_weight is None else edge_weight.to(x.dtype))
+            deg = torch.ones(x.size(0), dtype=x.dtype, device=x.device).index_add_(0, dst, weight)
+            inv_sqrt = deg.rsqrt()
+            norm = inv_sqrt.index_select(0, src) * weight * inv_sqrt.index_select(0, dst)
+            loop = inv_sqrt * inv_sqrt
+        for layer, conv in enumerate(self.convs):
+            n_out = sum(nodes[:n_layers - layer])
+            x = x[:sum(nodes[:n_layers - layer + 1])]
+            m = sum(edges[:n_layers - layer])
+            if self.conv_type == "gcn":
+                # aggregate, then transform only the n_out rows: Â (X W) = (Â X) W
+                messages = x.index_select(0, src[:m]) * norm[:m].unsqueeze(1)
+                agg = (x[:n_out] * loop[:n_out].unsqueeze(1)).index_add(0, dst[:m], messages)
+                x = conv.lin(agg) + conv.bias
+            else:
+                x = conv((x, x[:n_out]), edge_index[:, :m], size=(x.size(0), n_out))
+            x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
+        return x
+
     def _posterior(
-        self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None
+        self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None,
+        rows: Tensor | None = None, hops: tuple[list[int], list[int]] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        h = self._hidden(x, edge_index, edge_weight)
+        h = self._hidden(x, edge_index, edge_weight, hops)
+        if rows is not None:
+            h = h[rows]  # the heads only run on the rows asked for
         mu = self.mu(h)
         logvar = self.logvar(h).clamp(-10.0, 10.0) if self.logvar is not None else None
         return mu, logvar
@@ -158,6 +222,8 @@ class GraphAutoencoder(nn.Module):
         edge_index: Tensor | None = None,
         edge_weight: Tensor | None = None,
         batch_label: Tensor | None = None,
+        num_sampled_nodes_per_hop: list[int] | None = None,
+        num_sampled_edges_per_hop: list[int] | None = None,
     ) -> Tensor:
         r"""Embeds every node of the (sub)graph.
 
@@ -168,12 +234,23 @@ class GraphAutoencoder(nn.Module):
             edge_weight (torch.Tensor, optional): Edge weights (GCN only).
             batch_label (torch.Tensor, optional): Not used by the encoder;
                 accepted so that all methods take the same arguments.
+            num_sampled_nodes_per_hop (List[int], optional): Nodes per hop of
+                a :class:`NeighborLoader` mini-batch (:obj:`batch.num_sampled_nodes`);
+                with :obj:`num_sampled_edges_per_hop`, turns on layer-wise
+                trimming, and only the seed nodes are embedded.
+            num_sampled_edges_per_hop (List[int], optional): Edges per hop
+                (:obj:`batch.num_sampled_edges`).
 
         Returns:
             The embedding, shape :obj:`[num_nodes, latent_dim]` (the
-            posterior mean when variational).
+            posterior mean when variational); with the per-hop counts,
+            :obj:`[num_seed_nodes, latent_dim]`.
         """
-        return self._posterior(x, edge_index, edge_weight)[0]
+        hops = _hops(num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
+        if hops is None:
+            return self._posterior(x, edge_index, edge_weight)[0]
+        seeds = torch.arange(hops[0][0], device=x.device)
+        return self._posterior(x, edge_index, edge_weight, seeds, hops)[0]
 
     def decode(self, z: Tensor, batch_label: Tensor | None = None) -> Tensor:
         r"""Reconstructs the features from embeddings :obj:`z` of nodes in
@@ -206,6 +283,8 @@ class GraphAutoencoder(nn.Module):
         edge_index: Tensor | None = None,
         edge_weight: Tensor | None = None,
         batch_label: Tensor | None = None,
+        num_sampled_nodes_per_hop: list[int] | None = None,
+        num_sampled_edges_per_hop: list[int] | None = None,
     ) -> dict[str, Tensor]:
         r"""The training losses on the nodes :obj:`ind` of a (sub)graph.
 
@@ -224,6 +303,13 @@ class GraphAutoencoder(nn.Module):
             edge_weight (torch.Tensor, optional): Edge weights (GCN only).
             batch_label (torch.Tensor, optional): Section of every node of the
                 (sub)graph (required when :obj:`n_batches > 0`).
+            num_sampled_nodes_per_hop (List[int], optional): Nodes per hop of
+                a :class:`NeighborLoader` mini-batch (:obj:`batch.num_sampled_nodes`);
+                with :obj:`num_sampled_edges_per_hop`, turns on layer-wise
+                trimming when :obj:`ind` holds seed nodes only. The losses are
+                the same; the work is smaller.
+            num_sampled_edges_per_hop (List[int], optional): Edges per hop
+                (:obj:`batch.num_sampled_edges`).
 
         Returns:
             :obj:`{"recon_loss": ...}` (plus :obj:`"kl_loss"` when
@@ -234,16 +320,20 @@ class GraphAutoencoder(nn.Module):
             their sum is the per-feature negative ELBO of a Gaussian decoder
             with variance :math:`1/2` (up to a constant).
         """
-        mu, logvar = self._posterior(x, edge_index, edge_weight)
         target = x
+        hops = _hops(num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
         if ind is not None:
             ind = torch.as_tensor(ind, device=x.device)
             if ind.dtype == torch.bool:
                 ind = ind.nonzero().view(-1)
             ind = ind.long()
-            mu, target = mu[ind], x[ind]
-            logvar = logvar[ind] if logvar is not None else None
+            if hops is not None and ind.numel() and int(ind.max()) >= hops[0][0]:
+                hops = None  # losses of non-seed nodes: no trimming
+            target = x[ind]
             batch_label = batch_label[ind] if batch_label is not None else None
+        else:
+            hops = None  # losses of every node: nothing to trim
+        mu, logvar = self._posterior(x, edge_index, edge_weight, ind, hops)
 
         z = mu
         if logvar is not None and self.training:
@@ -254,3 +344,16 @@ class GraphAutoencoder(nn.Module):
             kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)
             losses["kl_loss"] = kl.mean() / self.in_dim
         return losses
+
+
+def _hops(nodes: list[int] | None, edges: list[int] | None) -> tuple[list[int], list[int]] | None:
+    """The per-hop counts as two lists of ints, or ``None`` without them."""
+    if nodes is None or edges is None:
+        return None
+    nodes, edges = [int(n) for n in nodes], [int(e) for e in edges]
+    if len(nodes) != len(edges) + 1:
+        raise ValueError(f"num_sampled_nodes_per_hop needs one entry more than "
+                         f"num_sampled_edges_per_hop (seeds, then one per hop); got "
+                         f"{len(nodes)} and {len(edges)}")
+    return nodes, edges
+
