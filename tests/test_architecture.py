@@ -217,3 +217,32 @@ def test_trainer_never_branches_on_distributed_mode():
 
     source = inspect.getsource(trainer_module)
     assert "self.distributed" not in source and "is_distributed()" not in source
+
+
+def test_per_hop_counts_reach_only_models_that_name_them(tissue, tmp_path):
+    data, dataset = tissue
+    seen = []
+
+    class Trimming(GraphAutoencoder):
+        def loss(self, x, ind=None, edge_index=None, edge_weight=None, batch_label=None,
+                 num_sampled_nodes_per_hop=None, num_sampled_edges_per_hop=None):
+            seen.append((num_sampled_nodes_per_hop, num_sampled_edges_per_hop, x.shape[0]))
+            return super().loss(x, ind, edge_index, edge_weight, batch_label,
+                                num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
+
+    class Plain(torch.nn.Module):  # a strict signature: an unexpected keyword would raise
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(dataset.n_vars, dataset.n_vars)
+
+        def loss(self, x, ind=None, edge_index=None, edge_weight=None, batch_label=None):
+            return {"recon_loss": torch.nn.functional.mse_loss(self.lin(x)[ind], x[ind])}
+
+    loader = node_loaders(data, [3, 2], 64, backend="builtin")[0]
+    model = Trimming(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2)
+    CountingTrainer(model, checkpoint_dir=tmp_path / "a").train_node_sampler(epochs=1, gloader=loader,
+                                                                             dataset=dataset)
+    nodes, edges, n = seen[0]
+    assert len(nodes) == 3 and len(edges) == 2 and sum(nodes) == n and nodes[0] <= 64
+    CountingTrainer(Plain(), checkpoint_dir=tmp_path / "b").train_node_sampler(epochs=1, gloader=loader,
+                                                                               dataset=dataset)

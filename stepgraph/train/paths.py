@@ -14,6 +14,7 @@ that uses it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from stepgraph.data.loaders import derive_neighbor_loader, loader_seeds
 __all__ = ["TrainingPath", "MatrixPath", "TensorBatchPath", "NodeSamplingPath",
            "FullNeighbourhoodPath", "to_device", "batch_weight", "graph_inputs",
            "matrix_loss_call", "tensor_loss_call", "graph_loss_call", "graph_call", "node_mask", "split_loaders",
-           "predict_nodes"]
+           "predict_nodes", "takes_per_hop"]
 
 #: ``loss_call(batch, step) -> (loss_dict, weight)``, or ``None`` to skip the batch.
 LossCall = Callable[[Any, int], "tuple[Mapping[str, Any], float] | None"]
@@ -57,9 +58,30 @@ def batch_weight(batch) -> int:
     return 1
 
 
-def graph_inputs(batch, dataset, device) -> dict[str, Any]:
+#: The per-hop counts a model's method may take, to trim each layer to what the next reads.
+PER_HOP_INPUTS = {"num_sampled_nodes_per_hop": "num_sampled_nodes",
+                  "num_sampled_edges_per_hop": "num_sampled_edges"}
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_per_hop(func) -> bool:
+    try:
+        return all(name in inspect.signature(func).parameters for name in PER_HOP_INPUTS)
+    except (TypeError, ValueError):
+        return False
+
+
+def takes_per_hop(method: Callable) -> bool:
+    """Whether a model's method opts in to layer-wise trimming by naming the
+    parameters ``num_sampled_nodes_per_hop`` and ``num_sampled_edges_per_hop``."""
+    return _takes_per_hop(getattr(method, "__func__", method))
+
+
+def graph_inputs(batch, dataset, device, per_hop: bool = False) -> dict[str, Any]:
     """Model inputs of a ``NeighborLoader`` batch: features of ``batch.n_id`` from
-    ``dataset`` (sparse rows densified here), edges, edge weights and batch labels."""
+    ``dataset`` (sparse rows densified here), edges, edge weights and batch labels;
+    with ``per_hop``, the batch's per-hop node and edge counts too (see
+    :func:`takes_per_hop`)."""
     n_id = batch.n_id
     inputs = {"x": dataset.features(n_id).to(device, non_blocking=True),
               "edge_index": batch.edge_index.to(device, non_blocking=True)}
@@ -67,6 +89,8 @@ def graph_inputs(batch, dataset, device) -> dict[str, Any]:
         inputs["edge_weight"] = batch.edge_weight.to(device, non_blocking=True)
     if dataset.batch_label is not None:
         inputs["batch_label"] = dataset.labels("batch_label", n_id).to(device, non_blocking=True)
+    if per_hop and all(getattr(batch, attr, None) is not None for attr in PER_HOP_INPUTS.values()):
+        inputs.update({name: list(getattr(batch, attr)) for name, attr in PER_HOP_INPUTS.items()})
     return inputs
 
 
@@ -79,7 +103,7 @@ def predict_nodes(model: torch.nn.Module, func: Callable, gloader, dataset, devi
     try:
         with torch.no_grad():
             for batch in gloader:
-                inputs = graph_inputs(batch, dataset, device)
+                inputs = graph_inputs(batch, dataset, device, per_hop=takes_per_hop(func))
                 pred = func(inputs.pop("x"), inputs.pop("edge_index"), **inputs)
                 pred = pred[:batch.batch_size].detach().cpu()
                 if out is None:

@@ -537,7 +537,10 @@ class Trainer:
 
         Gathers the features of ``batch.n_id`` from :attr:`graph_dataset` (sparse
         rows densified per batch) and its batch labels, and calls
-        ``model.loss(x, ind=ind, edge_index=..., edge_weight=..., batch_label=...)``.
+        ``model.loss(x, ind=ind, edge_index=..., edge_weight=..., batch_label=...)``,
+        plus the batch's per-hop counts when ``model.loss`` names the parameters
+        ``num_sampled_nodes_per_hop`` and ``num_sampled_edges_per_hop`` (layer-wise
+        trimming; see :func:`~stepgraph.train.paths.takes_per_hop`).
 
         Parameters
         ----------
@@ -553,7 +556,8 @@ class Trainer:
                                "train_node_sampler / train_graph_batch / validate_gloader")
         if ind is None:
             ind = torch.arange(input_tuple.batch_size)
-        inputs = paths.graph_inputs(input_tuple, self.graph_dataset, self.device)
+        inputs = paths.graph_inputs(input_tuple, self.graph_dataset, self.device,
+                                    per_hop=paths.takes_per_hop(self.model.loss))
         return self.strategy.loss_forward(self.model, inputs.pop("x"), ind=ind.to(self.device), **inputs)
 
     # ------------------------------------------------------ training paths
