@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/graph_build.py
 	$(PY) benchmarks/node_sampling.py
 	$(PY) benchmarks/ddp_scaling.py
+	$(PY) benchmarks/end_to_end.py
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff && $(PY) -m ruff check stepgraph tests benchmarks
