@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -222,14 +221,16 @@ def run_case(case):
         def build(adata):
             spatial_graph(adata, method=method, batch_key=batch_key, **kwargs)
 
+    from stepgraph.stages import peak_rss_mb, reset_peak_rss
+
     adata = make_adata(case["cells"], case["sections"], method)
     gc.collect()
     before = _rss_bytes()
-    resettable = _reset_peak()
+    resettable = reset_peak_rss()
     t0 = time.perf_counter()
     build(adata)
     wall = time.perf_counter() - t0
-    peak = _peak_bytes(resettable)
+    peak = peak_rss_mb(resettable) * 2**20
     conn = adata.obsp["spatial_connectivities"]
     return {
         "wall_s": wall,
@@ -242,25 +243,6 @@ def run_case(case):
 def _rss_bytes():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak():
-    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_bytes(resettable):
-    if resettable:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # --------------------------------------------------------------------------- #

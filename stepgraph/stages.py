@@ -12,10 +12,10 @@ import resource
 import time
 from contextlib import contextmanager
 
-__all__ = ["StageLog"]
+__all__ = ["StageLog", "reset_peak_rss", "peak_rss_mb"]
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Reset this process's peak-RSS counter (Linux >= 4.0); False where impossible."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -25,7 +25,9 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mb(resettable: bool) -> float:
+def peak_rss_mb(resettable: bool) -> float:
+    """This process's peak resident memory in MiB: since the last :func:`reset_peak_rss`
+    when ``resettable`` (Linux's ``VmHWM``), else since the process started."""
     if resettable:
         try:
             with open("/proc/self/status") as fh:
@@ -60,18 +62,18 @@ class StageLog:
     @contextmanager
     def stage(self, name: str):
         """Time the ``with`` block as stage ``name``."""
-        resettable = _reset_peak_rss()
+        resettable = reset_peak_rss()
         start = time.perf_counter()
         try:
             yield
         finally:
             self.rows.append({"stage": name, "seconds": time.perf_counter() - start,
-                              "peak_rss_mb": _peak_rss_mb(resettable)})
+                              "peak_rss_mb": peak_rss_mb(resettable)})
 
     # --- epochs, through the Trainer's writer hook -------------------------
     def start_epochs(self) -> None:
         """Start the clock of the first epoch (then pass this log as ``writer=``)."""
-        _reset_peak_rss()
+        reset_peak_rss()
         self._epoch_start = time.perf_counter()
         self._epoch = None
 
@@ -81,9 +83,9 @@ class StageLog:
             return
         now = time.perf_counter()
         self.rows.append({"stage": f"epoch {step}", "seconds": now - self._epoch_start,
-                          "peak_rss_mb": _peak_rss_mb(True)})
+                          "peak_rss_mb": peak_rss_mb(True)})
         self._epoch = step
-        _reset_peak_rss()
+        reset_peak_rss()
         self._epoch_start = time.perf_counter()
 
     def seconds(self, prefix: str) -> list[float]:

@@ -60,3 +60,21 @@ def adata():
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+def run_ranks(worker, args, out_dir, world=2, timeout_s=180):
+    """Run ``worker(rank, *args)`` in ``world`` real processes (spawned) and return
+    what each saved to ``out_dir / f"rank{rank}.pt"``; fail (killing them) after
+    ``timeout_s`` seconds, so a hang fails instead of blocking the suite."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(worker, args=args, nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"distributed workers did not finish within {timeout_s} s (a hang?)")
+    return [torch.load(f"{out_dir}/rank{rank}.pt", weights_only=False) for rank in range(world)]

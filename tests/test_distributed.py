@@ -1,14 +1,12 @@
 """Data-parallel training with two real gloo processes on the CPU (issue 7)."""
 
 import os
-import time
 
 import anndata as ad
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from stepgraph import BaseDataset, Trainer
 from stepgraph.data.loaders import graph_loader, node_loaders
@@ -17,7 +15,7 @@ from stepgraph.models import GraphAutoencoder
 from stepgraph.pipeline import log_normalise
 from stepgraph.synthetic import synthetic_tissue
 
-from .conftest import TinyAutoencoder, make_adata
+from .conftest import TinyAutoencoder, make_adata, run_ranks
 
 WORLD = 2
 TIMEOUT_S = 180
@@ -126,15 +124,7 @@ def _worker(rank, init_file, out_dir):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(_worker, args=(str(out_dir / "init"), str(out_dir)), nprocs=WORLD,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s (a hang?)")
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], out_dir
+    return run_ranks(_worker, (str(out_dir / "init"), str(out_dir)), out_dir, WORLD, TIMEOUT_S), out_dir
 
 
 def _assert_same_params(a, b):

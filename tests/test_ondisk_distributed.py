@@ -1,13 +1,11 @@
 """On-disk features under DDP: two real gloo processes, each reading its own rows (issue 14)."""
 
-import time
 
 import anndata as ad
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from stepgraph import BaseDataset, Trainer
 from stepgraph.data.loaders import node_loaders
@@ -15,6 +13,8 @@ from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
 from stepgraph.pipeline import log_normalise
 from stepgraph.synthetic import synthetic_tissue
+
+from .conftest import run_ranks
 
 WORLD = 2
 TIMEOUT_S = 180
@@ -55,15 +55,8 @@ def tissue_file(tmp_path_factory):
 
 
 def test_backed_features_under_ddp(tissue_file, tmp_path):
-    context = mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tissue_file), str(tmp_path)),
-                                 nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s (a hang?)")
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    results = run_ranks(_worker, (str(tmp_path / "init"), str(tissue_file), str(tmp_path)), tmp_path,
+                        WORLD, TIMEOUT_S)
 
     for r in range(WORLD):
         (h_disk, w_disk, _), (h_mem, w_mem, _) = results[r]["backed"], results[r]["memory"]
