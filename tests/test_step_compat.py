@@ -264,3 +264,20 @@ def test_make_adata_is_untouched_by_the_compat_paths():
     before = adata.obs.copy()
     Trainer.make_loaders(BaseDataset(adata, batch_key="section"), 10, obs_key="section")
     pd.testing.assert_frame_equal(adata.obs, before)
+
+
+def test_steps_train_graph_batch_call_without_a_dataset_uses_the_last_one():
+    from stepgraph.data.loaders import graph_loader
+    from stepgraph.models import GraphAutoencoder
+
+    adata = synthetic_tissue(n_cells=200, n_genes=12, seed=6)
+    spatial_graph(adata, n_neighbors=4, batch_key="section")
+    data = to_pyg(adata, batch_key="section")
+    dataset = BaseDataset(ad.AnnData(X=log_normalise(adata.X)))
+    trainer = quiet(GraphAutoencoder(12, hidden_dim=8, latent_dim=4))
+    with pytest.raises(TypeError, match="dataset"):
+        trainer.train_graph_batch(1, graph_loader(data, 2, 64, backend="builtin"), train_ind=np.arange(150))
+    trainer.validate_gloader(graph_loader(data, 2, 64, backend="builtin"), dataset=dataset)  # sets it
+    trainer.train_graph_batch(2, graph_loader(data, 2, 64, backend="builtin"), train_ind=np.arange(150),
+                              valid_ind=np.arange(150, 200))  # STEP's call shape
+    assert len(trainer.history) == 2 and "val_recon_loss" in trainer.history[-1]

@@ -306,7 +306,14 @@ class TensorBatchPath(TrainingPath):
 
 class _GraphPath(TrainingPath):
     def _bind(self, gloader, dataset) -> int:
-        """Check that graph node ``i`` is dataset row ``i``; serve features from ``dataset``."""
+        """Check that graph node ``i`` is dataset row ``i``; serve features from ``dataset``
+        (the trainer's :attr:`~stepgraph.Trainer.graph_dataset` when ``None``, as STEP's
+        ``train_graph_batch`` takes no dataset)."""
+        if dataset is None:
+            dataset = self.trainer.graph_dataset
+            if dataset is None:
+                raise TypeError("dataset must be the BaseDataset whose row i is graph node i, got "
+                                "dataset=None and no trainer.graph_dataset to fall back on")
         if not hasattr(dataset, "features"):
             raise TypeError(f"dataset must be a stepgraph BaseDataset, got dataset of type "
                             f"{type(dataset).__name__}")
@@ -333,11 +340,12 @@ class NodeSamplingPath(_GraphPath):
     loader's other seeds train.
     """
 
-    def __init__(self, trainer, gloader, dataset, train_ind=None, valid_ind=None,
+    def __init__(self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None,
                  call_func: Callable | None = None):
         super().__init__(trainer)
         train_loader, valid_loader = split_loaders(gloader, "gloader")
         num_nodes = self._bind(train_loader, dataset)
+        dataset = self.dataset
         train = None if train_ind is None else as_index(train_ind, "train_ind", num_nodes)
         valid = None if valid_ind is None else as_index(valid_ind, "valid_ind", num_nodes)
         if train is None and valid is not None:
@@ -371,10 +379,11 @@ class FullNeighbourhoodPath(_GraphPath):
     ``valid_ind`` given, every other node trains.
     """
 
-    def __init__(self, trainer, gloader, dataset, train_ind=None, valid_ind=None,
+    def __init__(self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None,
                  call_func: Callable | None = None):
         super().__init__(trainer)
         num_nodes = self._bind(gloader, dataset)
+        dataset = self.dataset
         train = None if train_ind is None else as_index(train_ind, "train_ind", num_nodes)
         valid = None if valid_ind is None else as_index(valid_ind, "valid_ind", num_nodes)
         if train is not None:

@@ -600,7 +600,7 @@ class Trainer:
         return run_epoch(self, state, self.active_path)
 
     @train_loop_formatter(path=paths.NodeSamplingPath)
-    def train_node_sampler(self, state: LoopState, gloader, dataset, train_ind=None, valid_ind=None,
+    def train_node_sampler(self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None,
                            call_func: Callable | None = None) -> bool:
         """Train over sampled neighbourhoods (call with ``epochs=``); see
         :class:`~stepgraph.train.paths.NodeSamplingPath`.
@@ -613,7 +613,8 @@ class Trainer:
             A ``NeighborLoader`` with sampled fan-outs (:func:`~stepgraph.node_loaders`)
             or a ``(train_loader, valid_loader)`` pair.
         dataset
-            The :class:`~stepgraph.BaseDataset` whose row ``i`` is graph node ``i``.
+            The :class:`~stepgraph.BaseDataset` whose row ``i`` is graph node ``i``;
+            :attr:`graph_dataset` (the last one used) when ``None``.
         train_ind
             Seed nodes to train on; the loader's own seeds (less ``valid_ind``) when ``None``.
         valid_ind
@@ -624,7 +625,7 @@ class Trainer:
         return run_epoch(self, state, self.active_path)
 
     @train_loop_formatter(path=paths.FullNeighbourhoodPath)
-    def train_graph_batch(self, state: LoopState, gloader, dataset, train_ind=None, valid_ind=None,
+    def train_graph_batch(self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None,
                           call_func: Callable | None = None) -> bool:
         """Train over full neighbourhoods, losses masked to ``train_ind`` (call with
         ``epochs=``); see :class:`~stepgraph.train.paths.FullNeighbourhoodPath`.
@@ -637,7 +638,9 @@ class Trainer:
             A ``NeighborLoader`` with ``num_neighbors=[-1] * n_layers`` over all nodes
             (:func:`~stepgraph.graph_loader`).
         dataset
-            The :class:`~stepgraph.BaseDataset` whose row ``i`` is graph node ``i``.
+            The :class:`~stepgraph.BaseDataset` whose row ``i`` is graph node ``i``;
+            :attr:`graph_dataset` (the last one used) when ``None``, so STEP's
+            ``train_graph_batch(epochs, gloader, train_ind=..., valid_ind=...)`` works.
         train_ind
             Nodes whose losses train; all nodes not in ``valid_ind`` when ``None``.
         valid_ind
