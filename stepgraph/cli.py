@@ -34,6 +34,16 @@ def _fanout(text: str) -> list[int]:
     return values
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be integers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"--seeds must name at least one seed, got {text!r}")
+    return values
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -70,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Train graph neural networks on spatial transcriptomics (AnnData + PyG).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,graph,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,graph,bench,info}")
 
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded synthetic tissue",
                           description="Generate the embedded synthetic tissue (two sections, known "
@@ -122,7 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--key-added", default="spatial", help="prefix of the written keys (default: %(default)s)")
     graph.add_argument("--output", default=None, help="file to write (default: INPUT with suffix .graph.h5ad)")
     graph.add_argument("--overwrite", action="store_true", help="allow writing over an existing file, INPUT included")
-    _add_bench_parser(sub)
+    bench_sub = _add_bench_parser(sub)
+    domains = bench_sub.add_parser(
+        "domains", help="spatial domains: the pipeline vs training-free baselines on an annotated h5ad",
+        description="Run stepgraph's pipeline, the neighbour-mean baseline and the non-spatial baseline "
+        "(PCA + k-means) on INPUT with several seeds, each run in a fresh process, and report ARI and NMI "
+        "against --truth-key, time and peak memory (median [min, max] over seeds), as a markdown table "
+        "and JSON.")
+    domains.add_argument("input", help="input .h5ad file (raw counts in X, true domains in obs)")
+    domains.add_argument("--truth-key", required=True, help="obs column of the true domains")
+    domains.add_argument("--batch-key", default=None, help="obs column of the sections (default: none)")
+    domains.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default: %(default)s)")
+    domains.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="seeds, comma separated (default: 0,1,2)")
+    domains.add_argument("--methods", default="stepgraph,neighbor_mean,pca_kmeans",
+                         help="methods, comma separated (default: %(default)s)")
+    domains.add_argument("--epochs", type=_positive_int, default=None,
+                         help="maximum epochs of the pipeline (default: the pipeline's)")
+    domains.add_argument("--out", default="benchmarks/results/domains",
+                         help="results written to OUT.json and OUT.md (default: %(default)s)")
+    sub.add_parser("info", help="versions, threads, sampler backend and torch-scatter status",
+                   description="Print what a bug report needs: the versions of stepgraph and its "
+                   "dependencies, torch's threads, the neighbour sampler backend that 'auto' picks, and "
+                   "whether torch-scatter is loaded or, if not, why.")
     return parser
 
 
@@ -289,6 +320,8 @@ def _run_graph(args) -> int:
 
 
 def _run_bench(args) -> int:
+    if args.bench_command == "domains":
+        return _run_bench_domains(args)
     from stepgraph.bench import run_benchmarks
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
@@ -303,11 +336,40 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _run_bench_domains(args) -> int:
+    from stepgraph.bench_domains import DOMAIN_METHODS, domain_table, run_domain_benchmark, write_results
+
+    if not Path(args.input).is_file():
+        raise UserError(f"input file {args.input!r} does not exist")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in DOMAIN_METHODS]
+    if unknown or not methods:
+        raise UserError(f"--methods {args.methods!r}: expected names among {list(DOMAIN_METHODS)}")
+    try:
+        result = run_domain_benchmark(args.input, args.truth_key, batch_key=args.batch_key,
+                                      spatial_key=args.spatial_key, seeds=args.seeds, methods=methods,
+                                      threads=args.threads,
+                                      pipeline_options={"epochs": args.epochs} if args.epochs else None)
+    except OSError as err:
+        raise UserError(f"input file {args.input!r} is not a readable .h5ad file ({err})") from None
+    json_path, md_path = write_results(result, args.out)
+    print(domain_table(result))
+    print(f"results: {json_path} and {md_path}")
+    return 0
+
+
+def _run_info(args) -> int:
+    from stepgraph.info import info_lines
+
+    print("\n".join(info_lines()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stepgraph`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph,
-              "bench": _run_bench}[args.command]
+              "bench": _run_bench, "info": _run_info}[args.command]
     try:
         return runner(args)
     except UserError as err:

@@ -1,22 +1,38 @@
-"""Domains from embeddings: k-means clustering and the adjusted Rand index."""
+"""Domains from embeddings: clustering (scikit-learn), neighbour-majority
+refinement, graph smoothing and agreement scores (ARI, NMI)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.vq import kmeans2
-from scipy.special import comb
+import scipy.sparse as sp
 
-__all__ = ["kmeans_domains", "adjusted_rand_index", "smooth_over_graph"]
+__all__ = ["CLUSTER_METHODS", "cluster_domains", "kmeans_domains", "gmm_domains", "refine_domains",
+           "adjusted_rand_index", "normalized_mutual_info", "smooth_over_graph"]
+
+#: The clustering methods :func:`cluster_domains` knows.
+CLUSTER_METHODS = ("kmeans", "gmm")
 
 
-def kmeans_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 5) -> np.ndarray:
-    """Cluster rows of ``embedding`` with k-means++ (scipy), best of ``n_init`` runs.
+def _check_embedding(embedding, n_clusters) -> np.ndarray:
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
+        raise ValueError(f"n_clusters must be an integer >= 1, got n_clusters={n_clusters!r}")
+    x = np.asarray(embedding, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < n_clusters:
+        raise ValueError(f"embedding must be 2-D with at least n_clusters={n_clusters} rows, "
+                         f"got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("embedding holds NaN or infinite values")
+    return x
+
+
+def kmeans_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
+    """Cluster the rows of ``embedding`` with k-means++ (:class:`sklearn.cluster.KMeans`).
 
     Parameters
     ----------
     embedding
-        Array of shape ``(n_obs, n_dims)``.
+        Array of shape ``(n_obs, n_dims)``, clustered as it is (not rescaled).
     n_clusters
         Number of clusters (domains).
     seed
@@ -30,46 +46,130 @@ def kmeans_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0, n_init
     numpy.ndarray
         Cluster label per row, int64 in ``[0, n_clusters)``.
     """
-    x = np.asarray(embedding, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < n_clusters:
-        raise ValueError(f"embedding must be 2-D with at least n_clusters={n_clusters} rows, "
-                         f"got shape {x.shape}")
-    if not 1 <= n_clusters:
-        raise ValueError(f"n_clusters must be >= 1, got n_clusters={n_clusters}")
-    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
-    rng = np.random.default_rng(seed)
-    best, best_inertia = None, np.inf
-    for _ in range(n_init):
-        centroids, labels = kmeans2(x, n_clusters, minit="++", seed=rng, iter=50)
-        inertia = ((x - centroids[labels]) ** 2).sum()
-        if inertia < best_inertia:
-            best, best_inertia = labels, inertia
-    return best.astype(np.int64)
+    from sklearn.cluster import KMeans
+
+    x = _check_embedding(embedding, n_clusters)
+    return KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(x).astype(np.int64)
+
+
+def gmm_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0,
+                covariance_type: str = "full") -> np.ndarray:
+    """Cluster the rows of ``embedding`` with a Gaussian mixture
+    (:class:`sklearn.mixture.GaussianMixture`, k-means initialisation), as
+    mclust does for STAGATE and GraphST.
+
+    Parameters
+    ----------
+    embedding
+        Array of shape ``(n_obs, n_dims)``.
+    n_clusters
+        Number of mixture components (domains).
+    seed
+        Seed of the initialisation.
+    covariance_type
+        ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Most likely component per row, int64 in ``[0, n_clusters)``.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    x = _check_embedding(embedding, n_clusters)
+    gmm = GaussianMixture(n_clusters, covariance_type=covariance_type, random_state=seed, reg_covar=1e-5)
+    return gmm.fit(x).predict(x).astype(np.int64)
+
+
+def cluster_domains(embedding: np.ndarray, n_clusters: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
+    """Cluster the rows of ``embedding`` with ``method`` (one of :data:`CLUSTER_METHODS`).
+
+    ``"kmeans"`` calls :func:`kmeans_domains`, ``"gmm"`` :func:`gmm_domains`.
+    """
+    if method not in CLUSTER_METHODS:
+        raise ValueError(f"method must be one of {list(CLUSTER_METHODS)}, got method={method!r}")
+    if method == "gmm":
+        return gmm_domains(embedding, n_clusters, seed=seed)
+    return kmeans_domains(embedding, n_clusters, seed=seed)
+
+
+def refine_domains(labels, connectivities) -> np.ndarray:
+    """Relabel each cell whose graph neighbours mostly agree on another domain.
+
+    As SpaGCN's and GraphST's refinement: a cell takes the most common label
+    of its neighbours when more than half of them carry that label and fewer
+    than half carry its own. Isolated cells keep their label. One vectorised
+    pass (a sparse product), no loop over cells.
+
+    Parameters
+    ----------
+    labels
+        One label per cell (any hashable values).
+    connectivities
+        Sparse ``(n_obs, n_obs)`` adjacency, e.g. ``obsp["spatial_connectivities"]``;
+        the diagonal is ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        The refined labels, same values and dtype as ``labels``.
+    """
+    values = np.asarray(labels)
+    adj = sp.csr_matrix(connectivities)
+    n = values.shape[0]
+    if adj.shape != (n, n):
+        raise ValueError(f"connectivities must be ({n}, {n}) for {n} labels, got {adj.shape}")
+    adj = adj.copy()
+    adj.setdiag(0)
+    adj.eliminate_zeros()
+    adj.data[:] = 1.0
+    cat = pd.Categorical(values)
+    codes = cat.codes
+    onehot = sp.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, len(cat.categories)))
+    counts = (adj @ onehot).toarray()
+    degree = counts.sum(axis=1)
+    best = counts.argmax(axis=1)
+    own = counts[np.arange(n), codes]
+    switch = (counts[np.arange(n), best] > degree / 2) & (own < degree / 2)
+    out = values.copy()
+    out[switch] = np.asarray(cat.categories)[best[switch]]
+    return out
+
+
+def _label_codes(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
+    a = pd.Categorical(np.asarray(labels_true)).codes
+    b = pd.Categorical(np.asarray(labels_pred)).codes
+    if a.shape != b.shape:
+        raise ValueError(f"labellings differ in length: {a.shape[0]} and {b.shape[0]}")
+    return a, b
 
 
 def adjusted_rand_index(labels_true, labels_pred) -> float:
-    """Adjusted Rand index between two labellings (1 is identical, ~0 random).
+    """Adjusted Rand index between two labellings (1 is identical, ~0 random);
+    :func:`sklearn.metrics.adjusted_rand_score` over any hashable labels.
 
     Parameters
     ----------
     labels_true, labels_pred
         One label per observation (any hashable values).
     """
-    a = pd.Categorical(np.asarray(labels_true)).codes
-    b = pd.Categorical(np.asarray(labels_pred)).codes
-    if a.shape != b.shape:
-        raise ValueError(f"labellings differ in length: {a.shape[0]} and {b.shape[0]}")
-    n = a.size
-    table = np.zeros((a.max() + 1, b.max() + 1), dtype=np.int64)
-    np.add.at(table, (a, b), 1)
-    sum_cells = comb(table, 2).sum()
-    sum_a = comb(table.sum(1), 2).sum()
-    sum_b = comb(table.sum(0), 2).sum()
-    expected = sum_a * sum_b / comb(n, 2)
-    max_index = (sum_a + sum_b) / 2
-    if max_index == expected:
-        return 1.0
-    return float((sum_cells - expected) / (max_index - expected))
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(*_label_codes(labels_true, labels_pred)))
+
+
+def normalized_mutual_info(labels_true, labels_pred) -> float:
+    """Normalised mutual information between two labellings (1 is identical,
+    0 independent); :func:`sklearn.metrics.normalized_mutual_info_score`.
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        One label per observation (any hashable values).
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    return float(normalized_mutual_info_score(*_label_codes(labels_true, labels_pred)))
 
 
 def smooth_over_graph(values: np.ndarray, connectivities, n_iter: int = 1) -> np.ndarray:
@@ -77,24 +177,23 @@ def smooth_over_graph(values: np.ndarray, connectivities, n_iter: int = 1) -> np
 
     Spatial domains are contiguous, so averaging embeddings over the spatial
     neighbourhood before clustering removes cell-to-cell noise (cell types
-    mixed within a domain) while keeping domain boundaries.
+    mixed within a domain) while keeping domain boundaries. Sparse ``values``
+    stay sparse.
 
     Parameters
     ----------
     values
-        Array of shape ``(n_obs, n_dims)``.
+        Array (or sparse matrix) of shape ``(n_obs, n_dims)``.
     connectivities
         Sparse ``(n_obs, n_obs)`` adjacency, e.g. ``obsp["spatial_connectivities"]``.
     n_iter
         Rounds of averaging (0 returns ``values`` unchanged).
     """
-    import scipy.sparse as sp
-
     adj = sp.csr_matrix(connectivities, dtype=np.float64)
     adj = (adj + sp.eye(adj.shape[0], format="csr")).tocsr()
     adj.data[:] = 1.0
     adj = sp.diags(1.0 / np.asarray(adj.sum(axis=1)).ravel()) @ adj
-    out = np.asarray(values, dtype=np.float64)
+    out = values if sp.issparse(values) else np.asarray(values, dtype=np.float64)
     for _ in range(n_iter):
         out = adj @ out
     return out

@@ -16,17 +16,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
-from stepgraph.clustering import adjusted_rand_index, kmeans_domains, smooth_over_graph
+from stepgraph.clustering import (
+    adjusted_rand_index,
+    kmeans_domains,
+    normalized_mutual_info,
+    smooth_over_graph,
+)
 from stepgraph.data.dataset import BaseDataset, expression_matrix
 from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
+from stepgraph.plotting import save_domain_figure
+from stepgraph.preprocess import log_normalise
 from stepgraph.progress import TrackedLoader
 from stepgraph.stages import StageLog
 from stepgraph.train.checkpoint import load_checkpoint, trusted_checkpoints
@@ -80,24 +85,6 @@ class PipelineConfig:
     backed: bool = False
 
 
-def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
-    """Counts scaled to ``target_sum`` per cell, then ``log1p``; a new matrix.
-
-    Sparse input stays sparse (only its non-zeros are touched).
-    """
-    if sp.issparse(matrix):
-        out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-        totals = np.asarray(out.sum(axis=1)).ravel()
-        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-        out.data *= np.repeat(scale, np.diff(out.indptr)).astype(np.float32)
-        np.log1p(out.data, out=out.data)
-        return out
-    out = np.asarray(matrix, dtype=np.float32)
-    totals = out.sum(axis=1, keepdims=True)
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    return np.log1p(out * scale)
-
-
 def _save_history(history: list[dict], out_dir: Path) -> None:
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     keys = list(dict.fromkeys(k for row in history for k in row))
@@ -105,41 +92,6 @@ def _save_history(history: list[dict], out_dir: Path) -> None:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
-
-
-def _save_figure(adata, history, config, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    sections = (list(pd.Categorical(adata.obs[config.batch_key]).categories) if config.batch_key
-                else [None])
-    fig, axes = plt.subplots(1, 1 + len(sections), figsize=(4.5 * (1 + len(sections)), 4.2))
-    ax = axes[0]
-    epochs = [h["epoch"] for h in history]
-    for key in [k for k in history[0] if k not in ("epoch", "lr")]:
-        ax.plot(epochs, [h.get(key, np.nan) for h in history], label=key,
-                linestyle="--" if key.startswith("val_") else "-")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("training")
-    ax.legend(fontsize=8)
-    domains = adata.obs[DOMAIN_KEY].cat.codes.to_numpy()
-    xy = adata.obsm[config.spatial_key]
-    for ax, section in zip(axes[1:], sections):
-        mask = np.ones(adata.n_obs, bool) if section is None else (adata.obs[config.batch_key] == section).to_numpy()
-        ax.scatter(xy[mask, 0], xy[mask, 1], c=domains[mask], s=1.5, cmap="tab10", linewidths=0)
-        ax.set_title(f"{section or 'tissue'}: predicted domains")
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 def _initial_weights(model: torch.nn.Module, path: str | Path, trusted: bool) -> None:
@@ -279,14 +231,18 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         labels = kmeans_domains(smoothed, n_domains, seed=config.seed)
         adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
             labels, categories=[f"domain{i}" for i in range(n_domains)])
-        ari = (adjusted_rand_index(adata.obs[config.truth_key], labels) if config.truth_key else None)
+        truth = adata.obs[config.truth_key] if config.truth_key else None
+        ari = adjusted_rand_index(truth, labels) if truth is not None else None
+        nmi = normalized_mutual_info(truth, labels) if truth is not None else None
 
     main = is_main_process()  # under torchrun, rank 0 alone writes the outputs
     with stages.stage("write"):
         if main:
             _save_history(trainer.history, out_dir)
             _write_adata(adata, out_dir / "adata.h5ad")
-        figure = main and _save_figure(adata, trainer.history, config, out_dir / "figure.png")
+        figure = main and save_domain_figure(adata, out_dir / "figure.png", config.spatial_key,
+                                             config.batch_key, config.truth_key, history=trainer.history,
+                                             ari=ari)
     best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
     summary = {
         "n_obs": adata.n_obs,
@@ -295,6 +251,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         "best_val_loss": None if trainer.best is None else trainer.best.best_score,
         "n_domains": n_domains,
         "ari": ari,
+        "nmi": nmi,
         "seconds": time.perf_counter() - start,
         "outputs": {
             "adata": str(out_dir / "adata.h5ad"),
