@@ -337,7 +337,12 @@ def _run_bench(args) -> int:
 
 
 def _run_bench_domains(args) -> int:
-    from stepgraph.bench_domains import DOMAIN_METHODS, domain_table, run_domain_benchmark, write_results
+    from stepgraph.bench_domains import (
+        DOMAIN_METHODS,
+        domain_table,
+        run_domain_benchmark,
+        write_results,
+    )
 
     if not Path(args.input).is_file():
         raise UserError(f"input file {args.input!r} does not exist")
