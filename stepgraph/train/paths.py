@@ -5,7 +5,7 @@ A path owns what differs between :meth:`~stepgraph.Trainer.train`,
 and :meth:`~stepgraph.Trainer.train_graph_batch`: its index checks, its
 loaders (derived from the user's and sharded by the trainer's strategy), the
 shuffling generators a resumed run must restore, and the one loss call that
-trains and validates. The trainer's shared core (:meth:`Trainer._run_epoch`)
+trains and validates. The shared core (:func:`stepgraph.train.loop.run_epoch`)
 asks a path three things per epoch: the training batches, the loss of a batch,
 and the validation losses, which every path computes through the trainer's
 public ``validate_*`` method, so a subclass overriding one changes every path

@@ -4,7 +4,7 @@ Each training method (``train``, ``train_batch``, ``train_node_sampler``,
 ``train_graph_batch``) is a few lines over a training path
 (:mod:`stepgraph.train.paths`) built once per call by
 :func:`~stepgraph.train_loop_formatter`. Every epoch of every path runs
-:meth:`Trainer._run_epoch`: the path's batches and loss call, the optimizer
+:func:`~stepgraph.train.loop.run_epoch`: the path's batches and loss call, the optimizer
 step (:meth:`Trainer.update_model_params`), the :class:`~stepgraph.LossMeter`,
 validation through the public ``validate_*`` hooks, then the epoch's end:
 history, writer, early stopping (:class:`EarlyStoppingGroup`), best weights
