@@ -324,6 +324,21 @@ class _GraphPath(TrainingPath):
         self.trainer.graph_dataset = self.dataset = dataset
         return num_nodes
 
+    def _set_loaders(self, train_loader, valid_loader, mask: torch.Tensor | None, call_func) -> None:
+        """The loaders, the loss call on the seeds in ``mask`` and the validation shard."""
+        trainer = self.trainer
+        self.train_loader, self.valid_loader, self.call_func = train_loader, valid_loader, call_func
+        self.loss = graph_loss_call(trainer, mask, graph_call(call_func or trainer.handle_ginput_tuple,
+                                                              self.dataset))
+        self._track(train_loader, valid_loader)
+        self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self._seed,
+                                                                   shuffle=False, pad=False)
+
+    def train_batches(self, epoch: int):
+        self.trainer.graph_dataset = self.dataset
+        return self.trainer.strategy.shard_neighbor_loader(self.train_loader, epoch, self._seed,
+                                                           shuffle=True, pad=True)
+
     def validate(self, epoch: int) -> dict[str, float] | None:
         if self._valid_shard is None:
             return None
@@ -358,16 +373,7 @@ class NodeSamplingPath(_GraphPath):
             valid_loader = derive_neighbor_loader(train_loader, valid, shuffle=False)
         if valid_loader is not None:
             _check_disjoint(loader_seeds(train_loader), loader_seeds(valid_loader))
-        self.train_loader, self.valid_loader, self.call_func = train_loader, valid_loader, call_func
-        self.loss = graph_loss_call(trainer, None, graph_call(call_func or trainer.handle_ginput_tuple, dataset))
-        self._track(train_loader, valid_loader)
-        self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self._seed,
-                                                                   shuffle=False, pad=False)
-
-    def train_batches(self, epoch: int):
-        self.trainer.graph_dataset = self.dataset
-        return self.trainer.strategy.shard_neighbor_loader(self.train_loader, epoch, self._seed,
-                                                           shuffle=True, pad=True)
+        self._set_loaders(train_loader, valid_loader, None, call_func)
 
 
 class FullNeighbourhoodPath(_GraphPath):
@@ -391,15 +397,5 @@ class FullNeighbourhoodPath(_GraphPath):
         train_mask = node_mask(train, "train_ind", num_nodes)
         if train_mask is None and valid is not None:
             train_mask = ~node_mask(valid, "valid_ind", num_nodes)  # never train on validation nodes
-        self.gloader, self.call_func = gloader, call_func
-        self.loss = graph_loss_call(trainer, train_mask,
-                                    graph_call(call_func or trainer.handle_ginput_tuple, dataset))
-        self._track(gloader)
         valid_loader = None if valid is None else derive_neighbor_loader(gloader, valid, shuffle=False)
-        self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self._seed,
-                                                                   shuffle=False, pad=False)
-
-    def train_batches(self, epoch: int):
-        self.trainer.graph_dataset = self.dataset
-        return self.trainer.strategy.shard_neighbor_loader(self.gloader, epoch, self._seed,
-                                                           shuffle=True, pad=True)
+        self._set_loaders(gloader, valid_loader, train_mask, call_func)
