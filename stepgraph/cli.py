@@ -54,11 +54,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_graph_options(p: argparse.ArgumentParser) -> None:
+def _add_graph_options(p: argparse.ArgumentParser, method: str = "knn") -> None:
     p.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default: %(default)s)")
     p.add_argument("--batch-key", default=None,
                    help="obs column of the sections; no edge joins two sections (default: none)")
-    p.add_argument("--method", default="knn", choices=["knn", "radius", "delaunay", "grid"],
+    p.add_argument("--method", default=method, choices=["knn", "radius", "delaunay", "grid"],
                    help="graph construction (default: %(default)s)")
     p.add_argument("--n-neighbors", type=_positive_int, default=6,
                    help="neighbours per cell for knn, per ring for grid (default: %(default)s)")
@@ -96,7 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
                            "(obsm['X_stepgraph']), domains (obs['stepgraph_domain']), checkpoint, "
                            "loss history and figure to --out. INPUT itself is never modified.")
     train.add_argument("input", help="input .h5ad file (counts in X)")
-    _add_graph_options(train)
+    _add_graph_options(train, method="radius")
+    train.add_argument("--graph-scale", type=float, default=1.2,
+                       help="without --radius, method=radius joins cells closer than this times the median "
+                       "distance to the --n-neighbors-th nearest neighbour (default: %(default)s)")
+    train.add_argument("--n-top-genes", type=_positive_int, default=3000,
+                       help="highly variable genes kept when there are more genes (default: %(default)s)")
+    train.add_argument("--n-pcs", type=_positive_int, default=20,
+                       help="principal components of the model input (default: %(default)s)")
+    train.add_argument("--conv", default="gat", choices=["gat", "gcn", "sage"],
+                       help="graph convolution of the encoder (default: %(default)s)")
+    train.add_argument("--cluster", default="gmm", choices=["gmm", "kmeans"],
+                       help="clustering of the embedding into domains (default: %(default)s)")
+    train.add_argument("--refine", action="store_true",
+                       help="relabel a cell whose neighbours mostly carry another domain")
     train.add_argument("--layer", default=None, help="use this layer of counts instead of X (default: X)")
     train.add_argument("--batch-size", type=_positive_int, default=1024, help="seed cells per batch (default: %(default)s)")
     train.add_argument("--fanout", type=_fanout, default=[10, 5],
@@ -119,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load --init-weights / --resume checkpoints in full, objects other than "
                        "tensors included; a checkpoint can then run code: only for files you trust")
     train.add_argument("--backed", action="store_true",
-                       help="keep X on disk (read the file backed) and read each batch's rows from it; "
+                       help="keep X on disk (read the file backed) and compute the input features "
+                       "from chunks of rows; "
                        "memory then holds the graph, not the expression matrix")
     _add_run_options(train, "stepgraph_out/train", "seed of split, sampling and initialisation")
 
@@ -285,8 +299,9 @@ def _run_train(args) -> int:
                         f"--out {str(out)!r} (run without --resume to start one)")
     config = PipelineConfig(
         spatial_key=args.spatial_key, batch_key=args.batch_key, layer_key=args.layer, method=args.method,
-        n_neighbors=args.n_neighbors, radius=args.radius, epochs=args.epochs, batch_size=args.batch_size,
-        fanout=args.fanout, lr=args.lr, split_rate=args.split_rate, patience=args.patience,
+        n_neighbors=args.n_neighbors, radius=args.radius, graph_scale=args.graph_scale,
+        n_top_genes=args.n_top_genes, n_pcs=args.n_pcs, conv=args.conv, cluster=args.cluster, refine=args.refine,
+        epochs=args.epochs, batch_size=args.batch_size, fanout=args.fanout, lr=args.lr, split_rate=args.split_rate, patience=args.patience,
         n_domains=args.n_domains, truth_key=args.truth_key, seed=args.seed, device=args.device,
         progress=not args.quiet, init_weights=args.init_weights,
         resume_from=str(resume_from) if args.resume else None, trust_checkpoint=args.trust_checkpoint,

@@ -53,7 +53,7 @@ def kmeans_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0, n_init
 
 
 def gmm_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0,
-                covariance_type: str = "full") -> np.ndarray:
+                covariance_type: str = "tied", n_init: int = 5) -> np.ndarray:
     """Cluster the rows of ``embedding`` with a Gaussian mixture
     (:class:`sklearn.mixture.GaussianMixture`, k-means initialisation), as
     mclust does for STAGATE and GraphST.
@@ -67,7 +67,11 @@ def gmm_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0,
     seed
         Seed of the initialisation.
     covariance_type
-        ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        ``"tied"`` (one covariance shared by all components: mclust's
+        ``"EEE"``, which STAGATE and GraphST use), ``"full"``, ``"diag"`` or
+        ``"spherical"``.
+    n_init
+        Fits from different k-means initialisations; the most likely is kept.
 
     Returns
     -------
@@ -77,7 +81,8 @@ def gmm_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0,
     from sklearn.mixture import GaussianMixture
 
     x = _check_embedding(embedding, n_clusters)
-    gmm = GaussianMixture(n_clusters, covariance_type=covariance_type, random_state=seed, reg_covar=1e-5)
+    gmm = GaussianMixture(n_clusters, covariance_type=covariance_type, n_init=n_init, random_state=seed,
+                          reg_covar=1e-5)
     return gmm.fit(x).predict(x).astype(np.int64)
 
 

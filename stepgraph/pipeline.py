@@ -16,22 +16,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import torch
 
 from stepgraph.clustering import (
     adjusted_rand_index,
-    kmeans_domains,
+    cluster_domains,
     normalized_mutual_info,
+    refine_domains,
     smooth_over_graph,
 )
 from stepgraph.data.dataset import BaseDataset, expression_matrix
 from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.graph import spatial_graph, to_pyg
+from stepgraph.graph.spatial import get_coordinates, section_codes
 from stepgraph.models import GraphAutoencoder
 from stepgraph.plotting import save_domain_figure
-from stepgraph.preprocess import log_normalise
+from stepgraph.preprocess import ExpressionFeatures, log_normalise, median_neighbor_distance
 from stepgraph.progress import TrackedLoader
 from stepgraph.stages import StageLog
 from stepgraph.train.checkpoint import load_checkpoint, trusted_checkpoints
@@ -60,19 +63,25 @@ class PipelineConfig:
     spatial_key: str = "spatial"
     batch_key: str | None = None
     layer_key: str | None = None
-    method: str = "knn"
+    n_top_genes: int = 3000
+    n_pcs: int = 20
+    method: str = "radius"
     n_neighbors: int = 6
     radius: float | None = None
+    graph_scale: float = 1.2
     epochs: int = 50
     batch_size: int = 1024
     fanout: list[int] = field(default_factory=lambda: [10, 5])
     hidden_dim: int = 64
     latent_dim: int = 16
-    conv: str = "gcn"
+    conv: str = "gat"
+    activation: str = "elu"
     lr: float = 0.003
     split_rate: float = 0.1
     patience: int = 5
-    smooth: int = 2
+    smooth: int = 1
+    cluster: str = "gmm"
+    refine: bool = False
     n_domains: int | None = None
     truth_key: str | None = None
     seed: int = 0
@@ -108,19 +117,41 @@ def _initial_weights(model: torch.nn.Module, path: str | Path, trusted: bool) ->
         raise ValueError(f"init_weights={str(path)!r} does not hold weights of this model: {detail}") from None
 
 
-def _model_input(adata, config: PipelineConfig) -> BaseDataset:
-    """The dataset the model reads: log-normalised expression (and sections)."""
-    if config.backed:
-        if not adata.isbacked:
-            raise ValueError("config.backed=True needs a backed AnnData, e.g. "
-                             "anndata.read_h5ad(path, backed='r'); got one held in memory")
-        # X stays on disk: each batch reads its rows and normalises them alone
-        # (log_normalise treats every row on its own, so this equals the in-memory path)
-        return BaseDataset(adata, layer_key=config.layer_key, batch_key=config.batch_key,
-                           row_transform=log_normalise)
-    counts = expression_matrix(adata, config.layer_key)  # numbers, finite, cells and genes
-    obs = adata.obs[[config.batch_key]] if config.batch_key else None
-    return BaseDataset(ad.AnnData(X=log_normalise(counts), obs=obs), batch_key=config.batch_key)
+def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, ExpressionFeatures]:
+    """The dataset the model reads, and the fitted transform.
+
+    Each cell's features are the mean, over the cell and its graph
+    neighbours, of their :class:`~stepgraph.preprocess.ExpressionFeatures`,
+    whose components are fitted on neighbourhood means too (the axes of
+    variation between domains); plus the section when there are several.
+    With ``config.backed``, ``X`` is read from disk in chunks of rows, never
+    whole. Needs the spatial graph in ``adata.obsp``.
+    """
+    graph = adata.obsp["spatial_connectivities"]
+    features = ExpressionFeatures(n_top_genes=config.n_top_genes, n_components=config.n_pcs,
+                                  seed=config.seed).fit(counts, graph)
+    x = features.transform(counts)
+    if not np.isfinite(x).all():  # an on-disk X is checked here, as it is read
+        source = "adata.X" if config.layer_key is None else f"adata.layers[{config.layer_key!r}]"
+        raise ValueError(f"{source} holds NaN or infinite values")
+    x = smooth_over_graph(x, graph, 1).astype(np.float32)
+    # one section needs no section embedding, whether or not batch_key names it
+    several = config.batch_key is not None and adata.obs[config.batch_key].nunique(dropna=False) > 1
+    batch_key = config.batch_key if several else None
+    obs = adata.obs[[batch_key]] if batch_key else None
+    return BaseDataset(ad.AnnData(X=x, obs=obs), batch_key=batch_key), features
+
+
+def _graph_radius(adata, config: PipelineConfig) -> float | None:
+    """The radius of the spatial graph: ``config.radius``, or, for
+    ``method="radius"``, ``config.graph_scale`` times the median distance from
+    a cell to its ``config.n_neighbors``-th nearest neighbour (see
+    :class:`PipelineConfig`)."""
+    if config.radius is not None or config.method != "radius":
+        return config.radius
+    coordinates = get_coordinates(adata, config.spatial_key)  # checked: finite, 2-D or 3-D
+    sections = section_codes(adata, config.batch_key)[0]  # checked: no missing section
+    return config.graph_scale * median_neighbor_distance(coordinates, sections, k=config.n_neighbors)
 
 
 def _write_adata(adata, path: Path) -> None:
@@ -186,14 +217,17 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    with stages.stage("normalise"):
-        dataset = _model_input(adata, config)
-
+    if config.backed and not adata.isbacked:
+        raise ValueError("config.backed=True needs a backed AnnData, e.g. "
+                         "anndata.read_h5ad(path, backed='r'); got one held in memory")
+    counts = expression_matrix(adata, config.layer_key)  # numbers (finite in memory), cells and genes
     with stages.stage("graph"):
         spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors,
-                      radius=config.radius, spatial_key=config.spatial_key,
+                      radius=_graph_radius(adata, config), spatial_key=config.spatial_key,
                       batch_key=config.batch_key, progress=config.progress)
         data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
+    with stages.stage("features"):
+        dataset, features = _model_input(adata, counts, config)
 
     train_ind, valid_ind = random_split_indices(adata.n_obs, config.split_rate, seed=config.seed)
     train_loader, valid_loader = node_loaders(
@@ -201,7 +235,8 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         valid_ind=valid_ind if len(valid_ind) else None, seed=config.seed, backend=config.backend)
 
     model = GraphAutoencoder(dataset.n_vars, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
-                             n_layers=len(config.fanout), conv=config.conv, n_batches=dataset.n_batches)
+                             n_layers=len(config.fanout), conv=config.conv, n_batches=dataset.n_batches,
+                             activation=config.activation)
     if config.init_weights is not None:
         _initial_weights(model, config.init_weights, config.trust_checkpoint)
     trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / "checkpoints",
@@ -227,8 +262,11 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         n_domains = config.n_domains
         if n_domains is None:
             n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
-        smoothed = smooth_over_graph(embedding, adata.obsp["spatial_connectivities"], config.smooth)
-        labels = kmeans_domains(smoothed, n_domains, seed=config.seed)
+        graph = adata.obsp["spatial_connectivities"]
+        smoothed = smooth_over_graph(embedding, graph, config.smooth)
+        labels = cluster_domains(smoothed, n_domains, method=config.cluster, seed=config.seed)
+        if config.refine:
+            labels = refine_domains(labels, graph)
         adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
             labels, categories=[f"domain{i}" for i in range(n_domains)])
         truth = adata.obs[config.truth_key] if config.truth_key else None

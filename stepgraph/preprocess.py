@@ -1,6 +1,7 @@
 """Expression pre-processing for the reference pipeline: log-normalisation,
-highly variable genes, principal components, the spatial graph scale, and
-BANKSY-style neighbour-mean features.
+highly variable genes, principal components, the model's input features
+(:class:`ExpressionFeatures`), the spatial graph scale, and BANKSY-style
+neighbour-mean features.
 
 Every function returns new arrays; the user's matrices are never modified.
 """
@@ -11,8 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-__all__ = ["log_normalise", "highly_variable_genes", "principal_components", "median_neighbor_distance",
-           "neighbor_mean_features"]
+__all__ = ["log_normalise", "highly_variable_genes", "principal_components", "ExpressionFeatures",
+           "median_neighbor_distance", "neighbor_mean_features"]
 
 
 def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
@@ -102,6 +103,154 @@ def principal_components(matrix, n_components: int = 50, seed: int = 0) -> np.nd
     # the genes x genes covariance is small for panels and HVG sets; arpack beyond
     solver = "covariance_eigh" if x.shape[1] <= 5000 else ("arpack" if sp.issparse(x) else "auto")
     return PCA(k, svd_solver=solver, random_state=seed).fit_transform(x).astype(np.float32)
+
+
+class ExpressionFeatures:
+    """The model's input: counts -> log-CP10k -> highly variable genes ->
+    per-gene z-scores (clipped at ``clip``) -> principal components.
+
+    Fitted once on (a random subset of) the cells, then applied to any block
+    of rows on its own, so the same features come out whether the matrix is
+    in memory or read from disk one mini-batch at a time (pass the fitted
+    object as ``row_transform`` of :class:`~stepgraph.data.BaseDataset`).
+
+    Why each step, for Visium spots and imaging panels alike:
+
+    - log-CP10k removes the depth of each spot or cell and tames the counts'
+      mean-variance relation;
+    - highly variable genes (only above ``n_top_genes`` genes) drop genes
+      that carry noise only; a panel of tens or hundreds of genes was chosen
+      by hand and is kept whole;
+    - z-scores give each gene the same weight, so a marker expressed at low
+      level counts as much as a highly expressed one (scanpy's ``scale``,
+      BANKSY); the clip bounds the weight of a few extreme cells;
+    - principal components keep the shared variation and drop per-gene
+      noise; they also make the model's input size independent of the panel.
+
+    Parameters
+    ----------
+    n_top_genes
+        Highly variable genes kept when there are more genes than this.
+    n_components
+        Principal components (capped at the number of genes minus one and the
+        number of fitted cells minus one).
+    max_cells
+        At most this many cells, drawn at random, are read to fit the genes,
+        the z-scores and the components; 20,000 cells estimate them well and
+        keep the fit small on a tissue of millions of cells.
+    clip
+        z-scores are clipped to ``[-clip, clip]``.
+    seed
+        Seed of the cell subset and of the PCA solver.
+
+    Attributes
+    ----------
+    genes
+        Column indices of the genes used.
+    n_features_out
+        Number of output features (components).
+    """
+
+    def __init__(self, n_top_genes: int = 3000, n_components: int = 20, max_cells: int = 20_000,
+                 clip: float = 10.0, seed: int = 0):
+        for name, value in (("n_top_genes", n_top_genes), ("n_components", n_components),
+                            ("max_cells", max_cells)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+        self.n_top_genes, self.n_components, self.max_cells = int(n_top_genes), int(n_components), int(max_cells)
+        self.clip, self.seed = float(clip), seed
+        self.chunk_rows = 4096  # rows densified at once: 4096 x 3000 genes is 49 MB
+        self.genes = None
+
+    def fit(self, matrix, connectivities=None) -> ExpressionFeatures:
+        """Fit on the counts ``matrix`` (cells x genes): in memory (dense or
+        sparse) or on disk (a backed h5ad's or lazy zarr's ``X``, of which
+        only the rows needed are read).
+
+        With the spatial graph ``connectivities`` (sparse ``(n_obs, n_obs)``),
+        the components are those of the neighbourhood means of the z-scores
+        (each cell averaged with its neighbours, as BANKSY's neighbour
+        features): the axes of spatially coherent variation, the variation
+        between domains, rather than that of spot-to-spot noise. The rows of
+        the subset's neighbours are read too. Returns ``self``.
+        """
+        from sklearn.decomposition import PCA
+
+        from stepgraph.data.ondisk import RowReader, is_on_disk
+
+        n_obs, n_vars = matrix.shape
+        subset = np.arange(n_obs)
+        if n_obs > self.max_cells:
+            subset = np.sort(np.random.default_rng(self.seed).choice(n_obs, self.max_cells, replace=False))
+        if connectivities is not None:
+            adj = sp.csr_matrix(connectivities)
+            if adj.shape != (n_obs, n_obs):
+                raise ValueError(f"connectivities must be ({n_obs}, {n_obs}) for {n_obs} cells, got {adj.shape}")
+            adj = (adj[subset] + sp.eye(n_obs, format="csr")[subset]).tocsc()
+            rows = np.flatnonzero(np.diff(adj.indptr))  # the subset and its neighbours
+            mean_over = adj[:, rows].tocsr()
+            mean_over.data[:] = 1.0
+            mean_over = sp.diags(1.0 / np.asarray(mean_over.sum(axis=1)).ravel()) @ mean_over
+        else:
+            rows, mean_over = subset, None
+        block = RowReader(matrix).read_unique(rows)[1] if is_on_disk(matrix) else matrix[rows]
+        logged = log_normalise(block)
+        in_subset = np.isin(rows, subset)
+        self.genes = highly_variable_genes(logged[in_subset], self.n_top_genes)
+        logged = logged[:, self.genes]
+        mean, var = _column_mean_var(logged[in_subset])
+        self.mean_ = mean.astype(np.float32)
+        self.scale_ = np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
+        if mean_over is not None:  # the means over neighbourhoods, one row per cell of the subset
+            logged = mean_over @ logged
+        z = self._zscores(logged)
+        k = int(min(self.n_components, z.shape[0] - 1, z.shape[1] - 1))
+        if k < 1:
+            raise ValueError(f"the input features need at least 2 cells and 2 genes, got {n_obs} cells "
+                             f"and {len(self.genes)} genes")
+        pca = PCA(k, svd_solver="covariance_eigh", random_state=self.seed).fit(z)
+        self.components_ = pca.components_.astype(np.float32)  # (k, genes)
+        self.offset_ = (pca.mean_ @ pca.components_.T).astype(np.float32)
+        return self
+
+    @property
+    def n_features_out(self) -> int:
+        if self.genes is None:
+            raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
+        return self.components_.shape[0]
+
+    def _zscores(self, logged) -> np.ndarray:
+        dense = logged.toarray() if sp.issparse(logged) else np.asarray(logged)
+        return np.clip((dense.astype(np.float32) - self.mean_) / self.scale_, -self.clip, self.clip)
+
+    def __call__(self, counts) -> np.ndarray:
+        """The features of a block of count rows (any rows, each on its own):
+        a float32 array ``(n_rows, n_features_out)``. Rows are densified
+        ``chunk_rows`` at a time, so the block may be large."""
+        if self.genes is None:
+            raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
+        out = np.empty((counts.shape[0], self.n_features_out), dtype=np.float32)
+        for start in range(0, counts.shape[0], self.chunk_rows):
+            logged = log_normalise(counts[start:start + self.chunk_rows])[:, self.genes]
+            out[start:start + self.chunk_rows] = self._zscores(logged) @ self.components_.T - self.offset_
+        return out
+
+    def transform(self, matrix) -> np.ndarray:
+        """The features of every row of ``matrix``, in memory or on disk (read
+        ``chunk_rows`` rows at a time, so the whole matrix is never loaded)."""
+        from stepgraph.data.ondisk import RowReader, is_on_disk
+
+        if not is_on_disk(matrix):
+            return self(matrix)
+        reader = RowReader(matrix)
+        n_obs = matrix.shape[0]
+        return np.concatenate([self(reader.read_unique(np.arange(start, min(start + self.chunk_rows, n_obs)))[1])
+                               for start in range(0, n_obs, self.chunk_rows)]
+                              or [np.empty((0, self.n_features_out), np.float32)])
+
+    def __repr__(self) -> str:
+        fitted = "not fitted" if self.genes is None else f"{len(self.genes)} genes -> {self.n_features_out}"
+        return f"ExpressionFeatures({fitted})"
 
 
 def median_neighbor_distance(coordinates: np.ndarray, sections: np.ndarray | None = None, k: int = 1) -> float:

@@ -16,6 +16,7 @@ from stepgraph.clustering import (
     kmeans_domains,
     normalized_mutual_info,
     refine_domains,
+    smooth_over_graph,
 )
 from stepgraph.preprocess import (
     highly_variable_genes,
@@ -112,20 +113,72 @@ def test_neighbour_mean_beats_the_non_spatial_baseline_on_the_synthetic_tissue()
     assert (adata.X != before).nnz == 0 and "spatial_connectivities" not in adata.obsp
 
 
-@pytest.mark.skipif(not DLPFC.is_file(), reason=f"the shared real tissue {DLPFC} is not in this checkout")
-@pytest.mark.xfail(strict=True, reason="issue 12 not met yet: the default pipeline's ARI on DLPFC is below the "
-                   "neighbour-mean baseline's (docs/benchmarks.md); strict, so this marker must go when the "
-                   "floor is met")
-def test_pipeline_beats_the_neighbour_mean_baseline_on_real_visium_dlpfc(tmp_path):
-    """Regression floor on a real tissue (Visium DLPFC 151510): with fixed seeds
-    the pipeline's ARI beats the neighbour-mean baseline's by at least 0.05."""
-    import torch
+def test_expression_features_are_the_same_per_block_in_memory_and_on_disk(tmp_path):
+    from stepgraph.preprocess import ExpressionFeatures
+    from stepgraph.synthetic import synthetic_tissue
 
+    adata = synthetic_tissue(n_cells=900, n_genes=60, seed=2)
+    before = adata.X.copy()
+    features = ExpressionFeatures(n_top_genes=40, n_components=8).fit(adata.X)
+    whole = features.transform(adata.X)
+    assert whole.shape == (900, 8) and whole.dtype == np.float32 and len(features.genes) == 40
+    rows = np.array([5, 800, 3, 3])
+    np.testing.assert_allclose(features(adata.X[rows]), whole[rows], rtol=1e-5, atol=1e-5)  # rows on their own
+    features.chunk_rows = 128  # several chunks give the same as one
+    np.testing.assert_allclose(features.transform(adata.X), whole, rtol=1e-5, atol=1e-5)
+    adata.write_h5ad(tmp_path / "t.h5ad")
+    backed = ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
+    on_disk = ExpressionFeatures(n_top_genes=40, n_components=8).fit(backed.X)
+    np.testing.assert_allclose(on_disk.transform(backed.X), whole, rtol=1e-4, atol=1e-4)
+    assert (adata.X != before).nnz == 0
+    assert len(ExpressionFeatures(n_top_genes=3000).fit(adata.X).genes) == 60  # a panel is kept whole
+
+
+def test_expression_features_fitted_on_neighbourhoods_find_the_domains():
+    """A few components fitted on the neighbourhood means carry the domains
+    better than as many components of single cells (the reason for fitting
+    them so); both are averaged over the neighbourhood, as the pipeline does."""
+    from stepgraph.graph import spatial_graph
+    from stepgraph.preprocess import ExpressionFeatures
+    from stepgraph.synthetic import synthetic_tissue
+
+    adata = synthetic_tissue(n_cells=3000, n_sections=1, seed=4)
+    conn, _ = spatial_graph(adata, n_neighbors=8, copy=True)
+    scores = {}
+    for name, graph in (("cells", None), ("neighbourhoods", conn)):
+        x = smooth_over_graph(ExpressionFeatures(n_components=5).fit(adata.X, graph).transform(adata.X), conn, 1)
+        scores[name] = adjusted_rand_index(adata.obs["domain"], kmeans_domains(x, 5))
+    assert scores["neighbourhoods"] > scores["cells"] + 0.05, scores
+    with pytest.raises(ValueError, match="connectivities must be"):
+        ExpressionFeatures().fit(adata.X, conn[:10])
+    with pytest.raises(ValueError, match="n_components must be"):
+        ExpressionFeatures(n_components=0)
+
+
+def test_one_section_gets_no_section_embedding(tmp_path):
+    from stepgraph.pipeline import PipelineConfig, run_pipeline
+    from stepgraph.synthetic import synthetic_tissue
+    from stepgraph.train.checkpoint import load_checkpoint
+
+    for n_sections, expected in ((1, False), (2, True)):
+        adata = synthetic_tissue(n_cells=400, n_sections=n_sections, n_genes=30, seed=1)
+        out = tmp_path / str(n_sections)
+        run_pipeline(adata, out, PipelineConfig(batch_key="section", epochs=1, n_domains=3, progress=False))
+        weights = load_checkpoint(out / "checkpoints" / "best.pt")
+        assert any("batch_embedding" in key for key in weights) is expected
+
+
+@pytest.mark.skipif(not DLPFC.is_file(), reason=f"the shared real tissue {DLPFC} is not in this checkout")
+def test_pipeline_beats_the_neighbour_mean_baseline_on_real_visium_dlpfc(tmp_path):
+    """Regression floor on a real tissue (Visium DLPFC 151510): over seeds 0, 1
+    and 2 the pipeline's median ARI beats the neighbour-mean baseline's by at
+    least 0.05 (issue 12)."""
     from stepgraph.pipeline import PipelineConfig, run_pipeline
 
-    torch.set_num_threads(1)
     adata = ad.read_h5ad(DLPFC)
     n = adata.obs["domain"].nunique()
     baseline = adjusted_rand_index(adata.obs["domain"], neighbor_mean_domains(adata, n, seed=0))
-    summary = run_pipeline(adata, tmp_path, PipelineConfig(truth_key="domain", seed=0, progress=False))
-    assert summary["ari"] >= baseline + 0.05, (summary["ari"], baseline)
+    scores = [run_pipeline(ad.read_h5ad(DLPFC), tmp_path / str(seed),
+                           PipelineConfig(truth_key="domain", seed=seed, progress=False))["ari"]
+              for seed in range(3)]
+    assert np.median(scores) >= baseline + 0.05, (scores, baseline)

@@ -33,7 +33,7 @@ def data():
     return tissue()
 
 
-@pytest.mark.parametrize("conv", ["gcn", "sage"])
+@pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
 @pytest.mark.parametrize("variational", [False, True])
 def test_shapes_and_losses(data, conv, variational):
     torch.manual_seed(0)
@@ -124,14 +124,14 @@ def test_batch_embedding_and_parameter_groups(data):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="conv"):
-        GraphAutoencoder(10, conv="gat")
+        GraphAutoencoder(10, conv="gin")
     with pytest.raises(ValueError, match="latent_dim"):
         GraphAutoencoder(10, latent_dim=0)
     with pytest.raises(ValueError, match="dropout"):
         GraphAutoencoder(10, dropout=1.5)
 
 
-@pytest.mark.parametrize("conv,variational", [("gcn", False), ("sage", True)])
+@pytest.mark.parametrize("conv,variational", [("gcn", False), ("sage", True), ("gat", False)])
 def test_training_reduces_recon_loss(data, conv, variational):
     torch.manual_seed(0)
     model = GraphAutoencoder(30, hidden_dim=32, latent_dim=8, conv=conv,
@@ -203,7 +203,7 @@ def _hop_counts(batch):
             "num_sampled_edges_per_hop": batch.num_sampled_edges}
 
 
-@pytest.mark.parametrize("conv", ["gcn", "sage"])
+@pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
 @pytest.mark.parametrize("fanout", [[4, 3], [3, 2, 2]])
 def test_trimmed_losses_and_gradients_equal_untrimmed(data, conv, fanout):
     torch.manual_seed(0)

@@ -126,7 +126,7 @@ def test_backed_pipeline_equals_in_memory_and_keeps_x_on_disk(tmp_path):
     assert (disk.obsp["spatial_connectivities"] != memory.obsp["spatial_connectivities"]).nnz == 0
     assert "X_stepgraph" not in ad.read_h5ad(path).obsm  # the input file is untouched
     stages = [row["stage"] for row in summaries[True]["stages"]]
-    assert stages == ["normalise", "graph", "epoch 1", "epoch 2", "embedding", "clustering", "write"]
+    assert stages == ["graph", "features", "epoch 1", "epoch 2", "embedding", "clustering", "write"]
     assert all(row["seconds"] >= 0 and row["peak_rss_mb"] > 0 for row in summaries[True]["stages"])
     with pytest.raises(ValueError, match="backed AnnData"):
         run_pipeline(tissue, tmp_path / "x", PipelineConfig(backed=True, epochs=1, progress=False))

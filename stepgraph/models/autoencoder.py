@@ -7,12 +7,13 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 __all__ = ["GraphAutoencoder"]
 
-_CONVS = {"gcn": GCNConv, "sage": SAGEConv}
+_CONVS = {"gcn": GCNConv, "sage": SAGEConv, "gat": GATConv}
+_ACTIVATIONS = {"relu": F.relu, "elu": F.elu}
 
 
 class GraphAutoencoder(nn.Module):
@@ -21,8 +22,9 @@ class GraphAutoencoder(nn.Module):
     expression from the embedding.
 
     The encoder is a stack of :obj:`n_layers` graph convolutions
-    (:class:`~torch_geometric.nn.conv.GCNConv` or
-    :class:`~torch_geometric.nn.conv.SAGEConv`) with ReLU and dropout,
+    (:class:`~torch_geometric.nn.conv.GCNConv`,
+    :class:`~torch_geometric.nn.conv.SAGEConv` or, as in STAGATE,
+    :class:`~torch_geometric.nn.conv.GATConv`) with a non-linearity (ReLU or ELU) and dropout,
     followed by a linear map to the :obj:`latent_dim`-dimensional embedding
     (two maps, mean and log-variance, when :obj:`variational=True`). The
     decoder is an MLP from the embedding, concatenated with a learned
@@ -59,9 +61,12 @@ class GraphAutoencoder(nn.Module):
             of a :class:`~torch_geometric.loader.NeighborLoader`).
             (default: :obj:`2`)
         conv (str, optional): :obj:`"gcn"` (symmetric normalisation with
-            self-loops; uses :obj:`edge_weight`) or :obj:`"sage"`
+            self-loops; uses :obj:`edge_weight`), :obj:`"sage"`
             (mean aggregation plus a separate self term; ignores
-            :obj:`edge_weight`). (default: :obj:`"gcn"`)
+            :obj:`edge_weight`) or :obj:`"gat"` (one attention head over
+            the node and its neighbours, which learns how much each
+            neighbour counts, as STAGATE; ignores :obj:`edge_weight`).
+            (default: :obj:`"gcn"`)
         variational (bool, optional): If set to :obj:`True`, the encoder
             outputs a Gaussian posterior, the decoder sees a sample from it in
             training mode (its mean in eval mode), and :meth:`loss` adds a
@@ -74,6 +79,9 @@ class GraphAutoencoder(nn.Module):
             (default: :obj:`8`)
         dropout (float, optional): Dropout probability after every hidden
             layer. (default: :obj:`0.0`)
+        activation (str, optional): The non-linearity after every hidden
+            layer: :obj:`"relu"` or :obj:`"elu"` (smooth, with negative
+            outputs, as STAGATE). (default: :obj:`"relu"`)
 
     Example:
         >>> import torch
@@ -99,6 +107,7 @@ class GraphAutoencoder(nn.Module):
         n_batches: int = 0,
         batch_emb_dim: int = 8,
         dropout: float = 0.0,
+        activation: str = "relu",
     ):
         super().__init__()
         if conv not in _CONVS:
@@ -108,6 +117,8 @@ class GraphAutoencoder(nn.Module):
                                  ("n_batches", n_batches, 0), ("batch_emb_dim", batch_emb_dim, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"'{name}' must be an integer >= {low}; got {value!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"'activation' must be one of {sorted(_ACTIVATIONS)}; got {activation!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must be in [0, 1); got {dropout!r}")
 
@@ -117,6 +128,8 @@ class GraphAutoencoder(nn.Module):
         self.variational = variational
         self.n_batches = n_batches
         self.dropout = dropout
+        self.activation = activation
+        self._act = _ACTIVATIONS[activation]
 
         conv_cls = _CONVS[conv]
         # GCN's normalisation is computed once per forward pass (in _hidden), not per layer
@@ -131,7 +144,7 @@ class GraphAutoencoder(nn.Module):
         self.batch_embedding = nn.Embedding(n_batches, batch_emb_dim) if n_batches > 0 else None
         self.decoder = nn.Sequential(
             nn.Linear(latent_dim + emb_dim, hidden_dim),
-            nn.ReLU(),
+            nn.ELU() if activation == "elu" else nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, in_dim),
         )
@@ -152,7 +165,7 @@ class GraphAutoencoder(nn.Module):
     def _hidden(self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None,
                 hops: tuple[list[int], list[int]] | None = None) -> Tensor:
         if edge_index is None:
-            # No graph: every node only sees itself (GCN's self-loops, SAGE's
+            # No graph: every node only sees itself (GCN's and GAT's self-loops, SAGE's
             # root term), i.e. an MLP.
             edge_index = torch.empty(2, 0, dtype=torch.long, device=x.device)
             edge_weight, hops = None, None
@@ -170,7 +183,7 @@ class GraphAutoencoder(nn.Module):
                 x = conv(x, edge_index, edge_weight)
             else:
                 x = conv(x, edge_index)
-            x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
+            x = F.dropout(self._act(x), p=self.dropout, training=self.training)
         return x
 
     def _hidden_trimmed(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None,
@@ -202,7 +215,7 @@ class GraphAutoencoder(nn.Module):
                 x = conv.lin(agg) + conv.bias
             else:
                 x = conv((x, x[:n_out]), edge_index[:, :m], size=(x.size(0), n_out))
-            x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
+            x = F.dropout(self._act(x), p=self.dropout, training=self.training)
         return x
 
     def _posterior(
