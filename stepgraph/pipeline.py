@@ -318,6 +318,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         "early_stopped": bool(stopped),
         "best_val_loss": None if trainer.best is None else trainer.best.best_score,
         "n_domains": n_domains,
+        "features": {"genes": len(features.genes), "components": features.n_features_out},
         "ari": ari,
         "nmi": nmi,
         "seconds": time.perf_counter() - start,

@@ -42,6 +42,12 @@ def test_clustering_recovers_separated_blobs(method):
     assert normalized_mutual_info(truth, labels) == pytest.approx(1.0)
 
 
+def test_gmm_fitted_on_a_subset_assigns_every_row():
+    x, truth = blobs()
+    labels = gmm_domains(x, 3, max_fit_rows=30)
+    assert len(labels) == 150 and adjusted_rand_index(truth, labels) == 1.0
+
+
 def test_scores_of_independent_labellings_are_near_zero_and_labels_any_hashable():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 4, 5000), rng.integers(0, 4, 5000)
