@@ -4,8 +4,9 @@ A synthetic tissue of ``--n-cells`` cells x ``--n-genes`` genes (sparse
 counts, ``--sections`` sections of uniform 2-D coordinates) is written as an
 h5ad file. ``stepgraph train`` then runs on it twice, each time in a fresh
 process: once reading the file into memory, once with ``--backed`` (``X``
-stays on disk and each batch reads its rows). Reported per stage (read,
-normalise, graph, each epoch, embedding, clustering, write): seconds and peak
+stays on disk and is read in chunks of rows to compute the model's input
+features). Reported per stage (read, graph, features, each epoch, embedding,
+clustering, write): seconds and peak
 resident memory, both from the ``summary.json`` the command writes (the
 kernel's high-water mark is reset at each stage), and the peak resident
 memory of the whole process (the largest of the stages' peaks and of
