@@ -160,9 +160,11 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
     features = ExpressionFeatures(n_top_genes=config.n_top_genes, n_components=config.n_pcs,
                                   seed=config.seed).fit(counts, graph)
     x = features.transform(counts)
-    if not np.isfinite(x).all():  # an on-disk X is checked here, as it is read
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))  # an on-disk X is checked here, as it is read
+    if bad.size:
         source = "adata.X" if config.layer_key is None else f"adata.layers[{config.layer_key!r}]"
-        raise ValueError(f"{source} holds NaN or infinite values")
+        raise ValueError(f"{source} holds NaN or infinite values in {bad.size} cell(s); the first is obs "
+                         f"{adata.obs_names[bad[0]]!r} (row {bad[0]})")
     x = smooth_over_graph(x, graph, 1).astype(np.float32)
     # one section needs no section embedding, whether or not batch_key names it
     several = config.batch_key is not None and adata.obs[config.batch_key].nunique(dropna=False) > 1

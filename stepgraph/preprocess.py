@@ -194,6 +194,12 @@ class ExpressionFeatures:
         else:
             rows, mean_over = subset, None
         block = RowReader(matrix).read_unique(rows)[1] if is_on_disk(matrix) else matrix[rows]
+        finite = np.isfinite(block.data if sp.issparse(block) else np.asarray(block, dtype=np.float64))
+        if not finite.all():
+            first = np.flatnonzero(~finite.reshape(-1))[0]
+            row = (np.searchsorted(block.indptr, first, side="right") - 1 if sp.issparse(block)
+                   else first // block.shape[1])
+            raise ValueError(f"the counts hold NaN or infinite values; the first is in row {rows[row]}")
         logged = log_normalise(block)
         in_subset = np.isin(rows, subset)
         self.genes = highly_variable_genes(logged[in_subset], self.n_top_genes)

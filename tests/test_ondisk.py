@@ -147,3 +147,14 @@ def test_train_backed_from_the_command_line(tmp_path, capsys):
 
     stages = json.loads((tmp_path / "out" / "summary.json").read_text())["stages"]
     assert stages[0]["stage"] == "read" and stages[-1]["stage"] == "write"
+
+
+def test_backed_pipeline_names_a_cell_with_nan_counts(tmp_path):
+    tissue = synthetic_tissue(n_cells=300, n_genes=20, seed=1)
+    x = tissue.X.toarray()
+    x[7, 3] = np.nan
+    tissue.X = sp.csr_matrix(x)
+    tissue.write_h5ad(tmp_path / "nan.h5ad")
+    backed = ad.read_h5ad(tmp_path / "nan.h5ad", backed="r")
+    with pytest.raises(ValueError, match="NaN or infinite values; the first is in row 7"):
+        run_pipeline(backed, tmp_path / "out", PipelineConfig(backed=True, epochs=1, progress=False))
