@@ -226,8 +226,12 @@ class ExpressionFeatures:
         return self.components_.shape[0]
 
     def _zscores(self, logged) -> np.ndarray:
-        dense = logged.toarray() if sp.issparse(logged) else np.asarray(logged)
-        return np.clip((dense.astype(np.float32) - self.mean_) / self.scale_, -self.clip, self.clip)
+        # one dense float32 array, updated in place (no temporaries of its size)
+        z = logged.toarray() if sp.issparse(logged) else np.array(logged)
+        z = z.astype(np.float32, copy=False)
+        z -= self.mean_
+        z /= self.scale_
+        return np.clip(z, -self.clip, self.clip, out=z)
 
     def __call__(self, counts) -> np.ndarray:
         """The features of a block of count rows (any rows, each on its own):
