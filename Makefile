@@ -11,7 +11,7 @@ STAMP := $(VENV)/.stepgraph-installed
 # against the installed torch, hence --no-build-isolation (pip caches the wheel).
 TORCH_PIN := torch==2.13.0
 
-.PHONY: test demo bench bench-deps lint clean install
+.PHONY: test demo docs bench bench-deps lint clean install
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -22,11 +22,16 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIN)
 	$(PY) -c "import torch_scatter" 2>/dev/null || $(PIP) install -q --no-build-isolation torch-scatter
-	$(PIP) install -q -e ".[test,plot,scatter]"
+	$(PIP) install -q -e ".[test,plot,scatter,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/stepgraph demo
+
+# The site: the guides of docs/ and the API reference built from the docstrings;
+# a warning (a broken docstring, a dead link between pages) fails the build.
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 # Optional comparison baselines: torch-sparse (compiled against our torch, so
 # without build isolation) and squidpy (pulls many packages; a separate venv is

@@ -1,32 +1,24 @@
-"""Shared helpers of the benchmark scripts: results as JSON and a markdown table."""
+"""Shared helpers of the benchmark scripts: results as JSON and a markdown table.
+
+Versions and peak memory come from stepgraph itself
+(:func:`stepgraph.bench.environment.environment`,
+:func:`stepgraph.pipeline.stages.peak_rss_mb`), so every report gathers them the same way.
+"""
 
 from __future__ import annotations
 
 import json
-import platform
-import resource
-import sys
 from pathlib import Path
 
-import torch
+from stepgraph.bench.environment import environment
+from stepgraph.pipeline.stages import peak_rss_mb as _peak_rss_mb
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine() -> dict:
-    """A short description of the machine the figures come from."""
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-    }
-
-
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux ru_maxrss is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, in MiB."""
+    return _peak_rss_mb(resettable=False)
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -44,5 +36,5 @@ def write_json(path: str | None, payload: dict) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    path.write_text(json.dumps({"machine": environment(), **payload}, indent=2))
     print(f"wrote {path}")

@@ -221,7 +221,7 @@ def run_case(case):
         def build(adata):
             spatial_graph(adata, method=method, batch_key=batch_key, **kwargs)
 
-    from stepgraph.stages import peak_rss_mb, reset_peak_rss
+    from stepgraph.pipeline.stages import peak_rss_mb, reset_peak_rss
 
     adata = make_adata(case["cells"], case["sections"], method)
     gc.collect()

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_bench_parser(sub) -> argparse._SubParsersAction:
     """``stepgraph bench [--size ...]``; returns its (optional) sub-commands, so that
     ``stepgraph bench <name>`` commands can be added beside the benchmark suite."""
-    from stepgraph.bench import SIZES
+    from stepgraph.bench.suite import SIZES
 
     bench = sub.add_parser("bench", help="run every benchmark in benchmarks/ and write one report",
                            description="Run every script of benchmarks/ at one size, each in its own "
@@ -278,7 +278,7 @@ def _run_demo(args) -> int:
 
 def _run_train(args) -> int:
     from stepgraph.pipeline import PipelineConfig, run_pipeline
-    from stepgraph.stages import StageLog
+    from stepgraph.pipeline.stages import StageLog
 
     out = Path(args.out)
     _check_out_name(out, args.input)
@@ -338,7 +338,7 @@ def _run_graph(args) -> int:
 def _run_bench(args) -> int:
     if args.bench_command == "domains":
         return _run_bench_domains(args)
-    from stepgraph.bench import run_benchmarks
+    from stepgraph.bench.suite import run_benchmarks
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     report = run_benchmarks(args.size, args.out, bench_dir=args.bench_dir, threads=args.threads,
@@ -353,7 +353,7 @@ def _run_bench(args) -> int:
 
 
 def _run_bench_domains(args) -> int:
-    from stepgraph.bench_domains import (
+    from stepgraph.bench.domains import (
         DOMAIN_METHODS,
         domain_table,
         run_domain_benchmark,
@@ -380,7 +380,7 @@ def _run_bench_domains(args) -> int:
 
 
 def _run_info(args) -> int:
-    from stepgraph.info import info_lines
+    from stepgraph.bench.environment import info_lines
 
     print("\n".join(info_lines()))
     return 0

@@ -22,7 +22,7 @@ import pytest
 
 import stepgraph
 from stepgraph import BaseDataset, EarlyStopping, LossMeter, MaskedDataset, Trainer
-from stepgraph.train.checkpoint import BestWeights, TrainingCheckpoint
+from stepgraph.train.checkpointing import BestWeights, TrainingCheckpoint
 from stepgraph.train.early_stopping import EarlyStoppingGroup
 from stepgraph.train.loop import LoopState
 

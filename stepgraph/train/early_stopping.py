@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from stepgraph._validation import check_choice, check_int, check_number
-from stepgraph.train.checkpoint import atomic_save
+from stepgraph.train.checkpointing import atomic_save
 
 __all__ = ["EarlyStopping", "EarlyStoppingGroup", "STOP_RULES"]
 

@@ -235,7 +235,7 @@ def train_loop_formatter(train_func: Callable | None = None, *, path: type | Non
     train_func
         The per-epoch method of a :class:`~stepgraph.Trainer` (sub)class.
     path
-        A training path class (see :mod:`stepgraph.train.paths`), used as
+        A training path class (see :mod:`stepgraph.train.feeds`), used as
         ``@train_loop_formatter(path=MatrixPath)``: it is built once per call,
         from the method's own arguments, before the first epoch (so bad
         arguments fail at once), and is the trainer's ``active_path`` during

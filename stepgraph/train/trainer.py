@@ -2,7 +2,7 @@
 
 Each training method (``train``, ``train_batch``, ``train_node_sampler``,
 ``train_graph_batch``) is a few lines over a training path
-(:mod:`stepgraph.train.paths`) built once per call by
+(:mod:`stepgraph.train.feeds`) built once per call by
 :func:`~stepgraph.train_loop_formatter`. Every epoch of every path runs
 :func:`~stepgraph.train.loop.run_epoch`: the path's batches and loss call, the optimizer
 step (:meth:`Trainer.update_model_params`), the :class:`~stepgraph.LossMeter`,
@@ -25,8 +25,8 @@ import torch
 from stepgraph._validation import as_index, check_choice, check_int, check_number
 from stepgraph.data.loaders import make_loaders as _make_loaders
 from stepgraph.data.split import random_split_indices
-from stepgraph.train import paths
-from stepgraph.train.checkpoint import BestWeights, TrainingCheckpoint
+from stepgraph.train import feeds as paths  # renamed; the train helper finishes the rename
+from stepgraph.train.checkpointing import BestWeights, TrainingCheckpoint
 from stepgraph.train.distributed import make_strategy
 from stepgraph.train.early_stopping import EarlyStopping, EarlyStoppingGroup
 from stepgraph.train.loop import LoopState, evaluate, run_epoch, train_loop_formatter
@@ -540,7 +540,7 @@ class Trainer:
         ``model.loss(x, ind=ind, edge_index=..., edge_weight=..., batch_label=...)``,
         plus the batch's per-hop counts when ``model.loss`` names the parameters
         ``num_sampled_nodes_per_hop`` and ``num_sampled_edges_per_hop`` (layer-wise
-        trimming; see :func:`~stepgraph.train.paths.takes_per_hop`).
+        trimming; see :func:`~stepgraph.train.feeds.takes_per_hop`).
 
         Parameters
         ----------
@@ -563,7 +563,7 @@ class Trainer:
     # ------------------------------------------------------ training paths
     @train_loop_formatter(path=paths.TensorBatchPath)
     def train_batch(self, state: LoopState, loaders, call_func: Callable | None = None) -> bool:
-        """Train over tensor batches (call with ``epochs=``); see :class:`~stepgraph.train.paths.TensorBatchPath`.
+        """Train over tensor batches (call with ``epochs=``); see :class:`~stepgraph.train.feeds.TensorBatchPath`.
 
         Parameters
         ----------
@@ -580,7 +580,7 @@ class Trainer:
     def train(self, state: LoopState, X, train_ind=None, valid_ind=None, call_func: Callable | None = None,
               **kwargs) -> bool:
         """Train one full-matrix step per epoch (call with ``epochs=``); see
-        :class:`~stepgraph.train.paths.MatrixPath`.
+        :class:`~stepgraph.train.feeds.MatrixPath`.
 
         Parameters
         ----------
@@ -603,7 +603,7 @@ class Trainer:
     def train_node_sampler(self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None,
                            call_func: Callable | None = None) -> bool:
         """Train over sampled neighbourhoods (call with ``epochs=``); see
-        :class:`~stepgraph.train.paths.NodeSamplingPath`.
+        :class:`~stepgraph.train.feeds.NodeSamplingPath`.
 
         Parameters
         ----------
@@ -628,7 +628,7 @@ class Trainer:
     def train_graph_batch(self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None,
                           call_func: Callable | None = None) -> bool:
         """Train over full neighbourhoods, losses masked to ``train_ind`` (call with
-        ``epochs=``); see :class:`~stepgraph.train.paths.FullNeighbourhoodPath`.
+        ``epochs=``); see :class:`~stepgraph.train.feeds.FullNeighbourhoodPath`.
 
         Parameters
         ----------

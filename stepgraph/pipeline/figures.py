@@ -1,0 +1,116 @@
+"""The pipeline's figure: predicted (and true) spatial domains per section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["save_domain_figure"]
+
+_PANEL_INCHES = 4.2
+
+
+def _matched_colours(truth: pd.Categorical, predicted: pd.Categorical, n_colours: int) -> dict:
+    """Colour index per predicted domain: the colour of the true domain it
+    overlaps most (Hungarian matching), so agreeing domains share a colour."""
+    table = pd.crosstab(predicted.codes, truth.codes).reindex(
+        index=range(len(predicted.categories)), columns=range(len(truth.categories)), fill_value=0)
+    rows, cols = linear_sum_assignment(-table.to_numpy())
+    colours = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+    spare = iter(range(len(truth.categories), n_colours + len(predicted.categories)))
+    return {i: colours[i] if i in colours else next(spare) for i in range(len(predicted.categories))}
+
+
+def _draw(ax, xy, codes, categories, colour_of, palette, size, title):
+    for code, name in enumerate(categories):
+        mask = codes == code
+        if mask.any():
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=palette[colour_of[code] % len(palette)],
+                       linewidths=0, label=str(name))
+    ax.set_title(title, fontsize=10)
+    ax.set_aspect("equal")
+    ax.invert_yaxis()  # image coordinates, as scanpy and squidpy draw them
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=max(1.0, 4.0 / np.sqrt(size)), frameon=False,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", batch_key: str | None = None,
+                       truth_key: str | None = None, domain_key: str = "stepgraph_domain",
+                       history: list[dict] | None = None, ari: float | None = None) -> bool:
+    """Draw the domains of every section and save the figure to ``path``.
+
+    One row per section (``batch_key``): the true domains (``truth_key``)
+    beside the predicted ones (``domain_key``), coloured so that a predicted
+    domain takes the colour of the true domain it overlaps most, with a
+    legend. Points are sized from the spot or cell spacing (the median
+    nearest-neighbour distance), and y points down as in image coordinates.
+    With ``history`` (per-epoch losses) a loss panel is added; ``ari`` goes
+    in the title.
+
+    Returns
+    -------
+    bool
+        False when matplotlib is not installed (nothing is written).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from stepgraph.graph.spatial import section_codes
+    from stepgraph.graph.ops import median_neighbor_distance
+
+    xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
+    sections, names = section_codes(adata, batch_key)
+    spacing = median_neighbor_distance(xy, sections)
+    predicted = pd.Categorical(adata.obs[domain_key])
+    truth = pd.Categorical(adata.obs[truth_key]) if truth_key else None
+    n_colours = (len(truth.categories) if truth is not None else 0) + len(predicted.categories)
+    palette = list(plt.get_cmap("tab20" if n_colours > 10 else "tab10").colors)
+    if truth is not None:
+        pred_colours = _matched_colours(truth, predicted, n_colours)
+    else:
+        pred_colours = {i: i for i in range(len(predicted.categories))}
+
+    n_cols = (2 if truth is not None else 1) + (history is not None)
+    fig, axes = plt.subplots(len(names), n_cols, figsize=(n_cols * (_PANEL_INCHES + 1.4), len(names) * _PANEL_INCHES),
+                             squeeze=False)
+    for row, name in enumerate(names):
+        mask = sections == row
+        part = xy[mask]
+        extent = max(np.ptp(part[:, 0]), np.ptp(part[:, 1]), spacing)
+        diameter_pt = 0.9 * spacing / extent * _PANEL_INCHES * 72  # one spot wide, in points
+        size = float(np.clip(diameter_pt, 0.5, 40.0) ** 2)
+        label = "tissue" if batch_key is None else str(name)
+        col = 0
+        if truth is not None:
+            _draw(axes[row, 0], part, truth.codes[mask], truth.categories,
+                  {i: i for i in range(len(truth.categories))}, palette, size, f"{label}: true domains")
+            col = 1
+        score = f" (ARI {ari:.3f})" if ari is not None else ""
+        _draw(axes[row, col], part, predicted.codes[mask], predicted.categories, pred_colours, palette, size,
+              f"{label}: predicted domains{score}")
+        if history is not None:
+            ax = axes[row, -1]
+            if row == 0 and history:
+                epochs = [h["epoch"] for h in history]
+                for key in [k for k in history[0] if k not in ("epoch", "lr")]:
+                    ax.plot(epochs, [h.get(key, np.nan) for h in history], label=key,
+                            linestyle="--" if key.startswith("val_") else "-")
+                ax.set_xlabel("epoch")
+                ax.set_ylabel("loss")
+                ax.set_title("training", fontsize=10)
+                ax.legend(fontsize=7)
+            else:
+                ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

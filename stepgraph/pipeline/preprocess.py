@@ -1,0 +1,261 @@
+"""Expression pre-processing for the reference pipeline: log-normalisation,
+highly variable genes, principal components, the model's input features
+(:class:`ExpressionFeatures`). The graph operators they use (neighbourhood
+means, the data's spacing) are in :mod:`stepgraph.graph.ops`.
+
+Every function returns new arrays; the user's matrices are never modified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from stepgraph.graph.ops import neighborhood_mean_operator
+
+__all__ = ["log_normalise", "highly_variable_genes", "principal_components", "ExpressionFeatures"]
+
+
+def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
+    """Counts scaled to ``target_sum`` per cell, then ``log1p``; a new matrix.
+
+    Sparse input stays sparse (only its non-zeros are touched).
+    """
+    if sp.issparse(matrix):
+        out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        totals = np.asarray(out.sum(axis=1)).ravel()
+        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        out.data *= np.repeat(scale, np.diff(out.indptr)).astype(np.float32)
+        np.log1p(out.data, out=out.data)
+        return out
+    out = np.asarray(matrix, dtype=np.float32)
+    totals = out.sum(axis=1, keepdims=True)
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log1p(out * scale)
+
+
+def _column_mean_var(matrix) -> tuple[np.ndarray, np.ndarray]:
+    if sp.issparse(matrix):
+        mean = np.asarray(matrix.mean(axis=0), dtype=np.float64).ravel()
+        mean_sq = np.asarray(matrix.multiply(matrix).mean(axis=0), dtype=np.float64).ravel()
+        return mean, np.maximum(mean_sq - mean**2, 0.0)
+    x = np.asarray(matrix, dtype=np.float64)
+    return x.mean(axis=0), x.var(axis=0)
+
+
+def highly_variable_genes(log_matrix, n_top: int = 2000, n_bins: int = 20) -> np.ndarray:
+    """Indices of the ``n_top`` most variable genes, as scanpy's ``flavor="seurat"``.
+
+    The dispersion (variance over mean) of the de-logged expression is
+    z-scored within ``n_bins`` equal-width bins of log mean expression, so that variable
+    genes are found at every expression level; genes are ranked by that
+    normalised dispersion.
+
+    Parameters
+    ----------
+    log_matrix
+        Log-normalised expression (cells x genes), dense or sparse.
+    n_top
+        Number of genes to keep (all genes when there are fewer).
+    n_bins
+        Bins of mean expression.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted column indices of the selected genes.
+    """
+    n_genes = log_matrix.shape[1]
+    if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 1:
+        raise ValueError(f"n_top must be an integer >= 1, got n_top={n_top!r}")
+    if n_top >= n_genes:
+        return np.arange(n_genes)
+    expm1 = log_matrix.expm1() if sp.issparse(log_matrix) else np.expm1(np.asarray(log_matrix, np.float64))
+    mean, var = _column_mean_var(expm1)
+    mean = np.where(mean == 0, 1e-12, mean)
+    dispersion = np.log(np.where(var == 0, 1e-12, var) / mean)
+    log_mean = np.log1p(mean)
+    edges = np.linspace(log_mean.min(), log_mean.max(), n_bins + 1)[1:-1]  # equal widths, as scanpy
+    bins = np.searchsorted(edges, log_mean)
+    norm = np.zeros(n_genes)
+    for b in np.unique(bins):  # a loop over <= n_bins bins, not over genes
+        in_bin = bins == b
+        sd = dispersion[in_bin].std()
+        norm[in_bin] = (dispersion[in_bin] - dispersion[in_bin].mean()) / (sd if sd > 0 else 1.0)
+    return np.sort(np.argsort(-norm, kind="stable")[:n_top])
+
+
+def principal_components(matrix, n_components: int = 50, seed: int = 0) -> np.ndarray:
+    """The first principal components of ``matrix`` (cells x genes), centred,
+    with :class:`sklearn.decomposition.PCA`; sparse input is not densified.
+
+    ``n_components`` is capped at ``min(n_obs, n_vars) - 1``. Returns a float32
+    array of shape ``(n_obs, n_components)``.
+    """
+    from sklearn.decomposition import PCA
+
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
+        raise ValueError(f"n_components must be an integer >= 1, got n_components={n_components!r}")
+    k = int(min(n_components, min(matrix.shape) - 1))
+    if k < 1:
+        raise ValueError(f"principal components need at least 2 cells and 2 genes, got shape {matrix.shape}")
+    x = sp.csr_matrix(matrix, dtype=np.float32) if sp.issparse(matrix) else np.asarray(matrix, np.float32)
+    # the genes x genes covariance is small for panels and HVG sets; arpack beyond
+    solver = "covariance_eigh" if x.shape[1] <= 5000 else ("arpack" if sp.issparse(x) else "auto")
+    return PCA(k, svd_solver=solver, random_state=seed).fit_transform(x).astype(np.float32)
+
+
+class ExpressionFeatures:
+    """The model's input: counts -> log-CP10k -> highly variable genes ->
+    per-gene z-scores (clipped at ``clip``) -> principal components.
+
+    Fitted once on (a random subset of) the cells, then applied to any block
+    of rows on its own, so the same features come out whether the matrix is
+    in memory or read from disk one mini-batch at a time (pass the fitted
+    object as ``row_transform`` of :class:`~stepgraph.data.BaseDataset`).
+
+    Why each step, for Visium spots and imaging panels alike:
+
+    - log-CP10k removes the depth of each spot or cell and tames the counts'
+      mean-variance relation;
+    - highly variable genes (only above ``n_top_genes`` genes) drop genes
+      that carry noise only; a panel of tens or hundreds of genes was chosen
+      by hand and is kept whole;
+    - z-scores give each gene the same weight, so a marker expressed at low
+      level counts as much as a highly expressed one (scanpy's ``scale``,
+      BANKSY); the clip bounds the weight of a few extreme cells;
+    - principal components keep the shared variation and drop per-gene
+      noise; they also make the model's input size independent of the panel.
+
+    Parameters
+    ----------
+    n_top_genes
+        Highly variable genes kept when there are more genes than this.
+    n_components
+        Principal components (capped at the number of genes minus one and the
+        number of fitted cells minus one).
+    max_cells
+        At most this many cells, drawn at random, are read to fit the genes,
+        the z-scores and the components; 20,000 cells estimate them well and
+        keep the fit small on a tissue of millions of cells.
+    clip
+        z-scores are clipped to ``[-clip, clip]``.
+    seed
+        Seed of the cell subset and of the PCA solver.
+
+    Attributes
+    ----------
+    genes
+        Column indices of the genes used.
+    n_features_out
+        Number of output features (components).
+    """
+
+    def __init__(self, n_top_genes: int = 3000, n_components: int = 20, max_cells: int = 20_000,
+                 clip: float = 10.0, seed: int = 0):
+        for name, value in (("n_top_genes", n_top_genes), ("n_components", n_components),
+                            ("max_cells", max_cells)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+        self.n_top_genes, self.n_components, self.max_cells = int(n_top_genes), int(n_components), int(max_cells)
+        self.clip, self.seed = float(clip), seed
+        self.chunk_rows = 4096  # rows densified at once: 4096 x 3000 genes is 49 MB
+        self.genes = None
+
+    def fit(self, matrix, connectivities=None) -> ExpressionFeatures:
+        """Fit on the counts ``matrix`` (cells x genes): in memory (dense or
+        sparse) or on disk (a backed h5ad's or lazy zarr's ``X``, of which
+        only the rows needed are read).
+
+        With the spatial graph ``connectivities`` (sparse ``(n_obs, n_obs)``),
+        the components are those of the neighbourhood means of the z-scores
+        (each cell averaged with its neighbours, as BANKSY's neighbour
+        features): the axes of spatially coherent variation, the variation
+        between domains, rather than that of spot-to-spot noise. The rows of
+        the subset's neighbours are read too. Returns ``self``.
+        """
+        from sklearn.decomposition import PCA
+
+        from stepgraph.data.ondisk import RowReader, is_on_disk
+
+        n_obs, n_vars = matrix.shape
+        subset = np.arange(n_obs)
+        if n_obs > self.max_cells:
+            subset = np.sort(np.random.default_rng(self.seed).choice(n_obs, self.max_cells, replace=False))
+        if connectivities is not None:
+            if connectivities.shape != (n_obs, n_obs):
+                raise ValueError(f"connectivities must be ({n_obs}, {n_obs}) for {n_obs} cells, "
+                                 f"got {connectivities.shape}")
+            op = neighborhood_mean_operator(connectivities, rows=subset).tocsc()
+            rows = np.flatnonzero(np.diff(op.indptr))  # the subset and its neighbours
+            mean_over = op[:, rows].tocsr()
+        else:
+            rows, mean_over = subset, None
+        block = RowReader(matrix).read_unique(rows)[1] if is_on_disk(matrix) else matrix[rows]
+        finite = np.isfinite(block.data if sp.issparse(block) else np.asarray(block, dtype=np.float64))
+        if not finite.all():
+            first = np.flatnonzero(~finite.reshape(-1))[0]
+            row = (np.searchsorted(block.indptr, first, side="right") - 1 if sp.issparse(block)
+                   else first // block.shape[1])
+            raise ValueError(f"the counts hold NaN or infinite values; the first is in row {rows[row]}")
+        logged = log_normalise(block)
+        in_subset = np.isin(rows, subset)
+        self.genes = highly_variable_genes(logged[in_subset], self.n_top_genes)
+        logged = logged[:, self.genes]
+        mean, var = _column_mean_var(logged[in_subset])
+        self.mean_ = mean.astype(np.float32)
+        self.scale_ = np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
+        if mean_over is not None:  # the means over neighbourhoods, one row per cell of the subset
+            logged = mean_over @ logged
+        z = self._zscores(logged)
+        k = int(min(self.n_components, z.shape[0] - 1, z.shape[1] - 1))
+        if k < 1:
+            raise ValueError(f"the input features need at least 2 cells and 2 genes, got {n_obs} cells "
+                             f"and {len(self.genes)} genes")
+        pca = PCA(k, svd_solver="covariance_eigh", random_state=self.seed).fit(z)
+        self.components_ = pca.components_.astype(np.float32)  # (k, genes)
+        self.offset_ = (pca.mean_ @ pca.components_.T).astype(np.float32)
+        return self
+
+    @property
+    def n_features_out(self) -> int:
+        if self.genes is None:
+            raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
+        return self.components_.shape[0]
+
+    def _zscores(self, logged) -> np.ndarray:
+        # one dense float32 array, updated in place (no temporaries of its size)
+        z = logged.toarray() if sp.issparse(logged) else np.array(logged)
+        z = z.astype(np.float32, copy=False)
+        z -= self.mean_
+        z /= self.scale_
+        return np.clip(z, -self.clip, self.clip, out=z)
+
+    def __call__(self, counts) -> np.ndarray:
+        """The features of a block of count rows (any rows, each on its own):
+        a float32 array ``(n_rows, n_features_out)``. Rows are densified
+        ``chunk_rows`` at a time, so the block may be large."""
+        if self.genes is None:
+            raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
+        out = np.empty((counts.shape[0], self.n_features_out), dtype=np.float32)
+        for start in range(0, counts.shape[0], self.chunk_rows):
+            logged = log_normalise(counts[start:start + self.chunk_rows])[:, self.genes]
+            out[start:start + self.chunk_rows] = self._zscores(logged) @ self.components_.T - self.offset_
+        return out
+
+    def transform(self, matrix) -> np.ndarray:
+        """The features of every row of ``matrix``, in memory or on disk (read
+        ``chunk_rows`` rows at a time, so the whole matrix is never loaded)."""
+        from stepgraph.data.ondisk import RowReader, is_on_disk
+
+        if not is_on_disk(matrix):
+            return self(matrix)
+        reader = RowReader(matrix)
+        n_obs = matrix.shape[0]
+        return np.concatenate([self(reader.read_unique(np.arange(start, min(start + self.chunk_rows, n_obs)))[1])
+                               for start in range(0, n_obs, self.chunk_rows)]
+                              or [np.empty((0, self.n_features_out), np.float32)])
+
+    def __repr__(self) -> str:
+        fitted = "not fitted" if self.genes is None else f"{len(self.genes)} genes -> {self.n_features_out}"
+        return f"ExpressionFeatures({fitted})"

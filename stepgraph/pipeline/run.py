@@ -1,0 +1,230 @@
+"""The reference pipeline behind ``stepgraph demo`` and ``stepgraph train``.
+
+AnnData -> spatial graph -> input features (log-CP10k, HVG, z-scores, PCA
+fitted on neighbourhood means) -> node-sampled training of
+:class:`~stepgraph.models.GraphAutoencoder` (validation split, early
+stopping, best checkpoint) -> embedding of every cell -> smoothed embedding ->
+Gaussian-mixture domains -> outputs in a folder. The defaults and their
+reasons are in :class:`~stepgraph.pipeline.config.PipelineConfig`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from stepgraph.data.dataset import BaseDataset, expression_matrix
+from stepgraph.data.loaders import graph_loader, node_loaders
+from stepgraph.data.split import random_split_indices
+from stepgraph.graph import spatial_graph, to_pyg
+from stepgraph.graph.ops import median_neighbor_distance, smooth_over_graph
+from stepgraph.graph.spatial import get_coordinates, section_codes
+from stepgraph.models import GraphAutoencoder
+from stepgraph.pipeline.config import DOMAIN_KEY, EMBEDDING_KEY, PipelineConfig
+from stepgraph.pipeline.domains import (
+    adjusted_rand_index,
+    cluster_domains,
+    normalized_mutual_info,
+    refine_domains,
+)
+from stepgraph.pipeline.figures import save_domain_figure
+from stepgraph.pipeline.outputs import save_history, write_adata, write_summary
+from stepgraph.pipeline.preprocess import ExpressionFeatures
+from stepgraph.pipeline.stages import StageLog
+from stepgraph.progress import TrackedLoader
+from stepgraph.train.checkpointing import load_checkpoint, trusted_checkpoints
+from stepgraph.train.distributed import is_main_process
+from stepgraph.train.trainer import Trainer
+
+__all__ = ["run_pipeline"]
+
+
+def _initial_weights(model: torch.nn.Module, path: str | Path, trusted: bool) -> None:
+    """Load the weights of ``path`` (a ``state_dict`` or a training state) into ``model``."""
+    state = load_checkpoint(path, trusted=trusted)
+    if isinstance(state, dict) and state.get("format") == "stepgraph-training-state":
+        state = state.get("model")
+    if not isinstance(state, dict):
+        raise ValueError(f"init_weights={str(path)!r} does not hold model weights (a state_dict)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise ValueError(f"init_weights={str(path)!r} does not hold weights of this model: {detail}") from None
+
+
+def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, ExpressionFeatures]:
+    """The dataset the model reads, and the fitted transform.
+
+    Each cell's features are the mean, over the cell and its graph
+    neighbours, of their :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`,
+    whose components are fitted on neighbourhood means too (the axes of
+    variation between domains); plus the section when there are several.
+    With ``config.backed``, ``X`` is read from disk in chunks of rows, never
+    whole. Needs the spatial graph in ``adata.obsp``.
+    """
+    graph = adata.obsp["spatial_connectivities"]
+    features = ExpressionFeatures(n_top_genes=config.n_top_genes, n_components=config.n_pcs,
+                                  seed=config.seed).fit(counts, graph)
+    x = features.transform(counts)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))  # an on-disk X is checked here, as it is read
+    if bad.size:
+        source = "adata.X" if config.layer_key is None else f"adata.layers[{config.layer_key!r}]"
+        raise ValueError(f"{source} holds NaN or infinite values in {bad.size} cell(s); the first is obs "
+                         f"{adata.obs_names[bad[0]]!r} (row {bad[0]})")
+    x = smooth_over_graph(x, graph, 1).astype(np.float32)
+    # one section needs no section embedding, whether or not batch_key names it
+    several = config.batch_key is not None and adata.obs[config.batch_key].nunique(dropna=False) > 1
+    batch_key = config.batch_key if several else None
+    obs = adata.obs[[batch_key]] if batch_key else None
+    return BaseDataset(ad.AnnData(X=x, obs=obs), batch_key=batch_key), features
+
+
+def _graph_radius(adata, config: PipelineConfig) -> float | None:
+    """The radius of the spatial graph: ``config.radius``, or, for
+    ``method="radius"``, ``config.graph_scale`` times the median distance from
+    a cell to its ``config.n_neighbors``-th nearest neighbour (see
+    :class:`PipelineConfig`)."""
+    if config.radius is not None or config.method != "radius":
+        return config.radius
+    coordinates = get_coordinates(adata, config.spatial_key)  # checked: finite, 2-D or 3-D
+    sections = section_codes(adata, config.batch_key)[0]  # checked: no missing section
+    return config.graph_scale * median_neighbor_distance(coordinates, sections, k=config.n_neighbors)
+
+
+def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None,
+                 stages: StageLog | None = None) -> dict:
+    """Train the reference model on ``adata`` and write every output to ``out_dir``.
+
+    ``adata`` gains the documented keys only: the graph (``obsp``/``uns``
+    from :func:`~stepgraph.graph.spatial_graph`), ``obsm["X_stepgraph"]`` (the
+    embedding) and ``obs["stepgraph_domain"]`` (the domains). Its ``X``
+    is not modified: the model reads features computed from it (see
+    :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`); with
+    ``config.backed``, ``X`` is read from disk in chunks of rows to compute
+    them, so it is never loaded whole.
+
+    Parameters
+    ----------
+    adata
+        Counts in ``X`` (or ``layers[config.layer_key]``), coordinates in
+        ``obsm[config.spatial_key]``.
+    out_dir
+        Folder for ``adata.h5ad``, ``checkpoints/best.pt``, ``history.csv``,
+        ``history.json``, ``figure.png`` and ``summary.json``.
+    config
+        Settings; defaults to :class:`PipelineConfig` (its ``init_weights``,
+        ``resume_from`` and ``trust_checkpoint`` start from a checkpoint).
+    stages
+        A :class:`~stepgraph.pipeline.stages.StageLog` to add the stages to (the CLI
+        passes one that holds the reading of the file); a new one when ``None``.
+        Its rows (seconds and peak memory of graph, each epoch, embedding,
+        clustering, write) go to ``summary["stages"]``.
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``: epochs run, whether early
+        stopping fired, the best validation loss, the ARI (when
+        ``config.truth_key`` is set), the wall time and the output paths.
+    """
+    config = config or PipelineConfig()
+    stages = stages if stages is not None else StageLog()
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+
+    if config.backed and not adata.isbacked:
+        raise ValueError("config.backed=True needs a backed AnnData, e.g. "
+                         "anndata.read_h5ad(path, backed='r'); got one held in memory")
+    counts = expression_matrix(adata, config.layer_key)  # numbers (finite in memory), cells and genes
+    with stages.stage("graph"):
+        spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors,
+                      radius=_graph_radius(adata, config), spatial_key=config.spatial_key,
+                      batch_key=config.batch_key, progress=config.progress)
+        data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
+    with stages.stage("features"):
+        dataset, features = _model_input(adata, counts, config)
+
+    train_ind, valid_ind = random_split_indices(adata.n_obs, config.split_rate, seed=config.seed)
+    train_loader, valid_loader = node_loaders(
+        data, config.fanout, batch_size=min(config.batch_size, len(train_ind)), train_ind=train_ind,
+        valid_ind=valid_ind if len(valid_ind) else None, seed=config.seed, backend=config.backend)
+
+    model = GraphAutoencoder(dataset.n_vars, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
+                             n_layers=len(config.fanout), conv=config.conv, n_batches=dataset.n_batches,
+                             activation=config.activation)
+    if config.init_weights is not None:
+        _initial_weights(model, config.init_weights, config.trust_checkpoint)
+    trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / "checkpoints",
+                      seed=config.seed, progress=config.progress)
+    trainer.lossconfig = {}  # the pipeline's own patience for every loss, not STEP's per-loss table
+    trainer.defualt_lcfg.update(patience=config.patience, delta=1e-3)
+    trainer.init_optimizer(lr=config.lr)
+    stages.start_epochs()  # the trainer's writer hook closes each epoch's stage
+    with trusted_checkpoints(config.trust_checkpoint):
+        stopped = trainer.train_node_sampler(epochs=config.epochs, gloader=(train_loader, valid_loader),
+                                             dataset=dataset, resume_from=config.resume_from, writer=stages)
+    if getattr(trainer, "interrupted", False):  # Ctrl-C: the state is saved, no outputs
+        raise KeyboardInterrupt
+
+    with stages.stage("embedding"):
+        # batches of batch_size seeds: their full neighbourhoods' rows are densified together
+        full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=config.batch_size,
+                                   backend=config.backend)
+        tracked = TrackedLoader(full_loader, "embedding", enabled=config.progress)
+        embedding = trainer.predict_gloader(tracked, dataset).numpy()
+        adata.obsm[EMBEDDING_KEY] = embedding
+    with stages.stage("clustering"):
+        n_domains = config.n_domains
+        if n_domains is None:
+            n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
+        graph = adata.obsp["spatial_connectivities"]
+        smoothed = smooth_over_graph(embedding, graph, config.smooth)
+        labels = cluster_domains(smoothed, n_domains, method=config.cluster, seed=config.seed)
+        if config.refine:
+            labels = refine_domains(labels, graph)
+        adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
+            labels, categories=[f"domain{i}" for i in range(n_domains)])
+        truth = adata.obs[config.truth_key] if config.truth_key else None
+        ari = adjusted_rand_index(truth, labels) if truth is not None else None
+        nmi = normalized_mutual_info(truth, labels) if truth is not None else None
+
+    main = is_main_process()  # under torchrun, rank 0 alone writes the outputs
+    with stages.stage("write"):
+        if main:
+            save_history(trainer.history, out_dir)
+            write_adata(adata, out_dir / "adata.h5ad")
+        figure = main and save_domain_figure(adata, out_dir / "figure.png", config.spatial_key,
+                                             config.batch_key, config.truth_key, history=trainer.history,
+                                             ari=ari)
+    best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
+    summary = {
+        "n_obs": adata.n_obs,
+        "epochs_run": len(trainer.history),
+        "early_stopped": bool(stopped),
+        "best_val_loss": None if trainer.best is None else trainer.best.best_score,
+        "n_domains": n_domains,
+        "features": {"genes": len(features.genes), "components": features.n_features_out},
+        "ari": ari,
+        "nmi": nmi,
+        "seconds": time.perf_counter() - start,
+        "outputs": {
+            "adata": str(out_dir / "adata.h5ad"),
+            "checkpoint": None if best is None else str(best),
+            "history": str(out_dir / "history.csv"),
+            "figure": str(out_dir / "figure.png") if figure else None,
+        },
+        "config": asdict(config),
+        "stages": stages.rows,
+    }
+    if main:
+        write_summary(summary, out_dir)
+    return summary
