@@ -139,7 +139,7 @@ def check_instance(value: Any, name: str, types: type | tuple[type, ...], expect
 
 
 def check_key(key: Any, present: Collection[Any], name: str, where: str) -> Any:
-    """``key`` when it is in ``present``; otherwise a ``KeyError`` listing the keys there.
+    """``key`` when it is in ``present``; otherwise a ``KeyError`` listing what is there.
 
     Parameters
     ----------
@@ -150,10 +150,21 @@ def check_key(key: Any, present: Collection[Any], name: str, where: str) -> Any:
     name
         The argument's name, for errors.
     where
-        Where the key was looked for, e.g. ``"adata.obsm"``.
+        Where the key was looked for, as the message says it:
+        ``"in adata.obsm"``, ``"a column of adata.obs"``.
+
+    Returns
+    -------
+    object
+        ``key``.
+
+    Raises
+    ------
+    KeyError
+        ``"spatial_key='xy' is not in adata.obsm; it has ['spatial', 'X_umap']"``.
     """
     if key not in present:
-        raise KeyError(f"{name}={key!r} is not in {where}; keys present: {list(present)}")
+        raise KeyError(f"{name}={key!r} is not {where}; it has {list(present)}")
     return key
 
 

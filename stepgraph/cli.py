@@ -11,27 +11,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import inspect
 import sys
 import tempfile
+import types
+import typing
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+from stepgraph.pipeline.config import DOMAIN_KEY, EMBEDDING_KEY, PipelineConfig, cli_option
+from stepgraph.pipeline.outputs import ADATA, CHECKPOINTS
+from stepgraph.train.checkpointing import LAST_CHECKPOINT
+
+__all__ = ["main", "build_parser", "config_from_args"]
 
 DEFAULT_DEMO_OUT = "stepgraph_out/demo"
+DEFAULT_TRAIN_OUT = "stepgraph_out/train"
 
 
 class UserError(Exception):
     """An error in the user's input: reported in one line, exit status 2."""
 
 
-def _fanout(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--fanout must be integers separated by commas, got {text!r}") from None
-    if not values or any(v < 1 and v != -1 for v in values):
-        raise argparse.ArgumentTypeError(f"--fanout must be positive integers (or -1), got {text!r}")
-    return values
+def _int_list(flag: str):
+    """The parser of an option of comma-separated integers, each positive or -1."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be integers separated by commas, got {text!r}") from None
+        if not values or any(v < 1 and v != -1 for v in values):
+            raise argparse.ArgumentTypeError(f"{flag} must be positive integers (or -1), got {text!r}")
+        return values
+
+    return parse
 
 
 def _seeds(text: str) -> list[int]:
@@ -54,29 +67,68 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_graph_options(p: argparse.ArgumentParser, method: str = "knn") -> None:
-    p.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default: %(default)s)")
-    p.add_argument("--batch-key", default=None,
-                   help="obs column of the sections; no edge joins two sections (default: none)")
-    p.add_argument("--method", default=method, choices=["knn", "radius", "delaunay", "grid"],
-                   help="graph construction (default: %(default)s)")
-    p.add_argument("--n-neighbors", type=_positive_int, default=6,
-                   help="neighbours per cell for knn, per ring for grid (default: %(default)s)")
-    p.add_argument("--radius", type=float, default=None,
-                   help="radius for method=radius; prunes longer edges for knn/delaunay (default: none)")
+#: The options that ``stepgraph demo`` shares with ``stepgraph train``.
+RUN_FIELDS = ("epochs", "seed", "device", "progress")
+#: The options of ``stepgraph graph``: ``train``'s graph options, with the defaults of
+#: :func:`~stepgraph.graph.spatial_graph` (squidpy's ``knn``, not the pipeline's radius).
+GRAPH_FIELDS = ("spatial_key", "batch_key", "method", "n_neighbors", "radius")
 
 
-def _add_run_options(p: argparse.ArgumentParser, out: str, seed_help: str) -> None:
-    """Options shared by ``demo`` and ``train``."""
-    p.add_argument("--epochs", type=_positive_int, default=50, help="maximum epochs (default: %(default)s)")
-    p.add_argument("--out", default=out, help="output folder (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help=f"{seed_help} (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def _value_type(hint) -> type:
+    """``int`` for ``int | None``, ``list`` for ``list[int]``, the type itself otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _add_config_options(p: argparse.ArgumentParser, names=None, defaults=None, helps=None) -> None:
+    """Add one option per field of :class:`~stepgraph.pipeline.PipelineConfig` that
+    is on the command line (:func:`~stepgraph.pipeline.config.cli_option`), or
+    per field of ``names``: its name, type, default, choices and help all come
+    from the field; ``defaults`` and ``helps`` replace some of them by field name.
+    A boolean field is a flag that turns its default around (``--quiet`` for
+    ``progress``); its value is stored under the field's name."""
+    hints, config = typing.get_type_hints(PipelineConfig), PipelineConfig()
+    for f in dataclasses.fields(PipelineConfig):
+        flag = cli_option(f)
+        if flag is None or (names is not None and f.name not in names):
+            continue
+        meta, value = f.metadata, getattr(config, f.name)
+        default = (defaults or {}).get(f.name, value)
+        text = (helps or {}).get(f.name, meta["help"]).replace("%", "%%")
+        kind = _value_type(hints[f.name])
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
+                           help=f"{text} (default: off)")
+            continue
+        shown = (meta["shown"].format(**dataclasses.asdict(config)) if meta["shown"] and default == value
+                 else _shown(default))
+        parse = {list: _int_list(flag), int: _positive_int if meta["positive"] else int, float: float}.get(kind)
+        choices = meta["choices"]
+        metavar = meta["metavar"] or (None if choices else flag[2:].upper().replace("-", "_"))
+        p.add_argument(flag, dest=f.name, type=parse, default=default, choices=choices, metavar=metavar,
+                       help=f"{text} (default: {shown.replace('%', '%%')})")
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> PipelineConfig:
+    """The :class:`~stepgraph.pipeline.PipelineConfig` of the parsed ``args`` of
+    ``stepgraph train`` or ``demo``: every field the command has an option for,
+    then ``overrides``; the other fields keep their defaults."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)
+              if cli_option(f) and hasattr(args, f.name)}
+    return PipelineConfig(**{**values, **overrides})
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``stepgraph`` command."""
+    from stepgraph.graph import spatial_graph
+
     parser = argparse.ArgumentParser(
         prog="stepgraph",
         description="Train graph neural networks on spatial transcriptomics (AnnData + PyG).")
@@ -88,62 +140,30 @@ def build_parser() -> argparse.ArgumentParser:
                           "validation and early stopping, cluster the embedding into domains and "
                           "report the adjusted Rand index against the truth.")
     demo.add_argument("--n-cells", type=_positive_int, default=20_000, help="cells (default: %(default)s)")
-    _add_run_options(demo, DEFAULT_DEMO_OUT, "seed of tissue and training")
+    _add_config_options(demo, RUN_FIELDS, helps={"seed": "seed of tissue and training"})
+    demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="output folder (default: %(default)s)")
 
     train = sub.add_parser("train", help="the same pipeline on your .h5ad file",
                            description="Build the spatial graph of INPUT, train the reference graph "
-                           "autoencoder with node sampling, and write the embedding "
-                           "(obsm['X_stepgraph']), domains (obs['stepgraph_domain']), checkpoint, "
-                           "loss history and figure to --out. INPUT itself is never modified.")
+                           f"autoencoder with node sampling, and write the embedding (obsm['{EMBEDDING_KEY}']), "
+                           f"domains (obs['{DOMAIN_KEY}']), checkpoint, loss history and figure to --out. "
+                           "INPUT itself is never modified.")
     train.add_argument("input", help="input .h5ad file (counts in X)")
-    _add_graph_options(train, method="radius")
-    train.add_argument("--graph-scale", type=float, default=1.2,
-                       help="without --radius, method=radius joins cells closer than this times the median "
-                       "distance to the --n-neighbors-th nearest neighbour (default: %(default)s)")
-    train.add_argument("--n-top-genes", type=_positive_int, default=3000,
-                       help="highly variable genes kept when there are more genes (default: %(default)s)")
-    train.add_argument("--n-pcs", type=_positive_int, default=20,
-                       help="principal components of the model input (default: %(default)s)")
-    train.add_argument("--conv", default="gat", choices=["gat", "gcn", "sage"],
-                       help="graph convolution of the encoder (default: %(default)s)")
-    train.add_argument("--cluster", default="gmm", choices=["gmm", "kmeans"],
-                       help="clustering of the embedding into domains (default: %(default)s)")
-    train.add_argument("--refine", action="store_true",
-                       help="relabel a cell whose neighbours mostly carry another domain")
-    train.add_argument("--layer", default=None, help="use this layer of counts instead of X (default: X)")
-    train.add_argument("--batch-size", type=_positive_int, default=1024, help="seed cells per batch (default: %(default)s)")
-    train.add_argument("--fanout", type=_fanout, default=[10, 5],
-                       help="neighbours sampled per hop, comma separated (default: 10,5)")
-    train.add_argument("--lr", type=float, default=0.003, help="learning rate (default: %(default)s)")
-    train.add_argument("--patience", type=_positive_int, default=5,
-                       help="early-stopping patience in epochs (default: %(default)s)")
-    train.add_argument("--split-rate", type=float, default=0.1,
-                       help="share of cells held out for validation (default: %(default)s)")
-    train.add_argument("--n-domains", type=_positive_int, default=None,
-                       help="clusters in the domain assignment (default: categories of --truth-key, else 7)")
-    train.add_argument("--truth-key", default=None, help="obs column of known domains, to report the ARI")
-    train.add_argument("--init-weights", default=None, metavar="CHECKPOINT",
-                       help="start from the model weights of this checkpoint (best.pt or last.pt of "
-                       "an earlier run); training itself starts afresh (default: none)")
+    _add_config_options(train)
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its checkpoints/last.pt, exactly where it "
-                       "stopped; pass the same options as that run and the total --epochs")
-    train.add_argument("--trust-checkpoint", action="store_true",
-                       help="load --init-weights / --resume checkpoints in full, objects other than "
-                       "tensors included; a checkpoint can then run code: only for files you trust")
-    train.add_argument("--backed", action="store_true",
-                       help="keep X on disk (read the file backed) and compute the input features "
-                       "from chunks of rows; "
-                       "memory then holds the graph, not the expression matrix")
-    _add_run_options(train, "stepgraph_out/train", "seed of split, sampling and initialisation")
+                       help=f"continue the run in --out from its {CHECKPOINTS}/{LAST_CHECKPOINT}, exactly where "
+                       "it stopped; pass the same options as that run and the total --epochs (default: off)")
+    train.add_argument("--out", default=DEFAULT_TRAIN_OUT, help="output folder (default: %(default)s)")
 
     graph = sub.add_parser("graph", help="build the spatial graph and write it into an h5ad file",
                            description="Write obsp['<key>_connectivities'], obsp['<key>_distances'] and "
                            "uns['<key>_neighbors'] (squidpy's layout) for INPUT, to --output (a new file) "
                            "or, with --overwrite, into INPUT itself.")
     graph.add_argument("input", help="input .h5ad file")
-    _add_graph_options(graph)
-    graph.add_argument("--key-added", default="spatial", help="prefix of the written keys (default: %(default)s)")
+    graph_defaults = {name: p.default for name, p in inspect.signature(spatial_graph).parameters.items()}
+    _add_config_options(graph, GRAPH_FIELDS, defaults=graph_defaults)
+    graph.add_argument("--key-added", default=graph_defaults["key_added"],
+                       help="prefix of the written keys (default: %(default)s)")
     graph.add_argument("--output", default=None, help="file to write (default: INPUT with suffix .graph.h5ad)")
     graph.add_argument("--overwrite", action="store_true", help="allow writing over an existing file, INPUT included")
     bench_sub = _add_bench_parser(sub)
@@ -155,8 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and JSON.")
     domains.add_argument("input", help="input .h5ad file (raw counts in X, true domains in obs)")
     domains.add_argument("--truth-key", required=True, help="obs column of the true domains")
-    domains.add_argument("--batch-key", default=None, help="obs column of the sections (default: none)")
-    domains.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default: %(default)s)")
+    _add_config_options(domains, ("batch_key", "spatial_key"))
     domains.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="seeds, comma separated (default: 0,1,2)")
     domains.add_argument("--methods", default="stepgraph,neighbor_mean,pca_kmeans",
                          help="methods, comma separated (default: %(default)s)")
@@ -216,8 +235,8 @@ def _check_out_name(out: Path, input_path: str | None = None) -> None:
     """``--out`` must name a folder (or nothing yet), never the input file."""
     if input_path is not None and out.resolve() == Path(input_path).resolve():
         raise UserError(f"--out {str(out)!r} is the input file itself; choose a folder for the outputs")
-    if input_path is not None and (out / "adata.h5ad").resolve() == Path(input_path).resolve():
-        raise UserError(f"--out {str(out)!r} would overwrite the input file with its adata.h5ad; "
+    if input_path is not None and (out / ADATA).resolve() == Path(input_path).resolve():
+        raise UserError(f"--out {str(out)!r} would overwrite the input file with its {ADATA}; "
                         "choose another folder")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is an existing file, not a folder")
@@ -261,7 +280,7 @@ def _report(summary: dict) -> None:
 
 
 def _run_demo(args) -> int:
-    from stepgraph.pipeline import PipelineConfig, run_pipeline
+    from stepgraph.pipeline import run_pipeline
     from stepgraph.synthetic import synthetic_tissue
 
     out = Path(args.out)
@@ -270,14 +289,13 @@ def _run_demo(args) -> int:
     adata = synthetic_tissue(n_cells=args.n_cells, seed=args.seed)
     print(f"synthetic tissue: {adata.n_obs} cells x {adata.n_vars} genes, "
           f"{adata.obs['section'].nunique()} sections, {adata.obs['domain'].nunique()} domains")
-    config = PipelineConfig(batch_key="section", truth_key="domain", epochs=args.epochs,
-                            batch_size=1024, seed=args.seed, device=args.device, progress=not args.quiet)
+    config = config_from_args(args, batch_key="section", truth_key="domain")
     _report(run_pipeline(adata, out, config))
     return 0
 
 
 def _run_train(args) -> int:
-    from stepgraph.pipeline import PipelineConfig, run_pipeline
+    from stepgraph.pipeline import run_pipeline
     from stepgraph.pipeline.stages import StageLog
 
     out = Path(args.out)
@@ -286,27 +304,18 @@ def _run_train(args) -> int:
     with stages.stage("read"):
         adata = _read_h5ad(args.input, backed=args.backed)
     _check_keys(adata, args, extra_obs=[("--truth-key", args.truth_key)])
-    if args.layer is not None and args.layer not in adata.layers:
-        raise UserError(f"--layer {args.layer!r} is not in adata.layers; layers are {list(adata.layers)}")
+    if args.layer_key is not None and args.layer_key not in adata.layers:
+        raise UserError(f"--layer {args.layer_key!r} is not in adata.layers; layers are {list(adata.layers)}")
     if args.init_weights is not None and args.resume:
         raise UserError("--init-weights and --resume exclude each other: --resume continues a run with "
                         "its own weights, --init-weights starts a new one from given weights")
     if args.init_weights is not None and not Path(args.init_weights).is_file():
         raise UserError(f"--init-weights {args.init_weights!r} is not a file")
-    resume_from = out / "checkpoints" / "last.pt"
+    resume_from = out / CHECKPOINTS / LAST_CHECKPOINT
     if args.resume and not resume_from.is_file():
         raise UserError(f"--resume: {str(resume_from)!r} does not exist; there is no run to continue in "
                         f"--out {str(out)!r} (run without --resume to start one)")
-    config = PipelineConfig(
-        spatial_key=args.spatial_key, batch_key=args.batch_key, layer_key=args.layer, method=args.method,
-        n_neighbors=args.n_neighbors, radius=args.radius, graph_scale=args.graph_scale,
-        n_top_genes=args.n_top_genes, n_pcs=args.n_pcs, conv=args.conv, cluster=args.cluster, refine=args.refine,
-        epochs=args.epochs, batch_size=args.batch_size, fanout=args.fanout, lr=args.lr,
-        split_rate=args.split_rate, patience=args.patience,
-        n_domains=args.n_domains, truth_key=args.truth_key, seed=args.seed, device=args.device,
-        progress=not args.quiet, init_weights=args.init_weights,
-        resume_from=str(resume_from) if args.resume else None, trust_checkpoint=args.trust_checkpoint,
-        backed=args.backed)
+    config = config_from_args(args, resume_from=str(resume_from) if args.resume else None)
     created = _prepare_out(out)
     try:
         summary = run_pipeline(adata, out, config, stages=stages)

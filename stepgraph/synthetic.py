@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from stepgraph._validation import check_int, check_number
+
 __all__ = ["synthetic_tissue"]
 
 
 def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int = 5,
-                     n_genes: int = 200, n_cell_types: int = 8, seed: int = 0) -> ad.AnnData:
+                     n_genes: int = 200, n_cell_types: int = 8, seed: int = 0,
+                     section_effect: float = 0.0) -> ad.AnnData:
     """Generate the default synthetic tissue.
 
     Parameters
@@ -37,6 +40,16 @@ def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int 
         Number of cell types mixed within domains (``obs["cell_type"]``).
     seed
         Seed: the same arguments give the same AnnData.
+    section_effect
+        Strength of a sample effect between sections, as between patients
+        (0: none, the sections differ only in their layout; 1: strong). Each
+        section's log expression is scaled by its own factor
+        ``exp(0.3 * section_effect * N(0, 1))`` and every gene shifted by its
+        own ``section_effect * N(0, 1)``; its depth by
+        ``exp(0.5 * section_effect * N(0, 1))``; and its domains get their own
+        widths (proportional to ``exp(section_effect * N(0, 1))``), so the
+        sections hold different mixtures of domains. Drawn from a stream of
+        their own: the tissue with ``section_effect=0`` is the same as without.
 
     Returns
     -------
@@ -51,11 +64,13 @@ def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int 
     >>> adata.shape
     (1000, 200)
     """
-    for name, value, low in (("n_cells", n_cells, 2), ("n_sections", n_sections, 1),
-                             ("n_domains", n_domains, 2), ("n_genes", n_genes, 2 * n_domains),
-                             ("n_cell_types", n_cell_types, 1)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
+    n_cells = check_int(n_cells, "n_cells", minimum=2)
+    n_sections = check_int(n_sections, "n_sections", minimum=1)
+    n_domains = check_int(n_domains, "n_domains", minimum=2)
+    n_genes = check_int(n_genes, "n_genes", minimum=2 * n_domains)
+    n_cell_types = check_int(n_cell_types, "n_cell_types", minimum=1)
+    effect = check_number(section_effect, "section_effect", minimum=0)
+    effect_rng = np.random.default_rng([seed, 20])  # its own stream: effect 0 leaves the tissue as it was
     rng = np.random.default_rng(seed)
     section = np.repeat(np.arange(n_sections), -(-n_cells // n_sections))[:n_cells]
     side = np.sqrt(np.bincount(section)) * 10.0  # ~10 µm between neighbours
@@ -65,6 +80,10 @@ def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int 
     phase = rng.uniform(0, 2 * np.pi, n_sections)[section]
     u = xy[:, 1] / side[section] + 0.06 * np.sin(2 * np.pi * xy[:, 0] / side[section] * 1.5 + phase)
     domain = np.clip((u * n_domains).astype(np.int64), 0, n_domains - 1)
+    if effect > 0:  # each section its own domain widths: a different mixture of domains
+        widths = np.exp(effect * effect_rng.standard_normal((n_sections, n_domains)))
+        edges = np.cumsum(widths / widths.sum(axis=1, keepdims=True), axis=1)[:, :-1]
+        domain = (u[:, None] > edges[section]).sum(axis=1)
 
     # cell types: each domain prefers a few types; expression: type program + domain markers
     type_mix = rng.dirichlet(np.full(n_cell_types, 0.3), size=n_domains)
@@ -79,6 +98,11 @@ def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int 
         domain_shift[d, markers[d]] = 3.0
     library = rng.lognormal(np.log(300.0), 0.3, size=n_cells)
     rate = type_program[cell_type] * domain_shift[domain]
+    if effect > 0:  # per section: log expression scaled, every gene shifted, depth changed
+        scale = np.exp(0.3 * effect * effect_rng.standard_normal(n_sections))
+        shift = effect * effect_rng.standard_normal((n_sections, n_genes))
+        rate = np.exp(np.log(rate) * scale[section, None] + shift[section])
+        library = library * np.exp(0.5 * effect * effect_rng.standard_normal(n_sections))[section]
     rate *= (library / rate.sum(axis=1))[:, None]
     counts = rng.poisson(rate).astype(np.float32)
 
@@ -94,6 +118,6 @@ def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int 
     var = pd.DataFrame(index=pd.Index([f"gene{g}" for g in range(n_genes)]))
     adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
     adata.obsm["spatial"] = xy
-    adata.uns["synthetic_tissue"] = {"seed": seed, "n_domains": n_domains,
+    adata.uns["synthetic_tissue"] = {"seed": seed, "n_domains": n_domains, "section_effect": effect,
                                      "marker_genes": markers.tolist()}
     return adata

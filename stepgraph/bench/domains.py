@@ -1,6 +1,11 @@
 """Spatial-domain benchmark: stepgraph's pipeline against two training-free
 baselines on any annotated ``.h5ad``, side by side, over several seeds.
 
+With several sections (``batch_key``) each run is scored three ways: the ARI
+of the joint domains over all cells, the ARI within each section (and their
+mean), and how well the sections mix in the embedding that was clustered
+(:func:`~stepgraph.pipeline.integration.section_mixing`).
+
 Each (method, seed) runs in a fresh process (``spawn``), so its peak memory
 is its own: the reported peak is the resident set of a process that imported
 stepgraph, read the file and ran only that method. Time is the method's wall
@@ -40,9 +45,11 @@ def _one_run(path: str, method: str, seed: int, truth_key: str, batch_key: str |
     import torch
     from threadpoolctl import threadpool_limits
 
-    from stepgraph.pipeline import DOMAIN_KEY, PipelineConfig, run_pipeline
+    from stepgraph.graph.spatial import section_codes
+    from stepgraph.pipeline import DOMAIN_KEY, EMBEDDING_KEY, PipelineConfig, run_pipeline
     from stepgraph.pipeline.baselines import neighbor_mean_domains, pca_kmeans_domains
     from stepgraph.pipeline.domains import adjusted_rand_index, normalized_mutual_info
+    from stepgraph.pipeline.integration import section_mixing
     from stepgraph.pipeline.stages import peak_rss_mb
 
     torch.set_num_threads(threads)
@@ -50,24 +57,35 @@ def _one_run(path: str, method: str, seed: int, truth_key: str, batch_key: str |
     truth = adata.obs[truth_key]
     known = truth.notna().to_numpy()
     n_domains = int(truth[known].nunique())
+    sections, names = section_codes(adata, batch_key)
+    mixing = None
     with threadpool_limits(threads):
         start = time.perf_counter()
         if method == "stepgraph":
             with tempfile.TemporaryDirectory() as out:
                 config = PipelineConfig(spatial_key=spatial_key, batch_key=batch_key, n_domains=n_domains,
                                         seed=seed, progress=False, **pipeline_options)
-                run_pipeline(adata, out, config)
-            labels = adata.obs[DOMAIN_KEY].to_numpy()
+                summary = run_pipeline(adata, out, config)
+            labels, embedding = adata.obs[DOMAIN_KEY].to_numpy(), adata.obsm[EMBEDDING_KEY]
+            mixing = (summary.get("integration") or {}).get("mixing")  # of the embedding it clustered
         elif method == "neighbor_mean":
-            labels = neighbor_mean_domains(adata, n_domains, seed=seed, spatial_key=spatial_key,
-                                           batch_key=batch_key)
+            labels, embedding = neighbor_mean_domains(adata, n_domains, seed=seed, spatial_key=spatial_key,
+                                                      batch_key=batch_key, return_embedding=True)
         else:
-            labels = pca_kmeans_domains(adata, n_domains, seed=seed)
+            labels, embedding = pca_kmeans_domains(adata, n_domains, seed=seed, return_embedding=True)
         seconds = time.perf_counter() - start
-    return {"method": method, "seed": seed, "seconds": seconds,
-            "ari": adjusted_rand_index(truth[known], np.asarray(labels)[known]),
-            "nmi": normalized_mutual_info(truth[known], np.asarray(labels)[known]),
-            "peak_rss_mib": peak_rss_mb(resettable=False)}
+    labels = np.asarray(labels)
+    record = {"method": method, "seed": seed, "seconds": seconds,
+              "ari": adjusted_rand_index(truth[known], labels[known]),
+              "nmi": normalized_mutual_info(truth[known], labels[known]),
+              "peak_rss_mib": peak_rss_mb(resettable=False)}
+    if len(names) > 1:
+        each = [adjusted_rand_index(truth[part], labels[part])
+                for part in ((sections == code) & known for code in range(len(names)))]  # per section
+        record.update(ari_sections=dict(zip(map(str, names), each, strict=True)),
+                      ari_per_section=float(np.mean(each)),
+                      mixing=mixing if mixing is not None else section_mixing(embedding, sections, seed=seed))
+    return record
 
 
 def _summary(runs: list[dict], key: str) -> dict:
@@ -106,8 +124,12 @@ def run_domain_benchmark(path: str | Path, truth_key: str, batch_key: str | None
     -------
     dict
         ``runs`` (one record per method and seed), ``summary`` (per method:
-        median, min and max of ARI, NMI, seconds and peak RSS), the inputs
-        and the machine.
+        median, min and max of ARI, NMI, seconds and peak RSS; with several
+        sections also of ``ari_per_section``, the mean over sections of the
+        ARI within each, and ``mixing``, the sections' mixing in the
+        clustered embedding), the inputs and the machine. With several
+        sections, ``ari`` is the ARI of the joint domains over all cells and
+        each run also holds ``ari_sections`` (ARI per section).
     """
     import anndata as ad
 
@@ -134,8 +156,8 @@ def run_domain_benchmark(path: str | Path, truth_key: str, batch_key: str | None
             with ProcessPoolExecutor(1, mp_context=context) as pool:
                 runs.append(pool.submit(_one_run, str(path), method, seed, truth_key, batch_key, spatial_key,
                                         threads, pipeline_options or {}).result())
-    summary = {m: {k: _summary([r for r in runs if r["method"] == m], k)
-                   for k in ("ari", "nmi", "seconds", "peak_rss_mib")} for m in methods}
+    keys = ("ari", "nmi", "seconds", "peak_rss_mib") + (("ari_per_section", "mixing") if "mixing" in runs[0] else ())
+    summary = {m: {k: _summary([r for r in runs if r["method"] == m], k) for k in keys} for m in methods}
     return {"file": str(path), "shape": list(shape), "truth_key": truth_key, "batch_key": batch_key,
             "seeds": seeds, "threads": threads, "pipeline_options": pipeline_options or {},
             "machine": environment(threads),
@@ -147,10 +169,18 @@ def domain_table(result: dict) -> str:
     def cell(stats, fmt):
         return f"{stats['median']:{fmt}} [{stats['min']:{fmt}}, {stats['max']:{fmt}}]"
 
-    lines = ["| method | ARI | NMI | time (s) | peak RSS (MiB) |", "|---|---|---|---|---|"]
+    sections = "mixing" in next(iter(result["summary"].values()))
+    if sections:  # several sections: the joint ARI, the ARI within each section, the mixing
+        lines = ["| method | joint ARI | per-section ARI | mixing | NMI | time (s) | peak RSS (MiB) |",
+                 "|---|---|---|---|---|---|---|"]
+    else:
+        lines = ["| method | ARI | NMI | time (s) | peak RSS (MiB) |", "|---|---|---|---|---|"]
     for method, stats in result["summary"].items():
-        lines.append(f"| {DOMAIN_METHODS[method]} | {cell(stats['ari'], '.3f')} | {cell(stats['nmi'], '.3f')} "
-                     f"| {cell(stats['seconds'], '.1f')} | {stats['peak_rss_mib']['median']:.0f} |")
+        extra = (f" {cell(stats['ari_per_section'], '.3f')} | {cell(stats['mixing'], '.3f')} |"
+                 if sections else "")
+        lines.append(f"| {DOMAIN_METHODS[method]} | {cell(stats['ari'], '.3f')} |{extra} "
+                     f"{cell(stats['nmi'], '.3f')} | {cell(stats['seconds'], '.1f')} "
+                     f"| {stats['peak_rss_mib']['median']:.0f} |")
     return "\n".join(lines)
 
 

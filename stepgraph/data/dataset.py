@@ -17,9 +17,11 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
+from stepgraph._validation import category_codes, check_choice, check_finite, check_key
 from stepgraph.data.ondisk import RowReader, is_on_disk
+from stepgraph.data.protocol import StepDataset, check_dataset, subset_mask
 
-__all__ = ["BaseDataset", "MaskedDataset", "MODES", "expression_matrix"]
+__all__ = ["BaseDataset", "MaskedDataset", "MODES", "expression_matrix", "StepDataset", "check_dataset"]
 
 #: Output modes, as in STEP: what one item (or batch) holds, in STEP's order
 #: (the batch label is always last).
@@ -36,26 +38,17 @@ _NEEDS = {"batch_label": "batch_key", "class_label": "class_key", "rep": "rep_ke
 
 
 def _category_codes(adata, key: str, argname: str) -> tuple[np.ndarray, pd.Index]:
-    if key not in adata.obs.columns:
-        raise KeyError(
-            f"{argname}={key!r} is not a column of adata.obs; columns are {list(adata.obs.columns)}"
-        )
-    cat = pd.Categorical(adata.obs[key])
-    if (cat.codes < 0).any():
-        raise ValueError(f"{argname}={key!r}: adata.obs[{key!r}] has missing values")
-    return cat.codes.astype(np.int64), cat.categories
+    check_key(key, adata.obs.columns, argname, "a column of adata.obs")
+    return category_codes(adata.obs[key], f"{argname}={key!r}", obs_names=adata.obs_names)
 
 
 def _representation(adata, key: str) -> torch.Tensor:
-    if key not in adata.obsm:
-        raise KeyError(f"rep_key={key!r} is not in adata.obsm; keys are {list(adata.obsm)}")
-    rep = adata.obsm[key]
+    rep = adata.obsm[check_key(key, adata.obsm, "rep_key", "in adata.obsm")]
     rep = rep.toarray() if sp.issparse(rep) else np.asarray(rep)
     if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number):
         raise ValueError(f"rep_key={key!r}: adata.obsm[{key!r}] must be a numeric 2-D array, "
                          f"got dtype {rep.dtype} and shape {rep.shape}")
-    if not np.isfinite(rep).all():
-        raise ValueError(f"rep_key={key!r}: adata.obsm[{key!r}] holds NaN or infinite values")
+    check_finite(rep, f"rep_key={key!r}: adata.obsm[{key!r}]", obs_names=adata.obs_names)
     return torch.from_numpy(np.ascontiguousarray(rep, dtype=np.float32))
 
 
@@ -114,7 +107,7 @@ class BaseDataset(Dataset):
         # on disk (backed h5ad, zarr): rows are read, and checked for NaN / inf, per batch
         self.reader = RowReader(matrix) if is_on_disk(matrix) else None
         self.row_transform = row_transform
-        self.adata = adata
+        self._adata = adata
         self.layer_key = layer_key
         self.batch_key = batch_key
         self.class_key = class_key
@@ -155,9 +148,14 @@ class BaseDataset(Dataset):
         return 0 if self.batch_categories is None else len(self.batch_categories)
 
     @property
+    def adata(self):
+        """The AnnData of this dataset's rows (the user's, never modified)."""
+        return self._adata
+
+    @property
     def obs(self) -> pd.DataFrame:
         """``adata.obs`` rows of this dataset."""
-        return self.adata.obs
+        return self._adata.obs
 
     @property
     def row_index(self) -> np.ndarray:
@@ -165,14 +163,21 @@ class BaseDataset(Dataset):
         return np.arange(len(self))
 
     # --- modes -----------------------------------------------------------
-    def set_mode(self, mode: str) -> None:
-        """Choose what items hold; see :data:`MODES`."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got mode={mode!r}")
+    def set_mode(self, mode: str) -> str | None:
+        """Choose what items hold (see :data:`MODES`); returns the previous mode, as
+        STEP's ``set_mode`` does.
+
+        Parameters
+        ----------
+        mode
+            A key of :data:`MODES`, such as ``"multi_batches"``.
+        """
+        check_choice(mode, "mode", MODES)
         for name in MODES[mode][1:]:
             if getattr(self, name) is None:
                 raise ValueError(f"mode={mode!r} needs {_NEEDS[name]}, which was not given")
-        self.mode = mode
+        previous, self.mode = getattr(self, "mode", None), mode
+        return previous
 
     # --- fetching --------------------------------------------------------
     def features(self, index) -> torch.Tensor:
@@ -196,16 +201,8 @@ class BaseDataset(Dataset):
         # on disk: read each distinct row once, in file order; check, transform,
         # then put the rows back in the order asked for
         unique, block, inverse = self.reader.read_unique(rows)
-        values = block.data if sp.issparse(block) else block
-        finite = np.isfinite(values)
-        if not finite.all():
-            first = np.flatnonzero(~finite.reshape(-1))[0]
-            row = (np.searchsorted(block.indptr, first, side="right") - 1 if sp.issparse(block)
-                   else first // block.shape[1])
-            source = "adata.X" if self.layer_key is None else f"adata.layers[{self.layer_key!r}]"
-            raise ValueError(f"{source} holds {int((~finite).sum())} NaN or infinite value(s) in the "
-                             f"rows of this batch; the first is in obs "
-                             f"{self.adata.obs_names[unique[row]]!r} (row {unique[row]})")
+        source = "adata.X" if self.layer_key is None else f"adata.layers[{self.layer_key!r}]"
+        check_finite(block, source, obs_names=self._adata.obs_names, row_ids=unique)
         if self.row_transform is not None:
             block = self.row_transform(block)
         block = block[inverse]
@@ -214,12 +211,26 @@ class BaseDataset(Dataset):
 
     def labels(self, name: str, index) -> torch.Tensor | None:
         """``batch_label``, ``class_label``, ``rep`` or ``domains`` of the rows at ``index``
-        (or ``None``)."""
+        (or ``None``).
+
+        Parameters
+        ----------
+        name
+            ``"batch_label"``, ``"class_label"``, ``"rep"`` or ``"domains"``.
+        index
+            Integer array or tensor of row positions.
+        """
         values = getattr(self, name)
         return None if values is None else values[torch.as_tensor(self._base_rows(index))]
 
     def fetch(self, index) -> tuple[torch.Tensor, ...]:
-        """One batch in the current mode (:data:`MODES`), e.g. ``(x, class_label, batch_label)``."""
+        """One batch in the current mode (:data:`MODES`), e.g. ``(x, class_label, batch_label)``.
+
+        Parameters
+        ----------
+        index
+            Integer array or tensor of row positions.
+        """
         index = _as_index(index)
         out = [self.features(index)]
         for name in MODES[self.mode][1:]:
@@ -240,25 +251,25 @@ class BaseDataset(Dataset):
         return _as_index(index)
 
     # --- subsets ---------------------------------------------------------
-    def subset(self, key: str, col, exclude: bool = False) -> MaskedDataset:
-        """Rows whose ``obs[key]`` is (or, with ``exclude``, is not) in ``col``.
+    def subset(self, key=True, col: str | None = None, exclude: bool = True) -> MaskedDataset:
+        """Rows whose ``obs[col]`` equals ``key`` (or is in it), or with ``exclude`` the
+        other rows: STEP's ``subset``, as the dataset protocol has it.
 
         Parameters
         ----------
         key
-            Column of ``obs``.
+            One value or a list of values of ``obs[col]``.
         col
-            One value or a list of values of that column.
+            Column of ``obs``; :attr:`batch_key` when ``None``.
         exclude
-            Keep the rows *not* matching instead.
+            Keep the rows *not* matching (STEP's default).
+
+        Examples
+        --------
+        >>> s1 = ds.subset("s1", col="section", exclude=False)   # doctest: +SKIP
         """
-        if key not in self.obs.columns:
-            raise KeyError(f"key={key!r} is not a column of obs; columns are {list(self.obs.columns)}")
-        values = [col] if isinstance(col, (str, int, float)) else list(col)
-        match = self.obs[key].isin(values).to_numpy()
-        if exclude:
-            match = ~match
-        return MaskedDataset(self, np.flatnonzero(match))
+        col = self.batch_key if col is None else col
+        return MaskedDataset(self, np.flatnonzero(subset_mask(self.obs, key, col, exclude)))
 
     def __repr__(self) -> str:
         kind = (f"on-disk {self.reader.format}" if self.reader is not None
@@ -291,7 +302,7 @@ class MaskedDataset(BaseDataset):
         self.dataset = dataset
         self.indices = indices
         # share the parent's arrays; nothing is copied
-        for name in ("adata", "layer_key", "batch_key", "class_key", "X", "batch_label",
+        for name in ("_adata", "layer_key", "batch_key", "class_key", "X", "batch_label",
                      "batch_categories", "class_label", "class_categories", "rep_key", "rep",
                      "domain_key", "domains", "domain_categories", "mode", "reader", "row_transform"):
             setattr(self, name, getattr(dataset, name))
@@ -300,8 +311,13 @@ class MaskedDataset(BaseDataset):
         return len(self.indices)
 
     @property
+    def adata(self):
+        """The AnnData of this view's rows (a view of the parent's)."""
+        return self._adata[self.indices]
+
+    @property
     def obs(self) -> pd.DataFrame:
-        return self.adata.obs.iloc[self.indices]
+        return self._adata.obs.iloc[self.indices]
 
     @property
     def row_index(self) -> np.ndarray:
@@ -346,12 +362,8 @@ def expression_matrix(adata, layer_key: str | None = None):
         raise ValueError("adata has no variables (n_vars == 0): there are no genes to train on")
     if layer_key is None:
         matrix = adata.X
-    elif layer_key not in adata.layers:
-        raise KeyError(
-            f"layer_key={layer_key!r} is not in adata.layers; layers are {list(adata.layers)}"
-        )
     else:
-        matrix = adata.layers[layer_key]
+        matrix = adata.layers[check_key(layer_key, adata.layers, "layer_key", "in adata.layers")]
     if matrix is None:
         raise ValueError("adata.X is None; pass layer_key to use a layer")
     source = "adata.X" if layer_key is None else f"adata.layers[{layer_key!r}]"
@@ -367,7 +379,7 @@ def expression_matrix(adata, layer_key: str | None = None):
         matrix = np.asarray(matrix)
     if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
         raise TypeError(f"{source} must hold numbers (counts or expression values), got dtype {matrix.dtype}")
-    _check_finite(matrix, adata, layer_key)
+    check_finite(matrix, source, obs_names=adata.obs_names)
     return matrix
 
 
@@ -389,29 +401,6 @@ def _check_compressed(matrix, source: str) -> None:
     if problem is not None:
         raise ValueError(f"{source} is a malformed {matrix.format.upper()} matrix ({problem}); "
                          "the file may be corrupt")
-
-
-def _check_finite(matrix, adata, layer_key, block: int = 65536) -> None:
-    """Raise if the matrix holds NaN or infinite values (checked in row blocks)."""
-    source = "adata.X" if layer_key is None else f"adata.layers[{layer_key!r}]"
-    if sp.issparse(matrix):
-        finite = np.isfinite(matrix.data)
-        if finite.all():
-            return
-        first = int(np.searchsorted(matrix.indptr, np.flatnonzero(~finite)[0], side="right") - 1)
-        bad = int((~finite).sum())
-    else:
-        bad, first = 0, None
-        for start in range(0, matrix.shape[0], block):
-            rows_bad = ~np.isfinite(matrix[start:start + block]).reshape(min(block, matrix.shape[0] - start), -1)
-            if rows_bad.any():
-                bad += int(rows_bad.sum())
-                if first is None:
-                    first = start + int(np.flatnonzero(rows_bad.any(axis=1))[0])
-        if not bad:
-            return
-    raise ValueError(f"{source} holds {bad} NaN or infinite value(s); the first is in obs "
-                     f"{adata.obs_names[first]!r}")
 
 
 def _as_index(index) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tensor mini-batch loaders over stepgraph datasets."""
+"""Tensor mini-batch loaders over datasets that follow the dataset protocol."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from stepgraph._validation import check_int
-from stepgraph.data.dataset import BaseDataset, MaskedDataset
-from stepgraph.data.split import category_random_split
+from stepgraph.data.dataset import BaseDataset
+from stepgraph.data.protocol import check_dataset
+from stepgraph.data.split import category_random_split, resolve_seed
 
 __all__ = ["make_loaders", "collate_batch", "per_sample_collate", "node_loaders", "graph_loader", "derive_neighbor_loader",
            "loader_seeds"]
 
+#: The mode a batch takes when the split's ``obs_key`` is the dataset's ``class_key`` (STEP's rule).
+CLASS_MODE = "multi_batches_with_ct"
+
 
 def collate_batch(batch):
     """Collate function for stepgraph datasets, whose ``__getitems__`` already
-    returns a whole batch."""
+    returns a whole batch: a tuple of stacked tensors, as torch's default collate
+    stacks per-sample tuples."""
     return batch
 
 
@@ -30,23 +35,33 @@ def per_sample_collate(collate_fn):
     return collate
 
 
+def _collate_for(dataset, user_collate):
+    """stepgraph's datasets fetch whole batches (:func:`collate_batch`); any other dataset
+    gets torch's default collate (``None``); a user's ``collate_fn`` always wins."""
+    if isinstance(dataset, BaseDataset):
+        return collate_batch if user_collate is None else per_sample_collate(user_collate)
+    return user_collate
+
+
 def _loader(dataset, batch_size, shuffle, seed, **kwargs) -> DataLoader:
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    user_collate = kwargs.pop("collate_fn", None)
-    collate = collate_batch if user_collate is None else per_sample_collate(user_collate)
+    collate = _collate_for(dataset, kwargs.pop("collate_fn", None))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=collate, **kwargs)
 
 
-def make_loaders(dataset: BaseDataset | MaskedDataset, batch_size: int, split_rate: float = 0.2,
-                 shuffle: bool = True, obs_key: str | None = None, seed: int = 0, **kwargs
+def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,
+                 obs_key: str | None = None, seed: int | None = None, **kwargs
                  ) -> tuple[DataLoader, DataLoader | None]:
     """Training and validation loaders of tensor batches.
 
     Parameters
     ----------
     dataset
-        The dataset to load.
+        The dataset to load: stepgraph's :class:`~stepgraph.BaseDataset` or any
+        dataset following the protocol (:class:`~stepgraph.data.protocol.StepDataset`:
+        ``adata.obs``, ``mode``, ``set_mode``, ``subset``, ``len()``, ``[i]``), such as
+        STEP's ``ScDataset`` / ``StDataset``.
     batch_size
         Samples per batch (positive); larger than the dataset gives one batch
         per epoch, as in STEP.
@@ -55,27 +70,49 @@ def make_loaders(dataset: BaseDataset | MaskedDataset, batch_size: int, split_ra
     shuffle
         Shuffle the training loader (seeded). The validation loader never shuffles.
     obs_key
-        Column of ``obs`` to stratify the split by (see
+        Column of ``adata.obs`` to stratify the split by (see
         :func:`~stepgraph.category_random_split`; cells with a missing category
-        are split at random, with a warning); ``None`` splits at random.
+        are split at random, with a warning); ``None`` splits at random. When it
+        is the dataset's ``class_key``, both sets are put in mode
+        ``"multi_batches_with_ct"`` (batches carry the class labels), as in STEP.
     seed
-        Seed of the split and of the shuffling.
+        Seed of the split and of the shuffling. ``None``: one seed drawn from torch's
+        global generator, so ``torch.manual_seed`` before the call fixes both and
+        another seed changes both (nothing is reseeded).
     **kwargs
         Passed to :class:`torch.utils.data.DataLoader` (``num_workers``,
         ``drop_last``, ``pin_memory``...). A ``collate_fn`` of yours receives
-        a list of per-sample tuples, as with STEP's datasets (see
-        :func:`per_sample_collate`).
+        a list of per-sample items, as torch gives it (see :func:`per_sample_collate`).
 
     Returns
     -------
     train_loader, valid_loader
-        ``valid_loader`` is ``None`` when ``split_rate`` is 0.
+        ``valid_loader`` is ``None`` when ``split_rate`` is 0. Without a
+        ``collate_fn``, a batch is what torch's default collate makes of the
+        items: stacked tensors (a tuple of them for a tuple item, e.g.
+        ``(x, batch_label)``; one tensor for a tensor item).
+
+    Raises
+    ------
+    TypeError
+        When ``dataset`` lacks an attribute of the protocol (the message names it).
     """
+    check_dataset(dataset)
     check_int(batch_size, "batch_size", minimum=1)
-    train_ds, valid_ds = category_random_split(dataset, split_rate, obs_key, seed=seed)
+    seed = resolve_seed(seed)
+    class_key = getattr(dataset, "class_key", None)
+    switch = obs_key is not None and class_key == obs_key and split_rate > 0
+    if split_rate == 0 and not isinstance(dataset, BaseDataset):
+        train_ds, valid_ds = dataset, None  # STEP's datasets load as they are
+    else:
+        train_ds, valid_ds = category_random_split(dataset, split_rate, obs_key, seed=seed)
+    if switch:
+        for part in (train_ds, valid_ds):
+            if str(getattr(part.mode, "name", part.mode)) != CLASS_MODE:
+                part.set_mode(CLASS_MODE)
     train_loader = _loader(train_ds, batch_size, shuffle, seed, **kwargs)
     valid_loader = (_loader(valid_ds, batch_size, False, seed, **kwargs)
-                    if len(valid_ds) else None)
+                    if valid_ds is not None and len(valid_ds) else None)
     return train_loader, valid_loader
 
 
@@ -90,7 +127,7 @@ def _neighbor_loader(data, num_neighbors, input_nodes, batch_size, shuffle, seed
     if sampler is None:
         sampler = make_neighbor_sampler(data, list(num_neighbors), backend=backend,
                                         share_memory=kwargs.get("num_workers", 0) > 0)
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    generator = torch.Generator().manual_seed(resolve_seed(seed)) if shuffle else None
     return NeighborLoader(data, num_neighbors=list(num_neighbors), input_nodes=input_nodes,
                           batch_size=batch_size, shuffle=shuffle, generator=generator,
                           neighbor_sampler=sampler, **kwargs)
@@ -105,7 +142,7 @@ def _check_fanouts(num_neighbors) -> list[int]:
 
 
 def node_loaders(data, num_neighbors=(10, 5), batch_size: int = 1024, train_ind=None,
-                 valid_ind=None, shuffle: bool = True, seed: int = 0, backend: str = "auto",
+                 valid_ind=None, shuffle: bool = True, seed: int | None = None, backend: str = "auto",
                  **kwargs):
     """``NeighborLoader`` pair for node-sampled training (``Trainer.train_node_sampler``).
 
@@ -124,7 +161,8 @@ def node_loaders(data, num_neighbors=(10, 5), batch_size: int = 1024, train_ind=
     shuffle
         Shuffle the training seeds each epoch (seeded by ``seed``).
     seed
-        Seed of the shuffling.
+        Seed of the shuffling; ``None`` draws one from torch's global generator
+        (see :func:`~stepgraph.data.split.resolve_seed`).
     backend
         Neighbour sampler: ``"auto"`` or ``"builtin"`` (stepgraph's built-in,
         uniform sampler) or ``"pyg"`` (PyG's compiled one, which needs pyg-lib
@@ -147,7 +185,7 @@ def node_loaders(data, num_neighbors=(10, 5), batch_size: int = 1024, train_ind=
 
 
 def graph_loader(data, n_layers: int = 2, batch_size: int = 1024, shuffle: bool = False,
-                 seed: int = 0, backend: str = "auto", **kwargs):
+                 seed: int | None = None, backend: str = "auto", **kwargs):
     """``NeighborLoader`` over all nodes with full ``n_layers``-hop neighbourhoods
     (``Trainer.train_graph_batch``).
 
@@ -162,7 +200,7 @@ def graph_loader(data, n_layers: int = 2, batch_size: int = 1024, shuffle: bool 
     shuffle
         Visit the seed nodes in a random (seeded) order.
     seed
-        Seed of the shuffling.
+        Seed of the shuffling; ``None`` draws one from torch's global generator.
     backend
         Neighbour sampler backend (see :func:`node_loaders`).
     **kwargs
@@ -185,7 +223,7 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
     input_nodes = torch.as_tensor(input_nodes, dtype=torch.long)
     if seed is None:
         seed = loader.generator.initial_seed() if getattr(loader, "generator", None) is not None else 0
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    generator = torch.Generator().manual_seed(resolve_seed(seed)) if shuffle else None
     return NeighborLoader(loader.data, num_neighbors=loader.node_sampler.num_neighbors.values,
                           input_nodes=input_nodes, batch_size=loader.batch_size, shuffle=shuffle,
                           generator=generator, neighbor_sampler=loader.node_sampler,

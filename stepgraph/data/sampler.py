@@ -25,6 +25,8 @@ from torch_geometric.data import Data
 from torch_geometric.sampler import NeighborSampler, SamplerOutput
 from torch_geometric.sampler.base import NumNeighbors, SubgraphType
 
+from stepgraph._validation import check_choice, check_instance
+
 __all__ = ["BuiltinNeighborSampler", "make_neighbor_sampler", "has_native_sampler"]
 
 _INSTALL_HINT = (
@@ -132,16 +134,9 @@ class BuiltinNeighborSampler(NeighborSampler):
         share_memory: bool = False,
         **kwargs,
     ):
-        if not isinstance(data, Data):
-            raise TypeError(
-                f"'data' must be a torch_geometric.data.Data (a homogeneous graph); "
-                f"got {type(data).__name__}"
-            )
-        if SubgraphType(subgraph_type) == SubgraphType.induced:
-            raise ValueError(
-                "subgraph_type='induced' is not supported by BuiltinNeighborSampler; "
-                "use 'directional' or 'bidirectional'"
-            )
+        check_instance(data, "data", Data, "a torch_geometric.data.Data (a homogeneous graph)")
+        # "induced" is PyG's third kind; this sampler does not build induced subgraphs
+        check_choice(SubgraphType(subgraph_type).value, "subgraph_type", ("directional", "bidirectional"))
         for name, default in (("disjoint", False), ("time_attr", None), ("weight_attr", None)):
             if kwargs.get(name, default) != default:
                 raise ValueError(
@@ -374,8 +369,7 @@ def make_neighbor_sampler(
         >>> [batch.batch_size for batch in loader]
         [2, 1]
     """
-    if backend not in ("auto", "builtin", "pyg"):
-        raise ValueError(f"'backend' must be 'auto', 'builtin' or 'pyg'; got {backend!r}")
+    check_choice(backend, "backend", ("auto", "builtin", "pyg"))
     if backend == "pyg" and not has_native_sampler():
         raise ImportError(_INSTALL_HINT)
     if backend == "pyg":

@@ -5,12 +5,33 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 
-from stepgraph._validation import category_codes
+from stepgraph._validation import category_codes, check_int, check_key
 from stepgraph.data.dataset import BaseDataset, MaskedDataset
+from stepgraph.data.protocol import DatasetSubset, check_dataset, dataset_obs
 
 __all__ = ["check_split_rate", "random_split_indices", "category_split_indices",
-           "category_random_split"]
+           "category_random_split", "resolve_seed"]
+
+
+def resolve_seed(seed: int | None, name: str = "seed") -> int:
+    """``seed`` itself, or for ``None`` a seed drawn from torch's global generator.
+
+    A drawn seed follows the user's ``torch.manual_seed`` (reproducible under it,
+    different for another), as STEP's splits and shuffles follow the global
+    generators; nothing is reseeded. In a process group of several processes,
+    rank 0's draw is broadcast, so every rank splits alike.
+    """
+    if seed is not None:
+        return check_int(seed, name, minimum=0)
+    drawn = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        box = [drawn]
+        torch.distributed.broadcast_object_list(box, src=0)
+        drawn = int(box[0])
+    return drawn
 
 
 def check_split_rate(split_rate: float) -> float:
@@ -95,40 +116,56 @@ def category_split_indices(categories, split_rate: float = 0.2, seed: int = 0) -
     return np.sort(order[~is_valid]), np.sort(order[is_valid])
 
 
-def category_random_split(dataset: BaseDataset | MaskedDataset, split_rate: float = 0.2,
-                          obs_key: str | None = None, seed: int = 0
-                          ) -> tuple[MaskedDataset, MaskedDataset]:
+def category_random_split(dataset, split_rate: float = 0.2, obs_key: str | None = None,
+                          seed: int | None = None):
     """Split a dataset into training and validation datasets, per category.
 
     Parameters
     ----------
     dataset
-        The dataset to split.
+        The dataset to split: stepgraph's :class:`BaseDataset` / :class:`MaskedDataset`
+        or any dataset following the protocol (:class:`~stepgraph.data.protocol.StepDataset`),
+        such as STEP's ``ScDataset``.
     split_rate
         Ratio of validation data, in [0, 1), applied within each category.
     obs_key
-        Column of ``dataset.obs`` holding the categories. ``None`` makes a
-        plain random split.
+        Column of ``dataset.adata.obs`` holding the categories. ``None`` makes a
+        plain random split. Cells with a missing category are split at random, as
+        a group of their own, with a warning.
     seed
-        Seed of the split; the same seed gives the same split.
+        Seed of the split; the same seed gives the same split. ``None``: drawn from
+        torch's global generator (see :func:`resolve_seed`), so ``torch.manual_seed``
+        before the call fixes it.
 
     Returns
     -------
     train_dataset, valid_dataset
-        Disjoint :class:`MaskedDataset` views; nothing is written into the
-        user's ``adata.obs``.
+        Disjoint views: :class:`MaskedDataset` for stepgraph's datasets,
+        :class:`~stepgraph.data.protocol.DatasetSubset` for others (their
+        ``set_mode`` sets the parent's mode, as STEP's views do). Nothing is
+        written into the user's ``adata.obs`` (STEP adds a ``"train"`` column).
+
+    Raises
+    ------
+    TypeError
+        When ``dataset`` lacks an attribute of the protocol (the message names it).
+    KeyError
+        When ``obs_key`` is not a column of ``adata.obs``.
 
     Examples
     --------
     >>> train_ds, valid_ds = category_random_split(ds, 0.2, obs_key="cell_type")  # doctest: +SKIP
     """
+    check_dataset(dataset)
+    seed = resolve_seed(seed)
     if obs_key is None:
         train_ind, valid_ind = random_split_indices(len(dataset), split_rate, seed)
     else:
-        if obs_key not in dataset.obs.columns:
-            raise KeyError(
-                f"obs_key={obs_key!r} is not a column of adata.obs; columns are {list(dataset.obs.columns)}"
-            )
-        train_ind, valid_ind = category_split_indices(dataset.obs[obs_key].to_numpy(), split_rate, seed)
-
-    return MaskedDataset(dataset, train_ind), MaskedDataset(dataset, valid_ind)
+        obs = dataset_obs(dataset)
+        check_key(obs_key, obs.columns, "obs_key", "a column of adata.obs")
+        if len(obs) != len(dataset):
+            raise ValueError(f"dataset.adata.obs must have one row per item, got {len(obs)} rows for "
+                             f"len(dataset)={len(dataset)}")
+        train_ind, valid_ind = category_split_indices(obs[obs_key].to_numpy(), split_rate, seed)
+    view = MaskedDataset if isinstance(dataset, BaseDataset) else DatasetSubset
+    return view(dataset, train_ind), view(dataset, valid_ind)

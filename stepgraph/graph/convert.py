@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from stepgraph._validation import check_choice, check_instance
 from stepgraph.graph.spatial import _aligned_values, get_coordinates, section_codes
 
 __all__ = ["to_pyg"]
@@ -99,10 +100,8 @@ def to_pyg(
     import torch
     from torch_geometric.data import Data
 
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"`adata` must be an anndata.AnnData, got {type(adata).__name__}.")
-    if edge_weight is not None and edge_weight not in _WEIGHTS:
-        raise ValueError(f"`edge_weight` must be one of {_WEIGHTS} or None, got {edge_weight!r}.")
+    check_instance(adata, "adata", AnnData, "an anndata.AnnData")
+    check_choice(edge_weight, "edge_weight", (*_WEIGHTS, None))
 
     conn, dist, params = _read_graph(adata, key)
     n = adata.n_obs

@@ -12,14 +12,57 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-__all__ = ["neighborhood_mean_operator", "smooth_over_graph", "median_neighbor_distance"]
+from stepgraph._validation import check_int
+
+__all__ = ["adjacency_pattern", "neighborhood_mean_operator", "smooth_over_graph", "median_neighbor_distance"]
+
+
+def adjacency_pattern(connectivities, self_loops: bool = False, rows: np.ndarray | None = None) -> sp.csr_matrix:
+    """The edges of a graph as ``1.0`` entries: weights ignored, explicit zeros
+    dropped (they are not edges), the diagonal removed or set.
+
+    Parameters
+    ----------
+    connectivities
+        Sparse ``(n_obs, n_obs)`` adjacency, e.g. ``obsp["spatial_connectivities"]``.
+    self_loops
+        Give every cell an edge to itself (``True``) or none (``False``),
+        whatever the diagonal of ``connectivities`` holds.
+    rows
+        Keep only these rows (cells); all rows when ``None``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float64, shape ``(len(rows), n_obs)``; a new matrix (``connectivities``
+        is not changed).
+
+    Raises
+    ------
+    ValueError
+        If ``connectivities`` is not square.
+    """
+    adj = sp.csr_matrix(connectivities)
+    n = adj.shape[0]
+    if adj.shape != (n, n):
+        raise ValueError(f"connectivities must be a square (n_obs, n_obs) matrix, got shape {adj.shape}")
+    cells = np.arange(n) if rows is None else np.asarray(rows)
+    cells = np.flatnonzero(cells) if cells.dtype == bool else cells
+    adj = adj[cells] if rows is not None else adj.copy()  # a copy either way
+    off_diagonal = adj.indices != np.repeat(cells, np.diff(adj.indptr))
+    adj.data = ((adj.data != 0) & off_diagonal).astype(np.float64)
+    adj.eliminate_zeros()
+    if self_loops:
+        adj = adj + sp.csr_matrix((np.ones(len(cells)), (np.arange(len(cells)), cells)), shape=adj.shape)
+    return adj.tocsr()
 
 
 def neighborhood_mean_operator(connectivities, rows: np.ndarray | None = None) -> sp.csr_matrix:
     """The row-stochastic operator that averages each cell with its graph neighbours.
 
     Every edge and the self loop get the same weight: row ``i`` of the result
-    holds ``1 / (degree_i + 1)`` at ``i`` and at each neighbour of ``i``.
+    holds ``1 / (degree_i + 1)`` at ``i`` and at each neighbour of ``i``
+    (the edges of :func:`adjacency_pattern`).
 
     Parameters
     ----------
@@ -34,15 +77,7 @@ def neighborhood_mean_operator(connectivities, rows: np.ndarray | None = None) -
     scipy.sparse.csr_matrix
         Shape ``(len(rows), n_obs)``, float64, each row summing to 1.
     """
-    adj = sp.csr_matrix(connectivities, dtype=np.float64)
-    n = adj.shape[0]
-    if adj.shape != (n, n):
-        raise ValueError(f"connectivities must be a square (n_obs, n_obs) matrix, got shape {adj.shape}")
-    eye = sp.eye(n, format="csr")
-    if rows is not None:
-        adj, eye = adj[rows], eye[rows]
-    op = (adj + eye).tocsr()
-    op.data[:] = 1.0
+    op = adjacency_pattern(connectivities, self_loops=True, rows=rows)
     return (sp.diags(1.0 / np.asarray(op.sum(axis=1)).ravel()) @ op).tocsr()
 
 
@@ -101,8 +136,7 @@ def median_neighbor_distance(coordinates: np.ndarray, sections: np.ndarray | Non
     float
         The median of the non-zero ``k``-th neighbour distances.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got k={k!r}")
+    check_int(k, "k", minimum=1)
     xy = np.asarray(coordinates, dtype=np.float64)
     codes = np.zeros(len(xy), np.int64) if sections is None else np.asarray(sections)
     distances = []

@@ -17,7 +17,6 @@ from edge arrays; there is no Python loop over cells and nothing is O(n²).
 
 from __future__ import annotations
 
-from numbers import Integral, Real
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -26,6 +25,17 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+from stepgraph._validation import (
+    ArgumentTypeError,
+    category_codes,
+    check_bool,
+    check_choice,
+    check_finite,
+    check_instance,
+    check_int,
+    check_key,
+    check_number,
+)
 from stepgraph.progress import Progress
 
 __all__ = [
@@ -37,7 +47,7 @@ __all__ = [
     "spatial_graph",
 ]
 
-#: The graph constructions :func:`spatial_graph` knows.
+#: The graph constructions :func:`spatial_graph` knows, one builder each (``_BUILDERS``).
 METHODS = ("knn", "radius", "delaunay", "grid")
 
 # squidpy's grid correction: of the ``n_neighbors`` nearest spots, keep those
@@ -53,6 +63,19 @@ class SpatialGraph(NamedTuple):
 
     connectivities: sp.csr_matrix
     distances: sp.csr_matrix
+
+
+class _Settings(NamedTuple):
+    """The checked arguments of :func:`spatial_graph`, as the builders read them."""
+
+    method: str
+    n_neighbors: int
+    n_rings: int
+    interval: tuple[float, float] | None  # edge lengths kept, [min, max]; None keeps all
+    radius: float | list[float] | None  # as written to uns
+    percentile: float | None
+    set_diag: bool
+    symmetric: bool
 
 
 def spatial_graph(
@@ -216,74 +239,29 @@ def spatial_graph(
     >>> bool(dist.max() <= 1.5)
     True
     """
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"`adata` must be an anndata.AnnData, got {type(adata).__name__}.")
-    method = _check_method(method)
-    n_neighbors = _check_int(n_neighbors, "n_neighbors")
-    n_rings = _check_int(n_rings, "n_rings")
-    interval = _check_radius(radius, method)
-    percentile = _check_percentile(percentile, method)
-    for name, value in (("set_diag", set_diag), ("symmetric", symmetric), ("copy", copy)):
-        if not isinstance(value, bool | np.bool_):
-            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
-
+    check_instance(adata, "adata", AnnData, "an anndata.AnnData")
+    settings = _check_arguments(method, n_neighbors, radius, n_rings, percentile, set_diag, symmetric, copy,
+                                key_added)
     coords = get_coordinates(adata, spatial_key)
-    n = coords.shape[0]
-
-    rows, cols, dists = [], [], []
-    tracker = Progress(n, "graph", "cells", enabled=progress)
-    for label, idx in iter_sections(adata, batch_key):
-        x = coords if len(idx) == n else coords[idx]
-        r, c, d = _build_section(
-            x,
-            method,
-            n_neighbors,
-            interval,
-            n_rings,
-            percentile,
-            section=_section_name(label, batch_key),
-        )
-        whole = len(idx) == n  # one section: local indices are global
-        rows.append(r if whole else idx[r])
-        cols.append(c if whole else idx[c])
-        dists.append(d)
-        tracker.update(len(idx))
-    tracker.close()
-    if set_diag:
-        diag = np.arange(n, dtype=np.int64)
-        rows.append(diag)
-        cols.append(diag)
-        dists.append(np.zeros(n))
-    rows = _concat(rows, np.int64)
-    cols = _concat(cols, np.int64)
-    dists = _concat(dists, np.float64)
-    conn, dist = _to_csr(rows, cols, dists, n)
-    del rows, cols, dists
-    if symmetric:
-        conn, dist = _symmetrise(conn, dist, coords, euclidean=method != "grid")
-    result = SpatialGraph(conn, dist)
+    graph = _build(coords, iter_sections(adata, batch_key), settings, batch_key, progress)
     if copy:
-        return result
-
-    conns_key = f"{key_added}_connectivities"
-    dists_key = f"{key_added}_distances"
-    adata.obsp[conns_key] = result.connectivities
-    adata.obsp[dists_key] = result.distances
+        return graph
+    conns_key, dists_key = f"{key_added}_connectivities", f"{key_added}_distances"
+    adata.obsp[conns_key] = graph.connectivities
+    adata.obsp[dists_key] = graph.distances
     adata.uns[f"{key_added}_neighbors"] = {
         "connectivities_key": conns_key,
         "distances_key": dists_key,
         "params": {
-            "method": method,
-            "coord_type": "grid" if method == "grid" else "generic",
-            "n_neighbors": int(n_neighbors),
-            "radius": _radius_param(radius),
-            "n_rings": int(n_rings),
-            "delaunay": method == "delaunay",
-            "percentile": percentile,
-            "set_diag": bool(set_diag),
-            "symmetric": bool(symmetric),
+            "method": settings.method,
+            "coord_type": "grid" if settings.method == "grid" else "generic",
+            "n_neighbors": settings.n_neighbors,
+            "radius": settings.radius,
+            "n_rings": settings.n_rings,
+            "delaunay": settings.method == "delaunay",
+            "percentile": settings.percentile,
+            "set_diag": settings.set_diag,
+            "symmetric": settings.symmetric,
             "transform": None,
             "spatial_key": spatial_key,
             "batch_key": batch_key,
@@ -292,9 +270,73 @@ def spatial_graph(
     return None
 
 
+def _build(coords: np.ndarray, sections, settings: _Settings, batch_key: str | None,
+           progress: bool) -> SpatialGraph:
+    """Run the method's builder on every section and assemble the two matrices."""
+    n = coords.shape[0]
+    build = _BUILDERS[settings.method]
+    rows, cols, dists = [], [], []
+    tracker = Progress(n, "graph", "cells", enabled=progress)
+    for label, idx in sections:
+        whole = len(idx) == n  # one section: local indices are global
+        r, c, d = build(coords if whole else coords[idx], settings, _section_name(label, batch_key))
+        rows.append(r if whole else idx[r])
+        cols.append(c if whole else idx[c])
+        dists.append(d)
+        tracker.update(len(idx))
+    tracker.close()
+    if settings.set_diag:
+        diag = np.arange(n, dtype=np.int64)
+        rows.append(diag)
+        cols.append(diag)
+        dists.append(np.zeros(n))
+    edges = (_concat(rows, np.int64), _concat(cols, np.int64), _concat(dists, np.float64))
+    del rows, cols, dists
+    conn, dist = _to_csr(*edges, n)
+    del edges
+    if settings.symmetric:
+        conn, dist = _symmetrise(conn, dist, coords, euclidean=settings.method != "grid")
+    return SpatialGraph(conn, dist)
+
+
 # --------------------------------------------------------------------------- #
-# Input checks, shared with stepgraph.graph.convert
+# Argument checks, all here; coordinates and sections are shared with
+# stepgraph.graph.convert and the pipeline
 # --------------------------------------------------------------------------- #
+
+
+def _check_arguments(method, n_neighbors, radius, n_rings, percentile, set_diag, symmetric, copy,
+                     key_added) -> _Settings:
+    method = check_choice(method.lower() if isinstance(method, str) else method, "method", METHODS)
+    n_neighbors = check_int(n_neighbors, "n_neighbors", minimum=1)
+    n_rings = check_int(n_rings, "n_rings", minimum=1)
+    interval, radius = _check_radius(radius, method)
+    if percentile is not None:
+        if method == "grid":
+            raise ValueError("percentile is not used by method='grid' (as in squidpy); leave it None")
+        percentile = check_number(percentile, "percentile", minimum=0, maximum=100)
+    set_diag, symmetric = check_bool(set_diag, "set_diag"), check_bool(symmetric, "symmetric")
+    check_bool(copy, "copy")
+    if not isinstance(key_added, str) or not key_added:
+        raise ArgumentTypeError(f"key_added must be a non-empty string, got key_added={key_added!r}")
+    return _Settings(method, n_neighbors, n_rings, interval, radius, percentile, set_diag, symmetric)
+
+
+def _check_radius(radius: Any, method: str) -> tuple[tuple[float, float] | None, float | list[float] | None]:
+    """The edge-length interval ``(min, max)`` or ``None``, and ``radius`` as ``uns`` stores it."""
+    if radius is None:
+        if method == "radius":
+            raise ValueError("radius is required for method='radius': a distance r or an interval (min, max)")
+        return None, None
+    if method == "grid":
+        raise ValueError("radius is not used by method='grid'; leave it None")
+    if isinstance(radius, tuple | list | np.ndarray):
+        if len(radius) != 2:
+            raise ValueError(f"radius must be a number or an interval (min, max), got radius={radius!r}")
+        low, high = sorted(check_number(v, "radius", minimum=0) for v in radius)
+        return (low, high), [low, high]
+    high = check_number(radius, "radius", minimum=0)
+    return (0.0, high), high
 
 
 def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
@@ -332,11 +374,7 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
     >>> get_coordinates(adata).dtype
     dtype('float64')
     """
-    if spatial_key not in adata.obsm:
-        raise KeyError(
-            f"spatial_key={spatial_key!r} is not in adata.obsm; keys present: "
-            f"{list(adata.obsm.keys())}."
-        )
+    check_key(spatial_key, adata.obsm, "spatial_key", "in adata.obsm")
     raw = adata.obsm[spatial_key]
     if isinstance(raw, pd.DataFrame):
         kinds = {dt.kind for dt in raw.dtypes}
@@ -360,14 +398,8 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
             f"x, y and optionally z per cell; got shape {arr.shape}."
         )
     coords = arr.astype(np.float64, copy=False)
-    finite = np.isfinite(coords).all(axis=1)
-    if not finite.all():
-        bad = int((~finite).sum())
-        first = adata.obs_names[int(np.argmin(finite))]
-        raise ValueError(
-            f"adata.obsm[{spatial_key!r}] (spatial_key) has NaN or infinite coordinates "
-            f"for {bad} of {len(finite)} cells; the first is obs {first!r}."
-        )
+    check_finite(coords, f"adata.obsm[{spatial_key!r}] (spatial_key)", obs_names=adata.obs_names,
+                 what="coordinates")
     limit = float(np.finfo(np.float32).max)
     too_large = np.abs(coords).max(axis=1) > limit
     if too_large.any():
@@ -412,22 +444,10 @@ def section_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, li
     """
     if batch_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), [None]
-    if batch_key not in adata.obs.columns:
-        raise KeyError(
-            f"batch_key={batch_key!r} is not a column of adata.obs; columns present: "
-            f"{list(adata.obs.columns)}."
-        )
-    column = adata.obs[batch_key]
-    cat = column.array if isinstance(column.dtype, pd.CategoricalDtype) else pd.Categorical(column)
-    codes = np.asarray(cat.codes, dtype=np.int64)
-    missing = codes < 0
-    if missing.any():
-        first = adata.obs_names[int(np.argmax(missing))]
-        raise ValueError(
-            f"adata.obs[{batch_key!r}] (batch_key) has no section for {int(missing.sum())} "
-            f"cells; the first is obs {first!r}."
-        )
-    return codes, list(cat.categories)
+    check_key(batch_key, adata.obs.columns, "batch_key", "a column of adata.obs")
+    codes, categories = category_codes(adata.obs[batch_key], f"adata.obs[{batch_key!r}] (batch_key)",
+                                       obs_names=adata.obs_names)
+    return codes, list(categories)
 
 
 def iter_sections(adata: AnnData, batch_key: str | None):
@@ -457,106 +477,122 @@ def _section_name(label: Any, batch_key: str | None) -> str:
     return f"section {label!r} of batch_key={batch_key!r}"
 
 
-def _check_method(method: Any) -> str:
-    if not isinstance(method, str) or method.lower() not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
-    return method.lower()
+# --------------------------------------------------------------------------- #
+# One builder per method: a section's coordinates -> local edge arrays
+# (rows, cols, lengths), no diagonal
+# --------------------------------------------------------------------------- #
 
 
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, Integral):
-        raise TypeError(f"`{name}` must be a positive integer, got {value!r}.")
-    if value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
+def _knn_graph(x: np.ndarray, settings: _Settings, section: str):
+    """Each cell to its ``n_neighbors`` nearest other cells, then pruned."""
+    k = settings.n_neighbors
+    _check_section_size(len(x), k, section)
+    dist, index = _knn_query(x, k)
+    rows = np.repeat(np.arange(len(x), dtype=np.int64), k)
+    return _prune(rows, index.ravel(), dist.ravel(), len(x), settings)
 
 
-def _check_radius(radius: Any, method: str) -> tuple[float, float] | None:
-    """Return the edge-length interval ``(min, max)`` or ``None``."""
-    if radius is None:
-        if method == "radius":
-            raise ValueError(
-                "`radius` is required for method='radius': a distance r or an interval (min, max)."
-            )
-        return None
-    if method == "grid":
-        raise ValueError("`radius` is not used by method='grid'; leave it as None.")
-
-    def number(v: Any) -> float:
-        if isinstance(v, bool | np.bool_) or not isinstance(v, Real):
-            raise TypeError(f"`radius` must be a number or a pair (min, max), got {radius!r}.")
-        v = float(v)
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"`radius` must be finite and non-negative, got {radius!r}.")
-        return v
-
-    if isinstance(radius, tuple | list | np.ndarray):
-        if len(radius) != 2:
-            raise ValueError(f"`radius` as an interval must be (min, max), got {radius!r}.")
-        lo, hi = sorted(number(v) for v in radius)
-        return lo, hi
-    return 0.0, number(radius)
+def _radius_graph(x: np.ndarray, settings: _Settings, section: str):
+    """Every pair of cells at most ``radius`` apart (the tree applies the upper bound)."""
+    tree = cKDTree(x, balanced_tree=False)
+    pairs = tree.query_pairs(settings.interval[1], output_type="ndarray").astype(np.int64, copy=False)
+    i, j = pairs[:, 0], pairs[:, 1]
+    d = _lengths(x, i, j)
+    rows, cols, d = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([d, d])
+    return _prune(rows, cols, d, len(x), settings, upper_applied=True)
 
 
-def _radius_param(radius: Any) -> float | list[float] | None:
-    if radius is None:
-        return None
-    if isinstance(radius, tuple | list | np.ndarray):
-        return sorted(float(v) for v in radius)
-    return float(radius)
+def _delaunay_graph(x: np.ndarray, settings: _Settings, section: str):
+    """The edges of the section's Delaunay triangulation, then pruned."""
+    from scipy.spatial import Delaunay, QhullError
 
-
-def _check_percentile(percentile: Any, method: str) -> float | None:
-    if percentile is None:
-        return None
-    if method == "grid":
+    n, dim = x.shape  # 2 or 3 (get_coordinates)
+    if n < dim + 1:
         raise ValueError(
-            "`percentile` is not used by method='grid' (as in squidpy); leave it None."
+            f"method='delaunay' needs at least {dim + 1} cells in {dim}-D, but {section} "
+            f"has only {n}."
         )
-    if isinstance(percentile, bool | np.bool_) or not isinstance(percentile, Real):
-        raise TypeError(f"`percentile` must be a number in [0, 100], got {percentile!r}.")
-    if not 0 <= percentile <= 100:
-        raise ValueError(f"`percentile` must be in [0, 100], got {percentile!r}.")
-    return float(percentile)
-
-
-# --------------------------------------------------------------------------- #
-# Per-section builders: local edge arrays (rows, cols, dists), no diagonal
-# --------------------------------------------------------------------------- #
-
-
-def _build_section(x, method, n_neighbors, interval, n_rings, percentile, section):
-    n = len(x)
-    if method in ("knn", "grid") and n <= n_neighbors:
+    try:
+        tri = Delaunay(x)  # Qhull's default options, as squidpy
+    except QhullError as err:
         raise ValueError(
-            f"n_neighbors={n_neighbors} must be smaller than the number of cells, but "
+            f"method='delaunay' cannot triangulate {section}: its points are degenerate "
+            f"(e.g. all on one line). Qhull said: {str(err).splitlines()[0]}"
+        ) from err
+    indptr, indices = tri.vertex_neighbor_vertices
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    cols = indices.astype(np.int64)
+    if len(tri.coplanar):
+        rows, cols = _share_vertices(rows, cols, n, tri.coplanar)
+    return _prune(rows, cols, _lengths(x, rows, cols), n, settings)
+
+
+def _grid_graph(x: np.ndarray, settings: _Settings, section: str):
+    """Lattice rings: the nearest spots closer than 1.3 median spacings, then
+    ``n_rings - 1`` further rings; the "distance" of an edge is its ring."""
+    n, k = len(x), settings.n_neighbors
+    _check_section_size(n, k, section)
+    dist, index = _knn_query(x, k)
+    keep = dist < np.median(dist) * _GRID_CUTOFF
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)[keep.ravel()]
+    cols = index[keep]
+    if settings.n_rings == 1:
+        return rows, cols, np.ones(len(rows))
+    return _rings(rows, cols, n, settings.n_rings)
+
+
+def _rings(rows, cols, n: int, n_rings: int):
+    """Breadth-first rings over the (directed) first-ring graph with self loops:
+    ring ``r`` holds the cells first reached in ``r`` steps; its distance is ``r``."""
+    step = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)) + sp.eye(n, format="csr")
+    reached = step.copy()
+    frontier = step
+    for ring in range(2, n_rings + 1):
+        walk = frontier @ step
+        walk.data[:] = 1.0
+        seen = reached.copy()
+        seen.data[:] = 1.0
+        frontier = walk - walk.multiply(seen)
+        frontier.eliminate_zeros()
+        frontier.data[:] = float(ring)
+        reached = reached + frontier
+    reached = reached.tocoo()
+    off_diag = reached.row != reached.col
+    return (
+        reached.row[off_diag].astype(np.int64),
+        reached.col[off_diag].astype(np.int64),
+        reached.data[off_diag].astype(np.float64),
+    )
+
+
+# The dispatch table: one builder per name of METHODS.
+_BUILDERS = {"knn": _knn_graph, "radius": _radius_graph, "delaunay": _delaunay_graph, "grid": _grid_graph}
+
+
+def _check_section_size(n: int, k: int, section: str) -> None:
+    if n <= k:
+        raise ValueError(
+            f"n_neighbors={k} must be smaller than the number of cells, but "
             f"{section} has only {n}; lower `n_neighbors` or merge sections."
         )
-    if method == "knn":
-        rows, cols, d = _knn_edges(x, n_neighbors)
-    elif method == "radius":
-        rows, cols, d = _radius_edges(x, interval[1])
-    elif method == "delaunay":
-        rows, cols, d = _delaunay_edges(x, section)
-    else:
-        return _grid_edges(x, n_neighbors, n_rings)
 
+
+def _prune(rows, cols, d, n: int, settings: _Settings, upper_applied: bool = False):
+    """Keep the edges whose length lies in ``settings.interval`` and within ``settings.percentile``."""
     keep = None
-    if interval is not None:
-        # For "radius" the tree already applied the upper bound.
-        keep = d >= interval[0] if method == "radius" else (d >= interval[0]) & (d <= interval[1])
-        if method == "radius" and interval[0] == 0.0:
-            keep = None
-    if percentile is not None:
+    if settings.interval is not None:
+        low, high = settings.interval
+        if not upper_applied:
+            keep = (d >= low) & (d <= high)
+        elif low > 0:
+            keep = d >= low
+    if settings.percentile is not None:
         # squidpy's sample: edge lengths, edges cut by the interval as zeros, and
         # the zero self-distance of every cell.
         sample = d if keep is None else np.where(keep, d, 0.0)
-        threshold = np.percentile(np.concatenate([sample, np.zeros(n)]), percentile)
-        within = d <= threshold
-        keep = within if keep is None else keep & within
-    if keep is not None:
-        rows, cols, d = rows[keep], cols[keep], d[keep]
-    return rows, cols, d
+        threshold = np.percentile(np.concatenate([sample, np.zeros(n)]), settings.percentile)
+        keep = d <= threshold if keep is None else keep & (d <= threshold)
+    return (rows, cols, d) if keep is None else (rows[keep], cols[keep], d[keep])
 
 
 def _knn_query(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -584,44 +620,6 @@ def _knn_query(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return dist, index
 
 
-def _knn_edges(x: np.ndarray, k: int):
-    dist, index = _knn_query(x, k)
-    rows = np.repeat(np.arange(len(x), dtype=np.int64), k)
-    return rows, index.ravel(), dist.ravel()
-
-
-def _radius_edges(x: np.ndarray, r: float):
-    tree = cKDTree(x, balanced_tree=False)
-    pairs = tree.query_pairs(r, output_type="ndarray").astype(np.int64, copy=False)
-    i, j = pairs[:, 0], pairs[:, 1]
-    d = _lengths(x, i, j)
-    return np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([d, d])
-
-
-def _delaunay_edges(x: np.ndarray, section: str):
-    from scipy.spatial import Delaunay, QhullError
-
-    n, dim = x.shape  # 2 or 3 (get_coordinates)
-    if n < dim + 1:
-        raise ValueError(
-            f"method='delaunay' needs at least {dim + 1} cells in {dim}-D, but {section} "
-            f"has only {n}."
-        )
-    try:
-        tri = Delaunay(x)  # Qhull's default options, as squidpy
-    except QhullError as err:
-        raise ValueError(
-            f"method='delaunay' cannot triangulate {section}: its points are degenerate "
-            f"(e.g. all on one line). Qhull said: {str(err).splitlines()[0]}"
-        ) from err
-    indptr, indices = tri.vertex_neighbor_vertices
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    cols = indices.astype(np.int64)
-    if len(tri.coplanar):
-        rows, cols = _share_vertices(rows, cols, n, tri.coplanar)
-    return rows, cols, _lengths(x, rows, cols)
-
-
 def _share_vertices(rows, cols, n, coplanar):
     """Give the points Qhull left out (duplicates) the edges of their nearest vertex.
 
@@ -646,38 +644,6 @@ def _share_vertices(rows, cols, n, coplanar):
     b = members[start[sv] + t % size[sv]]
     keep = a != b
     return a[keep], b[keep]
-
-
-def _grid_edges(x: np.ndarray, k: int, n_rings: int):
-    dist, index = _knn_query(x, k)
-    keep = dist < np.median(dist) * _GRID_CUTOFF
-    n = len(x)
-    rows = np.repeat(np.arange(n, dtype=np.int64), k)[keep.ravel()]
-    cols = index[keep]
-    if n_rings == 1:
-        return rows, cols, np.ones(len(rows))
-
-    # Breadth-first rings over the (directed) first-ring graph with self loops:
-    # ring r holds the cells first reached in r steps; its distance is r.
-    step = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)) + sp.eye(n, format="csr")
-    reached = step.copy()
-    frontier = step
-    for ring in range(2, n_rings + 1):
-        walk = frontier @ step
-        walk.data[:] = 1.0
-        seen = reached.copy()
-        seen.data[:] = 1.0
-        frontier = walk - walk.multiply(seen)
-        frontier.eliminate_zeros()
-        frontier.data[:] = float(ring)
-        reached = reached + frontier
-    reached = reached.tocoo()
-    off_diag = reached.row != reached.col
-    return (
-        reached.row[off_diag].astype(np.int64),
-        reached.col[off_diag].astype(np.int64),
-        reached.data[off_diag].astype(np.float64),
-    )
 
 
 def _lengths(x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
+from stepgraph._validation import check_choice, check_int, check_number
+
 __all__ = ["GraphAutoencoder"]
 
 _CONVS = {"gcn": GCNConv, "sage": SAGEConv, "gat": GATConv}
@@ -110,26 +112,18 @@ class GraphAutoencoder(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        if conv not in _CONVS:
-            raise ValueError(f"'conv' must be one of {sorted(_CONVS)}; got {conv!r}")
-        for name, value, low in (("in_dim", in_dim, 1), ("hidden_dim", hidden_dim, 1),
-                                 ("latent_dim", latent_dim, 1), ("n_layers", n_layers, 1),
-                                 ("n_batches", n_batches, 0), ("batch_emb_dim", batch_emb_dim, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"'{name}' must be an integer >= {low}; got {value!r}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"'activation' must be one of {sorted(_ACTIVATIONS)}; got {activation!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"'dropout' must be in [0, 1); got {dropout!r}")
+        check_choice(conv, "conv", sorted(_CONVS))
+        in_dim, hidden_dim, latent_dim, n_layers, batch_emb_dim = (
+            check_int(value, name, minimum=1) for name, value in (
+                ("in_dim", in_dim), ("hidden_dim", hidden_dim), ("latent_dim", latent_dim),
+                ("n_layers", n_layers), ("batch_emb_dim", batch_emb_dim)))
+        n_batches = check_int(n_batches, "n_batches", minimum=0)
+        check_choice(activation, "activation", sorted(_ACTIVATIONS))
+        dropout = check_number(dropout, "dropout", minimum=0, below=1)
 
-        self.in_dim = in_dim
-        self.latent_dim = latent_dim
-        self.conv_type = conv
-        self.variational = variational
-        self.n_batches = n_batches
-        self.dropout = dropout
-        self.activation = activation
-        self._act = _ACTIVATIONS[activation]
+        self.in_dim, self.latent_dim, self.n_batches = in_dim, latent_dim, n_batches
+        self.conv_type, self.activation, self._act = conv, activation, _ACTIVATIONS[activation]
+        self.variational, self.dropout = variational, dropout
 
         conv_cls = _CONVS[conv]
         # GCN's normalisation is computed once per forward pass (in _hidden), not per layer

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from stepgraph.graph import spatial_graph
 from stepgraph.graph.ops import smooth_over_graph
 from stepgraph.pipeline.domains import kmeans_domains
-from stepgraph.graph import spatial_graph
 from stepgraph.pipeline.preprocess import log_normalise
 
 __all__ = ["pca_kmeans_domains", "neighbor_mean_domains"]
@@ -27,27 +27,79 @@ def _exact_pca(matrix, n_components: int, seed: int) -> np.ndarray:
 
 
 def pca_kmeans_domains(adata, n_domains: int, seed: int = 0, n_components: int = 30,
-                       layer_key: str | None = None) -> np.ndarray:
+                       layer_key: str | None = None, return_embedding: bool = False):
     """Non-spatial baseline: log-CP10k, exact PCA to ``n_components``, k-means.
 
-    Returns the domain code per cell (int64); ``adata`` is not modified.
+    Parameters
+    ----------
+    adata
+        Annotated data with counts in ``X`` (or ``layers[layer_key]``).
+    n_domains
+        Number of domains (k-means clusters).
+    seed
+        Seed of the PCA and of k-means.
+    n_components
+        Principal components kept.
+    layer_key
+        Layer holding the counts; ``None`` reads ``X``.
+    return_embedding
+        Return the principal components too (to score how sections mix in them).
+
+    Returns
+    -------
+    numpy.ndarray
+        The domain code per cell (int64); ``adata`` is not modified. With
+        ``return_embedding``, a tuple ``(codes, components)``.
     """
     counts = adata.X if layer_key is None else adata.layers[layer_key]
-    return kmeans_domains(_exact_pca(log_normalise(counts), n_components, seed), n_domains, seed=seed)
+    embedding = _exact_pca(log_normalise(counts), n_components, seed)
+    labels = kmeans_domains(embedding, n_domains, seed=seed)
+    return (labels, embedding) if return_embedding else labels
 
 
 def neighbor_mean_domains(adata, n_domains: int, seed: int = 0, n_neighbors: int = 6, n_hops: int = 2,
                           n_components: int = 30, spatial_key: str = "spatial", batch_key: str | None = None,
-                          layer_key: str | None = None) -> np.ndarray:
+                          layer_key: str | None = None, return_embedding: bool = False):
     """Neighbour-mean baseline: log-CP10k averaged over each cell and its
     ``n_neighbors`` nearest neighbours (same section), ``n_hops`` times, then
     exact PCA to ``n_components`` and k-means.
 
-    Returns the domain code per cell (int64); ``adata`` is not modified (the
-    graph is built on a copy).
+    Parameters
+    ----------
+    adata
+        Annotated data with counts in ``X`` (or ``layers[layer_key]``) and
+        coordinates in ``obsm[spatial_key]``.
+    n_domains
+        Number of domains (k-means clusters).
+    seed
+        Seed of the PCA and of k-means.
+    n_neighbors
+        Neighbours per cell of the kNN graph.
+    n_hops
+        Rounds of averaging (:func:`~stepgraph.graph.ops.smooth_over_graph`).
+    n_components
+        Principal components kept.
+    spatial_key
+        Key of the coordinates in ``adata.obsm``.
+    batch_key
+        Column of ``adata.obs`` with the section of each cell (no edge joins
+        two sections); ``None`` for one section.
+    layer_key
+        Layer holding the counts; ``None`` reads ``X``.
+    return_embedding
+        Return the principal components too (to score how sections mix in them).
+
+    Returns
+    -------
+    numpy.ndarray
+        The domain code per cell (int64); ``adata`` is not modified (the
+        graph is returned, not written). With ``return_embedding``, a tuple
+        ``(codes, components)``.
     """
     counts = adata.X if layer_key is None else adata.layers[layer_key]
     conn, _ = spatial_graph(adata, method="knn", n_neighbors=n_neighbors, spatial_key=spatial_key,
                             batch_key=batch_key, copy=True)
     smoothed = smooth_over_graph(log_normalise(counts), conn, n_hops)
-    return kmeans_domains(_exact_pca(smoothed, n_components, seed), n_domains, seed=seed)
+    embedding = _exact_pca(smoothed, n_components, seed)
+    labels = kmeans_domains(embedding, n_domains, seed=seed)
+    return (labels, embedding) if return_embedding else labels

@@ -1,90 +1,254 @@
 """The settings of the reference pipeline: every default, each with its reason.
 
-:class:`PipelineConfig` is the one source of the pipeline's defaults; the
-options of ``stepgraph train`` are generated from its fields.
+:class:`PipelineConfig` is the one source of the pipeline's defaults. Each
+field is declared once, with its help text and the reason for its default in
+its ``metadata``; the options of ``stepgraph train`` are generated from the
+fields (see :func:`cli_option`), and :func:`defaults_table` renders them as
+the user guide's table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
-__all__ = ["PipelineConfig", "EMBEDDING_KEY", "DOMAIN_KEY"]
+from stepgraph.graph.spatial import METHODS
+from stepgraph.pipeline.domains import CLUSTER_METHODS
+
+__all__ = ["PipelineConfig", "EMBEDDING_KEY", "DOMAIN_KEY", "cli_option", "defaults_table"]
 
 EMBEDDING_KEY = "X_stepgraph"
 DOMAIN_KEY = "stepgraph_domain"
 
 
+def _setting(default, help: str, reason: str, *, cli: bool = True, flag: str | None = None,
+             choices=None, positive: bool = False, shown: str | None = None, metavar: str | None = None,
+             kw_only: bool = False):
+    """A field of :class:`PipelineConfig`, declared once.
+
+    ``help`` says what the field sets (the CLI's help), ``reason`` why the
+    default is what it is. ``cli=False`` keeps the field off the command line;
+    ``flag`` names its option when ``--name-with-dashes`` does not fit;
+    ``choices``, and ``positive`` (an integer >= 1), are checked by the CLI;
+    ``shown`` is the default as ``--help`` writes it when the value itself
+    says too little (``None``); ``{name}`` in it is the default of field ``name``.
+    ``kw_only`` marks fields added after the first release, so that the
+    positions of the others in ``PipelineConfig(...)`` stay as they were.
+    """
+    metadata = {"help": help, "reason": reason, "cli": cli, "flag": flag, "choices": choices,
+                "positive": positive, "shown": shown, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata, kw_only=kw_only)
+    return field(default=default, metadata=metadata, kw_only=kw_only)
+
+
 @dataclass
 class PipelineConfig:
-    """Settings of :func:`run_pipeline` (the CLI options of ``stepgraph train``).
+    """Settings of :func:`~stepgraph.pipeline.run_pipeline` (the CLI options of ``stepgraph train``).
 
-    The defaults, each for a reason that holds for Visium spots and for
-    single-cell imaging panels alike (none is tuned to one tissue):
-
-    - ``n_top_genes=3000``: highly variable genes only above 3,000 genes; a
-      targeted panel (tens to hundreds of genes) was chosen by hand and is
-      kept whole.
-    - ``n_pcs=20``: the input is 20 principal components of per-gene
-      z-scores, fitted on neighbourhood means (the axes of spatially coherent
-      variation), then averaged over each neighbourhood (BANKSY's
-      neighbour features); see :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`.
-    - ``method="radius"`` with ``radius=None``: cells closer than
-      ``graph_scale=1.2`` times the median distance to the
-      ``n_neighbors=6``-th nearest neighbour. In the data's own units, it is
-      the first ring of a Visium lattice (6 spots) and about 8 cells at
-      irregular positions; unlike a fixed k it does not reach across holes
-      and tissue edges.
-    - ``batch_key``: sections are never joined; a section embedding is
-      learnt only when there are several sections.
-    - ``conv="gat"``, ``activation="elu"``: attention over the neighbours
-      (STAGATE), so a cell at a domain boundary can weigh its own side.
-    - ``smooth=1``: the embedding is averaged once over each neighbourhood
-      before clustering (domains are contiguous).
-    - ``cluster="gmm"``: a Gaussian mixture with one shared covariance
-      (mclust's EEE, as STAGATE and GraphST), best of 5 starts.
-    - ``refine=False``: the neighbour-majority relabelling changed the ARI on
-      DLPFC by less than 0.005, so it is off (``--refine`` turns it on).
-
-    Checkpoint settings: ``init_weights`` is a file of model weights to start
-    from (a ``state_dict`` such as ``best.pt``, or a training state such as
-    ``last.pt``, whose model weights are used); ``resume_from`` is a training
-    state (``checkpoints/last.pt`` of an earlier run with the same settings)
-    to continue exactly where it stopped; ``trust_checkpoint`` loads those
-    files in full (see :func:`~stepgraph.train.checkpointing.load_checkpoint`),
-    only for files from a source you trust.
+    Every default has a reason that holds for Visium spots and for
+    single-cell imaging panels alike; none is tuned to one tissue. Each field
+    carries its help text and its reason in ``metadata`` (``"help"``,
+    ``"reason"``); the list below and the user guide's table are generated
+    from them (:func:`defaults_table`). The pipeline reads every value it
+    uses from here and passes each one explicitly to the stages
+    (:meth:`feature_options`, :meth:`cluster_options`).
     """
 
-    spatial_key: str = "spatial"
-    batch_key: str | None = None
-    layer_key: str | None = None
-    n_top_genes: int = 3000
-    n_pcs: int = 20
-    method: str = "radius"
-    n_neighbors: int = 6
-    radius: float | None = None
-    graph_scale: float = 1.2
-    epochs: int = 50
-    batch_size: int = 1024
-    fanout: list[int] = field(default_factory=lambda: [10, 5])
-    hidden_dim: int = 64
-    latent_dim: int = 16
-    conv: str = "gat"
-    activation: str = "elu"
-    lr: float = 0.003
-    split_rate: float = 0.1
-    patience: int = 5
-    smooth: int = 1
-    cluster: str = "gmm"
-    refine: bool = False
-    n_domains: int | None = None
-    truth_key: str | None = None
-    seed: int = 0
-    device: str = "cpu"
-    backend: str = "builtin"
-    progress: bool = True
-    init_weights: str | None = None
-    resume_from: str | None = None
-    trust_checkpoint: bool = False
-    backed: bool = False
+    spatial_key: str = _setting(
+        "spatial", "obsm key of the coordinates", "where squidpy and scanpy keep the coordinates")
+    batch_key: str | None = _setting(
+        None, "obs column of the sections; no edge joins two sections",
+        "one section unless told; with several sections, a section embedding is learnt in the decoder "
+        "(one section has no batch effect to learn)", shown="none")
+    layer_key: str | None = _setting(
+        None, "use this layer of counts instead of X", "counts are read from X, as scanpy reads them",
+        flag="--layer", shown="X")
+    n_top_genes: int = _setting(
+        3000, "highly variable genes kept when there are more genes",
+        "a whole transcriptome is mostly noise genes; a targeted panel (tens to hundreds of genes) was "
+        "chosen by hand and is kept whole", positive=True)
+    n_pcs: int = _setting(
+        20, "principal components of the model input (per-gene z-scores, fitted on neighbourhood means)",
+        "components of neighbourhood means are the axes along which whole neighbourhoods differ, i.e. "
+        "domains, not spot-to-spot noise; they also make the input size independent of the panel",
+        positive=True)
+    feature_max_cells: int = _setting(
+        20_000, "cells, drawn at random, that fit the genes, z-scores and components",
+        "20,000 cells estimate them well and keep the fit small on a tissue of millions of cells",
+        cli=False, kw_only=True)
+    feature_clip: float = _setting(
+        10.0, "per-gene z-scores are clipped to [-clip, clip]",
+        "z-scores give a low-level marker as much weight as a highly expressed gene (scanpy's scale, "
+        "BANKSY); the clip bounds the weight of a few extreme cells",
+        cli=False, kw_only=True)
+    feature_smooth: int = _setting(
+        1, "rounds of averaging of the input features over each neighbourhood",
+        "BANKSY's neighbour features: a cell's input is the mean over itself and its neighbours",
+        cli=False, kw_only=True)
+    method: str = _setting(
+        "radius", "graph construction", "unlike a fixed k, a radius does not reach across holes and tissue "
+        "edges", choices=METHODS)
+    n_neighbors: int = _setting(
+        6, "neighbours per cell for knn, per ring for grid",
+        "the graph radius is set from the distance to the 6th nearest neighbour: the first ring of a "
+        "Visium lattice", positive=True)
+    radius: float | None = _setting(
+        None, "radius for method=radius; prunes longer edges for knn/delaunay",
+        "a fixed radius needs the data's units; graph_scale sets it from the data's own spacing",
+        shown="none")
+    graph_scale: float = _setting(
+        1.2, "without --radius, method=radius joins cells closer than this times the median distance to "
+        "the --n-neighbors-th nearest neighbour",
+        "in the data's units: the first ring of a Visium lattice (6 spots), about 8 cells at irregular "
+        "positions")
+    epochs: int = _setting(
+        50, "maximum epochs", "an upper bound: early stopping usually ends the run earlier", positive=True)
+    batch_size: int = _setting(
+        1024, "seed cells per batch", "a batch's sampled neighbourhoods stay small in memory while an epoch "
+        "of a large tissue takes few steps", positive=True)
+    fanout: list[int] = _setting(
+        [10, 5], "neighbours sampled per hop, comma separated (-1: all)",
+        "two hops, one per encoder layer; 10 and 5 cover a radius graph's 6 to 8 neighbours and bound "
+        "the size of a batch", shown="10,5")
+    hidden_dim: int = _setting(
+        64, "width of the encoder's hidden layer", "wide enough for 20 input components; the model "
+        "stays small enough to train on a CPU", cli=False)
+    latent_dim: int = _setting(
+        16, "dimensions of the embedding", "room for tens of domains, few enough dimensions for a "
+        "Gaussian mixture to fit", cli=False)
+    conv: str = _setting(
+        "gat", "graph convolution of the encoder", "attention over the neighbours (STAGATE) lets a cell "
+        "at a domain border weigh the neighbours of its own side", choices=("gat", "gcn", "sage"))
+    activation: str = _setting(
+        "elu", "non-linearity of the encoder", "STAGATE's choice with attention layers", cli=False,
+        choices=("elu", "relu"))
+    lr: float = _setting(
+        0.003, "learning rate", "a small model trains stably at three times Adam's usual 1e-3 and "
+        "reaches its plateau in fewer epochs")
+    split_rate: float = _setting(
+        0.1, "share of cells held out for validation",
+        "a tenth of the cells measures the validation loss for early stopping; 90% train")
+    patience: int = _setting(
+        5, "early-stopping patience in epochs",
+        "five epochs without an improvement larger than delta end training", positive=True)
+    delta: float = _setting(
+        1e-3, "smallest decrease of the validation loss that counts as an improvement",
+        "gains below 0.001 are noise on the loss of z-scored components, so training stops on a plateau "
+        "instead of creeping on",
+        cli=False, kw_only=True)
+    smooth: int = _setting(
+        1, "rounds of averaging of the embedding over each neighbourhood before clustering",
+        "domains are contiguous", cli=False)
+    cluster: str = _setting(
+        "gmm", "clustering of the embedding into domains",
+        "a Gaussian mixture with one shared covariance is mclust's EEE, which STAGATE and GraphST use; "
+        "k-means is the alternative", choices=CLUSTER_METHODS)
+    covariance_type: str = _setting(
+        "tied", "covariance of the Gaussian mixture (tied, full, diag or spherical)",
+        "one covariance shared by every domain: mclust's EEE", cli=False,
+        choices=("tied", "full", "diag", "spherical"), kw_only=True)
+    gmm_n_init: int = _setting(
+        5, "fits of the Gaussian mixture from different k-means starts; the most likely is kept",
+        "best of 5 starts: a bad start rarely survives, and the fit stays seconds",
+        cli=False, kw_only=True)
+    kmeans_n_init: int = _setting(
+        10, "k-means runs from different starts; the lowest within-cluster sum of squares is kept",
+        "scikit-learn's classic ten k-means++ starts (before n_init='auto'); cheap on a small embedding",
+        cli=False, kw_only=True)
+    cluster_max_rows: int | None = _setting(
+        100_000, "the Gaussian mixture is fitted on at most this many cells, drawn at random (None: all); "
+        "every cell is then assigned",
+        "100,000 cells estimate a few tens of components well and keep a tissue of millions to seconds",
+        cli=False, kw_only=True)
+    refine: bool = _setting(
+        False, "relabel a cell whose neighbours mostly carry another domain",
+        "the neighbour-majority relabelling of SpaGCN and GraphST changed the ARI on DLPFC by less than "
+        "0.005 either way")
+    n_domains: int | None = _setting(
+        None, "clusters in the domain assignment",
+        "the number of true domains when truth_key names them, else n_domains_default",
+        positive=True, shown="categories of --truth-key, else {n_domains_default}")
+    n_domains_default: int = _setting(
+        7, "domains when neither n_domains nor truth_key gives their number",
+        "the six cortical layers and the white matter of most DLPFC sections, the field's shared benchmark",
+        cli=False, kw_only=True)
+    truth_key: str | None = _setting(
+        None, "obs column of known domains, to report the ARI", "no truth is assumed", shown="none")
+    seed: int = _setting(
+        0, "seed of split, sampling and initialisation", "a run is reproducible unless asked otherwise")
+    device: str = _setting("cpu", "cpu or cuda", "runs on every machine; pass cuda on a GPU")
+    backend: str = _setting(
+        "builtin", "neighbour sampler of the loaders",
+        "the built-in sampler: uniform, seeded, no compiled extension needed", cli=False,
+        choices=("auto", "builtin", "pyg"))
+    progress: bool = _setting(
+        True, "progress bars (plain lines off a terminal); --quiet turns them off",
+        "a long run tells how far it is", flag="--quiet")
+    init_weights: str | None = _setting(
+        None, "start from the model weights of this checkpoint (best.pt or last.pt of an earlier run); "
+        "training itself starts afresh", "a new run starts from random weights", shown="none",
+        metavar="CHECKPOINT")
+    resume_from: str | None = _setting(
+        None, "a training state (checkpoints/last.pt of an earlier run with the same settings) to continue "
+        "exactly where it stopped; on the CLI, --resume sets it",
+        "a new run starts afresh", cli=False)
+    trust_checkpoint: bool = _setting(
+        False, "load --init-weights / --resume checkpoints in full, objects other than tensors included; a "
+        "checkpoint can then run code: only for files you trust",
+        "checkpoints may come from strangers: only tensors and plain types load by default")
+    backed: bool = _setting(
+        False, "keep X on disk (read the file backed) and compute the input features from chunks of rows; "
+        "memory then holds the graph, not the expression matrix",
+        "in memory is faster whenever X fits")
+
+    def feature_options(self) -> dict:
+        """Every argument of :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`, from this config."""
+        return {"n_top_genes": self.n_top_genes, "n_components": self.n_pcs,
+                "max_cells": self.feature_max_cells, "clip": self.feature_clip, "seed": self.seed}
+
+    def cluster_options(self) -> dict:
+        """Every argument of :func:`~stepgraph.pipeline.domains.cluster_domains` but the embedding
+        and the number of domains, the options of its ``method`` included."""
+        options = {"method": self.cluster, "seed": self.seed}
+        if self.cluster == "gmm":
+            options.update(covariance_type=self.covariance_type, n_init=self.gmm_n_init,
+                           max_fit_rows=self.cluster_max_rows)
+        elif self.cluster == "kmeans":
+            options.update(n_init=self.kmeans_n_init)
+        return options
 
 
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def cli_option(f) -> str | None:
+    """The option of ``stepgraph train`` that sets field ``f`` of
+    :class:`PipelineConfig` (``--n-top-genes`` for ``n_top_genes``), or
+    ``None`` for a field that is not on the command line."""
+    if not f.metadata.get("cli", True):
+        return None
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def defaults_table() -> str:
+    """The defaults of :class:`PipelineConfig` and their reasons, a markdown
+    table (one row per field: setting and option, default, what it sets,
+    why this default); the user guide shows it."""
+    rows = ["| setting | default | what it sets | why this default |", "| --- | --- | --- | --- |"]
+    for f in fields(PipelineConfig):
+        option = cli_option(f)
+        setting = f"`{f.name}`" + (f" (`{option}`)" if option else "")
+        rows.append(f"| {setting} | `{_default(f)!r}` | {f.metadata['help']} | {f.metadata['reason']} |")
+    return "\n".join(rows) + "\n"
+
+
+def _defaults_doc() -> str:
+    lines = ["", "    Notes", "    -----", "    The defaults, each with what it sets and why:", ""]
+    for f in fields(PipelineConfig):
+        meta = f.metadata
+        lines.append(f"    - ``{f.name}={_default(f)!r}``: {meta['help']}. *Why:* {meta['reason']}.")
+    return "\n".join(lines) + "\n"
+
+
+PipelineConfig.__doc__ += _defaults_doc()

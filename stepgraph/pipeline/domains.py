@@ -1,11 +1,14 @@
 """Domains from embeddings: clustering (scikit-learn), neighbour-majority
-refinement, graph smoothing and agreement scores (ARI, NMI)."""
+refinement and agreement scores (ARI, NMI). Smoothing over the graph is in
+:mod:`stepgraph.graph.ops`."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
+
+from stepgraph._validation import category_codes, check_choice, check_finite, check_int
+from stepgraph.graph.ops import adjacency_pattern
 
 __all__ = ["CLUSTER_METHODS", "cluster_domains", "kmeans_domains", "gmm_domains", "refine_domains",
            "adjusted_rand_index", "normalized_mutual_info"]
@@ -15,14 +18,12 @@ CLUSTER_METHODS = ("kmeans", "gmm")
 
 
 def _check_embedding(embedding, n_clusters) -> np.ndarray:
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be an integer >= 1, got n_clusters={n_clusters!r}")
+    check_int(n_clusters, "n_clusters", minimum=1)
     x = np.asarray(embedding, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < n_clusters:
         raise ValueError(f"embedding must be 2-D with at least n_clusters={n_clusters} rows, "
                          f"got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("embedding holds NaN or infinite values")
+    check_finite(x, "embedding")
     return x
 
 
@@ -94,16 +95,32 @@ def gmm_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0,
     return gmm.fit(fit_rows).predict(x).astype(np.int64)
 
 
-def cluster_domains(embedding: np.ndarray, n_clusters: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
+def cluster_domains(embedding: np.ndarray, n_clusters: int, method: str = "kmeans", seed: int = 0,
+                    **options) -> np.ndarray:
     """Cluster the rows of ``embedding`` with ``method`` (one of :data:`CLUSTER_METHODS`).
 
-    ``"kmeans"`` calls :func:`kmeans_domains`, ``"gmm"`` :func:`gmm_domains`.
+    Parameters
+    ----------
+    embedding
+        Array of shape ``(n_obs, n_dims)``.
+    n_clusters
+        Number of clusters (domains).
+    method
+        ``"kmeans"`` calls :func:`kmeans_domains`, ``"gmm"`` :func:`gmm_domains`.
+    seed
+        Seed of the clustering.
+    **options
+        Passed on to that function (e.g. ``n_init``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Cluster label per row, int64 in ``[0, n_clusters)``.
     """
-    if method not in CLUSTER_METHODS:
-        raise ValueError(f"method must be one of {list(CLUSTER_METHODS)}, got method={method!r}")
+    check_choice(method, "method", CLUSTER_METHODS)
     if method == "gmm":
-        return gmm_domains(embedding, n_clusters, seed=seed)
-    return kmeans_domains(embedding, n_clusters, seed=seed)
+        return gmm_domains(embedding, n_clusters, seed=seed, **options)
+    return kmeans_domains(embedding, n_clusters, seed=seed, **options)
 
 
 def refine_domains(labels, connectivities) -> np.ndarray:
@@ -128,30 +145,25 @@ def refine_domains(labels, connectivities) -> np.ndarray:
         The refined labels, same values and dtype as ``labels``.
     """
     values = np.asarray(labels)
-    adj = sp.csr_matrix(connectivities)
     n = values.shape[0]
-    if adj.shape != (n, n):
-        raise ValueError(f"connectivities must be ({n}, {n}) for {n} labels, got {adj.shape}")
-    adj = adj.copy()
-    adj.setdiag(0)
-    adj.eliminate_zeros()
-    adj.data[:] = 1.0
-    cat = pd.Categorical(values)
-    codes = cat.codes
-    onehot = sp.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, len(cat.categories)))
-    counts = (adj @ onehot).toarray()
+    if np.shape(connectivities) != (n, n):
+        raise ValueError(f"connectivities must be ({n}, {n}) for {n} labels, got {np.shape(connectivities)}")
+    codes, categories = category_codes(values, "labels")
+    onehot = sp.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, len(categories)))
+    counts = (adjacency_pattern(connectivities) @ onehot).toarray()
     degree = counts.sum(axis=1)
     best = counts.argmax(axis=1)
     own = counts[np.arange(n), codes]
     switch = (counts[np.arange(n), best] > degree / 2) & (own < degree / 2)
     out = values.copy()
-    out[switch] = np.asarray(cat.categories)[best[switch]]
+    out[switch] = np.asarray(categories)[best[switch]]
     return out
 
 
 def _label_codes(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
-    a = pd.Categorical(np.asarray(labels_true)).codes
-    b = pd.Categorical(np.asarray(labels_pred)).codes
+    # a missing label is a label of its own (code -1), as before
+    a = category_codes(np.asarray(labels_true), "labels_true", allow_missing=True)[0]
+    b = category_codes(np.asarray(labels_pred), "labels_pred", allow_missing=True)[0]
     if a.shape != b.shape:
         raise ValueError(f"labellings differ in length: {a.shape[0]} and {b.shape[0]}")
     return a, b

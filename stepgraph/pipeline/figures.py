@@ -52,6 +52,27 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
     With ``history`` (per-epoch losses) a loss panel is added; ``ari`` goes
     in the title.
 
+    Parameters
+    ----------
+    adata
+        Annotated data with coordinates and the predicted domains.
+    path
+        Where the figure is saved (the format follows the suffix).
+    spatial_key
+        Key of the coordinates in ``adata.obsm``.
+    batch_key
+        Column of ``adata.obs`` with the section of each cell; ``None`` draws
+        one tissue.
+    truth_key
+        Column of ``adata.obs`` with the true domains, drawn beside the
+        predicted ones; ``None`` draws the predicted domains only.
+    domain_key
+        Column of ``adata.obs`` with the predicted domains.
+    history
+        Per-epoch losses (``Trainer.history``) for a loss panel.
+    ari
+        Adjusted Rand index, written in the title.
+
     Returns
     -------
     bool
@@ -64,8 +85,8 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    from stepgraph.graph.spatial import section_codes
     from stepgraph.graph.ops import median_neighbor_distance
+    from stepgraph.graph.spatial import section_codes
 
     xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
     sections, names = section_codes(adata, batch_key)

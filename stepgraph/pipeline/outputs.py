@@ -1,4 +1,8 @@
-"""The files of a pipeline run: history, the annotated AnnData and the summary."""
+"""The files of a pipeline run: history, the annotated AnnData, the figure and the summary.
+
+This module names every file a run writes into its output folder; the CLI and
+:func:`~stepgraph.pipeline.run_pipeline` take the names from here.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,27 @@ import json
 import shutil
 from pathlib import Path
 
-__all__ = ["save_history", "write_adata", "write_summary"]
+__all__ = ["ADATA", "HISTORY_CSV", "HISTORY_JSON", "FIGURE", "SUMMARY", "CHECKPOINTS",
+           "save_history", "write_adata", "write_summary"]
+
+#: The annotated AnnData: the input with the graph, embedding and domains written in.
+ADATA = "adata.h5ad"
+#: The loss history, one row per epoch, as CSV and JSON.
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+#: The domain figure (and the loss curves).
+FIGURE = "figure.png"
+#: The run's summary: epochs, scores, seconds, output paths, settings and stages.
+SUMMARY = "summary.json"
+#: The folder of the training checkpoints (their names are set by :mod:`stepgraph.train.checkpointing`).
+CHECKPOINTS = "checkpoints"
 
 
 def save_history(history: list[dict], out_dir: Path) -> None:
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    """``history`` (one dict per epoch) as ``out_dir/history.json`` and ``out_dir/history.csv``."""
+    (out_dir / HISTORY_JSON).write_text(json.dumps(history, indent=1))
     keys = list(dict.fromkeys(k for row in history for k in row))
-    with open(out_dir / "history.csv", "w", newline="") as fh:
+    with open(out_dir / HISTORY_CSV, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
@@ -40,8 +58,6 @@ def write_adata(adata, path: Path) -> None:
             write_elem(f, key, value)
 
 
-
-
 def write_summary(summary: dict, out_dir: Path) -> None:
     """``summary`` as ``out_dir/summary.json``."""
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=str))

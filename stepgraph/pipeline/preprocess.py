@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from stepgraph._validation import check_finite, check_int
 from stepgraph.graph.ops import neighborhood_mean_operator
 
 __all__ = ["log_normalise", "highly_variable_genes", "principal_components", "ExpressionFeatures"]
@@ -19,7 +20,17 @@ __all__ = ["log_normalise", "highly_variable_genes", "principal_components", "Ex
 def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
     """Counts scaled to ``target_sum`` per cell, then ``log1p``; a new matrix.
 
-    Sparse input stays sparse (only its non-zeros are touched).
+    Parameters
+    ----------
+    matrix
+        Counts (cells x genes), dense or sparse. Cells without counts stay 0.
+    target_sum
+        The total of every cell after scaling.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix or numpy.ndarray
+        float32; sparse input stays sparse (only its non-zeros are touched).
     """
     if sp.issparse(matrix):
         out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
@@ -66,8 +77,7 @@ def highly_variable_genes(log_matrix, n_top: int = 2000, n_bins: int = 20) -> np
         Sorted column indices of the selected genes.
     """
     n_genes = log_matrix.shape[1]
-    if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 1:
-        raise ValueError(f"n_top must be an integer >= 1, got n_top={n_top!r}")
+    check_int(n_top, "n_top", minimum=1)
     if n_top >= n_genes:
         return np.arange(n_genes)
     expm1 = log_matrix.expm1() if sp.issparse(log_matrix) else np.expm1(np.asarray(log_matrix, np.float64))
@@ -89,13 +99,23 @@ def principal_components(matrix, n_components: int = 50, seed: int = 0) -> np.nd
     """The first principal components of ``matrix`` (cells x genes), centred,
     with :class:`sklearn.decomposition.PCA`; sparse input is not densified.
 
-    ``n_components`` is capped at ``min(n_obs, n_vars) - 1``. Returns a float32
-    array of shape ``(n_obs, n_components)``.
+    Parameters
+    ----------
+    matrix
+        Expression (cells x genes), dense or sparse.
+    n_components
+        Number of components, capped at ``min(n_obs, n_vars) - 1``.
+    seed
+        Seed of the PCA solver.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shape ``(n_obs, n_components)``.
     """
     from sklearn.decomposition import PCA
 
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
-        raise ValueError(f"n_components must be an integer >= 1, got n_components={n_components!r}")
+    check_int(n_components, "n_components", minimum=1)
     k = int(min(n_components, min(matrix.shape) - 1))
     if k < 1:
         raise ValueError(f"principal components need at least 2 cells and 2 genes, got shape {matrix.shape}")
@@ -153,26 +173,40 @@ class ExpressionFeatures:
 
     def __init__(self, n_top_genes: int = 3000, n_components: int = 20, max_cells: int = 20_000,
                  clip: float = 10.0, seed: int = 0):
-        for name, value in (("n_top_genes", n_top_genes), ("n_components", n_components),
-                            ("max_cells", max_cells)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
-        self.n_top_genes, self.n_components, self.max_cells = int(n_top_genes), int(n_components), int(max_cells)
+        self.n_top_genes = check_int(n_top_genes, "n_top_genes", minimum=1)
+        self.n_components = check_int(n_components, "n_components", minimum=1)
+        self.max_cells = check_int(max_cells, "max_cells", minimum=1)
         self.clip, self.seed = float(clip), seed
         self.chunk_rows = 4096  # rows densified at once: 4096 x 3000 genes is 49 MB
         self.genes = None
 
     def fit(self, matrix, connectivities=None) -> ExpressionFeatures:
-        """Fit on the counts ``matrix`` (cells x genes): in memory (dense or
-        sparse) or on disk (a backed h5ad's or lazy zarr's ``X``, of which
-        only the rows needed are read).
+        """Fit the genes, z-scores and components on (a subset of) the cells.
 
-        With the spatial graph ``connectivities`` (sparse ``(n_obs, n_obs)``),
-        the components are those of the neighbourhood means of the z-scores
-        (each cell averaged with its neighbours, as BANKSY's neighbour
-        features): the axes of spatially coherent variation, the variation
-        between domains, rather than that of spot-to-spot noise. The rows of
-        the subset's neighbours are read too. Returns ``self``.
+        Parameters
+        ----------
+        matrix
+            Counts (cells x genes): in memory (dense or sparse) or on disk (a
+            backed h5ad's or lazy zarr's ``X``, of which only the rows needed
+            are read).
+        connectivities
+            The spatial graph, sparse ``(n_obs, n_obs)``. With it, the
+            components are those of the neighbourhood means of the z-scores
+            (each cell averaged with its neighbours, as BANKSY's neighbour
+            features): the axes of spatially coherent variation, the
+            variation between domains, rather than that of spot-to-spot
+            noise. The rows of the subset's neighbours are read too.
+
+        Returns
+        -------
+        ExpressionFeatures
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            If the rows read hold NaN or infinite counts (the first row is
+            named), or ``connectivities`` has the wrong shape.
         """
         from sklearn.decomposition import PCA
 
@@ -192,12 +226,7 @@ class ExpressionFeatures:
         else:
             rows, mean_over = subset, None
         block = RowReader(matrix).read_unique(rows)[1] if is_on_disk(matrix) else matrix[rows]
-        finite = np.isfinite(block.data if sp.issparse(block) else np.asarray(block, dtype=np.float64))
-        if not finite.all():
-            first = np.flatnonzero(~finite.reshape(-1))[0]
-            row = (np.searchsorted(block.indptr, first, side="right") - 1 if sp.issparse(block)
-                   else first // block.shape[1])
-            raise ValueError(f"the counts hold NaN or infinite values; the first is in row {rows[row]}")
+        check_finite(block, "matrix (the counts)", row_ids=rows)
         logged = log_normalise(block)
         in_subset = np.isin(rows, subset)
         self.genes = highly_variable_genes(logged[in_subset], self.n_top_genes)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stepgraph._validation import first_nonfinite
 from stepgraph.data.dataset import BaseDataset, expression_matrix
 from stepgraph.data.loaders import graph_loader, node_loaders
 from stepgraph.data.split import random_split_indices
@@ -34,7 +35,15 @@ from stepgraph.pipeline.domains import (
     refine_domains,
 )
 from stepgraph.pipeline.figures import save_domain_figure
-from stepgraph.pipeline.outputs import save_history, write_adata, write_summary
+from stepgraph.pipeline.outputs import (
+    ADATA,
+    CHECKPOINTS,
+    FIGURE,
+    HISTORY_CSV,
+    save_history,
+    write_adata,
+    write_summary,
+)
 from stepgraph.pipeline.preprocess import ExpressionFeatures
 from stepgraph.pipeline.stages import StageLog
 from stepgraph.progress import TrackedLoader
@@ -70,15 +79,14 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
     whole. Needs the spatial graph in ``adata.obsp``.
     """
     graph = adata.obsp["spatial_connectivities"]
-    features = ExpressionFeatures(n_top_genes=config.n_top_genes, n_components=config.n_pcs,
-                                  seed=config.seed).fit(counts, graph)
+    features = ExpressionFeatures(**config.feature_options()).fit(counts, graph)
     x = features.transform(counts)
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))  # an on-disk X is checked here, as it is read
-    if bad.size:
+    bad = first_nonfinite(x)  # an on-disk X is checked here, as it is read
+    if bad is not None:
         source = "adata.X" if config.layer_key is None else f"adata.layers[{config.layer_key!r}]"
-        raise ValueError(f"{source} holds NaN or infinite values in {bad.size} cell(s); the first is obs "
-                         f"{adata.obs_names[bad[0]]!r} (row {bad[0]})")
-    x = smooth_over_graph(x, graph, 1).astype(np.float32)
+        raise ValueError(f"{source} holds NaN or infinite values in {bad.n_rows} cell(s); the first is obs "
+                         f"{adata.obs_names[bad.row]!r} (row {bad.row})")
+    x = smooth_over_graph(x, graph, config.feature_smooth).astype(np.float32)
     # one section needs no section embedding, whether or not batch_key names it
     several = config.batch_key is not None and adata.obs[config.batch_key].nunique(dropna=False) > 1
     batch_key = config.batch_key if several else None
@@ -163,10 +171,10 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
                              activation=config.activation)
     if config.init_weights is not None:
         _initial_weights(model, config.init_weights, config.trust_checkpoint)
-    trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / "checkpoints",
+    trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / CHECKPOINTS,
                       seed=config.seed, progress=config.progress)
     trainer.lossconfig = {}  # the pipeline's own patience for every loss, not STEP's per-loss table
-    trainer.defualt_lcfg.update(patience=config.patience, delta=1e-3)
+    trainer.defualt_lcfg.update(patience=config.patience, delta=config.delta)
     trainer.init_optimizer(lr=config.lr)
     stages.start_epochs()  # the trainer's writer hook closes each epoch's stage
     with trusted_checkpoints(config.trust_checkpoint):
@@ -184,11 +192,13 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         adata.obsm[EMBEDDING_KEY] = embedding
     with stages.stage("clustering"):
         n_domains = config.n_domains
-        if n_domains is None:
-            n_domains = adata.obs[config.truth_key].nunique() if config.truth_key else 7
+        if n_domains is None and config.truth_key:
+            n_domains = adata.obs[config.truth_key].nunique()
+        elif n_domains is None:
+            n_domains = config.n_domains_default
         graph = adata.obsp["spatial_connectivities"]
         smoothed = smooth_over_graph(embedding, graph, config.smooth)
-        labels = cluster_domains(smoothed, n_domains, method=config.cluster, seed=config.seed)
+        labels = cluster_domains(smoothed, n_domains, **config.cluster_options())
         if config.refine:
             labels = refine_domains(labels, graph)
         adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
@@ -201,8 +211,8 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     with stages.stage("write"):
         if main:
             save_history(trainer.history, out_dir)
-            write_adata(adata, out_dir / "adata.h5ad")
-        figure = main and save_domain_figure(adata, out_dir / "figure.png", config.spatial_key,
+            write_adata(adata, out_dir / ADATA)
+        figure = main and save_domain_figure(adata, out_dir / FIGURE, config.spatial_key,
                                              config.batch_key, config.truth_key, history=trainer.history,
                                              ari=ari)
     best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
@@ -217,10 +227,10 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         "nmi": nmi,
         "seconds": time.perf_counter() - start,
         "outputs": {
-            "adata": str(out_dir / "adata.h5ad"),
+            "adata": str(out_dir / ADATA),
             "checkpoint": None if best is None else str(best),
-            "history": str(out_dir / "history.csv"),
-            "figure": str(out_dir / "figure.png") if figure else None,
+            "history": str(out_dir / HISTORY_CSV),
+            "figure": str(out_dir / FIGURE) if figure else None,
         },
         "config": asdict(config),
         "stages": stages.rows,

@@ -1,4 +1,14 @@
-"""Atomic checkpoint files, loaded safely.
+"""The one owner of checkpoint files: their names, atomic writes and safe loads.
+
+:class:`Checkpointer` is the Trainer's checkpoint component (Lightning's
+``ModelCheckpoint`` is the model): it names the files of a
+``checkpoint_dir`` (:data:`BEST_CHECKPOINT`, :data:`LAST_CHECKPOINT`,
+:data:`INTERRUPTED_CHECKPOINT`), decides when each is written, and keeps the
+best weights (:class:`BestWeights`), in ``best.pt`` or, without a
+``checkpoint_dir``, in memory. :class:`TrainingCheckpoint` is the whole
+training state in one file; :func:`save_weights` writes a model's weights to
+a path a user named (``EarlyStopping(path=...)``). Every write in stepgraph
+goes through :func:`atomic_save`, and only this module calls it.
 
 A checkpoint is written to a temporary file in the target's folder, flushed and
 fsync-ed, then renamed over the target with :func:`os.replace`. A process that
@@ -15,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import errno
+import math
 import os
 import pickle
 import re
@@ -26,7 +38,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_save", "load_checkpoint", "trusted_checkpoints", "BestWeights", "TrainingCheckpoint"]
+__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "INTERRUPTED_CHECKPOINT", "atomic_save", "save_weights",
+           "load_checkpoint", "trusted_checkpoints", "BestWeights", "TrainingCheckpoint", "Checkpointer"]
+
+#: File of the best weights (a model ``state_dict``) in a ``checkpoint_dir``.
+BEST_CHECKPOINT = "best.pt"
+#: File of the whole training state, written every ``checkpoint_every`` epochs and at the end.
+LAST_CHECKPOINT = "last.pt"
+#: File of the whole training state at a ``KeyboardInterrupt``.
+INTERRUPTED_CHECKPOINT = "interrupted.pt"
 
 _TRUSTED = contextvars.ContextVar("stepgraph_trusted_checkpoints", default=False)
 
@@ -166,20 +186,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted:
         ) from err
 
 
+def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model``'s ``state_dict`` to ``path`` atomically (see :func:`atomic_save`)."""
+    return atomic_save(model.state_dict(), path)
+
+
 # --------------------------------------------------------------- training state
+def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in state.items()}
+
+
 class BestWeights:
-    """Keeps the weights of the best check so far in one file.
+    """The weights of the best check so far, in a file or in memory.
 
     A value is better when it is lower than the best seen (any finite value is
-    better than none). Only a process that ``write``\\ s saves the file; in a
+    better than none). With a ``path`` the weights are written there
+    atomically; without one a copy of the ``state_dict`` is kept on the CPU
+    and nothing is written. Only a process that ``write``\\ s keeps them; in a
     data-parallel run that is rank 0.
 
     Parameters
     ----------
     path
-        The file of the best weights (``checkpoint_dir / "best.pt"``).
+        The file of the best weights (``checkpoint_dir / "best.pt"``); ``None``
+        keeps them in memory.
     write
-        Whether this process writes the file.
+        Whether this process keeps the weights.
 
     Attributes
     ----------
@@ -189,45 +222,63 @@ class BestWeights:
         Whether ``path`` holds the weights of :attr:`best_score`.
     """
 
-    def __init__(self, path: str | os.PathLike, write: bool = True):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | None = None, write: bool = True):
+        self.path = None if path is None else Path(path)
         self.write = write
         self.best_score: float | None = None
         self.checkpoint_written = False
+        self._weights: dict[str, Any] | None = None
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the weights of :attr:`best_score` are kept (in the file or in memory)."""
+        return self.checkpoint_written or self._weights is not None
 
     def update(self, value: float, model: torch.nn.Module) -> bool:
-        """Record one check; save ``model``'s weights when ``value`` is the best yet."""
-        if not (value == value and abs(value) != float("inf")):  # NaN or infinite: never best
+        """Record one check; keep ``model``'s weights when ``value`` is the best yet."""
+        if not math.isfinite(value):  # NaN or infinite: never best
             return False
         if self.best_score is not None and not value < self.best_score:
             return False
         self.best_score = float(value)
-        if self.write:
-            atomic_save(model.state_dict(), self.path)
-            self.checkpoint_written = True
+        self._keep(model.state_dict())
         return True
+
+    def _keep(self, state: dict[str, Any]) -> None:
+        if not self.write:
+            return
+        if self.path is None:
+            self._weights = _cpu_copy(state)
+        else:
+            atomic_save(state, self.path)
+            self.checkpoint_written = True
 
     def restore(self, model: torch.nn.Module, map_location: Any = "cpu") -> None:
         """Load the best weights into ``model``."""
-        model.load_state_dict(load_checkpoint(self.path, map_location=map_location))
+        if self._weights is not None:
+            model.load_state_dict(self._weights)
+        else:
+            model.load_state_dict(load_checkpoint(self.path, map_location=map_location))
 
     def state_dict(self) -> dict[str, Any]:
-        """Best value, file and whether it was written (plain types only)."""
-        return {"best_score": self.best_score, "path": str(self.path),
-                "checkpoint_written": self.checkpoint_written}
+        """Best value, file and whether it was written; the weights themselves when
+        they are kept in memory (tensors and plain types only)."""
+        return {"best_score": self.best_score, "path": None if self.path is None else str(self.path),
+                "checkpoint_written": self.checkpoint_written, "weights": self._weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state; the saved best weights are copied into :attr:`path`
-        when they were written elsewhere (a resumed run in a new folder)."""
+        """Restore a state. Best weights saved in another file (a resumed run in a
+        new folder) or in memory are copied to :attr:`path`, or into memory."""
         self.best_score = state["best_score"]
         old = Path(state["path"]) if state.get("path") else None
-        written = bool(state["checkpoint_written"])
-        if written and old != self.path and self.write:
-            if old is not None and old.is_file():
-                atomic_save(load_checkpoint(old), self.path)
-            else:
-                written = False
-        self.checkpoint_written = written
+        weights, written = state.get("weights"), bool(state["checkpoint_written"])
+        self.checkpoint_written, self._weights = False, None
+        if written and old is not None and old == self.path:
+            self.checkpoint_written = old.is_file()
+        elif written and old is not None and old.is_file() and self.write:
+            weights = load_checkpoint(old)
+        if weights is not None:
+            self._keep(weights)
 
 
 class TrainingCheckpoint:
@@ -320,3 +371,68 @@ class TrainingCheckpoint:
         rng = payload["rng"]
         set_rng_state(rng[self.strategy.rank] if len(rng) == self.strategy.world_size else rng[0])
         return payload["progress"]
+
+
+class Checkpointer:
+    """The one owner of the Trainer's checkpoint files.
+
+    With a ``dirpath`` it writes, there, :data:`BEST_CHECKPOINT` whenever the
+    total validation loss improves, :data:`LAST_CHECKPOINT` every ``every``
+    epochs and at the end of a fit, and :data:`INTERRUPTED_CHECKPOINT` at a
+    ``KeyboardInterrupt``. Without one it writes nothing: the best weights are
+    kept in memory and no training state is saved (a user can still save one
+    to a path of their choosing with :meth:`save`).
+
+    Parameters
+    ----------
+    dirpath
+        The ``checkpoint_dir``; ``None`` writes no file.
+    every
+        Write :data:`LAST_CHECKPOINT` every this many epochs (0: never).
+    write
+        Whether this process writes (rank 0 in a data-parallel run).
+
+    Attributes
+    ----------
+    best : BestWeights
+        The best weights of the current fit.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike | None = None, every: int = 1, write: bool = True):
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.every, self.write = every, write
+        self.new_fit()
+
+    def file(self, name: str) -> Path | None:
+        """``dirpath / name``; ``None`` without a ``dirpath``."""
+        return None if self.dirpath is None else self.dirpath / name
+
+    best_path = property(lambda self: self.file(BEST_CHECKPOINT), doc="The best weights' file, or ``None``.")
+    last_path = property(lambda self: self.file(LAST_CHECKPOINT), doc="The last training state's file, or ``None``.")
+    interrupted_path = property(lambda self: self.file(INTERRUPTED_CHECKPOINT),
+                                doc="The interrupted training state's file, or ``None``.")
+
+    def new_fit(self) -> BestWeights:
+        """Forget the best weights of an earlier fit."""
+        self.best = BestWeights(self.best_path, write=self.write)
+        return self.best
+
+    def save(self, state: TrainingCheckpoint, path: str | os.PathLike, progress: dict[str, Any],
+             collective: bool = True) -> Path:
+        """Write the training state to ``path`` (see :meth:`TrainingCheckpoint.save`)."""
+        return state.save(path, progress, collective=collective)
+
+    def epoch_end(self, state: TrainingCheckpoint, progress: dict[str, Any], final: bool) -> Path | None:
+        """Write :data:`LAST_CHECKPOINT` when one is due (every :attr:`every` epochs, and at the
+        ``final`` epoch of a fit); return its path, or ``None`` when nothing was written."""
+        due = self.every and (progress["epoch"] % self.every == 0 or final)
+        if self.dirpath is None or not due:
+            return None
+        return self.save(state, self.last_path, progress)
+
+    def interrupted(self, state: TrainingCheckpoint, progress: dict[str, Any]) -> Path | None:
+        """Write :data:`INTERRUPTED_CHECKPOINT` (this rank's RNG state only: ranks are not in
+        step after an interrupt); ``None`` without a ``dirpath``."""
+        if self.dirpath is None:
+            return None
+        return self.save(state, self.interrupted_path, progress, collective=False)

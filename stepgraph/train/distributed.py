@@ -11,10 +11,9 @@ counts, so every rank sees the same numbers and takes the same early-stopping
 decision. Only rank 0 writes files, progress bars and writer scalars.
 
 The :class:`~stepgraph.Trainer` never asks whether it runs distributed: it
-holds a strategy, :class:`SingleProcess` or :class:`DataParallel`, and asks it
-to wrap the loss forward, shard seeds and loaders, reduce meters, broadcast
-weights and tear the process group down. The functions below are the
-building blocks the strategies use.
+holds a strategy (:mod:`stepgraph.train.strategies`) and asks it to wrap the
+loss forward, shard seeds and loaders, reduce meters and broadcast weights.
+The functions below are the process-group helpers the strategies use.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import atexit
 import gc
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +29,7 @@ import torch.distributed as dist
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main_process",
            "shard_indices", "ShardSampler", "all_reduce_meter", "all_reduce_gradients", "broadcast_module",
-           "all_gather_objects", "LossForward", "destroy_owned_group", "SingleProcess", "DataParallel",
-           "make_strategy"]
+           "all_gather_objects", "LossForward", "destroy_owned_group"]
 
 #: Whether this process's group was initialised by stepgraph (and so is ours to destroy).
 _OWNS_GROUP = False
@@ -251,202 +248,3 @@ class LossForward(torch.nn.Module):
 
     def forward(self, *args, _method: str = "loss", **kwargs):
         return getattr(self.model, _method)(*args, **kwargs)
-
-
-# ------------------------------------------------------------------ strategies
-class SingleProcess:
-    """The strategy of a plain, one-process run: every call is the identity.
-
-    A :class:`~stepgraph.Trainer` asks its strategy wherever data parallelism
-    could matter; this one trains on every seed, wraps nothing and reduces
-    nothing. :class:`DataParallel` overrides each method.
-    """
-
-    is_distributed = False
-    #: Whether every rank must run the same synchronised steps (no batch may be skipped).
-    lockstep = False
-
-    @property
-    def rank(self) -> int:
-        """This process's rank."""
-        return 0
-
-    @property
-    def world_size(self) -> int:
-        """Number of processes."""
-        return 1
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this process writes files, bars and logs."""
-        return self.rank == 0
-
-    def default_device(self) -> torch.device | None:
-        """The device to train on when the user named none (``None``: the model's)."""
-        return None
-
-    def begin_fit(self, model: torch.nn.Module) -> None:
-        """Prepare a run of ``model`` (called before seeding)."""
-
-    def parameters_changed(self) -> None:
-        """The optimizer was rebuilt: the set of trainable parameters may differ."""
-
-    def loss_forward(self, model: torch.nn.Module, *args, **kwargs):
-        """Call ``model.loss(*args, **kwargs)``."""
-        return model.loss(*args, **kwargs)
-
-    def after_backward(self, model: torch.nn.Module) -> None:
-        """Called between ``backward`` and the optimizer step."""
-
-    def shard(self, indices, epoch: int, seed: int, shuffle: bool, pad: bool) -> torch.Tensor:
-        """This rank's share of ``indices`` for ``epoch``."""
-        return indices if isinstance(indices, torch.Tensor) else torch.as_tensor(np.asarray(indices))
-
-    def shard_loader(self, loader, epoch: int, seed: int, pad: bool):
-        """A tensor-batch loader over this rank's share of ``loader``'s samples."""
-        return loader
-
-    def shard_neighbor_loader(self, loader, epoch: int, seed: int, shuffle: bool, pad: bool):
-        """A ``NeighborLoader`` over this rank's share of ``loader``'s seed nodes."""
-        return loader
-
-    def reduce_meter(self, meter) -> None:
-        """Sum a :class:`~stepgraph.LossMeter` over the ranks, in place."""
-
-    def gather(self, obj: Any) -> list:
-        """``obj`` from every rank, in rank order."""
-        return [obj]
-
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        """Copy rank 0's weights to every rank."""
-
-    def teardown(self) -> None:
-        """Release what the strategy holds (the process group it initialised)."""
-
-
-class DataParallel(SingleProcess):
-    """Data-parallel training over a ``torch.distributed`` process group.
-
-    The model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`
-    at its first training forward (after the optimizer has decided which
-    parameters train), seeds and samples are sharded with a permutation
-    shared by all ranks, meters are all-reduced as sums and counts, and rank 0
-    alone writes. A loss computed without the wrapper (a ``call_func`` calling
-    ``model.loss`` itself) still has its gradients averaged.
-
-    Parameters
-    ----------
-    device
-        The device the model lives on.
-    find_unused_parameters
-        Passed to ``DistributedDataParallel``.
-    """
-
-    is_distributed = True
-    lockstep = True
-
-    def __init__(self, device: torch.device | None = None, find_unused_parameters: bool = False):
-        self.device = device
-        self.find_unused_parameters = find_unused_parameters
-        self._wrapper = None
-        self._wrapped_params: set[int] = set()
-        self._synced_forward = False
-
-    @property
-    def rank(self) -> int:
-        return rank()
-
-    @property
-    def world_size(self) -> int:
-        return world_size()
-
-    def default_device(self) -> torch.device | None:
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-
-    def begin_fit(self, model: torch.nn.Module) -> None:
-        # An earlier wrapper left for the garbage collector may talk to the
-        # process group when freed: collect it here, at the same point on every
-        # rank, not at a random moment mid-epoch.
-        gc.collect()
-        broadcast_module(model)  # every rank starts from rank 0's weights
-
-    def parameters_changed(self) -> None:
-        self._wrapper = None  # rebuilt at the next forward, over the new trainable set
-
-    def _wrap(self, model: torch.nn.Module):
-        trainable = {id(p) for p in model.parameters() if p.requires_grad}
-        if self._wrapper is None or trainable != self._wrapped_params:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device = self.device
-            ids = [device.index] if device is not None and device.type == "cuda" else None
-            self._wrapper = DistributedDataParallel(LossForward(model), device_ids=ids,
-                                                    find_unused_parameters=self.find_unused_parameters)
-            self._wrapped_params = trainable
-        return self._wrapper
-
-    def loss_forward(self, model: torch.nn.Module, *args, **kwargs):
-        if model.training and torch.is_grad_enabled():
-            self._synced_forward = True
-            return self._wrap(model)(*args, **kwargs)
-        return model.loss(*args, **kwargs)
-
-    def after_backward(self, model: torch.nn.Module) -> None:
-        if not self._synced_forward:  # the loss bypassed the wrapper
-            all_reduce_gradients(model)
-        self._synced_forward = False
-
-    def shard(self, indices, epoch: int, seed: int, shuffle: bool, pad: bool) -> torch.Tensor:
-        indices = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
-        return torch.from_numpy(shard_indices(indices, epoch, seed, shuffle, pad))
-
-    def shard_loader(self, loader, epoch: int, seed: int, pad: bool):
-        from torch.utils.data import DataLoader, RandomSampler
-
-        if loader is None:
-            return None
-        shuffle = isinstance(loader.sampler, RandomSampler)
-        sampler = ShardSampler(len(loader.dataset), shuffle, seed=seed, pad=pad)
-        sampler.set_epoch(epoch)
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          collate_fn=loader.collate_fn, num_workers=loader.num_workers,
-                          drop_last=loader.drop_last)
-
-    def shard_neighbor_loader(self, loader, epoch: int, seed: int, shuffle: bool, pad: bool):
-        from stepgraph.data.loaders import derive_neighbor_loader, loader_seeds
-
-        if loader is None:
-            return None
-        seeds = self.shard(loader_seeds(loader), epoch, seed, shuffle, pad)
-        return derive_neighbor_loader(loader, seeds, shuffle=False)
-
-    def reduce_meter(self, meter) -> None:
-        all_reduce_meter(meter)
-
-    def gather(self, obj: Any) -> list:
-        return all_gather_objects(obj)
-
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        broadcast_module(module)
-
-    def teardown(self) -> None:
-        self._wrapper = None
-        destroy_owned_group()
-
-
-def make_strategy(distributed: bool | None, device=None, find_unused_parameters: bool = False
-                  ) -> SingleProcess:
-    """The strategy for ``Trainer(distributed=...)``.
-
-    ``None`` trains data-parallel when launched by ``torchrun`` (or inside a
-    process group of more than one process), ``True`` requires it and
-    ``False`` never does.
-    """
-    if distributed is False:
-        return SingleProcess()
-    if not init_distributed():
-        if distributed:
-            raise ValueError("distributed=True but no torch.distributed process group with more than "
-                             "one process was found; launch with torchrun")
-        return SingleProcess()
-    return DataParallel(device, find_unused_parameters)

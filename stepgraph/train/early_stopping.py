@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from stepgraph._validation import check_choice, check_int, check_number
-from stepgraph.train.checkpointing import atomic_save
+from stepgraph.train.checkpointing import save_weights
 
 __all__ = ["EarlyStopping", "EarlyStoppingGroup", "STOP_RULES"]
 
@@ -30,8 +30,13 @@ class EarlyStopping:
     A value *improves* when it is better than the best seen so far by more than
     ``delta`` (lower in ``mode="min"``, higher in ``mode="max"``). Each call
     without improvement increments :attr:`counter`; :attr:`early_stop` becomes
-    ``True`` when the counter reaches ``patience``. On improvement the model's
-    ``state_dict`` is written atomically to ``path``.
+    ``True`` when the counter reaches ``patience``. It only decides; on
+    improvement, when called with a model and ``path`` is set, the model's
+    ``state_dict`` is written to ``path`` by
+    :func:`~stepgraph.train.checkpointing.save_weights` (atomically). Inside a
+    :class:`~stepgraph.Trainer` the monitors have no ``path`` unless
+    :attr:`~stepgraph.Trainer.lossconfig` gives one; the Trainer's own best
+    weights are kept by its checkpoint component.
 
     Parameters
     ----------
@@ -92,7 +97,13 @@ class EarlyStopping:
         return self.best_score
 
     def is_improvement(self, value: float) -> bool:
-        """Whether ``value`` beats the best seen by more than ``delta``."""
+        """Whether ``value`` beats the best seen by more than ``delta``.
+
+        Parameters
+        ----------
+        value
+            The monitored value of this epoch.
+        """
         if self.best_score is None:
             return math.isfinite(value)
         if self.mode == "min":
@@ -120,7 +131,7 @@ class EarlyStopping:
             self.counter = 0
             self.early_stop = False  # an improvement revokes an earlier stop signal
             if model is not None and self.path is not None:
-                atomic_save(model.state_dict(), self.path)
+                save_weights(model, self.path)  # the checkpointing module does every write
                 self.checkpoint_written = True
             return True
         self.counter += 1
@@ -144,7 +155,13 @@ class EarlyStopping:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict`."""
+        """Restore a state produced by :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state
+            The dict :meth:`state_dict` returned.
+        """
         for key in ("patience", "delta", "mode", "path", "counter", "best_score", "early_stop",
                     "checkpoint_written"):
             if key in state:

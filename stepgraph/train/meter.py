@@ -93,7 +93,15 @@ class LossMeter:
         return dict(self._sums), dict(self._weights)
 
     def load_state(self, sums: Mapping[str, float], weights: Mapping[str, float]) -> None:
-        """Replace the sums and weights with ``sums`` and ``weights`` (same keys)."""
+        """Replace the sums and weights with ``sums`` and ``weights`` (same keys).
+
+        Parameters
+        ----------
+        sums
+            Weighted sum of each loss, as :meth:`state` returns it.
+        weights
+            Total weight of each loss (its samples), with the same keys.
+        """
         if set(sums) != set(weights):
             raise ValueError(f"sums and weights must have the same keys, got {sorted(sums)} "
                              f"and {sorted(weights)}")

@@ -11,36 +11,60 @@ from stepgraph._validation import check_choice, check_number
 __all__ = ["build_optimizer", "build_scheduler"]
 
 
+#: Name fragments of batch-embedding parameters: trained when ``tune_batch_embedding``, else frozen.
+BATCH_EMBEDDING_NAMES = ("batch_embedding", "batch_readout")
+
+
 def build_optimizer(model: torch.nn.Module, lr: float = 0.001, tune_lr: float = 0.0001, stage: int = 1,
                     tune_batch_embedding: bool = True) -> torch.optim.Adam:
     """Adam over ``model``'s trainable parameters, grouped by training stage.
 
-    Stage 1 trains every parameter at ``lr``. Stage 2 fine-tunes: the model's
-    pretrained backbone, the parameters its ``backbone_parameters()`` method
-    returns, trains at ``tune_lr`` and every other parameter at ``lr``.
-    Batch-embedding parameters (whose name contains ``"batch_embedding"``)
-    train at ``lr`` when ``tune_batch_embedding`` is true and are frozen
-    (``requires_grad=False``, left out) otherwise, in either stage.
+    Stage 1 trains every parameter at ``lr``. Stage 2 fine-tunes a pretrained
+    model, in one of two ways:
+
+    - the model defines ``backbone_parameters()``: those parameters (the
+      pretrained backbone) train at ``tune_lr``, every other one at ``lr``;
+    - otherwise the model has a ``smoother`` submodule (STEP's models after
+      ``init_smoother_with_builtin()``): STEP's convention, the new ``smoother``
+      at ``lr`` and the rest of the model at ``tune_lr``.
+
+    Batch-embedding parameters (whose name contains ``"batch_embedding"`` or
+    ``"batch_readout"``) are frozen (``requires_grad=False``, left out) when
+    ``tune_batch_embedding`` is false, in either stage; otherwise they train at
+    ``lr`` beside a ``backbone_parameters()`` backbone and at ``tune_lr`` beside a
+    ``smoother`` (as in STEP).
+
+    Raises
+    ------
+    ValueError
+        For ``stage=2`` when the model has neither ``backbone_parameters()`` nor a
+        ``smoother``, or when it has no trainable parameter.
     """
     check_number(lr, "lr", positive=True)
     check_number(tune_lr, "tune_lr", positive=True)
     check_choice(stage, "stage", (1, 2))
-    batch_emb = {id(p) for n, p in model.named_parameters() if "batch_embedding" in n}
+    batch_emb = {id(p) for n, p in model.named_parameters() if any(k in n for k in BATCH_EMBEDDING_NAMES)}
     for p in model.parameters():
         if id(p) in batch_emb:
             p.requires_grad_(bool(tune_batch_embedding))
-    backbone: set[int] = set()
-    if stage == 2:
-        hook = getattr(model, "backbone_parameters", None)
-        if not callable(hook):
-            raise ValueError("stage=2 needs the model to define backbone_parameters(), returning the "
-                             "pretrained parameters to fine-tune at tune_lr")
-        backbone = {id(p) for p in hook() if id(p) not in batch_emb}
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    groups = [{"params": [p for p in params if id(p) not in backbone], "lr": lr},
-              {"params": [p for p in params if id(p) in backbone], "lr": tune_lr}]
+    fast = {id(p) for p in params}  # the parameters at lr; the rest train at tune_lr
+    if stage == 2:
+        hook = getattr(model, "backbone_parameters", None)
+        smoother = getattr(model, "smoother", None)
+        if callable(hook):
+            fast -= {id(p) for p in hook() if id(p) not in batch_emb}
+        elif isinstance(smoother, torch.nn.Module):
+            fast = {id(p) for p in smoother.parameters()}
+        else:
+            raise ValueError(f"stage=2 needs the model ({type(model).__name__}) to define "
+                             "backbone_parameters(), returning the pretrained parameters to fine-tune "
+                             "at tune_lr, or to have a `smoother` submodule (STEP's convention: the "
+                             "smoother at lr, the rest of the model at tune_lr)")
+    groups = [{"params": [p for p in params if id(p) in fast], "lr": lr},
+              {"params": [p for p in params if id(p) not in fast], "lr": tune_lr}]
     return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stepgraph._validation import check_int
+
 __all__ = ["seed_everything", "get_rng_state", "set_rng_state"]
 
 
@@ -24,8 +26,7 @@ def seed_everything(seed: int) -> None:
         Any integer; the same seed gives the same initialisation, shuffling
         and neighbour sampling.
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got seed={seed!r}")
+    check_int(seed, "seed")
     random.seed(int(seed))
     np.random.seed(int(seed) % 2**32)
     torch.manual_seed(int(seed))

@@ -1,38 +1,41 @@
 """The Trainer: STEP's trainer API as a thin facade over one shared core.
 
 Each training method (``train``, ``train_batch``, ``train_node_sampler``,
-``train_graph_batch``) is a few lines over a training path
-(:mod:`stepgraph.train.feeds`) built once per call by
-:func:`~stepgraph.train_loop_formatter`. Every epoch of every path runs
-:func:`~stepgraph.train.loop.run_epoch`: the path's batches and loss call, the optimizer
-step (:meth:`Trainer.update_model_params`), the :class:`~stepgraph.LossMeter`,
-validation through the public ``validate_*`` hooks, then the epoch's end:
-history, writer, early stopping (:class:`EarlyStoppingGroup`), best weights
-(:class:`BestWeights`) and the LR scheduler. Data parallelism is the
-strategy's business (:mod:`stepgraph.train.distributed`); saving and resuming
-is :class:`TrainingCheckpoint`'s.
+``train_graph_batch``) is a few lines over a feed (:mod:`stepgraph.train.feeds`)
+built once per call by :func:`~stepgraph.train_loop_formatter`
+(:mod:`stepgraph.train.loop`). Every epoch of every feed runs
+:func:`~stepgraph.train.epoch.run_epoch`: the feed's batches and loss call, the
+optimizer step (:meth:`Trainer.update_model_params`), the
+:class:`~stepgraph.LossMeter`, validation through the public ``validate_*``
+hooks, then the epoch's end: history, writer, early stopping
+(:class:`~stepgraph.train.early_stopping.EarlyStoppingGroup`), best weights and
+the LR scheduler. Data parallelism is the strategy's business
+(:mod:`stepgraph.train.strategies`); every checkpoint file is the
+:class:`~stepgraph.train.checkpointing.Checkpointer`'s.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from stepgraph._validation import as_index, check_choice, check_int, check_number
 from stepgraph.data.loaders import make_loaders as _make_loaders
 from stepgraph.data.split import random_split_indices
-from stepgraph.train import feeds as paths  # renamed; the train helper finishes the rename
-from stepgraph.train.checkpointing import BestWeights, TrainingCheckpoint
-from stepgraph.train.distributed import make_strategy
+from stepgraph.train import feeds
+from stepgraph.train.checkpointing import Checkpointer, TrainingCheckpoint
 from stepgraph.train.early_stopping import EarlyStopping, EarlyStoppingGroup
-from stepgraph.train.loop import LoopState, evaluate, run_epoch, train_loop_formatter
+from stepgraph.train.epoch import evaluate, run_epoch
+from stepgraph.train.loop import train_loop_formatter
 from stepgraph.train.meter import LossMeter, running_mean_update, tensor_losses, without_metadata
 from stepgraph.train.optim import build_optimizer, build_scheduler
 from stepgraph.train.rng import seed_everything
+from stepgraph.train.state import LoopState
+from stepgraph.train.strategies import Strategy, make_strategy
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
@@ -73,10 +76,13 @@ class Trainer:
         Where batches are moved; the device of the model's first parameter by default.
     checkpoint_dir
         Folder of ``best.pt`` (best weights), ``last.pt`` (whole training state,
-        for ``resume_from``) and ``interrupted.pt`` (Ctrl-C); a temporary folder when ``None``.
+        for ``resume_from``) and ``interrupted.pt`` (Ctrl-C). ``None`` (default)
+        writes no file: the best weights are kept in memory (a CPU copy).
     seed
-        Every training call seeds Python, NumPy and torch with it, so shuffling,
-        sampling and dropout repeat; :meth:`split_X` uses it too. ``None``: no seeding.
+        When given, every training call seeds Python, NumPy and torch with it,
+        so shuffling, sampling and dropout repeat; :meth:`split_X` uses it too.
+        ``None`` (default, as STEP): the global generators are left alone, so a
+        ``torch.manual_seed(s)`` of yours stays in force.
     grad_clip
         Clip the gradients' global norm to this value; ``None`` does not clip.
     stop_on
@@ -84,17 +90,19 @@ class Trainer:
         (when one has) or ``"total"`` (one monitor on their sum).
     restore_best
         Load the best weights (lowest total validation loss) at the end of training;
-        ``None`` (default): when :attr:`use_earlystop` is on.
+        ``None`` (default): when :attr:`use_earlystop` is on. STEP keeps the last
+        weights: ``restore_best=False`` does the same.
     use_earlystop
         Build early-stopping monitors and stop early (STEP's switch, also an
         attribute); when false every path trains all its epochs.
     progress
-        Show tqdm progress bars.
+        Show progress (:mod:`stepgraph.progress`): a bar on a terminal, a plain
+        line every few seconds in a log.
     trace_func
         Receives the trainer's messages (early stopping reports).
     checkpoint_every
         Write the training state to ``checkpoint_dir / "last.pt"`` every this many
-        epochs (and at the end); 0 never does.
+        epochs (and at the end); 0 never does (nor does a Trainer without ``checkpoint_dir``).
     distributed
         Train data-parallel (DDP). ``None``: when launched by ``torchrun`` or inside
         a process group of several processes; see ``docs/distributed.md``.
@@ -116,14 +124,28 @@ class Trainer:
     stopping : EarlyStoppingGroup
         Decides when to stop; :attr:`early_stopping`, :attr:`lossconfig` and
         :attr:`defualt_lcfg` are its monitors and settings.
-    best : BestWeights or None
-        Keeps the weights of the lowest total validation loss in ``best.pt``.
-    strategy : SingleProcess or DataParallel
-        How the run is spread over processes.
-    active_path : TrainingPath or None
-        The training path of the current (or last) run.
+    checkpoints : Checkpointer
+        The owner of the checkpoint files (their names, every write).
+    strategy : Strategy
+        How the run is spread over processes
+        (:class:`~stepgraph.train.strategies.SingleDeviceStrategy` or
+        :class:`~stepgraph.train.strategies.DDPStrategy`).
     history : list[dict]
-        Per epoch of the last run: ``epoch``, train and ``val_`` losses, ``lr``.
+        Per epoch of the last run: ``epoch``, train and ``val_`` losses (means
+        per sample: each batch weighs its number of samples, where STEP
+        averages the per-batch means), ``lr``.
+    device : torch.device
+        Where batches are moved.
+    seed : int or None
+        The seed every training call starts from (``None``: no seeding).
+    use_earlystop : bool
+        STEP's switch: when false no monitors are built and every path trains
+        all its epochs.
+    skipped_batches : int
+        Batches skipped in the last run under ``on_nonfinite="skip"``.
+    interrupted : bool
+        Whether the last run was stopped by ``KeyboardInterrupt`` (it wrote
+        ``interrupted.pt``).
 
     Examples
     --------
@@ -134,7 +156,7 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
-                 checkpoint_dir: str | Path | None = None, seed: int | None = 0,
+                 checkpoint_dir: str | Path | None = None, seed: int | None = None,
                  grad_clip: float | None = None, stop_on: str = "all", restore_best: bool | None = None,
                  use_earlystop: bool = True,
                  progress: bool = True, trace_func: Callable[[str], Any] = print,
@@ -143,33 +165,29 @@ class Trainer:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got model of type {type(model).__name__}")
         check_choice(on_nonfinite, "on_nonfinite", NONFINITE_POLICIES)
-        self.checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=0)
+        checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=0)
         self.seed = check_int(seed, "seed", allow_none=True)
         self.grad_clip = check_number(grad_clip, "grad_clip", positive=True, allow_none=True)
         self.stopping = EarlyStoppingGroup(stop_on)
         self.stopping.lossconfig = {k: dict(v) for k, v in STEP_LOSSCONFIG.items()}
         self.stopping.default_config.update(STEP_DEFAULT_LCFG)
-        self.strategy = make_strategy(distributed, find_unused_parameters=find_unused_parameters)
+        self.strategy: Strategy = make_strategy(distributed, device, model, find_unused_parameters)
         if self.strategy.lockstep and on_nonfinite == "skip":
             raise ValueError("on_nonfinite must be 'raise' in distributed training (a batch skipped on "
                              "one rank would leave the others waiting), got on_nonfinite='skip'")
-        if device is None:
-            first = next(model.parameters(), None)
-            device = self.strategy.default_device() or (first.device if first is not None else "cpu")
-        self.device = self.strategy.device = torch.device(device)
+        self.device = self.strategy.device
         self.model = model.to(self.device)
         self._restore_best = restore_best
         self.use_earlystop = bool(use_earlystop)
-        self.input_names: tuple[str, ...] | None = None
         self.progress = progress and self.strategy.is_main
         self.trace_func = trace_func if self.strategy.is_main else (lambda message: None)
         self.stopping.trace_func = self.trace_func
         self.on_nonfinite = on_nonfinite
-        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.checkpoints = Checkpointer(checkpoint_dir, every=checkpoint_every, write=self.strategy.is_main)
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler = None
-        self.graph_dataset = None
-        self.active_path: paths.TrainingPath | None = None
+        self._graph_dataset = None
+        self._active_feed: feeds.Feed | None = None
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -177,7 +195,7 @@ class Trainer:
         self.interrupted = False
         self.history: list[dict[str, float]] = []
         self.stopping.reset()
-        self.best: BestWeights | None = None
+        self.checkpoints.new_fit()
         self._loss_names: set[str] = set()
 
     # ------------------------------------------------------------ settings
@@ -228,13 +246,44 @@ class Trainer:
 
     default_lcfg = defualt_lcfg
 
+    checkpoint_dir = property(lambda self: self.checkpoints.dirpath,
+                              doc="Folder of ``best.pt``, ``last.pt`` and ``interrupted.pt``; ``None``: no files.")
+    best = property(lambda self: self.checkpoints.best,
+                    doc="The best weights of the current (or last) fit (a "
+                        ":class:`~stepgraph.train.checkpointing.BestWeights`).")
+
     @property
-    def checkpoint_dir(self) -> Path:
-        """Folder of ``best.pt``, ``last.pt`` and ``interrupted.pt`` (created on first use)."""
-        if self._checkpoint_dir is None:
-            self._checkpoint_dir = Path(tempfile.mkdtemp(prefix="stepgraph-"))
-        self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        return self._checkpoint_dir
+    def checkpoint_every(self) -> int:
+        """Write ``last.pt`` every this many epochs (and at the end); 0 never does."""
+        return self.checkpoints.every
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, value: int) -> None:
+        self.checkpoints.every = check_int(value, "checkpoint_every", minimum=0)
+
+    @property
+    def active_feed(self) -> feeds.Feed | None:
+        """The feed of the current (or last) fit."""
+        return self._active_feed
+
+    @active_feed.setter
+    def active_feed(self, feed: feeds.Feed | None) -> None:
+        self._active_feed = feed
+        if getattr(feed, "dataset", None) is not None:
+            self._graph_dataset = feed.dataset
+
+    @property
+    def graph_dataset(self):
+        """The dataset serving node features to :meth:`handle_ginput_tuple`: that of the
+        current (or last) graph fit, or the one last given to :meth:`validate_gloader` /
+        :meth:`predict_gloader`."""
+        return self._graph_dataset
+
+    @property
+    def input_names(self) -> tuple[str, ...] | None:
+        """Names of the members of a tensor batch tuple, from the dataset mode of the current
+        (or last) :meth:`train_batch`; ``None``: named by the tuple's length."""
+        return getattr(self._active_feed, "input_names", None)
 
     def mode_switch_to_train(self) -> None:
         """Put the model in training mode."""
@@ -291,6 +340,16 @@ class Trainer:
         Returns the detached total, or ``None`` when a non-finite batch was skipped;
         raises :class:`NonFiniteLossError` (naming the losses, ``epoch`` and ``step``)
         before the weights change otherwise.
+
+        Parameters
+        ----------
+        loss_dict
+            One batch's losses; the tensor values are summed (a dict without a
+            tensor raises :class:`TypeError`).
+        epoch
+            The current epoch, named in the error of a non-finite loss.
+        step
+            The step within the epoch, named in that error too.
         """
         if self.optimizer is None:
             self.init_optimizer()
@@ -307,9 +366,10 @@ class Trainer:
                 return None
             values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             where = f"epoch {epoch}" + ("" if step is None else f", step {step}")
-            raise NonFiniteLossError(
-                f"non-finite training loss at {where}: {values}; the weights were not updated "
-                f"(the last good state is in {self.checkpoint_dir / 'last.pt'} if it was written)")
+            last = self.checkpoints.last_path
+            kept = f" (the last good state is in {last} if it was written)" if last is not None else ""
+            raise NonFiniteLossError(f"non-finite training loss at {where}: {values}; the weights were "
+                                     f"not updated{kept}")
         self._loss_names.update(losses)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -367,9 +427,14 @@ class Trainer:
     def setup_early_stopping(self, loss_dict: Mapping[str, Any]) -> dict[str, EarlyStopping]:
         """Create one :class:`EarlyStopping` per loss, named ``val_<loss>``, with settings
         from :attr:`lossconfig` over :attr:`defualt_lcfg` (one ``val_total`` monitor with
-        ``stop_on="total"``). ``loss_dict`` holds training losses (STEP's form: tensor
-        values; logged numbers are skipped) or ``val_`` values; none when
-        :attr:`use_earlystop` is off."""
+        ``stop_on="total"``); none when :attr:`use_earlystop` is off.
+
+        Parameters
+        ----------
+        loss_dict
+            Training losses (STEP's form: tensor values; logged numbers are
+            skipped) or ``val_`` values: their names name the monitors.
+        """
         if not self.use_earlystop:
             self.stopping.monitors = {}
             return self.stopping.monitors
@@ -378,7 +443,12 @@ class Trainer:
         return self.stopping.setup(names)
 
     def check_early_stop(self, total_loss_dict: Mapping[str, float]) -> bool:
-        """Feed the validation losses to the monitors and the best-weights tracker.
+        """Feed the validation losses to the monitors and the best weights (:attr:`best`).
+
+        Parameters
+        ----------
+        total_loss_dict
+            The epoch's validation losses, ``{"val_<name>": value}``.
 
         Returns
         -------
@@ -389,15 +459,13 @@ class Trainer:
         if not values:
             return False
         stop = self.use_earlystop and self.stopping.step(values, self.model if self.strategy.is_main else None)
-        if self.best is None:
-            self.best = BestWeights(self.checkpoint_dir / "best.pt", write=self.strategy.is_main)
         self.best.update(total, self.model)
         return stop
 
     def restore_best_weights(self) -> bool:
         """Load the best weights of the last run (rank 0's, on every rank); return whether
         there were any."""
-        written = self.strategy.gather(self.best is not None and self.best.checkpoint_written)[0]
+        written = self.strategy.gather(self.best.has_weights)[0]
         if written and self.strategy.is_main:
             self.best.restore(self.model, map_location=self.device)
         if written:
@@ -440,18 +508,21 @@ class Trainer:
         return ", ".join(t for t in (text, validation) if t)
 
     # ----------------------------------------------------- training state
-    def _checkpoint(self) -> TrainingCheckpoint:
-        if self.best is None:
-            self.best = BestWeights(self.checkpoint_dir / "best.pt", write=self.strategy.is_main)
+    def _training_checkpoint(self) -> TrainingCheckpoint:
+        # "path" is the feed's state (the key keeps files of format version 2 readable)
         components = {"model": self.net, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
                       "early_stopping": self.stopping, "best": self.best, "trainer": _RunRecord(self),
-                      "path": self.active_path}
+                      "path": self.active_feed}
         hints = {"model": "it was written for another model",
                  "optimizer": "the optimizer differs from the saved one: call init_optimizer as in the "
                               "interrupted run",
                  "lr_scheduler": "call set_lr_scheduler as in the interrupted run before resuming",
                  "path": "resume with the same training call and loaders"}
         return TrainingCheckpoint(components, self.strategy, hints)
+
+    @staticmethod
+    def _training_progress(state: LoopState, completed: int, stopped: bool) -> dict[str, Any]:
+        return {"epoch": completed, "step": state["step"], "stopped": bool(stopped)}
 
     def save_training_state(self, path, state: Mapping[str, Any], completed: int | None = None,
                             stopped: bool = False, gather: bool = True) -> Path:
@@ -471,13 +542,19 @@ class Trainer:
             Collect every rank's RNG state (a collective call); rank 0 alone writes.
         """
         epoch = state.epoch if isinstance(state, LoopState) else int(str(state["epoch"]).split("/")[0])
-        progress = {"epoch": epoch if completed is None else completed, "step": state["step"],
-                    "stopped": bool(stopped)}
-        return self._checkpoint().save(path, progress, collective=gather)
+        progress = self._training_progress(state, epoch if completed is None else completed, stopped)
+        return self.checkpoints.save(self._training_checkpoint(), path, progress, collective=gather)
 
     def load_training_state(self, path, state: LoopState) -> tuple[int, bool]:
         """Restore a state written by :meth:`save_training_state`, with the same model,
         optimizer set-up, scheduler and loaders as the run that wrote it.
+
+        Parameters
+        ----------
+        path
+            A ``last.pt`` or ``interrupted.pt`` (through ``resume_from=``).
+        state
+            The loop state to restore the epoch and step into.
 
         Returns
         -------
@@ -486,18 +563,29 @@ class Trainer:
         """
         if self.optimizer is None:
             self.init_optimizer()
-        progress = self._checkpoint().load(path, map_location=self.device)
+        progress = self._training_checkpoint().load(path, map_location=self.device)
         self.interrupted = False
         state["epoch"], state["step"] = progress["epoch"], progress["step"]
         return progress["epoch"], progress["stopped"]
 
     # ---------------------------------------------------------- splitting
     def split_X(self, X, split_rate: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Seeded random split of the rows of ``X``: ``(train_ind, valid_ind)``, sorted
-        int64 tensors; ``valid_ind`` is ``None`` when ``split_rate`` is 0. Every positive
-        ``split_rate`` in [0, 1) gives at least one validation row."""
+        """Random split of the rows of ``X``: ``(train_ind, valid_ind)``, sorted int64
+        tensors; ``valid_ind`` is ``None`` when ``split_rate`` is 0. Every positive
+        ``split_rate`` in [0, 1) gives at least one validation row. Seeded by
+        :attr:`seed`; without one, drawn from NumPy's global generator (as STEP's
+        ``train_test_split``), so ``np.random.seed`` makes it repeat.
+
+        Parameters
+        ----------
+        X
+            Anything with ``len()`` (a tensor or a dense array), samples in rows.
+        split_rate
+            The share of rows held out for validation.
+        """
         n = X.shape[0] if hasattr(X, "shape") else len(X)
-        train_ind, valid_ind = random_split_indices(n, split_rate, seed=self.seed or 0)
+        seed = self.seed if self.seed is not None else int(np.random.randint(2**31))
+        train_ind, valid_ind = random_split_indices(n, split_rate, seed=seed)
         if train_ind.size == 0:
             raise ValueError(f"split_rate must leave training rows, got split_rate={split_rate} for {n} rows")
         return torch.from_numpy(train_ind), (torch.from_numpy(valid_ind) if valid_ind.size else None)
@@ -506,7 +594,17 @@ class Trainer:
     def loss(self, X, ind=None, **kwargs):
         """The loss call every default path goes through (override it in a subclass, as
         STEP's models do): ``model.loss(X, ind=ind, **kwargs)`` (without ``ind`` when
-        it is ``None``)."""
+        it is ``None``).
+
+        Parameters
+        ----------
+        X
+            The model's input (the whole matrix, or one batch's).
+        ind
+            Rows the loss is computed on; all when ``None``.
+        **kwargs
+            Passed to ``model.loss``.
+        """
         if ind is not None:
             kwargs["ind"] = ind
         return self.strategy.loss_forward(self.model, X, **kwargs)
@@ -515,13 +613,19 @@ class Trainer:
         """Loss dict of one tensor batch, through :meth:`loss` (as in STEP).
 
         The tuple's members are named by the dataset's mode
-        (:attr:`input_names`, set by :meth:`train_batch`) or, without one, by
+        (:attr:`input_names`, from :meth:`train_batch`'s loader) or, without one, by
         its length in STEP's order: ``(x,)``, ``(x, batch_label)``, ``(x,
         class_label, batch_label)``, ``(x, rep, domains, batch_label)``; the
         call is ``self.loss(x, class_label=..., batch_label=...)``. A dict
         calls ``self.loss(**batch)``, a tensor ``self.loss(x)``.
+
+        Parameters
+        ----------
+        input_tuple
+            One batch of a tensor-batch loader (a tuple, a dict or a tensor),
+            moved to :attr:`device` here.
         """
-        batch = paths.to_device(input_tuple, self.device)
+        batch = feeds.to_device(input_tuple, self.device)
         if isinstance(batch, torch.Tensor):
             return self.loss(batch)
         if isinstance(batch, Mapping):
@@ -533,7 +637,9 @@ class Trainer:
         return self.loss(batch[0], **dict(zip(names[1:], batch[1:])))
 
     def handle_ginput_tuple(self, input_tuple, ind=None, step=None):
-        """Loss dict of one ``NeighborLoader`` batch.
+        """Loss dict of one ``NeighborLoader`` batch (stepgraph's form; STEP's spatial
+        subclasses override it as ``handle_ginput_tuple(input_tuple, dataset, ind, step)``,
+        which every graph method also calls, with any loader).
 
         Gathers the features of ``batch.n_id`` from :attr:`graph_dataset` (sparse
         rows densified per batch) and its batch labels, and calls
@@ -552,40 +658,44 @@ class Trainer:
             Step within the epoch (for subclasses that schedule by step).
         """
         if self.graph_dataset is None:
-            raise RuntimeError("handle_ginput_tuple needs trainer.graph_dataset; it is set by "
+            raise RuntimeError("handle_ginput_tuple needs trainer.graph_dataset: the dataset given to "
                                "train_node_sampler / train_graph_batch / validate_gloader")
         if ind is None:
             ind = torch.arange(input_tuple.batch_size)
-        inputs = paths.graph_inputs(input_tuple, self.graph_dataset, self.device,
-                                    per_hop=paths.takes_per_hop(self.model.loss))
+        inputs = feeds.graph_inputs(input_tuple, self.graph_dataset, self.device,
+                                    per_hop=feeds.takes_per_hop(self.model.loss))
         return self.strategy.loss_forward(self.model, inputs.pop("x"), ind=ind.to(self.device), **inputs)
 
     # ------------------------------------------------------ training paths
-    @train_loop_formatter(path=paths.TensorBatchPath)
+    @train_loop_formatter(feed=feeds.TensorBatchFeed)
     def train_batch(self, state: LoopState, loaders, call_func: Callable | None = None) -> bool:
-        """Train over tensor batches (call with ``epochs=``); see :class:`~stepgraph.train.feeds.TensorBatchPath`.
+        """Train over tensor batches (call with ``epochs=``); see :class:`~stepgraph.train.feeds.TensorBatchFeed`.
 
         Parameters
         ----------
-        state
-            Supplied by the loop.
+        epochs
+            Epochs to train (STEP's ``state`` argument is supplied by the loop).
         loaders
             ``(train_loader, valid_loader)`` (``valid_loader`` may be ``None``) or one loader.
         call_func
             ``call_func(batch) -> loss_dict``; defaults to :meth:`handle_input_tuple`.
+        writer, writer_every, resume_from
+            The loop's keyword-only arguments: anything with ``add_scalar(tag, value,
+            step)``, ``"epoch"`` or ``"step"`` logging, and a ``last.pt`` or
+            ``interrupted.pt`` to resume from; see :func:`~stepgraph.train_loop_formatter`.
         """
-        return run_epoch(self, state, self.active_path)
+        return run_epoch(self, state, self.active_feed, LossMeter(), self._loss_names)
 
-    @train_loop_formatter(path=paths.MatrixPath)
+    @train_loop_formatter(feed=feeds.MatrixFeed)
     def train(self, state: LoopState, X, train_ind=None, valid_ind=None, call_func: Callable | None = None,
               **kwargs) -> bool:
         """Train one full-matrix step per epoch (call with ``epochs=``); see
-        :class:`~stepgraph.train.feeds.MatrixPath`.
+        :class:`~stepgraph.train.feeds.MatrixFeed`.
 
         Parameters
         ----------
-        state
-            Supplied by the loop.
+        epochs
+            Epochs to train (STEP's ``state`` argument is supplied by the loop).
         X
             The whole input matrix (tensor or array), samples in rows.
         train_ind
@@ -594,49 +704,63 @@ class Trainer:
             Rows to validate on (disjoint from ``train_ind``); no validation when ``None``.
         call_func
             ``call_func(X, ind=..., **kwargs) -> loss_dict``; defaults to :meth:`loss`.
+        writer, writer_every, resume_from
+            The loop's keyword-only arguments: anything with ``add_scalar(tag, value,
+            step)``, ``"epoch"`` or ``"step"`` logging, and a ``last.pt`` or
+            ``interrupted.pt`` to resume from; see :func:`~stepgraph.train_loop_formatter`.
         **kwargs
             Passed to the loss call.
         """
-        return run_epoch(self, state, self.active_path)
+        return run_epoch(self, state, self.active_feed, LossMeter(), self._loss_names)
 
-    @train_loop_formatter(path=paths.NodeSamplingPath)
+    @train_loop_formatter(feed=feeds.for_loader(feeds.NodeSamplingFeed))
     def train_node_sampler(self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None,
                            call_func: Callable | None = None) -> bool:
         """Train over sampled neighbourhoods (call with ``epochs=``); see
-        :class:`~stepgraph.train.feeds.NodeSamplingPath`.
+        :class:`~stepgraph.train.feeds.NodeSamplingFeed`; any other loader (a DGL
+        loader, a list of subgraphs) is iterated as it is
+        (:class:`~stepgraph.train.feeds.LoaderFeed`).
 
         Parameters
         ----------
-        state
-            Supplied by the loop.
+        epochs
+            Epochs to train (STEP's ``state`` argument is supplied by the loop).
         gloader
             A ``NeighborLoader`` with sampled fan-outs (:func:`~stepgraph.node_loaders`)
-            or a ``(train_loader, valid_loader)`` pair.
+            or a ``(train_loader, valid_loader)`` pair; or any other graph loader.
         dataset
             The :class:`~stepgraph.BaseDataset` whose row ``i`` is graph node ``i``;
-            :attr:`graph_dataset` (the last one used) when ``None``.
+            :attr:`graph_dataset` (the last one used) when ``None``. With another
+            loader, whatever its loss call reads (STEP's ``StDataset``).
         train_ind
             Seed nodes to train on; the loader's own seeds (less ``valid_ind``) when ``None``.
         valid_ind
             Seed nodes to validate on (a non-shuffled loader is derived).
         call_func
             ``call_func(batch, ind, step) -> loss_dict``; defaults to :meth:`handle_ginput_tuple`.
+            A callable whose second parameter is named ``dataset`` is called in STEP's
+            form ``(batch, dataset, ind, step)`` with ``ind`` as global node ids.
+        writer, writer_every, resume_from
+            The loop's keyword-only arguments: anything with ``add_scalar(tag, value,
+            step)``, ``"epoch"`` or ``"step"`` logging, and a ``last.pt`` or
+            ``interrupted.pt`` to resume from; see :func:`~stepgraph.train_loop_formatter`.
         """
-        return run_epoch(self, state, self.active_path)
+        return run_epoch(self, state, self.active_feed, LossMeter(), self._loss_names)
 
-    @train_loop_formatter(path=paths.FullNeighbourhoodPath)
+    @train_loop_formatter(feed=feeds.for_loader(feeds.FullNeighbourhoodFeed))
     def train_graph_batch(self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None,
                           call_func: Callable | None = None) -> bool:
         """Train over full neighbourhoods, losses masked to ``train_ind`` (call with
-        ``epochs=``); see :class:`~stepgraph.train.feeds.FullNeighbourhoodPath`.
+        ``epochs=``); see :class:`~stepgraph.train.feeds.FullNeighbourhoodFeed`; any
+        other loader is iterated as it is (:class:`~stepgraph.train.feeds.LoaderFeed`).
 
         Parameters
         ----------
-        state
-            Supplied by the loop.
+        epochs
+            Epochs to train (STEP's ``state`` argument is supplied by the loop).
         gloader
             A ``NeighborLoader`` with ``num_neighbors=[-1] * n_layers`` over all nodes
-            (:func:`~stepgraph.graph_loader`).
+            (:func:`~stepgraph.graph_loader`), or any other graph loader.
         dataset
             The :class:`~stepgraph.BaseDataset` whose row ``i`` is graph node ``i``;
             :attr:`graph_dataset` (the last one used) when ``None``, so STEP's
@@ -647,50 +771,82 @@ class Trainer:
             Nodes whose losses validate (with their full neighbourhoods); none when ``None``.
         call_func
             ``call_func(batch, ind, step) -> loss_dict``; defaults to :meth:`handle_ginput_tuple`.
+        writer, writer_every, resume_from
+            The loop's keyword-only arguments: anything with ``add_scalar(tag, value,
+            step)``, ``"epoch"`` or ``"step"`` logging, and a ``last.pt`` or
+            ``interrupted.pt`` to resume from; see :func:`~stepgraph.train_loop_formatter`.
         """
-        return run_epoch(self, state, self.active_path)
+        return run_epoch(self, state, self.active_feed, LossMeter(), self._loss_names)
 
     # ----------------------------------------------------------- validation
     def validate_loader(self, loader, call_func: Callable | None = None) -> dict[str, float]:
         """Mean losses over a loader of tensor batches in eval mode without gradients:
-        ``{"val_<name>": mean}`` (0-d tensors, as in STEP), weighted by batch size."""
-        return _as_tensors(evaluate(self, loader, paths.tensor_loss_call(call_func or self.handle_input_tuple)))
+        ``{"val_<name>": mean}`` (0-d tensors, as in STEP), per sample (each batch weighs
+        its size; STEP averages the per-batch means).
+
+        Parameters
+        ----------
+        loader
+            A loader of tensor batches (the validation loader of :meth:`make_loaders`).
+        call_func
+            ``call_func(batch) -> loss_dict``; defaults to :meth:`handle_input_tuple`.
+        """
+        return _as_tensors(evaluate(self, loader, feeds.tensor_loss_call(call_func or self.handle_input_tuple)))
 
     def validate_X(self, X, ind=None, call_func: Callable | None = None, **kwargs) -> dict[str, float]:
         """Losses of the full-matrix path on rows ``ind`` (all when ``None``) in eval mode:
         ``{"val_<name>": value}`` (0-d tensors). In a data-parallel run each rank computes
-        its share."""
-        X = paths.to_device(torch.as_tensor(X), self.device)
+        its share.
+
+        Parameters
+        ----------
+        X
+            The whole input matrix, samples in rows.
+        ind
+            Rows to validate on; all when ``None``.
+        call_func
+            ``call_func(X, ind=..., **kwargs) -> loss_dict``; defaults to :meth:`loss`.
+        **kwargs
+            Passed to the loss call.
+        """
+        X = feeds.to_device(torch.as_tensor(X), self.device)
         ind = torch.arange(X.shape[0]) if ind is None else as_index(ind, "ind", X.shape[0])
         share = self.strategy.shard(ind, 0, self.seed or 0, shuffle=False, pad=False)
-        call = paths.matrix_loss_call(X, call_func or self.loss, kwargs, self.device)
+        call = feeds.matrix_loss_call(X, call_func or self.loss, kwargs, self.device)
         return _as_tensors(evaluate(self, [share] if share.numel() else [], call))
 
     def validate_gloader(self, gloader, valid_ind=None, dataset=None,
                          call_func: Callable | None = None) -> dict[str, float]:
-        """Mean losses over a ``NeighborLoader``'s seed nodes in eval mode without gradients.
+        """Mean losses over a graph loader in eval mode without gradients.
 
         Parameters
         ----------
         gloader
-            The loader to evaluate.
+            The loader to evaluate: a ``NeighborLoader`` (losses on its seed nodes), or
+            any other graph loader, iterated as it is (see
+            :class:`~stepgraph.train.feeds.LoaderFeed`).
         valid_ind
             Restrict the losses to seed nodes in ``valid_ind``; all seeds when ``None``.
+            With another loader, passed to the loss call as ``ind`` (global ids).
         dataset
             The dataset serving node features; defaults to :attr:`graph_dataset`.
         call_func
-            ``call_func(batch, ind, step) -> loss_dict``.
+            ``call_func(batch, ind, step) -> loss_dict`` (or STEP's form, see
+            :meth:`train_node_sampler`).
 
         Returns
         -------
         dict
-            ``{"val_<name>": mean}`` (0-d tensors), weighted by the number of loss nodes.
+            ``{"val_<name>": mean}`` (0-d tensors), weighted by the number of loss
+            nodes (a mean per node, where STEP averages the per-batch means).
         """
         if dataset is not None:
-            self.graph_dataset = dataset
-        mask = paths.node_mask(valid_ind, "valid_ind", gloader.data.num_nodes)
-        call = paths.graph_call(call_func or self.handle_ginput_tuple, self.graph_dataset)
-        return _as_tensors(evaluate(self, gloader, paths.graph_loss_call(self, mask, call)))
+            self._graph_dataset = dataset
+        if not feeds.is_neighbor_loader(gloader):
+            return _as_tensors(evaluate(self, *feeds.loader_validation(self, gloader, valid_ind, call_func)))
+        mask = feeds.node_mask(valid_ind, "valid_ind", gloader.data.num_nodes)
+        call = feeds.graph_call(call_func or self.handle_ginput_tuple, self.graph_dataset)
+        return _as_tensors(evaluate(self, gloader, feeds.graph_loss_call(self, mask, call)))
 
     def predict_gloader(self, gloader, dataset=None, method: str = "encode") -> torch.Tensor:
         """``model.<method>(x, edge_index, edge_weight=..., batch_label=...)`` for every
@@ -711,18 +867,36 @@ class Trainer:
         torch.Tensor
             One row per graph node, on the CPU; rows of nodes never a seed are zero.
         """
-        dataset = dataset if dataset is not None else self.graph_dataset
+        if dataset is not None:
+            self._graph_dataset = dataset
+        dataset = self.graph_dataset
         if dataset is None:
             raise ValueError("predict_gloader needs dataset= (no graph dataset trained on yet)")
         func = getattr(self.net, method, None)
         if not callable(func):
             raise AttributeError(f"method must name a method of the model, got method={method!r}")
-        return paths.predict_nodes(self.model, func, gloader, dataset, self.device)
+        return feeds.predict_nodes(self.model, func, gloader, dataset, self.device)
 
     @staticmethod
     def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,
                      obs_key: str | None = None, **kwargs):
-        """Training and validation loaders; see :func:`stepgraph.data.loaders.make_loaders`."""
+        """Training and validation loaders of tensor batches (a static method, as in STEP).
+
+        Parameters
+        ----------
+        dataset
+            A :class:`~stepgraph.BaseDataset` (or any map-style dataset).
+        batch_size
+            Samples per batch.
+        split_rate
+            The share of samples held out for validation.
+        shuffle
+            Shuffle the training loader every epoch.
+        obs_key
+            An ``obs`` column to stratify the split by.
+        **kwargs
+            Passed to :func:`stepgraph.data.loaders.make_loaders` (``seed=`` among them).
+        """
         return _make_loaders(dataset, batch_size, split_rate, shuffle, obs_key, **kwargs)
 
 

@@ -46,16 +46,21 @@ def test_layer_key_reads_the_layer(adata):
 
 def test_subset_and_masked_dataset(adata):
     ds = BaseDataset(adata, batch_key="section")
-    s1 = ds.subset("section", "s1")
+    s1 = ds.subset("s1", col="section", exclude=False)  # STEP's subset(key, col, exclude)
     assert isinstance(s1, MaskedDataset)
     assert set(s1.obs["section"]) == {"s1"} and len(s1) == (adata.obs["section"] == "s1").sum()
-    not_t = ds.subset("cell_type", ["T"], exclude=True)
+    not_t = ds.subset(["T"], col="cell_type")  # exclude=True by default, as in STEP
     assert "T" not in set(not_t.obs["cell_type"])
-    nested = not_t.subset("section", "s2")
+    nested = not_t.subset("s2", exclude=False)  # col defaults to batch_key
     assert set(nested.obs["section"]) == {"s2"} and "T" not in set(nested.obs["cell_type"])
     x, b = nested[np.arange(len(nested))]
     np.testing.assert_allclose(x.numpy(), adata.X[nested.row_index].toarray())
     assert (b == 1).all()
+    # the view's adata is its own rows, as the dataset protocol has it
+    assert nested.adata.n_obs == len(nested)
+    assert list(nested.adata.obs_names) == list(adata.obs_names[nested.row_index])
+    with pytest.raises(KeyError, match="col='nope'"):
+        ds.subset("x", col="nope")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from stepgraph.graph.ops import median_neighbor_distance, smooth_over_graph
 from stepgraph.pipeline.baselines import neighbor_mean_domains, pca_kmeans_domains
 from stepgraph.pipeline.domains import (
     adjusted_rand_index,
@@ -18,7 +19,6 @@ from stepgraph.pipeline.domains import (
     refine_domains,
 )
 from stepgraph.pipeline.preprocess import highly_variable_genes, principal_components
-from stepgraph.graph.ops import median_neighbor_distance, smooth_over_graph
 
 DLPFC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real" / "dlpfc151510_drsc500.h5ad"
 

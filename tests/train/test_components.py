@@ -1,7 +1,5 @@
 """The trainer's parts, through their public faces."""
 
-import math
-
 import anndata as ad
 import numpy as np
 import pytest
@@ -20,11 +18,10 @@ from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
 from stepgraph.pipeline import log_normalise
 from stepgraph.synthetic import synthetic_tissue
-from stepgraph.train.checkpointing import BestWeights, load_checkpoint
-from stepgraph.train.distributed import SingleProcess, make_strategy
 from stepgraph.train.early_stopping import EarlyStoppingGroup
-from stepgraph.train.loop import LoopState
-
+from stepgraph.train.feeds import NodeSamplingFeed
+from stepgraph.train.state import LoopState
+from stepgraph.train.strategies import SingleDeviceStrategy, Strategy, make_strategy
 from tests.conftest import TinyAutoencoder
 
 
@@ -99,17 +96,17 @@ def test_a_path_checks_its_arguments_before_the_first_epoch(tissue, tmp_path):
     assert trainer.history == [] and not (tmp_path / "last.pt").exists()
 
 
-def test_the_active_path_holds_the_derived_loaders(tissue, tmp_path):
+def test_the_active_feed_holds_the_derived_loaders_and_its_dataset(tissue, tmp_path):
     data, dataset = tissue
     trainer = CountingTrainer(GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2),
                               checkpoint_dir=tmp_path)
     loader = node_loaders(data, [3], 50, backend="builtin")[0]
     trainer.train_node_sampler(epochs=1, gloader=loader, dataset=dataset, valid_ind=np.arange(40))
-    path = trainer.active_path
-    assert type(path).__name__ == "NodeSamplingPath"
-    seeds = path.train_loader.input_data.node
+    feed = trainer.active_feed
+    assert isinstance(feed, NodeSamplingFeed) and feed.dataset is dataset is trainer.graph_dataset
+    seeds = feed.train_loader.input_data.node
     assert len(seeds) == len(dataset) - 40 and not np.isin(np.arange(40), seeds.numpy()).any()
-    assert len(path.generators) == 1  # the shuffled training loader's, restored on resume
+    assert len(feed.generators) == 1  # the shuffled training loader's, restored on resume
 
 
 def test_loop_state_reads_like_steps_dict():
@@ -154,29 +151,34 @@ def test_early_stopping_group_rules_and_reason():
     assert {k: m.counter for k, m in restored.monitors.items()} == {k: m.counter for k, m in group.monitors.items()}
 
 
-def test_best_weights_keeps_the_lowest_value_and_its_weights(tmp_path):
-    model = torch.nn.Linear(2, 1)
-    best = BestWeights(tmp_path / "best.pt")
-    for value, fill in [(2.0, 1.0), (math.nan, 2.0), (1.0, 3.0), (1.0, 4.0), (1.5, 5.0)]:
-        with torch.no_grad():
-            model.weight.fill_(fill)
-        best.update(value, model)
-    assert best.best_score == 1.0
-    assert torch.all(load_checkpoint(tmp_path / "best.pt")["weight"] == 3.0)  # first of the ties
-    moved = BestWeights(tmp_path / "new" / "best.pt")
-    moved.load_state_dict(best.state_dict())  # a resumed run in another folder copies the file
-    assert moved.checkpoint_written and torch.all(load_checkpoint(moved.path)["weight"] == 3.0)
-    silent = BestWeights(tmp_path / "rank1.pt", write=False)
-    silent.update(0.1, model)
-    assert silent.best_score == 0.1 and not silent.path.exists()
-
-
-def test_without_a_process_group_the_strategy_is_single_process():
-    strategy = make_strategy(None)
-    assert isinstance(strategy, SingleProcess) and not strategy.is_distributed and strategy.is_main
+def test_without_a_process_group_the_strategy_is_single_device():
+    strategy = make_strategy(None, model=torch.nn.Linear(2, 2))
+    assert isinstance(strategy, SingleDeviceStrategy) and isinstance(strategy, Strategy)
+    assert not strategy.is_distributed and strategy.is_main and strategy.device == torch.device("cpu")
+    assert make_strategy(False, device="meta").device == torch.device("meta")  # the device at construction
     ind = torch.arange(10)
     assert strategy.shard(ind, 1, 0, shuffle=True, pad=True) is ind
     assert strategy.gather("x") == ["x"]
+    with pytest.raises(TypeError, match="abstract"):
+        Strategy("cpu")
+
+
+class CountingStrategy(SingleDeviceStrategy):
+    teardowns = 0
+
+    def teardown(self):
+        CountingStrategy.teardowns += 1
+
+
+def test_every_fit_ends_with_the_strategys_teardown(adata):
+    trainer = Trainer(TinyAutoencoder(adata.n_vars), progress=False, trace_func=lambda m: None)
+    trainer.strategy = CountingStrategy(trainer.device)
+    X = torch.from_numpy(adata.X.toarray())
+    trainer.train(epochs=2, X=X)
+    assert CountingStrategy.teardowns == 1
+    with pytest.raises(ValueError, match="overlap"):  # a fit that fails still tears down
+        trainer.train(epochs=2, X=X, train_ind=[0, 1], valid_ind=[1, 2])
+    assert CountingStrategy.teardowns == 2
 
 
 def test_meter_state_round_trips():

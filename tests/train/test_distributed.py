@@ -14,7 +14,6 @@ from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
 from stepgraph.pipeline import log_normalise
 from stepgraph.synthetic import synthetic_tissue
-
 from tests.conftest import TinyAutoencoder, make_adata, run_ranks
 
 WORLD = 2
@@ -102,6 +101,11 @@ def edge_scenarios(ckpt_dir):
     X = dataset.features(np.arange(120))
     trainer.train(epochs=2, X=X, train_ind=np.arange(119), valid_ind=[119])
     out["small_valid"] = trainer.history
+    try:  # a loader stepgraph cannot shard (a list of subgraphs) is refused, naming it
+        quiet(TinyAutoencoder(dataset.n_vars)).train_node_sampler(
+            epochs=1, gloader=[X[:10], X[10:20]], call_func=lambda batch, ind, step: {})
+    except ValueError as err:
+        out["foreign_loader"] = str(err)
     return out
 
 
@@ -172,6 +176,13 @@ def test_a_validation_set_smaller_than_the_world_is_fine(ranks):
     results, _ = ranks
     h0, h1 = results[0]["edge"]["small_valid"], results[1]["edge"]["small_valid"]
     assert h0 == h1 and all(np.isfinite(h["val_recon_loss"]) for h in h0)
+
+
+def test_a_loader_that_cannot_be_sharded_is_refused_by_name(ranks):
+    results, _ = ranks
+    for rank in range(WORLD):
+        message = results[rank]["edge"].get("foreign_loader", "")
+        assert "gloader of type list cannot be sharded over ranks" in message and "NeighborLoader" in message
 
 
 def test_only_rank_zero_writes_checkpoints(ranks):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stepgraph import EarlyStopping
-from stepgraph.train.checkpointing import atomic_save, load_checkpoint
+from stepgraph.train.checkpointing import load_checkpoint
 
 
 def first_stop(values, **kwargs):
@@ -88,29 +88,6 @@ def test_verbose_messages_go_to_trace_func():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EarlyStopping(**kwargs)
-
-
-def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    atomic_save({"a": torch.ones(2)}, path)
-
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        atomic_save({"bad": Unpicklable()}, path)
-    assert torch.equal(load_checkpoint(path)["a"], torch.ones(2))
-    assert os.listdir(tmp_path) == ["ckpt.pt"]
-
-
-def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
-    path = tmp_path / "bad.pt"
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
-        load_checkpoint(path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_an_improvement_revokes_the_stop_signal():

@@ -95,7 +95,7 @@ def test_early_stopping_triggers_on_a_plateau(tissue):
     adata, data, dataset, train_ind, valid_ind = tissue
     trainer = make_trainer(dataset, lr=1e-12)  # weights do not move: validation is flat
     trainer.lossconfig.clear()  # STEP's per-loss defaults off: defualt_lcfg applies to every loss
-    trainer.defualt_lcfg.update(patience=2, delta=1e-4)
+    trainer.defualt_lcfg.update(patience=2, delta=1e-2)  # above the sampling noise of validation
     loader, valid_loader = node_loaders(data, [5, 5], 200, train_ind=train_ind, valid_ind=valid_ind,
                                         backend="builtin")
     stopped = trainer.train_node_sampler(epochs=20, gloader=(loader, valid_loader), dataset=dataset)

@@ -14,7 +14,6 @@ from stepgraph.data.loaders import node_loaders
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.pipeline import log_normalise
 from stepgraph.synthetic import synthetic_tissue
-
 from tests.conftest import TinyAutoencoder, make_adata
 
 
@@ -99,9 +98,11 @@ def test_multi_batches_with_ct_tuples_reach_the_right_arguments(adata):
     order = np.arange(adata.n_obs)
     assert torch.equal(call["batch_label"], torch.as_tensor(dataset.batch_label[order]))
     assert torch.equal(call["class_label"], torch.as_tensor(dataset.class_label[order]))
+    assert trainer.input_names == ("x", "class_label", "batch_label")  # from the dataset's mode
     # a hand-made STEP tuple without a dataset mode is read by its length, batch label last
     model.calls.clear()
-    trainer.input_names = None
+    trainer = quiet(model)
+    assert trainer.input_names is None
     trainer.handle_input_tuple((torch.ones(3, adata.n_vars), torch.tensor([5, 6, 7]), torch.tensor([0, 1, 0])))
     assert model.calls[-1]["class_label"].tolist() == [5, 6, 7]
     assert model.calls[-1]["batch_label"].tolist() == [0, 1, 0]

@@ -6,7 +6,6 @@ import torch
 
 from stepgraph import BaseDataset, Trainer
 from stepgraph.train.trainer import NonFiniteLossError
-
 from tests.conftest import TinyAutoencoder
 
 
@@ -363,14 +362,3 @@ def test_train_with_only_valid_ind_trains_on_the_other_rows(adata):
     trainer = quiet_trainer(Recording(adata.n_vars))
     trainer.train(epochs=1, X=dense_X(adata), valid_ind=np.arange(300, 400))
     assert torch.equal(seen[0], torch.arange(300))
-
-
-def test_resume_into_another_folder_brings_the_best_weights(adata, tmp_path):
-    X = dense_X(adata)
-    first = quiet_trainer(TinyAutoencoder(adata.n_vars), checkpoint_dir=tmp_path / "a")
-    first.train(epochs=2, X=X, train_ind=np.arange(300), valid_ind=np.arange(300, 400))
-    second = quiet_trainer(TinyAutoencoder(adata.n_vars), checkpoint_dir=tmp_path / "b")
-    second.train(epochs=3, X=X, train_ind=np.arange(300), valid_ind=np.arange(300, 400),
-                 resume_from=tmp_path / "a" / "last.pt")
-    assert (tmp_path / "b" / "best.pt").is_file() and second.best.path == tmp_path / "b" / "best.pt"
-    assert [h["epoch"] for h in second.history] == [1, 2, 3]

@@ -1,0 +1,134 @@
+"""The epoch core shared by every training path: train, validate, end the epoch.
+
+Every collaborator comes in as an argument: the feed (batches, loss call,
+validation), the meter, the names of the training losses, and ``hooks``, the
+:class:`~stepgraph.Trainer` whose public methods do the work a STEP subclass
+may override (:meth:`~stepgraph.Trainer.update_model_params`,
+:meth:`~stepgraph.Trainer.cum_loss`, :meth:`~stepgraph.Trainer.check_early_stop`,
+:meth:`~stepgraph.Trainer.format_loss_dict`) and whose strategy reduces over
+ranks. Nothing here reaches into a loader or writes a file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Collection, Iterable
+
+import torch
+
+from stepgraph.progress import Progress
+from stepgraph.train.meter import LossMeter, tensor_losses, without_metadata
+from stepgraph.train.state import LoopState
+
+__all__ = ["run_epoch", "evaluate", "end_epoch"]
+
+
+def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Collection[str]) -> bool:
+    """Train one epoch of ``feed``.
+
+    The feed's batches go through its loss call,
+    :meth:`~stepgraph.Trainer.update_model_params` and ``meter`` (reduced over
+    ranks); the feed validates through the trainer's public ``validate_*``
+    hook; :func:`end_epoch` ends the epoch.
+
+    Parameters
+    ----------
+    hooks
+        The :class:`~stepgraph.Trainer`.
+    state
+        The loop state.
+    feed
+        The :class:`~stepgraph.train.feeds.Feed` of this fit.
+    meter
+        An empty :class:`~stepgraph.LossMeter` for the epoch's training losses.
+    loss_names
+        Names of the tensor losses seen in training (values a model only logs
+        are not monitored).
+
+    Returns
+    -------
+    bool
+        Whether early stopping fired.
+    """
+    hooks.mode_switch_to_train()
+    if hooks.optimizer is None:  # before the first forward (which may build the DDP wrapper)
+        hooks.init_optimizer()
+    _train_steps(hooks, state, feed.train_batches(state.epoch), feed.loss, meter)
+    hooks.strategy.reduce_meter(meter)
+    if not len(meter):
+        raise ValueError(f"epoch {state.epoch} had no training batch")
+    valid_losses = {k: float(v) for k, v in (feed.validate(state.epoch) or {}).items()}
+    return end_epoch(hooks, state, meter.compute(), valid_losses, loss_names)
+
+
+def _train_steps(hooks, state: LoopState, batches: Iterable, loss_call: Callable, meter: LossMeter) -> None:
+    keys, last_shown = None, time.monotonic()
+    total = len(batches) if hasattr(batches, "__len__") else None
+    with Progress(total, f"Epoch {state.epoch}/{state.epochs} steps", "batches",
+                  enabled=hooks.progress and total != 1, final_line=False) as progress:
+        for step, batch in enumerate(batches):
+            out = loss_call(batch, step)
+            progress.update()
+            if out is None:  # nothing to train on in this batch (e.g. no train node)
+                continue
+            loss_dict, weight = without_metadata(out[0]), out[1]
+            if keys is None:
+                keys = set(loss_dict)
+            elif set(loss_dict) != keys:
+                raise ValueError(f"the loss dict's keys changed at epoch {state.epoch}, step {step}: "
+                                 f"{sorted(loss_dict)} instead of {sorted(keys)}")
+            if hooks.update_model_params(loss_dict, state.epoch, step) is None:
+                continue
+            hooks.cum_loss(loss_dict, meter, weight=weight)
+            state.step += 1
+            if state.writer is not None and state.writer_every == "step" and hooks.strategy.is_main:
+                for key, value in tensor_losses(loss_dict).items():
+                    state.writer.add_scalar(key, float(value.detach()), state.step)
+            if progress.enabled and time.monotonic() - last_shown > 1.0:
+                progress.set_postfix(hooks.format_loss_dict(meter.compute(), state))
+                last_shown = time.monotonic()
+
+
+def evaluate(hooks, batches: Iterable, loss_call: Callable, meter: LossMeter | None = None) -> dict[str, float]:
+    """Validation through a meter: eval mode, no grad, reduced over ranks, ``val_`` keys.
+
+    Each batch weighs what its loss call says (its number of loss samples), so
+    the result is a mean per sample, not a mean of per-batch means as in STEP.
+    """
+    was_training = hooks.model.training
+    hooks.model.eval()
+    meter = LossMeter() if meter is None else meter
+    try:
+        with torch.no_grad():
+            for step, batch in enumerate(batches):
+                out = loss_call(batch, step)
+                if out is not None:
+                    meter.update(without_metadata(out[0]), out[1])
+    finally:
+        hooks.model.train(was_training)
+    hooks.strategy.reduce_meter(meter)
+    return {f"val_{k}": v for k, v in meter.compute().items()}
+
+
+def end_epoch(hooks, state: LoopState, train_losses: dict, valid_losses: dict,
+              loss_names: Collection[str]) -> bool:
+    """The end of an epoch: history, writer, early stopping and best weights
+    (:meth:`~stepgraph.Trainer.check_early_stop`), the LR scheduler and the
+    progress text. Returns whether early stopping fired."""
+    lr = hooks.optimizer.param_groups[0]["lr"] if hooks.optimizer is not None else math.nan
+    hooks.history.append({"epoch": state.epoch, **train_losses, **valid_losses, "lr": lr})
+    if state.writer is not None and hooks.strategy.is_main:
+        logged = {**train_losses, **valid_losses} if state.writer_every == "epoch" else valid_losses
+        for key, value in logged.items():
+            state.writer.add_scalar(key, value, state.epoch if state.writer_every == "epoch" else state.step)
+    stop = hooks.check_early_stop(valid_losses) if valid_losses else False
+    if isinstance(hooks.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        watched = valid_losses or {f"val_{k}": v for k, v in train_losses.items()}
+        _, total = hooks.stopping.monitored(watched, loss_names)
+        hooks.lr_scheduler.step(total)
+    elif hooks.lr_scheduler is not None:
+        hooks.lr_scheduler.step()
+    if state.tbar is not None:
+        state.tbar.set_postfix(hooks.format_loss_dict(train_losses, state, valid_losses, endepoch=True))
+    return stop

@@ -1,0 +1,157 @@
+"""PipelineConfig is the one source of the pipeline's defaults: the CLI, the user
+guide and the stages the pipeline calls all agree with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from stepgraph.cli import build_parser, config_from_args, main
+from stepgraph.graph import spatial_graph
+from stepgraph.pipeline import PipelineConfig, run_pipeline
+from stepgraph.pipeline.config import cli_option, defaults_table
+from stepgraph.pipeline.domains import gmm_domains, kmeans_domains
+from stepgraph.pipeline.preprocess import ExpressionFeatures
+from stepgraph.synthetic import synthetic_tissue
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "user-guide.md"
+FIELDS = dataclasses.fields(PipelineConfig)
+ON_CLI = [f for f in FIELDS if cli_option(f)]
+
+
+def help_entries(capsys, monkeypatch, command: str) -> dict[str, str]:
+    """``stepgraph COMMAND --help``, one whitespace-normalised entry per option string."""
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    entries, current = {}, None
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            entries[current] = line
+        elif current and line.startswith("    "):
+            entries[current] += " " + line
+    return {flag: " ".join(text.split()) for flag, text in entries.items()}
+
+
+def train_config(*options: str) -> PipelineConfig:
+    return config_from_args(build_parser().parse_args(["train", "in.h5ad", *options]))
+
+
+def test_every_field_has_its_help_and_reason():
+    for f in FIELDS:
+        assert f.metadata["help"].strip() and f.metadata["reason"].strip(), f.name
+        assert f.name in PipelineConfig.__doc__ and f.metadata["reason"] in PipelineConfig.__doc__
+
+
+def test_parsing_no_options_gives_the_default_config():
+    assert train_config() == PipelineConfig()
+    assert config_from_args(build_parser().parse_args(["demo"])) == PipelineConfig()
+
+
+def test_help_shows_every_default_and_passing_it_gives_the_default(capsys, monkeypatch):
+    entries = help_entries(capsys, monkeypatch, "train")
+    default = PipelineConfig()
+    for f in ON_CLI:
+        flag, value = cli_option(f), getattr(default, f.name)
+        assert flag in entries, flag
+        if isinstance(value, bool):  # a flag: off unless given, and giving it turns the default around
+            assert entries[flag].endswith("(default: off)"), entries[flag]
+            assert getattr(train_config(flag), f.name) is (not value)
+            continue
+        shown = re.search(r"\(default: ([^()]*)\)$", entries[flag])
+        assert shown, entries[flag]
+        if value is None:
+            assert getattr(train_config(), f.name) is None
+        else:  # the default --help shows, passed back, is the config's
+            assert getattr(train_config(flag, shown.group(1)), f.name) == value, flag
+    hidden = ["--" + f.name.replace("_", "-") for f in FIELDS if not cli_option(f)]
+    assert hidden and not set(hidden) & set(entries)
+
+
+def test_the_command_line_keeps_its_option_names(capsys, monkeypatch):
+    options = {"--spatial-key", "--batch-key", "--layer", "--backed", "--n-top-genes", "--n-pcs", "--method",
+               "--n-neighbors", "--radius", "--graph-scale", "--epochs", "--batch-size", "--fanout", "--conv",
+               "--lr", "--split-rate", "--patience", "--cluster", "--refine", "--n-domains", "--truth-key",
+               "--seed", "--device", "--quiet", "--init-weights", "--trust-checkpoint", "--resume", "--out"}
+    assert set(help_entries(capsys, monkeypatch, "train")) == options | {"-h"}
+    assert set(help_entries(capsys, monkeypatch, "demo")) == {"-h", "--n-cells", "--epochs", "--seed",
+                                                               "--device", "--quiet", "--out"}
+
+
+def test_options_map_to_their_fields():
+    config = train_config("--quiet", "--layer", "raw", "--fanout", "3,-1", "--refine", "--n-domains", "4",
+                          "--init-weights", "w.pt", "--trust-checkpoint", "--backed", "--method", "knn")
+    assert (config.progress, config.layer_key, config.fanout, config.refine, config.n_domains) == (
+        False, "raw", [3, -1], True, 4)
+    assert (config.init_weights, config.trust_checkpoint, config.backed, config.method) == (
+        "w.pt", True, True, "knn")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--fanout", "10,x"], "--fanout must be integers separated by commas, got '10,x'"),
+    (["--fanout", "0"], "--fanout must be positive integers (or -1), got '0'"),
+    (["--epochs", "0"], "expected a positive integer, got '0'"),
+    (["--n-neighbors", "two"], "expected a positive integer, got 'two'"),
+    (["--method", "ring"], "invalid choice: 'ring'"),
+    (["--lr", "fast"], "invalid float value: 'fast'"),
+])
+def test_bad_options_are_refused_with_their_message(options, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", "in.h5ad", *options])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_graph_command_keeps_the_defaults_of_spatial_graph():
+    args = build_parser().parse_args(["graph", "in.h5ad"])
+    signature = inspect.signature(spatial_graph).parameters
+    for name in ("spatial_key", "batch_key", "method", "n_neighbors", "radius", "key_added"):
+        assert getattr(args, name) == signature[name].default, name
+    assert args.method == "knn" != PipelineConfig().method  # squidpy's default, not the pipeline's
+
+
+def test_positional_fields_keep_their_order():
+    # fields added later are keyword-only, so PipelineConfig(...) by position means what it did
+    assert [f.name for f in FIELDS if not f.kw_only] == [
+        "spatial_key", "batch_key", "layer_key", "n_top_genes", "n_pcs", "method", "n_neighbors", "radius",
+        "graph_scale", "epochs", "batch_size", "fanout", "hidden_dim", "latent_dim", "conv", "activation",
+        "lr", "split_rate", "patience", "smooth", "cluster", "refine", "n_domains", "truth_key", "seed",
+        "device", "backend", "progress", "init_weights", "resume_from", "trust_checkpoint", "backed"]
+
+
+def _defaulted(function) -> set[str]:
+    return {name for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
+
+
+def test_the_pipeline_passes_every_option_of_its_stages_explicitly():
+    config = PipelineConfig()
+    assert set(config.feature_options()) == set(inspect.signature(ExpressionFeatures).parameters)
+    ExpressionFeatures(**config.feature_options())  # every value is one it accepts
+    for method, function in (("gmm", gmm_domains), ("kmeans", kmeans_domains)):
+        options = dataclasses.replace(config, cluster=method).cluster_options()
+        assert options.pop("method") == method
+        assert set(options) == _defaulted(function), method
+    changed = dataclasses.replace(config, feature_clip=3.0, gmm_n_init=2, cluster_max_rows=None)
+    assert changed.feature_options()["clip"] == 3.0
+    assert changed.cluster_options()["n_init"] == 2 and changed.cluster_options()["max_fit_rows"] is None
+
+
+def test_run_pipeline_reads_its_fallbacks_from_the_config(tmp_path):
+    adata = synthetic_tissue(n_cells=300, n_genes=30, seed=1)
+    config = PipelineConfig(epochs=1, batch_size=128, progress=False, n_domains_default=3,
+                            feature_max_cells=200, cluster_max_rows=150)
+    summary = run_pipeline(adata, tmp_path, config)
+    assert summary["n_domains"] == 3 and len(adata.obs["stepgraph_domain"].cat.categories) == 3
+    assert summary["config"]["n_domains_default"] == 3 and summary["config"]["delta"] == config.delta
+
+
+def test_the_user_guide_shows_the_defaults_table():
+    guide = GUIDE.read_text(encoding="utf-8")
+    assert defaults_table() in guide, (
+        "docs/user-guide.md's defaults table differs from PipelineConfig; paste the output of "
+        "python -c 'from stepgraph.pipeline.config import defaults_table; print(defaults_table())'")
