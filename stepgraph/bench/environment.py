@@ -93,7 +93,10 @@ def info_lines() -> list[str]:
     lines = [f"stepgraph {stepgraph.__version__} ({stepgraph.__file__})",
              f"python {sys.version.split()[0]} on {platform.platform()}"]
     lines += [f"{name}: {package_version(name)}" for name in PACKAGES if name != "stepgraph"]
-    lines.append(f"torch threads: {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})")
+    from stepgraph.train.threads import choose_threads
+
+    lines.append(f"torch threads: {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}); "
+                 f"stepgraph's policy would choose {choose_threads()}")
     lines.append(f"cuda available: {torch.cuda.is_available()}")
     # "auto" always picks the built-in sampler; "pyg" needs pyg-lib or torch-sparse
     lines.append("sampler backend (auto): builtin; 'pyg' is " + (

@@ -13,16 +13,17 @@ takes 20 s alone took 1,361 s beside ten others on 2 cores. The policy here:
    the ones other processes keep busy right now (the running-task count of
    ``/proc/loadavg``), never below 1.
 
-OpenMP's idle threads are also told to sleep rather than spin
-(``OMP_WAIT_POLICY=PASSIVE``, unless set) when the process has not yet
-started torch's thread pool, so a waiting thread does not take a core from
-another job.
+Rule 3 is read when the run starts: jobs that start together each see the
+others' start-up as busy CPUs and take fewer threads. ``stepgraph info``
+prints what the policy would choose now.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from stepgraph._validation import check_int
 
 __all__ = ["ThreadChoice", "apply_thread_policy", "choose_threads", "usable_cpus"]
 
@@ -62,17 +63,10 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
     Parameters
     ----------
     requested
-        Threads asked for explicitly; ``None`` applies the policy.
-
-    Returns
-    -------
-    ThreadChoice
-        ``threads >= 1`` and the rule that chose it.
+        Threads asked for explicitly (an int >= 1); ``None`` applies the policy.
     """
     if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-            raise ValueError(f"threads must be an integer >= 1, got threads={requested!r}")
-        return ThreadChoice(requested, "requested")
+        return ThreadChoice(check_int(requested, "threads", minimum=1), "requested")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
         if value.isdigit() and int(value) >= 1:
@@ -84,19 +78,8 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
 
 
 def apply_thread_policy(requested: int | None = None) -> ThreadChoice:
-    """Choose the thread count and set it for torch (and OpenMP's idle policy).
-
-    Parameters
-    ----------
-    requested
-        Threads asked for explicitly; ``None`` applies the policy.
-
-    Returns
-    -------
-    ThreadChoice
-        What was set.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when OpenMP starts, if it has not yet
+    """:func:`choose_threads`, then set the choice for torch; returns the
+    :class:`ThreadChoice` that was set."""
     choice = choose_threads(requested)
     import torch
 
