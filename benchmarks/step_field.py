@@ -160,7 +160,6 @@ def _mean(dicts: list[dict]) -> dict:
 def _run_entry(entry: str, args) -> dict:
     import numpy as np
     import torch
-
     from step import scModel, stModel
 
     torch.manual_seed(SEED)

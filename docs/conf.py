@@ -1,14 +1,17 @@
 """Sphinx configuration: the guides (markdown) and the API reference, built from the docstrings.
 
-Build with ``make docs`` (warnings are errors). Two small extensions live here:
+Build with ``make docs`` (warnings are errors). The small extensions defined here:
 
 - ``.. automodules:: PACKAGE`` documents every public module of a package (one
   section and one ``automodule`` each), so a module that is added, split or
   renamed is documented without editing a page;
+- ``.. stepgraph-help::`` shows the ``--help`` of every command, generated from
+  :func:`stepgraph.cli.build_parser` at build time;
 - every name a package re-exports in its ``__all__`` (``stepgraph.Trainer``,
   ``stepgraph.graph.spatial_graph``) is registered as an alias of the object's
   entry in its defining module, so ``:class:`stepgraph.Trainer``` links to the
-  one place where ``Trainer`` is documented, and the inventory knows both names.
+  one place where ``Trainer`` is documented, and the inventory knows both names;
+- napoleon leaves the one-paragraph docstrings of attributes and data alone.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build"]
 
-# numpy-style docstrings (and PyG-style "Args:"); each object is documented once, in the module that defines it
+# numpy-style docstrings (and PyG-style "Args:"); each object is documented once,
+# in the module that defines it
 napoleon_google_docstring = True  # data/sampler.py and models/ follow PyG's style
 napoleon_numpy_docstring = True
 autodoc_default_options = {"members": True, "member-order": "bysource", "ignore-module-all": True}
@@ -103,12 +107,15 @@ class CommandLineHelp(SphinxDirective):
     """``.. stepgraph-help::``: the ``--help`` text of ``stepgraph`` and of every sub-command."""
 
     def run(self) -> list[nodes.Node]:
-        from stepgraph.cli import build_parser
+        from stepgraph import cli
+        from stepgraph.pipeline import config
 
+        for module in (cli, config):  # the options come from both: rebuild the page when they change
+            self.env.note_dependency(module.__file__)
         lines: list[str] = []
 
         def add(parser: argparse.ArgumentParser, command: str) -> None:
-            with _columns(88):
+            with _plain_help(88):
                 text = parser.format_help()
             title = f"``{command}``"
             lines.extend([title, "-" * len(title), "", "::", ""])
@@ -119,7 +126,7 @@ class CommandLineHelp(SphinxDirective):
                     for name, sub in action.choices.items():
                         add(sub, f"{command} {name}")
 
-        add(build_parser(), "stepgraph")
+        add(cli.build_parser(), "stepgraph")
         container = nodes.section()
         container.document = self.state.document
         nested_parse_with_titles(self.state, StringList(lines, source=self.get_source_info()[0]), container)
@@ -127,17 +134,18 @@ class CommandLineHelp(SphinxDirective):
 
 
 @contextlib.contextmanager
-def _columns(width: int):
-    """argparse wraps help to $COLUMNS: make the text the same on every machine."""
-    old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = str(width)
+def _plain_help(width: int):
+    """argparse wraps help to $COLUMNS (and Python 3.14 colours it): the same text on every machine."""
+    saved = {key: os.environ.get(key) for key in ("COLUMNS", "NO_COLOR")}
+    os.environ.update(COLUMNS=str(width), NO_COLOR="1")
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = old
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _alias_reexported_names(app, env) -> list[str]:

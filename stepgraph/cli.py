@@ -5,6 +5,16 @@ missing ``obsm`` key or ``obs`` column, bad coordinates, an ``--out`` that is a
 file or cannot be written, a checkpoint that cannot be loaded safely, a full
 disk) print one line to stderr and exit with status 2; nothing ever prints a
 traceback for them, and the input file is never modified.
+
+Every output is written atomically (a temporary file, fsync, rename), so a run
+killed at any moment leaves, under each final name, either the previous file or
+the complete new one; a link planted in ``--out`` is replaced, never written
+through, and an output that would be the input file itself (the same file by
+identity: a hard or symbolic link) is refused. Input files are checked before
+they are read (:mod:`stepgraph.data.safe_read`): nothing outside them is read.
+One run at a time holds ``--out`` (a lock). Ctrl-C exits with status 130 and
+SIGTERM with 143, each with one line; a training run interrupted either way
+saves ``checkpoints/interrupted.pt`` and continues with ``--resume``.
 """
 
 from __future__ import annotations
@@ -13,15 +23,20 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
+import os
+import re
+import signal
 import sys
 import tempfile
 import types
 import typing
+import warnings
 from pathlib import Path
 
 from stepgraph.pipeline.config import DOMAIN_KEY, EMBEDDING_KEY, PipelineConfig, cli_option
-from stepgraph.pipeline.outputs import ADATA, CHECKPOINTS
-from stepgraph.train.checkpointing import LAST_CHECKPOINT
+from stepgraph.data.safe_read import MAX_INFLATION
+from stepgraph.pipeline.outputs import ADATA, CHECKPOINTS, LOCK, OUTPUT_NAMES
+from stepgraph.train.checkpointing import BEST_CHECKPOINT, INTERRUPTED_CHECKPOINT, LAST_CHECKPOINT
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -31,6 +46,11 @@ DEFAULT_TRAIN_OUT = "stepgraph_out/train"
 
 class UserError(Exception):
     """An error in the user's input: reported in one line, exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it ends as Ctrl-C does (the
+    trainer saves ``interrupted.pt``); the exit status is 143."""
 
 
 def _int_list(flag: str):
@@ -57,6 +77,16 @@ def _seeds(text: str) -> list[int]:
     return values
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -68,7 +98,7 @@ def _positive_int(text: str) -> int:
 
 
 #: The options that ``stepgraph demo`` shares with ``stepgraph train``.
-RUN_FIELDS = ("epochs", "seed", "device", "progress")
+RUN_FIELDS = ("epochs", "seed", "device", "threads", "progress")
 #: The options of ``stepgraph graph``: ``train``'s graph options, with the defaults of
 #: :func:`~stepgraph.graph.spatial_graph` (squidpy's ``knn``, not the pipeline's radius).
 GRAPH_FIELDS = ("spatial_key", "batch_key", "method", "n_neighbors", "radius")
@@ -109,7 +139,8 @@ def _add_config_options(p: argparse.ArgumentParser, names=None, defaults=None, h
             continue
         shown = (meta["shown"].format(**dataclasses.asdict(config)) if meta["shown"] and default == value
                  else _shown(default))
-        parse = {list: _int_list(flag), int: _positive_int if meta["positive"] else int, float: float}.get(kind)
+        parse = {list: _int_list(flag), int: _positive_int if meta["positive"] else int,
+                 float: _positive_float if meta["positive"] else float}.get(kind)
         choices = meta["choices"]
         metavar = meta["metavar"] or (None if choices else flag[2:].upper().replace("-", "_"))
         p.add_argument(flag, dest=f.name, type=parse, default=default, choices=choices, metavar=metavar,
@@ -148,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                            f"autoencoder with node sampling, and write the embedding (obsm['{EMBEDDING_KEY}']), "
                            f"domains (obs['{DOMAIN_KEY}']), checkpoint, loss history and figure to --out. "
                            "INPUT itself is never modified.")
-    train.add_argument("input", help="input .h5ad file (counts in X)")
+    train.add_argument("input", help="input .h5ad file, AnnData .zarr store or SpatialData .zarr store "
+                       "(counts in X)")
     _add_config_options(train)
+    _add_max_inflation(train)
     train.add_argument("--resume", action="store_true",
                        help=f"continue the run in --out from its {CHECKPOINTS}/{LAST_CHECKPOINT}, exactly where "
                        "it stopped; pass the same options as that run and the total --epochs (default: off)")
@@ -162,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("input", help="input .h5ad file")
     graph_defaults = {name: p.default for name, p in inspect.signature(spatial_graph).parameters.items()}
     _add_config_options(graph, GRAPH_FIELDS, defaults=graph_defaults)
+    _add_max_inflation(graph)
     graph.add_argument("--key-added", default=graph_defaults["key_added"],
                        help="prefix of the written keys (default: %(default)s)")
     graph.add_argument("--output", default=None, help="file to write (default: INPUT with suffix .graph.h5ad)")
@@ -190,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_max_inflation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-inflation", type=_positive_float, default=MAX_INFLATION, metavar="FACTOR",
+                   help="refuse an input whose datasets declare more than FACTOR times the file's size "
+                   "(a compression bomb), before reading it (default: %(default)s)")
+
+
 def _add_bench_parser(sub) -> argparse._SubParsersAction:
     """``stepgraph bench [--size ...]``; returns its (optional) sub-commands, so that
     ``stepgraph bench <name>`` commands can be added beside the benchmark suite."""
@@ -213,33 +253,149 @@ def _add_bench_parser(sub) -> argparse._SubParsersAction:
     return bench.add_subparsers(dest="bench_command", required=False, metavar="")
 
 
-def _read_h5ad(path: str, backed: bool = False):
-    import anndata as ad
+def _read_h5ad(path: str, backed: bool = False, table_key: str | None = None, spatial_key: str = "spatial",
+               max_inflation: float = MAX_INFLATION):
+    from stepgraph.data.readers import read_anndata, store_kind
+    from stepgraph.data.safe_read import UnsafeFileError, check_h5ad, check_zarr
 
     file = Path(path)
     if not file.exists():
         raise UserError(f"input file {path!r} does not exist")
-    if file.is_dir():
-        raise UserError(f"input {path!r} is a folder, not an .h5ad file")
-    if file.stat().st_size == 0:
+    kind = store_kind(file)  # .h5ad file, AnnData .zarr or SpatialData .zarr store
+    if kind is None:
+        raise UserError(f"input {path!r} is a folder, not an .h5ad file nor an AnnData or SpatialData .zarr store")
+    if kind == "h5ad" and file.stat().st_size == 0:
         raise UserError(f"input file {path!r} is empty (0 bytes), not an .h5ad file")
-    try:
-        return ad.read_h5ad(file, backed="r" if backed else None)
-    except Exception as err:  # h5py and anndata raise many types for a truncated or corrupt file
+    what = "a readable .h5ad file" if kind == "h5ad" else f"a readable {kind} store"
+    try:  # before anything is read: nothing outside the file, nothing inflated, sound sparse matrices
+        (check_h5ad if kind == "h5ad" else check_zarr)(file, max_inflation=max_inflation)
+        return read_anndata(file, backed=backed, table_key=table_key, spatial_key=spatial_key)
+    except ImportError as err:  # a SpatialData store without the spatialdata package
+        raise UserError(str(err)) from None
+    except UnsafeFileError as err:
+        raise UserError(f"input file {path!r} refused: {err}") from None
+    except Exception as err:  # h5py, zarr and anndata raise many types for a truncated or corrupt file
         reason = " ".join(str(err).split())[:200]
-        raise UserError(f"input file {path!r} is not a readable .h5ad file "
+        raise UserError(f"input file {path!r} is not {what} "
                         f"({type(err).__name__}: {reason})") from None
 
 
 def _check_out_name(out: Path, input_path: str | None = None) -> None:
     """``--out`` must name a folder (or nothing yet), never the input file."""
-    if input_path is not None and out.resolve() == Path(input_path).resolve():
+    if input_path is not None and _same_file(out, input_path):
         raise UserError(f"--out {str(out)!r} is the input file itself; choose a folder for the outputs")
-    if input_path is not None and (out / ADATA).resolve() == Path(input_path).resolve():
-        raise UserError(f"--out {str(out)!r} would overwrite the input file with its {ADATA}; "
-                        "choose another folder")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is an existing file, not a folder")
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` are one file by identity (device and inode: a hard
+    link, or a symbolic link to it, counts)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _check_targets(out: Path, input_path: str | None, reads_checkpoints: bool) -> None:
+    """Refuse when a file the run writes in ``out`` is the input by identity, when
+    ``out/checkpoints`` is a link (its files would be written outside ``out``), or
+    when a checkpoint the run reads is a link (it would be read from outside)."""
+    folder = out / CHECKPOINTS
+    if folder.is_symlink():
+        raise UserError(f"--out {str(out)!r}: {str(folder)!r} is a symbolic link; checkpoints are written only "
+                        "inside --out (remove the link)")
+    targets = [out / name for name in (*OUTPUT_NAMES, LOCK)]
+    targets += [folder / name for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, INTERRUPTED_CHECKPOINT)]
+    for target in targets:
+        if input_path is not None and _same_file(target, input_path):
+            raise UserError(f"--out {str(out)!r} would overwrite the input file: {str(target)!r} is the input "
+                            "itself (the same file, or a link to it); choose another folder or remove it")
+        if reads_checkpoints and target.parent == folder and target.is_symlink():
+            raise UserError(f"--resume: {str(target)!r} is a symbolic link; checkpoints are read only from "
+                            "files inside --out")
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Hold an exclusive lock on ``out`` (``fcntl.flock`` on ``out/.stepgraph.lock``)
+    for the block; a folder that another run holds is refused, naming its process.
+    Under ``torchrun`` rank 0 takes it for the job."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
+    import fcntl
+
+    path = out / LOCK
+    try:  # O_NOFOLLOW: a link planted as the lock file is not followed
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise UserError(f"--out {str(out)!r}: cannot open its lock file {str(path)!r} "
+                        f"({err.strerror or err})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"--out {str(out)!r} is in use by another stepgraph run (process {holder}); "
+                            "wait for it to end or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _remove_temporaries(out)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Remove the temporary files that a killed run left beside its outputs and
+    checkpoints (``.<name>.<random>.tmp<suffix>``); the final files are untouched."""
+    names = {*OUTPUT_NAMES, BEST_CHECKPOINT, LAST_CHECKPOINT, INTERRUPTED_CHECKPOINT}
+    pattern = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp(\.\w+)?")
+    for folder in (out, out / CHECKPOINTS):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for entry in folder.iterdir():
+            match = pattern.fullmatch(entry.name)
+            if match and match["name"] in names and not entry.is_dir():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def _check_device(text: str) -> None:
+    """``--device`` must name a device this machine has; checked before any work."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {text!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise UserError(f"--device {text!r} is not supported; expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise UserError(f"--device {text!r}: CUDA is not available on this machine ({why}); use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"numbered from 0")
+
+
+def _check_counts(adata, layer_key: str | None) -> None:
+    """The pipeline reads counts: negative values are refused, naming how many cells hold them."""
+    from stepgraph.data.safe_read import negative_rows
+
+    matrix = adata.X if layer_key is None else adata.layers[layer_key]
+    if matrix is None:
+        return
+    found = negative_rows(matrix)
+    if found is not None:
+        source = "adata.X" if layer_key is None else f"adata.layers[{layer_key!r}]"
+        n_rows, first = found
+        raise UserError(f"{source} holds negative values in {n_rows} of {adata.n_obs} cells (the first is obs "
+                        f"{adata.obs_names[first]!r}); stepgraph train reads raw counts, which are never "
+                        "negative (pass --layer to name the layer of counts)")
 
 
 def _prepare_out(out: Path) -> bool:
@@ -272,6 +428,14 @@ def _report(summary: dict) -> None:
     print(f"epochs run: {summary['epochs_run']}" + (" (early stopping)" if summary["early_stopped"] else ""))
     if summary["ari"] is not None:
         print(f"adjusted Rand index vs truth: {summary['ari']:.3f}")
+    integration = summary.get("integration")
+    if integration:  # several sections: how they mix, the domains of each, a split
+        print(f"section mixing in the embedding: {integration['mixing']:.3f} (1: perfectly mixed, 0: apart)")
+        for section, counts in integration["domain_counts"].items():
+            found = {domain: n for domain, n in counts.items() if n}
+            print(f"  {section}: {len(found)} domains, " + ", ".join(f"{d} {n}" for d, n in found.items()))
+        if integration["warning"]:
+            print(f"warning: {integration['warning']}")
     print(f"time: {summary['seconds']:.1f} s")
     print(f"outputs in {Path(summary['outputs']['adata']).parent}:")
     for name, path in summary["outputs"].items():
@@ -283,29 +447,54 @@ def _run_demo(args) -> int:
     from stepgraph.pipeline import run_pipeline
     from stepgraph.synthetic import synthetic_tissue
 
+    _check_device(args.device)
     out = Path(args.out)
     _check_out_name(out)
-    _prepare_out(out)
-    adata = synthetic_tissue(n_cells=args.n_cells, seed=args.seed)
-    print(f"synthetic tissue: {adata.n_obs} cells x {adata.n_vars} genes, "
-          f"{adata.obs['section'].nunique()} sections, {adata.obs['domain'].nunique()} domains")
-    config = config_from_args(args, batch_key="section", truth_key="domain")
-    _report(run_pipeline(adata, out, config))
+    created = _prepare_out(out)
+    with _holding(out, None, False, created):
+        adata = synthetic_tissue(n_cells=args.n_cells, seed=args.seed)
+        print(f"synthetic tissue: {adata.n_obs} cells x {adata.n_vars} genes, "
+              f"{adata.obs['section'].nunique()} sections, {adata.obs['domain'].nunique()} domains")
+        config = config_from_args(args, batch_key="section", truth_key="domain")
+        summary = run_pipeline(adata, out, config)
+    _report(summary)
     return 0
+
+
+@contextlib.contextmanager
+def _holding(out: Path, input_path: str | None, reads_checkpoints: bool, created: bool):
+    """The run's hold on ``out``: its lock, then the checks of what it writes
+    (:func:`_check_targets`); a folder this run created is removed again when the
+    run fails before writing anything in it."""
+    try:
+        with _locked(out):
+            _check_targets(out, input_path, reads_checkpoints)
+            yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                (out / LOCK).unlink()
+                out.rmdir()
+        raise
 
 
 def _run_train(args) -> int:
     from stepgraph.pipeline import run_pipeline
+    from stepgraph.pipeline.integration import IntegrationWarning
     from stepgraph.pipeline.stages import StageLog
 
+    _check_device(args.device)
     out = Path(args.out)
     _check_out_name(out, args.input)
+    _check_targets(out, args.input, reads_checkpoints=False)  # again under the lock, before any write
     stages = StageLog()
     with stages.stage("read"):
-        adata = _read_h5ad(args.input, backed=args.backed)
+        adata = _read_h5ad(args.input, backed=args.backed, table_key=args.table_key,
+                           spatial_key=args.spatial_key, max_inflation=args.max_inflation)
     _check_keys(adata, args, extra_obs=[("--truth-key", args.truth_key)])
     if args.layer_key is not None and args.layer_key not in adata.layers:
         raise UserError(f"--layer {args.layer_key!r} is not in adata.layers; layers are {list(adata.layers)}")
+    _check_counts(adata, args.layer_key)
     if args.init_weights is not None and args.resume:
         raise UserError("--init-weights and --resume exclude each other: --resume continues a run with "
                         "its own weights, --init-weights starts a new one from given weights")
@@ -317,28 +506,32 @@ def _run_train(args) -> int:
                         f"--out {str(out)!r} (run without --resume to start one)")
     config = config_from_args(args, resume_from=str(resume_from) if args.resume else None)
     created = _prepare_out(out)
-    try:
+    with _holding(out, args.input, args.resume, created), warnings.catch_warnings():
+        warnings.simplefilter("ignore", IntegrationWarning)  # the report below prints the split warning
         summary = run_pipeline(adata, out, config, stages=stages)
-    except BaseException:
-        if created:  # leave no empty folder behind a failed run
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
     _report(summary)
     return 0
 
 
 def _run_graph(args) -> int:
     from stepgraph.graph import spatial_graph
+    from stepgraph.pipeline.outputs import write_output
 
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".graph.h5ad")
-    if output.exists() and not args.overwrite:
+    if _same_file(output, args.input) and (output.is_symlink()
+                                           or os.path.realpath(output) != os.path.realpath(args.input)):
+        raise UserError(f"--output {str(output)!r} is another name (a hard or symbolic link) for the input "
+                        f"{args.input!r}; to write into the input pass --output {args.input!r} --overwrite, "
+                        "or choose a new file")
+    if os.path.lexists(output) and not args.overwrite:
         raise UserError(f"{str(output)!r} exists; pass --overwrite to replace it")
-    adata = _read_h5ad(args.input)
+    if output.is_dir():
+        raise UserError(f"--output {str(output)!r} is a folder, not a file")
+    adata = _read_h5ad(args.input, max_inflation=args.max_inflation)
     _check_keys(adata, args)
     spatial_graph(adata, method=args.method, n_neighbors=args.n_neighbors, radius=args.radius,
                   spatial_key=args.spatial_key, batch_key=args.batch_key, key_added=args.key_added)
-    adata.write_h5ad(output)
+    write_output(output, adata.write_h5ad)  # atomic: a killed run leaves the old file, INPUT included
     conn = adata.obsp[f"{args.key_added}_connectivities"]
     print(f"{conn.nnz} edges over {adata.n_obs} cells written to {output}")
     return 0
@@ -396,27 +589,63 @@ def _run_info(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``stepgraph`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph,
-              "bench": _run_bench, "info": _run_info}[args.command]
+    """Entry point of the ``stepgraph`` command; returns the exit status.
+
+    2 for an error in the user's input (one line on stderr), 130 for Ctrl-C and
+    143 for SIGTERM, at any moment (one line; a training run saves
+    ``interrupted.pt`` first).
+    """
+    command, terminated = None, []
+    previous = _handle_signals(terminated)
     try:
-        return runner(args)
-    except UserError as err:
-        return _fail(args.command, err)
-    except (ValueError, KeyError, TypeError, OSError, FloatingPointError) as err:
-        # bad input detected deeper (coordinates with NaN, sections too small, a
-        # checkpoint refused, a non-finite loss) or the system refusing a write (a full disk)
-        if isinstance(err, KeyError) and err.args:
-            err = err.args[0]
-        elif isinstance(err, OSError) and err.strerror:
-            err = err.strerror + (f": {err.filename!r}" if err.filename else "")
-        return _fail(args.command, err)
-    except KeyboardInterrupt:
-        hint = ("; rerun with --resume to continue from the last completed epoch"
-                if args.command == "train" else "")
-        print(f"stepgraph {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        args = build_parser().parse_args(argv)
+        command = args.command
+        runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph,
+                  "bench": _run_bench, "info": _run_info}[args.command]
+        if args.command in ("demo", "train"):  # before any torch work: see stepgraph.train.threads
+            from stepgraph.train.threads import apply_thread_policy
+
+            apply_thread_policy(args.threads)
+        try:
+            return runner(args)
+        except UserError as err:
+            return _fail(args.command, err)
+        except (ValueError, KeyError, TypeError, OSError, FloatingPointError) as err:
+            # bad input detected deeper (coordinates with NaN, sections too small, a
+            # checkpoint refused, a non-finite loss) or the system refusing a write (a full disk)
+            if isinstance(err, KeyError) and err.args:
+                err = err.args[0]
+            elif isinstance(err, OSError) and err.strerror:
+                err = err.strerror + (f": {err.filename!r}" if err.filename else "")
+            return _fail(args.command, err)
+    except KeyboardInterrupt as err:
+        sigterm = bool(terminated) or isinstance(err, Terminated)
+        what = "terminated (SIGTERM)" if sigterm else "interrupted"
+        hint = "; rerun with --resume to continue from the last completed epoch" if command == "train" else ""
+        print(f"stepgraph{' ' + command if command else ''}: {what}{hint}", file=sys.stderr)
+        return 143 if sigterm else 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _handle_signals(terminated: list) -> dict:
+    """SIGTERM raises :class:`Terminated` (recorded in ``terminated``), so that it ends
+    the run as Ctrl-C does; Ctrl-C raises ``KeyboardInterrupt``. Returns the
+    handlers to restore. Only the main thread can set handlers: elsewhere, none."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_sigterm(signum, frame):
+        terminated.append(signum)
+        raise Terminated
+
+    previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return previous
 
 
 def _fail(command: str, message) -> int:

@@ -385,19 +385,12 @@ def expression_matrix(adata, layer_key: str | None = None):
 
 def _check_compressed(matrix, source: str) -> None:
     """Raise if a CSR/CSC matrix's index arrays are inconsistent (read-only, unlike
-    scipy's ``check_format``, which may rewrite them)."""
+    scipy's ``check_format``, which may rewrite them); the check is
+    :func:`~stepgraph.data.safe_read.compressed_problem`, the one that reading a file also uses."""
+    from stepgraph.data.safe_read import compressed_problem
+
     n_major, n_minor = matrix.shape if matrix.format == "csr" else matrix.shape[::-1]
-    indptr, indices = np.asarray(matrix.indptr), np.asarray(matrix.indices)
-    problem = None
-    if indptr.ndim != 1 or len(indptr) != n_major + 1 or indptr[0] != 0:
-        problem = f"its indptr has {len(indptr)} entries starting at {indptr[:1].tolist()}, expected " \
-                  f"{n_major + 1} starting at 0"
-    elif indptr[-1] > min(len(indices), len(matrix.data)) or (np.diff(indptr) < 0).any():
-        problem = "its indptr is not a non-decreasing sequence within the stored values"
-    else:
-        used = indices[:indptr[-1]]
-        if used.size and (used.min() < 0 or used.max() >= n_minor):
-            problem = f"its indices must lie in [0, {n_minor}), got [{used.min()}, {used.max()}]"
+    problem = compressed_problem(matrix.indptr, matrix.indices, len(matrix.data), n_major, n_minor)
     if problem is not None:
         raise ValueError(f"{source} is a malformed {matrix.format.upper()} matrix ({problem}); "
                          "the file may be corrupt")

@@ -11,6 +11,7 @@ from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from stepgraph._validation import check_choice, check_int, check_number
+from stepgraph.train.layerwise import LayerwiseLayer, LayerwisePlan, weighted_sum
 
 __all__ = ["GraphAutoencoder"]
 
@@ -211,6 +212,82 @@ class GraphAutoencoder(nn.Module):
                 x = conv((x, x[:n_out]), edge_index[:, :m], size=(x.size(0), n_out))
             x = F.dropout(self._act(x), p=self.dropout, training=self.training)
         return x
+
+    def layerwise(self, method: str = "encode") -> LayerwisePlan | None:
+        r"""The plan by which :meth:`encode` (``method="encode"``) or
+        :meth:`forward` (``"forward"``) runs one layer for every node at a
+        time (see :mod:`stepgraph.train.layerwise`;
+        :meth:`~stepgraph.Trainer.predict_layerwise` uses it). Each layer's
+        linear map (and a GAT's attention logits) runs once per node, then its
+        aggregation once per edge; every node gets what this model gives it
+        on the whole graph at once (GCN normalised once on the whole graph,
+        with self-loops). ``None`` for any other method.
+        """
+        if method not in ("encode", "forward"):
+            return None
+
+        def graph(edge_index, edge_weight, num_nodes):
+            if self.conv_type != "gcn":
+                return edge_index, edge_weight
+            dtype = self.mu.weight.dtype
+            return gcn_norm(edge_index, None if edge_weight is None else edge_weight.to(dtype), num_nodes,
+                            add_self_loops=True, dtype=dtype)
+
+        def head(h, batch_label):
+            z = self.mu(h)
+            return z if method == "encode" else self.decode(z, batch_label)
+
+        return LayerwisePlan(layers=[self._layerwise_layer(conv) for conv in self.convs], head=head, graph=graph)
+
+    def _layerwise_layer(self, conv) -> LayerwiseLayer:
+        """One convolution as a node-wise transform and an aggregation over edges."""
+        def finish(out, t, start, stop):
+            return F.dropout(self._act(out), p=self.dropout, training=self.training)
+
+        if self.conv_type == "gcn":  # Â (X W) + b, Â normalised with self-loops in graph()
+            def aggregate(t, src, dst, weight, start, stop):
+                return finish(weighted_sum(src, dst, weight, stop - start, t) + conv.bias, t, start, stop)
+            return LayerwiseLayer(conv.lin, aggregate)
+
+        if self.conv_type == "sage":  # W_l mean_j x_j + b + W_r x_i, the maps applied first
+            width = conv.out_channels
+
+            def transform(x):
+                return torch.cat([F.linear(x, conv.lin_l.weight), conv.lin_r(x)], dim=1)
+
+            def aggregate(t, src, dst, weight, start, stop):
+                n_out = stop - start
+                mean = 1.0 / torch.bincount(dst, minlength=n_out).clamp_(min=1).index_select(0, dst)
+                total = weighted_sum(src, dst, mean, n_out, t[:, :width])
+                return finish(total + conv.lin_l.bias + t[start:stop, width:], t, start, stop)
+            return LayerwiseLayer(transform, aggregate)
+
+        heads, channels = conv.heads, conv.out_channels  # GAT: x W, then attention over the edges
+
+        def transform(x):
+            h = conv.lin(x).view(-1, heads, channels)
+            logits = [(h * conv.att_src).sum(-1), (h * conv.att_dst).sum(-1)]
+            return torch.cat([h.view(-1, heads * channels), *logits], dim=1)
+
+        def aggregate(t, src, dst, weight, start, stop):
+            n_out, width = stop - start, heads * channels
+            keep = src != dst + start  # self-loops: one per node instead, as GATConv has them
+            src, dst = src.masked_select(keep), dst.masked_select(keep)
+            own = t[start:stop]
+            logits = F.leaky_relu(t[:, width:width + heads].index_select(0, src)
+                                  + own[:, width + heads:].index_select(0, dst), conv.negative_slope)
+            loop = F.leaky_relu(own[:, width:width + heads] + own[:, width + heads:], conv.negative_slope)
+            # the softmax over each node's edges and its self-loop, then one sparse product per head
+            top = loop.clone().scatter_reduce_(0, dst.unsqueeze(1).expand(-1, heads), logits, "amax")
+            weights, loop = (logits - top.index_select(0, dst)).exp_(), (loop - top).exp_()
+            total = loop + loop.new_zeros(loop.shape).index_add_(0, dst, weights)
+            weights, loop = weights / total.index_select(0, dst), loop / total
+            h = t[:, :width].view(-1, heads, channels)
+            out = torch.stack([weighted_sum(src, dst, weights[:, k], n_out, h[:, k]) for k in range(heads)], 1)
+            out = out + loop.unsqueeze(-1) * own[:, :width].view(-1, heads, channels)
+            out = out.reshape(n_out, width) if conv.concat else out.mean(dim=1)
+            return finish(out if conv.bias is None else out + conv.bias, t, start, stop)
+        return LayerwiseLayer(transform, aggregate)
 
     def _posterior(
         self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None,

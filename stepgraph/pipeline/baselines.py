@@ -18,12 +18,15 @@ from stepgraph.pipeline.preprocess import log_normalise
 __all__ = ["pca_kmeans_domains", "neighbor_mean_domains"]
 
 
-def _exact_pca(matrix, n_components: int, seed: int) -> np.ndarray:
+def _pca_kmeans(matrix, n_domains: int, n_components: int, seed: int, return_embedding: bool):
+    """Exact PCA of ``matrix`` to ``n_components``, then k-means: the tail of both baselines."""
     from sklearn.decomposition import PCA
 
     x = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
     k = min(n_components, min(x.shape) - 1)
-    return PCA(k, svd_solver="full", random_state=seed).fit_transform(x)
+    embedding = PCA(k, svd_solver="full", random_state=seed).fit_transform(x)
+    labels = kmeans_domains(embedding, n_domains, seed=seed)
+    return (labels, embedding) if return_embedding else labels
 
 
 def pca_kmeans_domains(adata, n_domains: int, seed: int = 0, n_components: int = 30,
@@ -52,9 +55,7 @@ def pca_kmeans_domains(adata, n_domains: int, seed: int = 0, n_components: int =
         ``return_embedding``, a tuple ``(codes, components)``.
     """
     counts = adata.X if layer_key is None else adata.layers[layer_key]
-    embedding = _exact_pca(log_normalise(counts), n_components, seed)
-    labels = kmeans_domains(embedding, n_domains, seed=seed)
-    return (labels, embedding) if return_embedding else labels
+    return _pca_kmeans(log_normalise(counts), n_domains, n_components, seed, return_embedding)
 
 
 def neighbor_mean_domains(adata, n_domains: int, seed: int = 0, n_neighbors: int = 6, n_hops: int = 2,
@@ -66,40 +67,27 @@ def neighbor_mean_domains(adata, n_domains: int, seed: int = 0, n_neighbors: int
 
     Parameters
     ----------
-    adata
-        Annotated data with counts in ``X`` (or ``layers[layer_key]``) and
-        coordinates in ``obsm[spatial_key]``.
-    n_domains
-        Number of domains (k-means clusters).
-    seed
-        Seed of the PCA and of k-means.
+    adata, n_domains, seed, n_components, layer_key, return_embedding
+        As for :func:`pca_kmeans_domains`; ``adata`` also needs coordinates
+        in ``obsm[spatial_key]``.
     n_neighbors
         Neighbours per cell of the kNN graph.
     n_hops
         Rounds of averaging (:func:`~stepgraph.graph.ops.smooth_over_graph`).
-    n_components
-        Principal components kept.
     spatial_key
         Key of the coordinates in ``adata.obsm``.
     batch_key
         Column of ``adata.obs`` with the section of each cell (no edge joins
         two sections); ``None`` for one section.
-    layer_key
-        Layer holding the counts; ``None`` reads ``X``.
-    return_embedding
-        Return the principal components too (to score how sections mix in them).
 
     Returns
     -------
-    numpy.ndarray
-        The domain code per cell (int64); ``adata`` is not modified (the
-        graph is returned, not written). With ``return_embedding``, a tuple
-        ``(codes, components)``.
+    numpy.ndarray or tuple
+        As for :func:`pca_kmeans_domains`. The graph is built on the side
+        (``copy=True``): ``adata`` is not modified.
     """
     counts = adata.X if layer_key is None else adata.layers[layer_key]
     conn, _ = spatial_graph(adata, method="knn", n_neighbors=n_neighbors, spatial_key=spatial_key,
                             batch_key=batch_key, copy=True)
     smoothed = smooth_over_graph(log_normalise(counts), conn, n_hops)
-    embedding = _exact_pca(smoothed, n_components, seed)
-    labels = kmeans_domains(embedding, n_domains, seed=seed)
-    return (labels, embedding) if return_embedding else labels
+    return _pca_kmeans(smoothed, n_domains, n_components, seed, return_embedding)

@@ -8,9 +8,30 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["save_domain_figure"]
+__all__ = ["save_domain_figure", "save_embedding_figure"]
 
 _PANEL_INCHES = 4.2
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _save(fig, path) -> bool:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _matched_colours(truth: pd.Categorical, predicted: pd.Categorical, n_colours: int) -> dict:
@@ -78,12 +99,8 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
     bool
         False when matplotlib is not installed (nothing is written).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     from stepgraph.graph.ops import median_neighbor_distance
     from stepgraph.graph.spatial import section_codes
@@ -131,7 +148,53 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
                 ax.legend(fontsize=7)
             else:
                 ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
+
+
+def save_embedding_figure(embedding, sections, section_names, domains, path: str | Path, seed: int = 0) -> bool:
+    """Draw the embedding of several sections in two dimensions, coloured by
+    section (left) and by domain (right), and save it to ``path``.
+
+    The two coordinates are UMAP's when umap-learn is installed, else the
+    first two principal components
+    (:func:`~stepgraph.pipeline.integration.embedding_2d`; at most 20,000
+    cells, drawn at random). Sections that mix well overlap on the left
+    while the domains stay apart on the right.
+
+    Parameters
+    ----------
+    embedding
+        Array of shape ``(n_obs, n_dims)``.
+    sections
+        Section code per cell, indexing ``section_names``.
+    section_names
+        The name of each section, for the legend.
+    domains
+        Domain label per cell.
+    path
+        Where the figure is saved (the format follows the suffix).
+    seed
+        Seed of the cell subset and of UMAP.
+
+    Returns
+    -------
+    bool
+        True once written; False without matplotlib (then nothing is written).
+    """
+    plt = _pyplot()
+    if plt is None:
+        return False
+    from stepgraph.pipeline.integration import embedding_2d
+
+    rows, xy, method = embedding_2d(embedding, seed=seed, max_cells=20_000)
+    size = float(np.clip(3e4 / len(rows), 0.5, 12.0))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (_PANEL_INCHES + 1.4), _PANEL_INCHES), squeeze=False)
+    for ax, codes, categories, title in (
+            (axes[0, 0], np.asarray(sections)[rows], [str(n) for n in section_names], "section"),
+            (axes[0, 1], pd.Categorical(domains).codes[rows], list(pd.Categorical(domains).categories), "domain")):
+        palette = list(plt.get_cmap("tab20" if len(categories) > 10 else "tab10").colors)
+        _draw(ax, xy, codes, categories, {i: i for i in range(len(categories))}, palette, size,
+              f"{method} of the embedding, by {title}")
+        ax.set_aspect("auto")
+        ax.invert_yaxis()  # _draw turns y for images; an embedding has no up or down
+    return _save(fig, path)

@@ -16,8 +16,12 @@ import numpy as np
 
 from stepgraph.pipeline.domains import cluster_domains
 
-__all__ = ["harmonize", "section_mixing", "domain_counts", "split_domains", "integration_report",
+__all__ = ["IntegrationWarning", "harmonize", "section_mixing", "domain_counts", "split_domains", "integration_report",
            "cluster_per_section", "embedding_2d"]
+
+
+class IntegrationWarning(UserWarning):
+    """The joint domains of several sections may follow the sections rather than the tissue."""
 
 
 def _section_codes(sections, n_obs: int, name: str = "sections") -> np.ndarray:
@@ -208,8 +212,24 @@ def split_domains(counts: dict, share: float = 0.95) -> dict:
 
 
 def integration_report(embedding: np.ndarray, domains, sections: np.ndarray, section_names,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, per_section: bool = False) -> dict:
     """What the integration of several sections did, for ``summary.json``.
+
+    Parameters
+    ----------
+    embedding
+        The embedding that was clustered, ``(n_obs, n_dims)``.
+    domains
+        The domain of every cell.
+    sections
+        Section code of every cell (``int``).
+    section_names
+        The name of each section code.
+    seed
+        Seed of the cells the mixing score draws.
+    per_section
+        The domains were found within each section on its own
+        (:func:`cluster_per_section`): none is reported as split.
 
     Returns
     -------
@@ -220,7 +240,7 @@ def integration_report(embedding: np.ndarray, domains, sections: np.ndarray, sec
         only, else ``None``.
     """
     counts = domain_counts(domains, sections, section_names)
-    split = split_domains(counts)
+    split = {} if per_section else split_domains(counts)
     warning = None
     if split:
         where = ", ".join(f"{d} ({s})" for d, s in split.items())

@@ -125,6 +125,14 @@ def principal_components(matrix, n_components: int = 50, seed: int = 0) -> np.nd
     return PCA(k, svd_solver=solver, random_state=seed).fit_transform(x).astype(np.float32)
 
 
+def _section_codes(sections, n_rows: int) -> np.ndarray:
+    codes = np.asarray(sections)
+    if codes.shape != (n_rows,) or codes.dtype.kind not in "iu" or (n_rows and codes.min() < 0):
+        raise ValueError(f"sections must hold one non-negative integer code per row ({n_rows}), got an "
+                         f"array of shape {codes.shape} and dtype {codes.dtype}")
+    return codes
+
+
 class ExpressionFeatures:
     """The model's input: counts -> log-CP10k -> highly variable genes ->
     per-gene z-scores (clipped at ``clip``) -> principal components.
@@ -143,7 +151,10 @@ class ExpressionFeatures:
       by hand and is kept whole;
     - z-scores give each gene the same weight, so a marker expressed at low
       level counts as much as a highly expressed one (scanpy's ``scale``,
-      BANKSY); the clip bounds the weight of a few extreme cells;
+      BANKSY); the clip bounds the weight of a few extreme cells; with
+      ``sections``, each section is standardised on its own, which removes a
+      sample effect (each section's own offset and scale of a gene: chemistry,
+      permeabilisation, patient) before the components are fitted;
     - principal components keep the shared variation and drop per-gene
       noise; they also make the model's input size independent of the panel.
 
@@ -179,8 +190,9 @@ class ExpressionFeatures:
         self.clip, self.seed = float(clip), seed
         self.chunk_rows = 4096  # rows densified at once: 4096 x 3000 genes is 49 MB
         self.genes = None
+        self.section_mean_ = self.section_scale_ = None
 
-    def fit(self, matrix, connectivities=None) -> ExpressionFeatures:
+    def fit(self, matrix, connectivities=None, sections=None) -> ExpressionFeatures:
         """Fit the genes, z-scores and components on (a subset of) the cells.
 
         Parameters
@@ -196,6 +208,12 @@ class ExpressionFeatures:
             features): the axes of spatially coherent variation, the
             variation between domains, rather than that of spot-to-spot
             noise. The rows of the subset's neighbours are read too.
+        sections
+            Section code of every cell (non-negative integers, ``(n_obs,)``),
+            e.g. from :func:`~stepgraph.graph.spatial.section_codes`. With it,
+            each gene's mean and scale are those of the cell's own section
+            (the pooled ones for a section without cells in the subset), and
+            :meth:`transform` needs the codes of its rows too.
 
         Returns
         -------
@@ -234,9 +252,19 @@ class ExpressionFeatures:
         mean, var = _column_mean_var(logged[in_subset])
         self.mean_ = mean.astype(np.float32)
         self.scale_ = np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
+        self.section_mean_ = self.section_scale_ = None
+        if sections is not None:
+            codes = _section_codes(sections, n_obs)
+            self.section_mean_ = np.tile(self.mean_, (int(codes.max()) + 1, 1))
+            self.section_scale_ = np.tile(self.scale_, (int(codes.max()) + 1, 1))
+            fitted, fitted_codes = logged[in_subset], codes[rows[in_subset]]
+            for code in np.unique(fitted_codes):  # a loop over sections
+                mean, var = _column_mean_var(fitted[fitted_codes == code])
+                self.section_mean_[code] = mean
+                self.section_scale_[code] = np.where(var > 0, np.sqrt(var), 1.0)
         if mean_over is not None:  # the means over neighbourhoods, one row per cell of the subset
-            logged = mean_over @ logged
-        z = self._zscores(logged)
+            logged = mean_over @ logged  # neighbours share the section: a z-score of the mean is the mean of z
+        z = self._zscores(logged, None if sections is None else codes[subset])
         k = int(min(self.n_components, z.shape[0] - 1, z.shape[1] - 1))
         if k < 1:
             raise ValueError(f"the input features need at least 2 cells and 2 genes, got {n_obs} cells "
@@ -252,37 +280,53 @@ class ExpressionFeatures:
             raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
         return self.components_.shape[0]
 
-    def _zscores(self, logged) -> np.ndarray:
+    def _zscores(self, logged, sections=None) -> np.ndarray:
         # one dense float32 array, updated in place (no temporaries of its size)
         z = logged.toarray() if sp.issparse(logged) else np.array(logged)
         z = z.astype(np.float32, copy=False)
-        z -= self.mean_
-        z /= self.scale_
+        if self.section_mean_ is None:
+            z -= self.mean_
+            z /= self.scale_
+        else:
+            if sections is None:
+                raise ValueError("these features were fitted per section: pass sections= (the code of each row)")
+            codes = _section_codes(sections, z.shape[0])
+            if codes.size and codes.max() >= len(self.section_mean_):
+                raise ValueError(f"sections holds code {codes.max()}, but the features were fitted on "
+                                 f"{len(self.section_mean_)} sections")
+            for code in np.unique(codes):  # a loop over sections
+                rows = codes == code
+                z[rows] = (z[rows] - self.section_mean_[code]) / self.section_scale_[code]
         return np.clip(z, -self.clip, self.clip, out=z)
 
-    def __call__(self, counts) -> np.ndarray:
+    def __call__(self, counts, sections=None) -> np.ndarray:
         """The features of a block of count rows (any rows, each on its own):
         a float32 array ``(n_rows, n_features_out)``. Rows are densified
-        ``chunk_rows`` at a time, so the block may be large."""
+        ``chunk_rows`` at a time, so the block may be large. ``sections``
+        (the section code of each row) is needed when fitted with sections."""
         if self.genes is None:
             raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
         out = np.empty((counts.shape[0], self.n_features_out), dtype=np.float32)
         for start in range(0, counts.shape[0], self.chunk_rows):
             logged = log_normalise(counts[start:start + self.chunk_rows])[:, self.genes]
-            out[start:start + self.chunk_rows] = self._zscores(logged) @ self.components_.T - self.offset_
+            part = None if sections is None else np.asarray(sections)[start:start + self.chunk_rows]
+            out[start:start + self.chunk_rows] = self._zscores(logged, part) @ self.components_.T - self.offset_
         return out
 
-    def transform(self, matrix) -> np.ndarray:
+    def transform(self, matrix, sections=None) -> np.ndarray:
         """The features of every row of ``matrix``, in memory or on disk (read
-        ``chunk_rows`` rows at a time, so the whole matrix is never loaded)."""
+        ``chunk_rows`` rows at a time, so the whole matrix is never loaded);
+        ``sections`` as in :meth:`fit`."""
         from stepgraph.data.ondisk import RowReader, is_on_disk
 
         if not is_on_disk(matrix):
-            return self(matrix)
+            return self(matrix, sections)
         reader = RowReader(matrix)
         n_obs = matrix.shape[0]
-        return np.concatenate([self(reader.read_unique(np.arange(start, min(start + self.chunk_rows, n_obs)))[1])
-                               for start in range(0, n_obs, self.chunk_rows)]
+        chunks = [np.arange(start, min(start + self.chunk_rows, n_obs)) for start in range(0, n_obs, self.chunk_rows)]
+        codes = None if sections is None else np.asarray(sections)
+        return np.concatenate([self(reader.read_unique(rows)[1], None if codes is None else codes[rows])
+                               for rows in chunks]
                               or [np.empty((0, self.n_features_out), np.float32)])
 
     def __repr__(self) -> str:

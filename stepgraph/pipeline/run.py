@@ -11,6 +11,7 @@ reasons are in :class:`~stepgraph.pipeline.config.PipelineConfig`.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import torch
 
 from stepgraph._validation import first_nonfinite
 from stepgraph.data.dataset import BaseDataset, expression_matrix
-from stepgraph.data.loaders import graph_loader, node_loaders
+from stepgraph.data.loaders import node_loaders
+from stepgraph.data.ondisk import is_on_disk
 from stepgraph.data.split import random_split_indices
 from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.graph.ops import median_neighbor_distance, smooth_over_graph
@@ -34,19 +36,21 @@ from stepgraph.pipeline.domains import (
     normalized_mutual_info,
     refine_domains,
 )
-from stepgraph.pipeline.figures import save_domain_figure
+from stepgraph.pipeline.figures import save_domain_figure, save_embedding_figure
+from stepgraph.pipeline.integration import IntegrationWarning, cluster_per_section, harmonize, integration_report
 from stepgraph.pipeline.outputs import (
     ADATA,
     CHECKPOINTS,
+    EMBEDDING_FIGURE,
     FIGURE,
     HISTORY_CSV,
     save_history,
     write_adata,
+    write_output,
     write_summary,
 )
 from stepgraph.pipeline.preprocess import ExpressionFeatures
 from stepgraph.pipeline.stages import StageLog
-from stepgraph.progress import TrackedLoader
 from stepgraph.train.checkpointing import load_checkpoint, trusted_checkpoints
 from stepgraph.train.distributed import is_main_process
 from stepgraph.train.trainer import Trainer
@@ -79,8 +83,10 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
     whole. Needs the spatial graph in ``adata.obsp``.
     """
     graph = adata.obsp["spatial_connectivities"]
-    features = ExpressionFeatures(**config.feature_options()).fit(counts, graph)
-    x = features.transform(counts)
+    sections, names = section_codes(adata, config.batch_key)
+    sections = sections if len(names) > 1 and config.scale_per_section else None  # z-scores per section
+    features = ExpressionFeatures(**config.feature_options()).fit(counts, graph, sections)
+    x = features.transform(counts, sections)
     bad = first_nonfinite(x)  # an on-disk X is checked here, as it is read
     if bad is not None:
         source = "adata.X" if config.layer_key is None else f"adata.layers[{config.layer_key!r}]"
@@ -149,10 +155,11 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    if config.backed and not adata.isbacked:
-        raise ValueError("config.backed=True needs a backed AnnData, e.g. "
-                         "anndata.read_h5ad(path, backed='r'); got one held in memory")
     counts = expression_matrix(adata, config.layer_key)  # numbers (finite in memory), cells and genes
+    if config.backed and not (adata.isbacked or is_on_disk(counts)):
+        raise ValueError("config.backed=True needs a backed AnnData, e.g. "
+                         "anndata.read_h5ad(path, backed='r') or stepgraph.data.readers.read_anndata(zarr_path, "
+                         "backed=True); got one held in memory")
     with stages.stage("graph"):
         spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors,
                       radius=_graph_radius(adata, config), spatial_key=config.spatial_key,
@@ -184,11 +191,9 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         raise KeyboardInterrupt
 
     with stages.stage("embedding"):
-        # batches of batch_size seeds: their full neighbourhoods' rows are densified together
-        full_loader = graph_loader(data, n_layers=len(config.fanout), batch_size=config.batch_size,
-                                   backend=config.backend)
-        tracked = TrackedLoader(full_loader, "embedding", enabled=config.progress)
-        embedding = trainer.predict_gloader(tracked, dataset).numpy()
+        # one layer for every cell at a time, each edge read once per layer (the reference
+        # model's layer-wise plan), not each batch's whole 2-hop neighbourhood
+        embedding = trainer.predict_layerwise(data, dataset).numpy()
         adata.obsm[EMBEDDING_KEY] = embedding
     with stages.stage("clustering"):
         n_domains = config.n_domains
@@ -197,12 +202,27 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         elif n_domains is None:
             n_domains = config.n_domains_default
         graph = adata.obsp["spatial_connectivities"]
+        sections, names = section_codes(adata, config.batch_key)
+        several = len(names) > 1
+        if several and config.harmony:
+            embedding = harmonize(embedding, sections, seed=config.seed)
+            adata.obsm[EMBEDDING_KEY + "_harmony"] = embedding
         smoothed = smooth_over_graph(embedding, graph, config.smooth)
-        labels = cluster_domains(smoothed, n_domains, **config.cluster_options())
+        categories = [f"domain{i}" for i in range(n_domains)]
+        if several and config.domains_per_section:
+            labels = cluster_per_section(smoothed, sections, n_domains, **config.cluster_options())
+            categories = [f"{name}:{domain}" for name in names for domain in categories]
+        else:
+            labels = cluster_domains(smoothed, n_domains, **config.cluster_options())
         if config.refine:
             labels = refine_domains(labels, graph)
-        adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(
-            labels, categories=[f"domain{i}" for i in range(n_domains)])
+        adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(labels, categories=categories)
+        integration = None
+        if several:  # what the integration did: mixing, domains per section, a warning
+            integration = integration_report(smoothed, adata.obs[DOMAIN_KEY], sections, names, seed=config.seed,
+                                             per_section=config.domains_per_section)
+            if integration["warning"]:
+                warnings.warn(integration["warning"], IntegrationWarning, stacklevel=2)
         truth = adata.obs[config.truth_key] if config.truth_key else None
         ari = adjusted_rand_index(truth, labels) if truth is not None else None
         nmi = normalized_mutual_info(truth, labels) if truth is not None else None
@@ -212,9 +232,12 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         if main:
             save_history(trainer.history, out_dir)
             write_adata(adata, out_dir / ADATA)
-        figure = main and save_domain_figure(adata, out_dir / FIGURE, config.spatial_key,
-                                             config.batch_key, config.truth_key, history=trainer.history,
-                                             ari=ari)
+        figure = main and write_output(out_dir / FIGURE, lambda tmp: save_domain_figure(
+            adata, tmp, config.spatial_key, config.batch_key, config.truth_key, history=trainer.history,
+            ari=ari)) is not None
+        embedding_figure = main and several and write_output(out_dir / EMBEDDING_FIGURE, lambda tmp: (
+            save_embedding_figure(smoothed, sections, names, adata.obs[DOMAIN_KEY], tmp, seed=config.seed))
+        ) is not None
     best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
     summary = {
         "n_obs": adata.n_obs,
@@ -231,7 +254,9 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
             "checkpoint": None if best is None else str(best),
             "history": str(out_dir / HISTORY_CSV),
             "figure": str(out_dir / FIGURE) if figure else None,
+            "embedding_figure": str(out_dir / EMBEDDING_FIGURE) if embedding_figure else None,
         },
+        "integration": integration,
         "config": asdict(config),
         "stages": stages.rows,
     }

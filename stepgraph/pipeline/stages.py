@@ -87,7 +87,3 @@ class StageLog:
         self._epoch = step
         reset_peak_rss()
         self._epoch_start = time.perf_counter()
-
-    def seconds(self, prefix: str) -> list[float]:
-        """Seconds of the stages whose name starts with ``prefix``."""
-        return [row["seconds"] for row in self.rows if row["stage"].startswith(prefix)]

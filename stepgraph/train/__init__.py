@@ -1,11 +1,15 @@
-"""The training engine: the :class:`~stepgraph.Trainer` facade and the core it runs.
+"""The training engine behind :class:`~stepgraph.Trainer`.
 
-- :mod:`~stepgraph.train.trainer`: the :class:`~stepgraph.Trainer`, STEP's methods, each a few lines;
-- :mod:`~stepgraph.train.feeds`: one object per training path (its loaders and its loss call);
-- :mod:`~stepgraph.train.loop`, :mod:`~stepgraph.train.state`, :mod:`~stepgraph.train.epoch`:
-  the loop around a per-epoch method, its state, and the epoch every path runs;
-- :mod:`~stepgraph.train.early_stopping`, :mod:`~stepgraph.train.checkpointing`,
-  :mod:`~stepgraph.train.meter`, :mod:`~stepgraph.train.optim`, :mod:`~stepgraph.train.rng`:
-  deciding to stop, the checkpoint files, running means of losses, optimizers, random state;
-- :mod:`~stepgraph.train.strategies`: one process or DDP, asked by the trainer, never branched on.
+- :mod:`~stepgraph.train.trainer`: the Trainer, STEP's API as a thin facade;
+- :mod:`~stepgraph.train.feeds`: one feed per way of feeding a model (matrix,
+  tensor batches, node sampling, full neighbourhoods, any other graph loader);
+- :mod:`~stepgraph.train.loop`, :mod:`~stepgraph.train.state`,
+  :mod:`~stepgraph.train.epoch`: the loop skeleton, its ``LoopState``, and the
+  epoch core shared by every feed;
+- :mod:`~stepgraph.train.early_stopping`: decides when to stop, and why;
+- :mod:`~stepgraph.train.checkpointing`: the one owner of checkpoint files;
+- :mod:`~stepgraph.train.strategies` and :mod:`~stepgraph.train.distributed`:
+  one process or DDP, and the process-group helpers;
+- :mod:`~stepgraph.train.meter`, :mod:`~stepgraph.train.optim`,
+  :mod:`~stepgraph.train.rng`: loss means, optimizers, random states.
 """

@@ -27,19 +27,20 @@ import contextlib
 import contextvars
 import copy
 import errno
+import functools
 import math
 import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "INTERRUPTED_CHECKPOINT", "atomic_save", "save_weights",
-           "load_checkpoint", "trusted_checkpoints", "BestWeights", "TrainingCheckpoint", "Checkpointer"]
+__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "INTERRUPTED_CHECKPOINT", "atomic_write", "atomic_save",
+           "save_weights", "load_checkpoint", "trusted_checkpoints", "BestWeights", "TrainingCheckpoint", "Checkpointer"]
 
 #: File of the best weights (a model ``state_dict``) in a ``checkpoint_dir``.
 BEST_CHECKPOINT = "best.pt"
@@ -51,8 +52,84 @@ INTERRUPTED_CHECKPOINT = "interrupted.pt"
 _TRUSTED = contextvars.ContextVar("stepgraph_trusted_checkpoints", default=False)
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], what: str = "file") -> Path | None:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same
+    folder, which is fsync-ed and renamed over ``path`` (:func:`os.replace`).
+
+    A process killed at any moment leaves either the previous file at ``path``
+    or the complete new one, never a partial file under that name. The rename
+    replaces a symbolic link at ``path`` itself, never the file it points to.
+    Every file stepgraph writes (checkpoints through :func:`atomic_save`, the
+    pipeline's outputs, ``stepgraph graph --output``) goes through here.
+
+    Parameters
+    ----------
+    path
+        Destination file. Its folder is created when missing.
+    write
+        Called with the temporary file's path (it keeps ``path``'s suffix, so
+        writers that pick a format from it, such as matplotlib, still work);
+        returning ``False`` means nothing was written: the temporary file is
+        removed and ``path`` is left alone.
+    what
+        What the file is, for the error message (``"checkpoint"``).
+
+    Returns
+    -------
+    pathlib.Path or None
+        The path written; ``None`` when ``write`` returned ``False``.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written (a full disk, a read-only folder). The
+        message names the path and says that the previous file at ``path``, if
+        any, is left intact; the temporary file is removed.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise _write_error(err, path, what) from err
+    try:
+        if write(Path(tmp)) is False:
+            os.unlink(tmp)
+            return None
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # as an ordinary open() would create it, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(err, path, what) from err
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
+        pass
+    return path
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """Save ``obj`` with :func:`torch.save` to ``path`` atomically.
+    """Save ``obj`` with :func:`torch.save` to ``path`` atomically (see :func:`atomic_write`).
 
     Parameters
     ----------
@@ -73,43 +150,21 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         message names the path and says that the previous file at ``path``, if
         any, is left intact; the temporary file is removed.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise _write_error(err, path) from err
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise _write_error(err, path) from err
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
-        pass
-    return path
+
+    return atomic_write(path, write, what="checkpoint")
 
 
-def _write_error(err: OSError, path: Path) -> OSError:
-    """The error of a failed checkpoint write, in words (the errno is kept)."""
+def _write_error(err: OSError, path: Path, kind: str = "checkpoint") -> OSError:
+    """The error of a failed write, in words (the errno is kept)."""
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
             errno.EROFS: "the file system is read-only",
             errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(
         err.errno, err.strerror or type(err).__name__)
     kept = "the previous file is left intact" if path.is_file() else "no file was written"
-    return OSError(err.errno, f"could not write checkpoint {str(path)!r}: {what} ({kept})")
+    return OSError(err.errno, f"could not write {kind} {str(path)!r}: {what} ({kept})")
 
 
 @contextlib.contextmanager

@@ -108,11 +108,6 @@ class LossMeter:
         self._sums = {k: float(v) for k, v in sums.items()}
         self._weights = {k: float(v) for k, v in weights.items()}
 
-    def reset(self) -> None:
-        """Forget everything seen."""
-        self._sums.clear()
-        self._weights.clear()
-
 
 def running_mean_update(means: dict, loss_dict: Mapping[str, object], n_batch: int) -> dict:
     """STEP's plain-dict accumulation, in place: for ``n_batch == 0`` (the 0-based

@@ -26,7 +26,7 @@ import torch
 from stepgraph._validation import as_index, check_choice, check_int, check_number
 from stepgraph.data.loaders import make_loaders as _make_loaders
 from stepgraph.data.split import random_split_indices
-from stepgraph.train import feeds
+from stepgraph.train import feeds, layerwise
 from stepgraph.train.checkpointing import Checkpointer, TrainingCheckpoint
 from stepgraph.train.early_stopping import EarlyStopping, EarlyStoppingGroup
 from stepgraph.train.epoch import evaluate, run_epoch
@@ -876,6 +876,54 @@ class Trainer:
         if not callable(func):
             raise AttributeError(f"method must name a method of the model, got method={method!r}")
         return feeds.predict_nodes(self.model, func, gloader, dataset, self.device)
+
+    def predict_layerwise(self, graph, dataset=None, method: str = "encode",
+                          chunk_size: int = layerwise.DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+        """``model.<method>`` for every node of a graph, one layer for every node at a time.
+
+        Each layer runs once over all nodes, in chunks of ``chunk_size`` nodes,
+        from the previous layer's outputs: every edge is read once per layer,
+        where :meth:`predict_gloader` gathers each batch's whole multi-hop
+        neighbourhood. The result is the model's on the whole graph at once.
+        The model opts in with ``model.layerwise(method)`` (see
+        :mod:`stepgraph.train.layerwise`; :class:`~stepgraph.models.GraphAutoencoder`
+        does); for a model without it, ``graph`` must be a full-neighbourhood
+        ``NeighborLoader`` (:func:`~stepgraph.graph_loader`), which
+        :meth:`predict_gloader` then iterates.
+
+        Parameters
+        ----------
+        graph
+            A :class:`torch_geometric.data.Data` (e.g. from :func:`stepgraph.to_pyg`)
+            or a ``NeighborLoader`` over it (its ``data`` is read).
+        dataset
+            The dataset whose row ``i`` is graph node ``i``; defaults to :attr:`graph_dataset`.
+        method
+            Name of the model's method.
+        chunk_size
+            Nodes computed per step.
+
+        Returns
+        -------
+        torch.Tensor
+            One row per graph node, on the CPU, in eval mode, without gradients.
+        """
+        if dataset is not None:
+            self._graph_dataset = dataset
+        dataset = self.graph_dataset
+        if dataset is None:
+            raise ValueError("predict_layerwise needs dataset= (no graph dataset trained on yet)")
+        plan = layerwise.layerwise_plan(self.net, method)
+        loader = feeds.is_neighbor_loader(graph)
+        if plan is None:
+            if not loader:
+                raise TypeError(f"the model of type {type(self.net).__name__} has no layerwise({method!r}) "
+                                "plan: pass a full-neighbourhood NeighborLoader (stepgraph.graph_loader) "
+                                "as graph, which predict_gloader iterates")
+            return self.predict_gloader(graph, dataset, method=method)
+        data = graph.data if loader else graph
+        return layerwise.predict_layerwise(self.model, plan, data, dataset, self.device, chunk_size,
+                                           progress=self.progress, non_blocking=self.device.type == "cuda")
 
     @staticmethod
     def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,
