@@ -67,8 +67,8 @@ def synthetic_counts_h5ad(path: Path, n_cells: int, n_genes: int, sections: int,
 def run_train(path: Path, out: Path, backed: bool, args) -> dict:
     """``stepgraph train`` in a fresh process; its stages and its own peak RSS."""
     cmd = [sys.executable, "-m", "stepgraph", "train", str(path), "--batch-key", "section",
-           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--quiet",
-           "--n-domains", "7", "--out", str(out)] + (["--backed"] if backed else [])
+           *(["--epochs", str(args.epochs)] if args.epochs else []), "--batch-size", str(args.batch_size),
+           "--quiet", "--n-domains", "7", "--out", str(out)] + (["--backed"] if backed else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--n-genes", type=int, default=2000, help="genes")
     parser.add_argument("--sections", type=int, default=4, help="tissue sections")
     parser.add_argument("--density", type=float, default=0.05, help="non-zero share of the counts")
-    parser.add_argument("--epochs", type=int, default=1, help="training epochs per run")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="training epochs per run (0: the pipeline's default, sized to the tissue)")
     parser.add_argument("--batch-size", type=int, default=1024, help="seed cells per batch")
     parser.add_argument("--modes", default="memory,backed", help="comma-separated: memory, backed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")

@@ -178,7 +178,7 @@ def original_loss(model, x, ind, edge_index):
             h = conv.propagate(ei, x=h, edge_weight=w) + conv.bias
         else:
             h = conv(h, edge_index)
-        h = torch.relu(h)
+        h = model._act(h)
     mu = model.mu(h)[ind]
     return {"recon_loss": torch.nn.functional.mse_loss(model.decode(mu), x[ind])}
 
@@ -267,6 +267,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="fraction of non-zero genes per cell")
     size.add_argument("--hidden", type=int, default=64, help="GraphAutoencoder hidden_dim")
     size.add_argument("--latent", type=int, default=16, help="GraphAutoencoder latent_dim")
+    size.add_argument("--conv", default="gcn", choices=["gcn", "gat", "sage"],
+                      help="GraphAutoencoder convolution (the pipeline's model: gat, --dense-dim 20, "
+                      "--activation elu)")
+    size.add_argument("--activation", default="relu", choices=["relu", "elu"],
+                      help="GraphAutoencoder non-linearity")
     runs = parser.add_argument_group("runs")
     runs.add_argument("--repeats", type=int, default=2,
                       help="dense-feature loader epochs per backend (alternating)")
@@ -333,8 +338,9 @@ def main(argv=None) -> dict:
         models = {}
         for backend in backends:
             torch.manual_seed(args.seed)
-            model = GraphAutoencoder(args.dense_dim, hidden_dim=args.hidden,
-                                     latent_dim=args.latent, n_layers=len(args.num_neighbors))
+            model = GraphAutoencoder(args.dense_dim, hidden_dim=args.hidden, latent_dim=args.latent,
+                                     n_layers=len(args.num_neighbors), conv=args.conv,
+                                     activation=args.activation)
             models[backend] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
             epochs[backend] = []
 
@@ -353,7 +359,7 @@ def main(argv=None) -> dict:
         variants = ["original", "untrimmed", "trimmed"]
         torch.manual_seed(args.seed)
         init = GraphAutoencoder(args.dense_dim, hidden_dim=args.hidden, latent_dim=args.latent,
-                                n_layers=len(args.num_neighbors))
+                                n_layers=len(args.num_neighbors), conv=args.conv, activation=args.activation)
         models = {}
         for v in variants:
             model = copy.deepcopy(init)

@@ -9,16 +9,50 @@ API of the STEP project's trainer.
 
 __version__ = "0.1.0"
 
-from stepgraph.data.dataset import BaseDataset, MaskedDataset
-from stepgraph.data.loaders import graph_loader, make_loaders, node_loaders
-from stepgraph.data.split import category_random_split
-from stepgraph.graph import spatial_graph, to_pyg
-from stepgraph.synthetic import synthetic_tissue
-from stepgraph.train.early_stopping import EarlyStopping
-from stepgraph.train.loop import train_loop_formatter
-from stepgraph.train.meter import LossMeter
-from stepgraph.train.rng import seed_everything
-from stepgraph.train.trainer import NonFiniteLossError, Trainer
+import importlib
+
+#: Where each public name lives. The names are imported on first use (PEP 562), so
+#: that ``import stepgraph`` (and the ``stepgraph`` command, before it parses its
+#: arguments) starts without loading torch: a Ctrl-C at start-up is then the
+#: command's, which answers it in one line.
+_EXPORTS = {
+    "BaseDataset": "stepgraph.data.dataset",
+    "MaskedDataset": "stepgraph.data.dataset",
+    "graph_loader": "stepgraph.data.loaders",
+    "make_loaders": "stepgraph.data.loaders",
+    "node_loaders": "stepgraph.data.loaders",
+    "category_random_split": "stepgraph.data.split",
+    "spatial_graph": "stepgraph.graph",
+    "to_pyg": "stepgraph.graph",
+    "synthetic_tissue": "stepgraph.synthetic",
+    "EarlyStopping": "stepgraph.train.early_stopping",
+    "train_loop_formatter": "stepgraph.train.loop",
+    "LossMeter": "stepgraph.train.meter",
+    "seed_everything": "stepgraph.train.rng",
+    "NonFiniteLossError": "stepgraph.train.trainer",
+    "Trainer": "stepgraph.train.trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("__"):  # a subpackage: stepgraph.train, stepgraph.graph, ...
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "BaseDataset",

@@ -33,9 +33,9 @@ import typing
 import warnings
 from pathlib import Path
 
-from stepgraph.pipeline.config import DOMAIN_KEY, EMBEDDING_KEY, PipelineConfig, cli_option
 from stepgraph.data.safe_read import MAX_INFLATION
-from stepgraph.pipeline.outputs import ADATA, CHECKPOINTS, LOCK, OUTPUT_NAMES
+from stepgraph.pipeline.config import DOMAIN_KEY, EMBEDDING_KEY, PipelineConfig, cli_option
+from stepgraph.pipeline.outputs import CHECKPOINTS, LOCK, OUTPUT_NAMES
 from stepgraph.train.checkpointing import BEST_CHECKPOINT, INTERRUPTED_CHECKPOINT, LAST_CHECKPOINT
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -595,8 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     143 for SIGTERM, at any moment (one line; a training run saves
     ``interrupted.pt`` first).
     """
-    command, terminated = None, []
-    previous = _handle_signals(terminated)
+    command, args, received = None, None, []
+    previous = _handle_signals(received)
     try:
         args = build_parser().parse_args(argv)
         command = args.command
@@ -618,10 +618,21 @@ def main(argv: list[str] | None = None) -> int:
             elif isinstance(err, OSError) and err.strerror:
                 err = err.strerror + (f": {err.filename!r}" if err.filename else "")
             return _fail(args.command, err)
-    except KeyboardInterrupt as err:
-        sigterm = bool(terminated) or isinstance(err, Terminated)
+        except RuntimeError as err:
+            if not _lost_rank(err):  # a bug, not the input: its traceback helps
+                raise
+            detail = " ".join(str(err).split())[:300]
+            print(f"stepgraph {args.command}: error: another rank stopped answering within --dist-timeout "
+                  f"({type(err).__name__}: {detail})", file=sys.stderr)
+            return 1
+    except BaseException as err:
+        # a signal, or an import that it interrupted (an extension module may report an ImportError)
+        if isinstance(err, SystemExit) or not (received or isinstance(err, KeyboardInterrupt)):
+            raise
+        sigterm = isinstance(err, Terminated) or received[:1] == [signal.SIGTERM]
         what = "terminated (SIGTERM)" if sigterm else "interrupted"
-        hint = "; rerun with --resume to continue from the last completed epoch" if command == "train" else ""
+        resumable = command == "train" and (Path(args.out) / CHECKPOINTS / LAST_CHECKPOINT).is_file()
+        hint = "; rerun with --resume to continue from the last completed epoch" if resumable else ""
         print(f"stepgraph{' ' + command if command else ''}: {what}{hint}", file=sys.stderr)
         return 143 if sigterm else 130
     finally:
@@ -629,22 +640,35 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, handler)
 
 
-def _handle_signals(terminated: list) -> dict:
-    """SIGTERM raises :class:`Terminated` (recorded in ``terminated``), so that it ends
-    the run as Ctrl-C does; Ctrl-C raises ``KeyboardInterrupt``. Returns the
-    handlers to restore. Only the main thread can set handlers: elsewhere, none."""
+def _lost_rank(err: RuntimeError) -> bool:
+    """Whether ``err`` says that another rank stopped answering (a collective timed
+    out, or its connection closed) under ``torchrun``."""
+    import torch.distributed as dist
+
+    if type(err).__module__ == "torch.distributed":  # DistBackendError, DistNetworkError...
+        return True
+    text = str(err)
+    return dist.is_available() and dist.is_initialized() and (
+        "Timed out" in text or "timed out" in text or "Connection closed by peer" in text)
+
+
+def _handle_signals(received: list) -> dict:
+    """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM :class:`Terminated` (one of
+    them), so that SIGTERM ends a run as Ctrl-C does; each signal is recorded in
+    ``received``. Returns the handlers to restore. Only the main thread can set
+    handlers: elsewhere, none are set."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return {}
 
-    def on_sigterm(signum, frame):
-        terminated.append(signum)
-        raise Terminated
+    def on_signal(signum, frame):
+        received.append(signum)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
     previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), signal.SIGINT: signal.getsignal(signal.SIGINT)}
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     return previous
 
 

@@ -6,5 +6,7 @@
 - :mod:`~stepgraph.data.split`: :func:`~stepgraph.category_random_split` and seeded index splits;
 - :mod:`~stepgraph.data.loaders`: tensor batches and ``NeighborLoader`` set-up;
 - :mod:`~stepgraph.data.sampler`: the built-in neighbour sampler;
-- :mod:`~stepgraph.data.ondisk`: rows of a backed h5ad or zarr store, read per batch.
+- :mod:`~stepgraph.data.ondisk`: rows of a backed h5ad or zarr store, read per batch;
+- :mod:`~stepgraph.data.readers`: ``.h5ad``, AnnData ``.zarr`` and SpatialData ``.zarr`` inputs;
+- :mod:`~stepgraph.data.safe_read`: checks of h5ad and zarr files from strangers before they are read.
 """

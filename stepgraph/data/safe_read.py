@@ -272,7 +272,7 @@ def compressed_problem(indptr, indices, n_data: int, n_major: int, n_minor: int)
     and on disk alike (NumPy arrays, h5py or zarr datasets): ``indptr`` has
     ``n_major + 1`` integer entries, starts at 0, never decreases and ends
     within the ``n_data`` stored values and the stored indices; every used index
-    lies in ``[0, n_minor)``. The indices are read :data:`_BLOCK` at a time, so
+    lies in ``[0, n_minor)``. The indices are read a few million at a time, so
     an on-disk matrix is never loaded whole. Nothing is modified (unlike
     scipy's ``check_format``, which may rewrite the arrays).
 

@@ -49,6 +49,11 @@ __all__ = [
 
 #: The graph constructions :func:`spatial_graph` knows, one builder each (``_BUILDERS``).
 METHODS = ("knn", "radius", "delaunay", "grid")
+#: A radius graph may have at most this many edges per cell on average (and at least
+#: ``MAX_RADIUS_EDGES_FLOOR`` in all): duplicate or near-duplicate coordinates, or a
+#: radius far beyond the spacing, would otherwise make it quadratic in the cells.
+MAX_RADIUS_DEGREE = 256
+MAX_RADIUS_EDGES_FLOOR = 1 << 22
 
 # squidpy's grid correction: of the ``n_neighbors`` nearest spots, keep those
 # closer than this factor times the median neighbour distance of the section.
@@ -495,11 +500,31 @@ def _knn_graph(x: np.ndarray, settings: _Settings, section: str):
 def _radius_graph(x: np.ndarray, settings: _Settings, section: str):
     """Every pair of cells at most ``radius`` apart (the tree applies the upper bound)."""
     tree = cKDTree(x, balanced_tree=False)
+    _check_radius_edges(x, tree, settings.interval[1], section)
     pairs = tree.query_pairs(settings.interval[1], output_type="ndarray").astype(np.int64, copy=False)
     i, j = pairs[:, 0], pairs[:, 1]
     d = _lengths(x, i, j)
     rows, cols, d = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([d, d])
     return _prune(rows, cols, d, len(x), settings, upper_applied=True)
+
+
+def _check_radius_edges(x: np.ndarray, tree: cKDTree, radius: float, section: str) -> None:
+    """Refuse a radius graph whose edge count (counted by the tree, none built) is beyond
+    :data:`MAX_RADIUS_DEGREE` per cell: it would be quadratic in the cells."""
+    n = len(x)
+    edges = int(tree.count_neighbors(tree, radius)) - n  # ordered pairs, without each cell itself
+    bound = max(MAX_RADIUS_DEGREE * n, MAX_RADIUS_EDGES_FLOOR)
+    if edges <= bound:
+        return
+    _, counts = np.unique(x, axis=0, return_counts=True)
+    shared = int(counts[counts > 1].sum())
+    why = (f"{shared} cells share their coordinates with another (at most {int(counts.max())} at one point)"
+           if shared else "no two cells share coordinates, so the radius is far beyond their spacing")
+    raise ValueError(
+        f"radius={radius:g} would give {section} {edges:.3g} edges ({edges / n:.0f} per cell on average, "
+        f"more than the bound of {MAX_RADIUS_DEGREE}; a radius graph that large grows with the square of the "
+        f"cells): {why}. Remove duplicate coordinates, lower the radius, or use method='knn'"
+    )
 
 
 def _delaunay_graph(x: np.ndarray, settings: _Settings, section: str):

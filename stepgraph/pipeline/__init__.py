@@ -3,6 +3,7 @@
 - :mod:`~stepgraph.pipeline.config`: :class:`PipelineConfig`, every default and its reason;
 - :mod:`~stepgraph.pipeline.preprocess`: counts to the model's input features;
 - :mod:`~stepgraph.pipeline.domains`: clustering of the embedding into domains, and scores;
+- :mod:`~stepgraph.pipeline.integration`: several sections: correction, mixing score, domains per section;
 - :mod:`~stepgraph.pipeline.baselines`: training-free domain baselines;
 - :mod:`~stepgraph.pipeline.figures`: the domain figure;
 - :mod:`~stepgraph.pipeline.outputs`: the files a run writes;

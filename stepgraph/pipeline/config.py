@@ -119,8 +119,10 @@ class PipelineConfig:
         "the --n-neighbors-th nearest neighbour",
         "in the data's units: the first ring of a Visium lattice (6 spots), about 8 cells at irregular "
         "positions", positive=True)
-    epochs: int = _setting(
-        50, "maximum epochs", "an upper bound: early stopping usually ends the run earlier", positive=True)
+    epochs: int | None = _setting(
+        None, "maximum epochs; by default sized to the tissue: enough epochs for --train-budget training "
+        "cells, at most max_epochs (50)", "an upper bound that early stopping usually undercuts; a large tissue "
+        "needs fewer passes (see train_budget)", positive=True, shown="sized to the tissue")
     batch_size: int = _setting(
         1024, "seed cells per batch", "a batch's sampled neighbourhoods stay small in memory while an epoch "
         "of a large tissue takes few steps", positive=True)
@@ -195,11 +197,19 @@ class PipelineConfig:
     seed: int = _setting(
         0, "seed of split, sampling and initialisation", "a run is reproducible unless asked otherwise")
     device: str = _setting("cpu", "cpu or cuda", "runs on every machine; pass cuda on a GPU")
+    precision: str = _setting(
+        "32", "forward passes in float32 (32) or under bfloat16 autocast (bf16-mixed), as Lightning names them",
+        "float32 everywhere; bf16-mixed pays on GPUs with bfloat16 units, while on a CPU it is often slower",
+        choices=("32", "bf16-mixed"), kw_only=True)
     threads: int | None = _setting(
         None, "torch threads (the command line sets them before the run)",
         "one thread per usable CPU not busy with other tasks (stepgraph.train.threads): several jobs on "
         "a shared machine then do not fight over the same cores", positive=True, shown="auto",
         kw_only=True)
+    dist_timeout: float = _setting(
+        900.0, "seconds a rank waits for the others under torchrun before the job ends with an error",
+        "a rank that stops answering (a frozen node, a lost GPU) must not hold the others forever; 15 "
+        "minutes outlast any one training step or checkpoint write", positive=True, kw_only=True)
     backend: str = _setting(
         "builtin", "neighbour sampler of the loaders",
         "the built-in sampler: uniform, seeded, no compiled extension needed", cli=False,
@@ -223,11 +233,28 @@ class PipelineConfig:
         False, "keep X on disk (read the file backed) and compute the input features from chunks of rows; "
         "memory then holds the graph, not the expression matrix",
         "in memory is faster whenever X fits")
+    train_budget: int = _setting(
+        2_000_000, "without --epochs: cells visited in training (seed cells of all batches, over all epochs); "
+        "epochs = min(max_epochs, ceil(train_budget / training cells))",
+        "fewer passes over a larger tissue, as scvi-tools sizes its epochs: on the synthetic 50,000-cell "
+        "tissue the validation loss levels off after about 500,000 cells visited (early stopping at epoch "
+        "21), so 2,000,000 leaves four times that; tissues under 40,000 cells keep max_epochs and early "
+        "stopping, a 1,000,000-cell tissue trains 3 epochs instead of 50", positive=True, kw_only=True)
+    max_epochs: int = _setting(
+        50, "the most epochs of a run sized to the tissue (without --epochs)",
+        "an upper bound: early stopping ends a small tissue's run earlier", cli=False, kw_only=True)
     table_key: str | None = _setting(
         None, "the table of a SpatialData .zarr input (tables/<name>); its coordinates are obsm[spatial_key], "
         "else the centroids of the shapes or points it annotates (see stepgraph.data.readers)",
         "a store with one table, or one named 'table' (spatialdata-io's readers), needs no name",
         shown="the only table, or 'table'", kw_only=True)
+
+    def epochs_for(self, n_train: int) -> int:
+        """The epochs of a run with ``n_train`` training cells: :attr:`epochs` when set,
+        else ``min(max_epochs, ceil(train_budget / n_train))`` (at least 1)."""
+        if self.epochs is not None:
+            return self.epochs
+        return max(1, min(self.max_epochs, -(-self.train_budget // max(1, n_train))))
 
     def feature_options(self) -> dict:
         """Every argument of :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`, from this config."""

@@ -2,13 +2,14 @@
 per section, and what the integration did (mixing score, domains per section).
 
 A joint embedding of several sections should carry domains, not samples. The
-pipeline corrects the embedding of several sections with Harmony
-(:func:`harmonize`, through `harmonypy <https://github.com/slowkow/harmonypy>`_)
-before it clusters it, and reports how well the sections mix in it
-(:func:`section_mixing`), how many cells of each domain every section holds,
-and which domains lie in one section only (:func:`integration_report`).
-:func:`cluster_per_section` gives domains within each section on its own.
-"""
+pipeline standardises each section's genes on their own (see
+:class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`); on request it
+corrects the embedding with Harmony (:func:`harmonize`, through `harmonypy
+<https://github.com/slowkow/harmonypy>`_) or clusters each section on its own
+(:func:`cluster_per_section`). After clustering it reports how well the
+sections mix in the embedding (:func:`section_mixing`), how many cells of each
+domain every section holds, and which domains lie in one section only
+(:func:`integration_report`)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ def harmonize(embedding: np.ndarray, sections: np.ndarray, seed: int = 0, theta:
     Harmony clusters the cells softly with a penalty on clusters that hold
     few sections (``theta``), and removes from each cell the offset of its
     section within its clusters: cells of one domain are moved together
-    wherever they came from, while domains that only some sections hold keep
-    their place.
+    wherever they came from. Where the sections hold different mixtures of
+    domains, the penalty can also pull unlike cells together; the pipeline
+    therefore corrects with Harmony only when asked (``harmony=True``).
 
     Parameters
     ----------

@@ -52,7 +52,7 @@ from stepgraph.pipeline.outputs import (
 from stepgraph.pipeline.preprocess import ExpressionFeatures
 from stepgraph.pipeline.stages import StageLog
 from stepgraph.train.checkpointing import load_checkpoint, trusted_checkpoints
-from stepgraph.train.distributed import is_main_process
+from stepgraph.train.distributed import init_distributed, is_main_process
 from stepgraph.train.trainer import Trainer
 
 __all__ = ["run_pipeline"]
@@ -98,6 +98,28 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
     batch_key = config.batch_key if several else None
     obs = adata.obs[[batch_key]] if batch_key else None
     return BaseDataset(ad.AnnData(X=x, obs=obs), batch_key=batch_key), features
+
+
+#: The settings that make a run the same run: a resume that changes one is refused (epochs may grow).
+IDENTITY_FIELDS = ("spatial_key", "batch_key", "layer_key", "scale_per_section", "n_top_genes", "n_pcs",
+                   "feature_max_cells", "feature_clip", "feature_smooth", "method", "n_neighbors", "radius",
+                   "graph_scale", "batch_size", "fanout", "hidden_dim", "latent_dim", "conv", "activation", "lr",
+                   "split_rate", "patience", "delta", "seed", "backend")
+
+
+def run_identity(adata, config: PipelineConfig) -> dict:
+    """What makes a pipeline run the same run: the input's shape and a hash of its
+    ``obs_names`` and ``var_names``, and every setting of :data:`IDENTITY_FIELDS`
+    (graph, features, split, seed, batch size, model, optimiser, early
+    stopping). Plain values, saved in every training state."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for names in (adata.obs_names, adata.var_names):
+        digest.update(pd.util.hash_pandas_object(pd.Index(names), index=False).to_numpy().tobytes())
+        digest.update(b"|")
+    settings = {name: getattr(config, name) for name in IDENTITY_FIELDS}
+    return {"input_shape": [int(adata.n_obs), int(adata.n_vars)], "input_names": digest.hexdigest(), **settings}
 
 
 def _graph_radius(adata, config: PipelineConfig) -> float | None:
@@ -164,7 +186,10 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors,
                       radius=_graph_radius(adata, config), spatial_key=config.spatial_key,
                       batch_key=config.batch_key, progress=config.progress)
-        data = to_pyg(adata, batch_key=config.batch_key, edge_weight="connectivities")
+        # the loaders slice every attribute of the graph per batch: keep what the model reads
+        # (edges; their weights for GCN), not the distances, coordinates or sections
+        data = to_pyg(adata, pos=False, edge_weight="connectivities" if config.conv == "gcn" else None)
+        del data.edge_attr
     with stages.stage("features"):
         dataset, features = _model_input(adata, counts, config)
 
@@ -178,14 +203,17 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
                              activation=config.activation)
     if config.init_weights is not None:
         _initial_weights(model, config.init_weights, config.trust_checkpoint)
+    init_distributed(timeout=config.dist_timeout)  # under torchrun: no rank waits forever for another
     trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / CHECKPOINTS,
-                      seed=config.seed, progress=config.progress)
+                      seed=config.seed, progress=config.progress, precision=config.precision)
+    trainer.run_identity = run_identity(adata, config)  # a resume with other settings is refused
     trainer.lossconfig = {}  # the pipeline's own patience for every loss, not STEP's per-loss table
     trainer.defualt_lcfg.update(patience=config.patience, delta=config.delta)
     trainer.init_optimizer(lr=config.lr)
     stages.start_epochs()  # the trainer's writer hook closes each epoch's stage
     with trusted_checkpoints(config.trust_checkpoint):
-        stopped = trainer.train_node_sampler(epochs=config.epochs, gloader=(train_loader, valid_loader),
+        epochs = config.epochs_for(len(train_ind))  # --epochs, or sized to the tissue
+        stopped = trainer.train_node_sampler(epochs=epochs, gloader=(train_loader, valid_loader),
                                              dataset=dataset, resume_from=config.resume_from, writer=stages)
     if getattr(trainer, "interrupted", False):  # Ctrl-C: the state is saved, no outputs
         raise KeyboardInterrupt
@@ -242,6 +270,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     summary = {
         "n_obs": adata.n_obs,
         "epochs_run": len(trainer.history),
+        "epochs_max": epochs,
         "early_stopped": bool(stopped),
         "best_val_loss": None if trainer.best is None else trainer.best.best_score,
         "n_domains": n_domains,

@@ -3,6 +3,7 @@
 - :mod:`~stepgraph.train.trainer`: the Trainer, STEP's API as a thin facade;
 - :mod:`~stepgraph.train.feeds`: one feed per way of feeding a model (matrix,
   tensor batches, node sampling, full neighbourhoods, any other graph loader);
+- :mod:`~stepgraph.train.layerwise`: inference one layer for every node at a time;
 - :mod:`~stepgraph.train.loop`, :mod:`~stepgraph.train.state`,
   :mod:`~stepgraph.train.epoch`: the loop skeleton, its ``LoopState``, and the
   epoch core shared by every feed;

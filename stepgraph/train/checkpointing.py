@@ -221,6 +221,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint path={str(path)!r} does not exist")
     trusted = trusted or _TRUSTED.get()
+    _check_unpacked_size(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
     except Exception as err:  # torch raises many types for a corrupt file
@@ -239,6 +240,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted:
             f"checkpoint path={str(path)!r} is not a readable torch checkpoint "
             f"({type(err).__name__}: {detail})"
         ) from err
+
+
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse a checkpoint whose archive would unpack to far more than the file's
+    size (the bound of :func:`~stepgraph.data.safe_read.check_inflation`), before
+    :func:`torch.load` allocates it; ``torch.save`` stores its records uncompressed."""
+    import zipfile
+
+    from stepgraph.data.safe_read import check_inflation
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # not a zip archive: torch.load says what it is
+        return
+    check_inflation(declared, path.stat().st_size, f"checkpoint path={str(path)!r}",
+                    hint="torch.save stores a checkpoint uncompressed")
 
 
 def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> Path:
@@ -310,10 +328,14 @@ class BestWeights:
 
     def restore(self, model: torch.nn.Module, map_location: Any = "cpu") -> None:
         """Load the best weights into ``model``."""
-        if self._weights is not None:
-            model.load_state_dict(self._weights)
-        else:
-            model.load_state_dict(load_checkpoint(self.path, map_location=map_location))
+        weights = self._weights if self._weights is not None else load_checkpoint(self.path, map_location)
+        try:
+            model.load_state_dict(weights)
+        except (RuntimeError, TypeError, AttributeError) as err:  # another model's weights, or not weights
+            where = "the best weights kept in memory" if self._weights is not None else \
+                f"the best weights in {str(self.path)!r}"
+            detail = " ".join(str(err).split())[:300]
+            raise ValueError(f"{where} do not fit this model ({type(err).__name__}: {detail})") from None
 
     def state_dict(self) -> dict[str, Any]:
         """Best value, file and whether it was written; the weights themselves when
@@ -328,7 +350,7 @@ class BestWeights:
         old = Path(state["path"]) if state.get("path") else None
         weights, written = state.get("weights"), bool(state["checkpoint_written"])
         self.checkpoint_written, self._weights = False, None
-        if written and old is not None and old == self.path:
+        if written and old is not None and self.path is not None and old.absolute() == self.path.absolute():
             self.checkpoint_written = old.is_file()
         elif written and old is not None and old.is_file() and self.write:
             weights = load_checkpoint(old)
@@ -352,20 +374,32 @@ class TrainingCheckpoint:
     hints
         Per component, what to do when its saved state does not fit, added to
         the error message.
+    identity
+        What makes a run the same run (plain values by name: the input's shape
+        and a hash of its names, the graph, split, seed, batch size, model and
+        optimiser settings...). Saved with the state; :meth:`load` refuses a
+        file whose saved identity differs, naming the setting, the saved value
+        and the new one, before anything is restored.
 
     Notes
     -----
     The file holds tensors, numbers, strings, lists and dicts only, so it
-    loads with ``torch.load(..., weights_only=True)``.
+    loads with ``torch.load(..., weights_only=True)``. The best weights' file
+    is stored relative to the folder of the state's file, so a run resumes the
+    same from any working directory.
     """
 
     FORMAT = "stepgraph-training-state"
     VERSION = 2
+    #: Components every state must hold when this run has them.
+    REQUIRED = ("model", "optimizer", "early_stopping", "best", "trainer")
 
-    def __init__(self, components: dict[str, Any], strategy, hints: dict[str, str] | None = None):
+    def __init__(self, components: dict[str, Any], strategy, hints: dict[str, str] | None = None,
+                 identity: dict[str, Any] | None = None):
         self.components = components
         self.strategy = strategy
         self.hints = hints or {}
+        self.identity = identity
 
     def save(self, path: str | os.PathLike, progress: dict[str, Any], collective: bool = True) -> Path:
         """Write every component's state and ``progress`` to ``path``, atomically.
@@ -386,9 +420,13 @@ class TrainingCheckpoint:
         if not self.strategy.is_main:
             return Path(path)
         payload = {"format": self.FORMAT, "version": self.VERSION, "progress": dict(progress),
-                   "rng": rng}
+                   "rng": rng, "identity": None if self.identity is None else dict(self.identity)}
         for name, component in self.components.items():
             payload[name] = None if component is None else component.state_dict()
+        best = payload.get("best")
+        if isinstance(best, dict) and best.get("path"):  # relative to this file's folder, not to the cwd
+            best = payload["best"] = dict(best)
+            best["path"] = os.path.relpath(os.path.abspath(best["path"]), os.path.abspath(Path(path).parent))
         return atomic_save(payload, path)
 
     def load(self, path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -401,8 +439,6 @@ class TrainingCheckpoint:
             state does not fit the one given (another model, optimizer set-up
             or scheduler).
         """
-        from stepgraph.train.rng import set_rng_state
-
         source = f"resume_from={str(path)!r}"
         payload = load_checkpoint(path, map_location=map_location)
         if not isinstance(payload, dict) or payload.get("format") != self.FORMAT:
@@ -411,21 +447,79 @@ class TrainingCheckpoint:
         if payload.get("version") != self.VERSION:
             raise ValueError(f"{source} is a training state of format version {payload.get('version')}; "
                              f"this stepgraph reads version {self.VERSION}")
+        # the whole state is checked before anything is restored
+        self._check_identity(payload.get("identity"), source)
+        progress = self._check_progress(payload, source)
+        rng = self._check_rng(payload.get("rng"), source)
         for name, component in self.components.items():
             saved = payload.get(name)
-            hint = self.hints.get(name, "")
+            if component is not None and (name not in payload or (saved is None and name in self.REQUIRED)):
+                raise ValueError(f"{source} holds no {name} state: it is not a whole training state "
+                                 "(a damaged or edited file)")
+            if saved is not None and component is None:
+                raise ValueError(f"{source} holds a {name} state but this run has none; {self.hints.get(name, '')}")
+        for name, component in self.components.items():
+            saved = payload.get(name)
             if saved is None:
                 continue
-            if component is None:
-                raise ValueError(f"{source} holds a {name} state but this run has none; {hint}")
+            if name == "best" and isinstance(saved, dict) and saved.get("path") \
+                    and not os.path.isabs(str(saved["path"])):
+                saved = {**saved, "path": str(Path(path).parent / str(saved["path"]))}
             try:
                 component.load_state_dict(saved)
-            except (RuntimeError, ValueError, KeyError) as err:
+            except Exception as err:  # a state of another set-up, or ill-typed values
                 detail = " ".join(str(err).split())[:300]
-                raise ValueError(f"{source}: the saved {name} state does not fit ({detail}); {hint}") from None
-        rng = payload["rng"]
-        set_rng_state(rng[self.strategy.rank] if len(rng) == self.strategy.world_size else rng[0])
-        return payload["progress"]
+                raise ValueError(f"{source}: the saved {name} state does not fit ({type(err).__name__}: "
+                                 f"{detail}); {self.hints.get(name, '')}".rstrip("; ")) from None
+        from stepgraph.train.rng import set_rng_state
+
+        set_rng_state(rng)
+        return progress
+
+    def _check_identity(self, saved, source: str) -> None:
+        """Refuse a state written by another run (see ``identity``)."""
+        if self.identity is None or saved is None:
+            return
+        if not isinstance(saved, dict):
+            raise ValueError(f"{source}: its run identity is not a dict of settings (a damaged or edited file)")
+        for key, value in self.identity.items():
+            before = saved.get(key, "not recorded")
+            if before != value:
+                raise ValueError(f"{source} belongs to another run: {key} was {before!r} when it was saved, "
+                                 f"now {value!r}; resume with the settings of that run (only the number of "
+                                 "epochs may grow), or start a new run in another folder")
+
+    def _check_progress(self, payload: dict, source: str) -> dict[str, Any]:
+        progress = payload.get("progress")
+        ok = isinstance(progress, dict) and all(
+            isinstance(progress.get(k), int) and not isinstance(progress.get(k), bool) and progress[k] >= 0
+            for k in ("epoch", "step")) and isinstance(progress.get("stopped"), bool)
+        record = payload.get("trainer")
+        history = record.get("history") if isinstance(record, dict) else None
+        if ok and isinstance(history, list) and progress["epoch"] > len(history):
+            ok = False
+        if not ok:
+            raise ValueError(f"{source}: its progress {progress!r} is out of range (completed epochs and steps "
+                             "are counts no larger than the saved history; a damaged or edited file)")
+        return progress
+
+    def _check_rng(self, rng, source: str) -> dict[str, Any]:
+        """This rank's saved RNG state, tried on the generators and put back (nothing changes)."""
+        from stepgraph.train.rng import get_rng_state, set_rng_state
+
+        if not isinstance(rng, list | tuple) or not rng:
+            raise ValueError(f"{source}: its RNG state is missing or empty (a damaged or edited file)")
+        state = rng[self.strategy.rank] if len(rng) == self.strategy.world_size else rng[0]
+        current = get_rng_state()
+        try:
+            set_rng_state(state)
+        except Exception as err:
+            detail = " ".join(str(err).split())[:200]
+            raise ValueError(f"{source}: its RNG state is not valid ({type(err).__name__}: {detail}; a damaged "
+                             "or edited file)") from None
+        finally:
+            set_rng_state(current)
+        return state
 
 
 class Checkpointer:

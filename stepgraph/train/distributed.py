@@ -55,7 +55,7 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def init_distributed(backend: str | None = None) -> bool:
+def init_distributed(backend: str | None = None, timeout: float | None = None) -> bool:
     """Join the process group described by the environment, if any.
 
     Does nothing when a group is already initialised or when ``WORLD_SIZE`` is
@@ -66,6 +66,10 @@ def init_distributed(backend: str | None = None) -> bool:
     backend
         ``"gloo"`` or ``"nccl"``; by default nccl when CUDA is available, gloo
         otherwise.
+    timeout
+        Seconds a collective waits for the other ranks before it fails with an
+        error (torch's ``DistBackendError``), so that a rank that stops answering
+        cannot block the others forever; torch's default when ``None``.
 
     Returns
     -------
@@ -89,7 +93,12 @@ def init_distributed(backend: str | None = None) -> bool:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    if timeout is None:
+        dist.init_process_group(backend=backend)
+    else:
+        from datetime import timedelta
+
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=float(timeout)))
     _OWNS_GROUP = True
     atexit.register(destroy_owned_group)
     return is_distributed()

@@ -68,7 +68,8 @@ def _train_steps(hooks, state: LoopState, batches: Iterable, loss_call: Callable
     with Progress(total, f"Epoch {state.epoch}/{state.epochs} steps", "batches",
                   enabled=hooks.progress and total != 1, final_line=False) as progress:
         for step, batch in enumerate(batches):
-            out = loss_call(batch, step)
+            with hooks.autocast():  # the forward pass in the trainer's precision
+                out = loss_call(batch, step)
             progress.update()
             if out is None:  # nothing to train on in this batch (e.g. no train node)
                 continue
@@ -100,7 +101,7 @@ def evaluate(hooks, batches: Iterable, loss_call: Callable, meter: LossMeter | N
     hooks.model.eval()
     meter = LossMeter() if meter is None else meter
     try:
-        with torch.no_grad():
+        with torch.no_grad(), hooks.autocast():
             for step, batch in enumerate(batches):
                 out = loss_call(batch, step)
                 if out is not None:

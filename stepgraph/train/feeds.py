@@ -49,8 +49,13 @@ LossCall = Callable[[Any, int], "tuple[Mapping[str, Any], float] | None"]
 
 # ---------------------------------------------------------------- batch helpers
 def to_device(obj, device):
-    """``obj`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``."""
+    """``obj`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``.
+
+    To a CUDA device, a CPU tensor is first copied to pinned (page-locked) memory,
+    so that the copy is asynchronous (``non_blocking``) and overlaps the GPU's work."""
     if isinstance(obj, torch.Tensor):
+        if obj.device.type == "cpu" and torch.device(device).type == "cuda":
+            obj = obj.pin_memory()
         return obj.to(device, non_blocking=True)
     if isinstance(obj, Mapping):
         return {k: to_device(v, device) for k, v in obj.items()}
@@ -108,12 +113,11 @@ def graph_inputs(batch, dataset, device, per_hop: bool = False) -> dict[str, Any
     with ``per_hop``, the batch's per-hop node and edge counts too (see
     :func:`takes_per_hop`)."""
     n_id = batch.n_id
-    inputs = {"x": dataset.features(n_id).to(device, non_blocking=True),
-              "edge_index": batch.edge_index.to(device, non_blocking=True)}
+    inputs = {"x": to_device(dataset.features(n_id), device), "edge_index": to_device(batch.edge_index, device)}
     if getattr(batch, "edge_weight", None) is not None:
-        inputs["edge_weight"] = batch.edge_weight.to(device, non_blocking=True)
+        inputs["edge_weight"] = to_device(batch.edge_weight, device)
     if dataset.batch_label is not None:
-        inputs["batch_label"] = dataset.labels("batch_label", n_id).to(device, non_blocking=True)
+        inputs["batch_label"] = to_device(dataset.labels("batch_label", n_id), device)
     if per_hop and all(getattr(batch, attr, None) is not None for attr in PER_HOP_INPUTS.values()):
         inputs.update({name: list(getattr(batch, attr)) for name, attr in PER_HOP_INPUTS.items()})
     return inputs

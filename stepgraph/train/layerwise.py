@@ -98,9 +98,11 @@ def weighted_sum(src: Tensor, dst: Tensor, values: Tensor | None, n_out: int, x:
     several times faster on a CPU than gathering one row per edge and adding them up."""
     crow = torch.zeros(n_out + 1, dtype=torch.long, device=dst.device)
     torch.cumsum(torch.bincount(dst, minlength=n_out), 0, out=crow[1:])
+    if x.dtype in (torch.bfloat16, torch.float16):
+        x = x.float()  # under autocast: sparse products are float32 (no bf16 kernel on CPU)
     if values is None:
         values = torch.ones(src.numel(), dtype=x.dtype, device=x.device)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.autocast(x.device.type, enabled=False):
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # "beta", "invariant checks"
         matrix = torch.sparse_csr_tensor(crow, src, values.to(x.dtype), size=(n_out, x.size(0)))
         return matrix @ x

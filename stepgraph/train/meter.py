@@ -16,7 +16,11 @@ METADATA_KEYS = frozenset({"graph_ids"})
 def without_metadata(loss_dict: Mapping[str, object]) -> dict[str, object]:
     """``loss_dict`` without its metadata keys (:data:`METADATA_KEYS`): the one place
     where ``graph_ids`` is dropped. The training core applies it to every loss dict
-    a loss call returns; the public accumulators apply it to what users pass them."""
+    a loss call returns; the public accumulators apply it to what users pass them.
+    Anything but a mapping is refused with a ``TypeError`` naming its type."""
+    if not isinstance(loss_dict, Mapping):
+        raise TypeError(f"a loss call must return a dict of named losses, e.g. {{'recon_loss': tensor}}, "
+                        f"got {type(loss_dict).__name__}")
     return {k: v for k, v in loss_dict.items() if k not in METADATA_KEYS}
 
 

@@ -16,6 +16,7 @@ the LR scheduler. Data parallelism is the strategy's business
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ __all__ = ["Trainer", "NonFiniteLossError"]
 INPUT_NAMES = {1: ("x",), 2: ("x", "batch_label"), 3: ("x", "class_label", "batch_label"),
                4: ("x", "rep", "domains", "batch_label")}
 NONFINITE_POLICIES = ("raise", "skip")
+#: The ``precision`` values (Lightning's names) and the one each stands for.
+PRECISIONS = {"32": "32", "32-true": "32", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed"}
 
 #: STEP's per-loss early-stopping settings (``Trainer.lossconfig``) and its default.
 STEP_LOSSCONFIG = {"recon_loss": {"patience": 30, "delta": 1e-2}, "kl_loss": {"patience": 10, "delta": 1e-3},
@@ -54,6 +57,11 @@ STEP_DEFAULT_LCFG = {"patience": 15, "delta": 1e-3}
 def _as_tensors(losses: Mapping[str, float]) -> dict[str, torch.Tensor]:
     """Losses as 0-d tensors, as STEP's methods return them (``.item()`` and ``float()`` both work)."""
     return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in losses.items()}
+
+
+def _full_precision(out: torch.Tensor | None) -> torch.Tensor | None:
+    """Predictions made under bfloat16 autocast, as float32 (others as they are)."""
+    return out.float() if out is not None and out.dtype == torch.bfloat16 else out
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -108,6 +116,13 @@ class Trainer:
         a process group of several processes; see ``docs/distributed.md``.
     find_unused_parameters
         Passed to DistributedDataParallel.
+    precision
+        ``"32"`` (default; also ``32``, ``"32-true"``): float32 throughout.
+        ``"bf16-mixed"``: the forward passes (training, validation, prediction)
+        run under :func:`torch.autocast` with bfloat16 on :attr:`device`, while
+        the weights, gradients and optimizer state stay float32, as Lightning's
+        ``precision="bf16-mixed"``; it needs no loss scaling. Worth it on GPUs
+        with bfloat16 units (Ampere and later); on a CPU it is often slower.
     on_nonfinite
         ``"raise"`` stops at a NaN or infinite training loss with
         :class:`NonFiniteLossError`; ``"skip"`` skips such batches, counted in
@@ -146,6 +161,13 @@ class Trainer:
     interrupted : bool
         Whether the last run was stopped by ``KeyboardInterrupt`` (it wrote
         ``interrupted.pt``).
+    run_identity : dict or None
+        What makes this run the same run (plain values by name, e.g. the
+        input's shape, the graph and split settings, the seed); saved in every
+        training state, and a ``resume_from`` state saved with another identity
+        is refused, naming the setting that changed (see
+        :class:`~stepgraph.train.checkpointing.TrainingCheckpoint`). ``None``
+        (default): not recorded, not checked.
 
     Examples
     --------
@@ -161,10 +183,14 @@ class Trainer:
                  use_earlystop: bool = True,
                  progress: bool = True, trace_func: Callable[[str], Any] = print,
                  checkpoint_every: int = 1, on_nonfinite: str = "raise",
-                 distributed: bool | None = None, find_unused_parameters: bool = False):
+                 distributed: bool | None = None, find_unused_parameters: bool = False,
+                 precision: str | int = "32"):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got model of type {type(model).__name__}")
         check_choice(on_nonfinite, "on_nonfinite", NONFINITE_POLICIES)
+        self.precision = PRECISIONS.get(str(precision))
+        if self.precision is None:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got precision={precision!r}")
         checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=0)
         self.seed = check_int(seed, "seed", allow_none=True)
         self.grad_clip = check_number(grad_clip, "grad_clip", positive=True, allow_none=True)
@@ -188,6 +214,7 @@ class Trainer:
         self.lr_scheduler = None
         self._graph_dataset = None
         self._active_feed: feeds.Feed | None = None
+        self.run_identity: dict[str, Any] | None = None
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -288,6 +315,13 @@ class Trainer:
     def mode_switch_to_train(self) -> None:
         """Put the model in training mode."""
         self.model.train()
+
+    def autocast(self):
+        """The context of every forward pass: :func:`torch.autocast` to bfloat16 on
+        :attr:`device` under ``precision="bf16-mixed"``, nothing under ``"32"``."""
+        if self.precision == "bf16-mixed":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def init_optimizer(self, lr: float = 0.001, tune_lr: float = 0.0001, stage: int = 1,
                        tune_batch_embedding: bool = True) -> torch.optim.Optimizer:
@@ -518,7 +552,7 @@ class Trainer:
                               "interrupted run",
                  "lr_scheduler": "call set_lr_scheduler as in the interrupted run before resuming",
                  "path": "resume with the same training call and loaders"}
-        return TrainingCheckpoint(components, self.strategy, hints)
+        return TrainingCheckpoint(components, self.strategy, hints, identity=self.run_identity)
 
     @staticmethod
     def _training_progress(state: LoopState, completed: int, stopped: bool) -> dict[str, Any]:
@@ -875,7 +909,8 @@ class Trainer:
         func = getattr(self.net, method, None)
         if not callable(func):
             raise AttributeError(f"method must name a method of the model, got method={method!r}")
-        return feeds.predict_nodes(self.model, func, gloader, dataset, self.device)
+        with self.autocast():
+            return _full_precision(feeds.predict_nodes(self.model, func, gloader, dataset, self.device))
 
     def predict_layerwise(self, graph, dataset=None, method: str = "encode",
                           chunk_size: int = layerwise.DEFAULT_CHUNK_SIZE) -> torch.Tensor:
@@ -922,8 +957,10 @@ class Trainer:
                                 "as graph, which predict_gloader iterates")
             return self.predict_gloader(graph, dataset, method=method)
         data = graph.data if loader else graph
-        return layerwise.predict_layerwise(self.model, plan, data, dataset, self.device, chunk_size,
-                                           progress=self.progress, non_blocking=self.device.type == "cuda")
+        with self.autocast():
+            return _full_precision(layerwise.predict_layerwise(self.model, plan, data, dataset, self.device,
+                                                               chunk_size, progress=self.progress,
+                                                               non_blocking=self.device.type == "cuda"))
 
     @staticmethod
     def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,

@@ -66,7 +66,7 @@ def refused(argv, path, capsys, *patterns) -> str:
 
 
 def train(path, out, *extra):
-    return ["train", path, "--out", out, *FAST, *extra]
+    return [str(a) for a in ["train", path, "--out", out, *FAST, *extra]]
 
 
 # ------------------------------------------------------------ broken files
@@ -383,3 +383,389 @@ def test_truncated_file_through_a_subprocess(good_file, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a readable .h5ad file" in lines[0] and "Traceback" not in result.stderr
     assert digest(path) == before
+
+
+# ------------------------------------------------- HDF5 files from strangers
+def _copy(good_file, tmp_path, name="stranger.h5ad") -> Path:
+    path = tmp_path / name
+    shutil.copy(good_file, path)
+    return path
+
+
+def _nothing_written(out: Path) -> None:
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+SECRET = b"root:x:0:0:root:/root:/bin/bash\nsecret-token-1234\n"  # stands in for /etc/passwd
+
+
+def _external_link(path, tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["secret"] = np.frombuffer(SECRET, np.uint8)
+    with h5py.File(path, "r+") as f:
+        f["uns"]["leak"] = h5py.ExternalLink(str(other), "/secret")
+    return ["external link", "other.h5"]
+
+
+def _external_storage(path, tmp_path):
+    secret = tmp_path / "passwd"
+    secret.write_bytes(SECRET)
+    with h5py.File(path, "r+") as f:
+        f["uns"].create_dataset("passwd", shape=(len(SECRET),), dtype="u1",
+                                external=[(str(secret), 0, len(SECRET))])
+    return ["'/uns/passwd'", "external storage", "passwd"]
+
+
+def _virtual_dataset(path, tmp_path):
+    other = tmp_path / "source.h5"
+    with h5py.File(other, "w") as f:
+        f["data"] = np.frombuffer(SECRET, np.uint8)
+    layout = h5py.VirtualLayout(shape=(len(SECRET),), dtype="u1")
+    layout[:] = h5py.VirtualSource(str(other), "data", shape=(len(SECRET),))
+    with h5py.File(path, "r+") as f:
+        f["uns"].create_virtual_dataset("mirror", layout)
+    return ["'/uns/mirror'", "virtual dataset", "source.h5"]
+
+
+def _gzip_bomb(path, tmp_path):
+    """128 MiB of zeros that gzip keeps in about 130 KB."""
+    chunk = 1 << 20
+    with h5py.File(path, "r+") as f:
+        ds = f["uns"].create_dataset("bomb", shape=(32 * chunk,), dtype="f4", chunks=(chunk,),
+                                     compression="gzip", compression_opts=9)
+        zeros = np.zeros(chunk, np.float32)
+        for i in range(32):
+            ds[i * chunk:(i + 1) * chunk] = zeros
+    assert path.stat().st_size < 1 << 20
+    return ["declares 128.", "'/uns/bomb' alone", "compression bomb", "--max-inflation"]
+
+
+def _unwritten_giant(path, tmp_path):
+    """A dataset that declares 8 GB and stores nothing (HDF5 fills it on read)."""
+    with h5py.File(path, "r+") as f:
+        f["uns"].create_dataset("giant", shape=(10**9,), dtype="f8", chunks=(10**6,))
+    return ["declares 7.5 GB", "'/uns/giant' alone"]
+
+
+@pytest.mark.parametrize("backed", [False, True], ids=["memory", "backed"])
+@pytest.mark.parametrize("build", [_external_link, _external_storage, _virtual_dataset, _gzip_bomb,
+                                   _unwritten_giant])
+def test_files_that_point_outside_or_inflate_are_refused_before_reading(build, backed, good_file, tmp_path,
+                                                                         capsys):
+    path = _copy(good_file, tmp_path)
+    patterns = build(path, tmp_path)
+    before = digest(path)
+    out = tmp_path / "out"
+    line = refused(train(path, out, *(["--backed"] if backed else [])), path, capsys, "refused", *patterns)
+    assert "secret-token" not in line
+    assert digest(path) == before
+    _nothing_written(out)
+
+
+def test_the_inflation_bound_can_be_raised_for_a_trusted_file(good_file, tmp_path, capsys):
+    path = _copy(good_file, tmp_path)
+    _gzip_bomb(path, tmp_path)
+    out = tmp_path / "out"
+    assert main(train(path, out, "--max-inflation", "100000")) == 0
+    assert (out / "adata.h5ad").is_file()
+
+
+def _bad_indices(f):
+    f["X/indices"][5] = 10**6
+
+
+def _indptr_past_the_data(f):
+    indptr = f["X/indptr"]
+    indptr[-1] = indptr[-1] + 10**6
+
+
+def _huge_declared_shape(f):
+    f["X"].attrs["shape"] = np.array([f["X"].attrs["shape"][0], 10**12])
+
+
+def _decreasing_indptr(f):
+    indptr = f["X/indptr"]
+    indptr[10] = indptr[20]
+
+
+@pytest.mark.parametrize("backed", [False, True], ids=["memory", "backed"])
+@pytest.mark.parametrize("damage, pattern", [
+    (_bad_indices, "its indices must lie in [0, 20), got [0, 1000000]"),
+    (_indptr_past_the_data, "not a non-decreasing sequence within the stored values"),
+    (_huge_declared_shape, "its shape is (200, 1000000000000), but the file's cells and genes make it (200, 20)"),
+    (_decreasing_indptr, "not a non-decreasing sequence"),
+])
+def test_malformed_csr_is_one_line_in_memory_and_backed(damage, pattern, backed, good_file, tmp_path, capsys):
+    path = _copy(good_file, tmp_path)
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    out = tmp_path / "out"
+    refused(train(path, out, *(["--backed"] if backed else [])), path, capsys,
+            "adata.X is a malformed CSR matrix", pattern)
+    _nothing_written(out)
+
+
+def test_checkpoint_that_inflates_is_refused_before_torch_load(good_file, tmp_path, capsys):
+    """A state_dict re-zipped with deflate: 80 MiB of zeros in a file of about 80 KB."""
+    import zipfile
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(20 * 2**20)}, plain)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    assert bomb.stat().st_size < 1 << 20
+    out = tmp_path / "out"
+    refused(train(good_file, out, "--init-weights", bomb), good_file, capsys,
+            "checkpoint path=", "bomb.pt", "declares 80.0 MB", "refused before reading it")
+    with pytest.raises(ValueError, match="compression bomb"):
+        load_checkpoint(bomb)
+    _nothing_written(out)
+
+
+# ------------------------------------------------------------ bad counts and options
+def test_negative_counts_name_how_many_cells(good_file, tmp_path, capsys):
+    path = tmp_path / "negative.h5ad"
+    adata = tissue()
+    adata.X = adata.X.toarray()
+    adata.X[[3, 7, 9], 0] = -1.0
+    adata.write_h5ad(path)
+    for backed in ([], ["--backed"]):
+        refused(train(path, tmp_path / "out", *backed), path, capsys,
+                "adata.X holds negative values in 3 of 200 cells", f"obs {adata.obs_names[3]!r}")
+    everything = tmp_path / "all_negative.h5ad"
+    adata.X = -np.abs(adata.X) - 1
+    adata.write_h5ad(everything)
+    refused(train(everything, tmp_path / "out"), everything, capsys, "in 200 of 200 cells")
+    _nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("option, pattern", [
+    (["--device", "foo"], "--device 'foo' is not a device"),
+    (["--device", "cuda:99"], "--device 'cuda:99'"),
+    (["--radius", "0"], "--radius: expected a positive number, got '0'"),
+    (["--radius", "-1"], "--radius: expected a positive number"),
+    (["--graph-scale", "0"], "--graph-scale: expected a positive number, got '0'"),
+    (["--dist-timeout", "0"], "--dist-timeout: expected a positive number"),
+])
+def test_bad_options_are_one_line_before_any_work(option, pattern, good_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors exit 2 too
+        code = main(train(good_file, out, *option))
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert pattern in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("stepgraph")
+    _nothing_written(out)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line(good_file, tmp_path, capsys):
+    refused(train(good_file, tmp_path / "out", "--device", "cuda"), good_file, capsys,
+            "--device 'cuda': CUDA is not available on this machine", "use --device cpu")
+    _nothing_written(tmp_path / "out")
+
+
+def test_duplicate_coordinates_cannot_make_the_radius_graph_quadratic(tmp_path, capsys):
+    path = tmp_path / "stacked.h5ad"
+    adata = ad.AnnData(sp.random(15_000, 5, density=0.5, format="csr", dtype=np.float32, random_state=0))
+    adata.obsm["spatial"] = np.zeros((15_000, 2))
+    adata.obsm["spatial"][:50] = np.random.default_rng(0).random((50, 2)) * 100
+    adata.write_h5ad(path)
+    output = tmp_path / "graph.h5ad"
+    refused(["graph", path, "--method", "radius", "--radius", "1", "--output", output], path, capsys,
+            "2.23e+08 edges", "more than the bound of 256", "14950 cells share their coordinates",
+            "Remove duplicate coordinates")
+    assert not output.exists()
+
+
+def test_a_loss_that_is_not_a_dict_names_its_type():
+    from stepgraph import BaseDataset as Dataset
+    from stepgraph import Trainer
+    from tests.conftest import TinyAutoencoder
+
+    class TensorLoss(TinyAutoencoder):
+        def loss(self, x, **kw):
+            return super().loss(x, **kw)["recon_loss"]
+
+    ds = Dataset(tissue())
+    trainer = Trainer(TensorLoss(ds.n_vars), progress=False)
+    with pytest.raises(TypeError, match=r"must return a dict of named losses.*got Tensor"):
+        trainer.train_batch(epochs=1, loaders=Trainer.make_loaders(ds, 64, split_rate=0))
+
+
+# ------------------------------------------------------------ links in --out
+def test_input_hard_linked_into_out_is_refused(good_file, tmp_path, capsys):
+    path = _copy(good_file, tmp_path, "input.h5ad")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("adata.h5ad", "summary.json"):
+        os.link(path, out / name)
+        refused(train(path, out), path, capsys, "would overwrite the input file", name, "the same file")
+        os.unlink(out / name)
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_symlinks_planted_in_out_are_replaced_never_followed(good_file, tmp_path, capsys):
+    path = _copy(good_file, tmp_path, "input.h5ad")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "history.json").symlink_to("../input.h5ad")  # the input: refused
+    refused(train(path, out), path, capsys, "would overwrite the input file", "history.json")
+    (out / "history.json").unlink()
+    for name in ("history.json", "figure.png", "adata.h5ad"):  # any other file: the link is replaced
+        (out / name).symlink_to(victim)
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "best.pt").symlink_to(victim)
+    before = digest(path)
+    assert main(train(path, out)) == 0
+    assert victim.read_text() == "keep me" and digest(path) == before
+    for name in ("history.json", "figure.png", "adata.h5ad", "checkpoints/best.pt"):
+        assert not (out / name).is_symlink() and (out / name).is_file(), name
+    json.loads((out / "history.json").read_text())
+
+
+def test_links_that_lead_out_of_out_are_refused(good_file, tmp_path, capsys):
+    path = _copy(good_file, tmp_path, "input.h5ad")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoints").symlink_to(elsewhere)
+    refused(train(path, out), path, capsys, "checkpoints", "is a symbolic link", "only inside --out")
+    assert list(elsewhere.iterdir()) == []
+    (out / "checkpoints").unlink()
+    assert main(train(path, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    last = out / "checkpoints" / "last.pt"
+    shutil.move(last, elsewhere / "last.pt")
+    last.symlink_to(elsewhere / "last.pt")
+    refused(train(path, out, "--epochs", "2", "--resume"), path, capsys, "last.pt", "is a symbolic link",
+            "read only from files inside --out")
+
+
+def test_graph_output_that_is_another_name_for_the_input_is_refused(good_file, tmp_path, capsys):
+    path = _copy(good_file, tmp_path, "input.h5ad")
+    os.link(path, tmp_path / "hard.h5ad")
+    (tmp_path / "soft.h5ad").symlink_to(path)
+    for other in ("hard.h5ad", "soft.h5ad"):
+        refused(["graph", path, "--output", tmp_path / other, "--overwrite"], path, capsys,
+                "is another name (a hard or symbolic link) for the input")
+    assert main(["graph", str(path), "--output", str(path), "--overwrite"]) == 0  # into INPUT, on purpose
+    assert "spatial_connectivities" in ad.read_h5ad(path).obsp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.h5ad", "input.h5ad", "soft.h5ad"]
+
+
+# --------------------------------------------------- tampered training states
+@pytest.fixture(scope="module")
+def finished_run(good_file, tmp_path_factory):
+    """A run of 2 epochs: its --out holds last.pt and best.pt."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(train(good_file, out, "--epochs", "2")) == 0
+    return out
+
+
+def _tampered(finished_run, tmp_path, edit, name="last.pt") -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    path = out / "checkpoints" / name
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+    return out
+
+
+def _drop(key):
+    return lambda state: state.pop(key)
+
+
+def _set(key, value):
+    return lambda state: state.__setitem__(key, value)
+
+
+def _progress(epoch):
+    return lambda state: state["progress"].__setitem__("epoch", epoch)
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (_drop("model"), "holds no model state"),
+    (_drop("optimizer"), "holds no optimizer state"),
+    (_set("model", None), "holds no model state"),
+    (_set("rng", []), "its RNG state is missing or empty"),
+    (_set("rng", [{"python": "garbage"}]), "its RNG state is not valid"),
+    (_progress(-5), "is out of range"),
+    (_progress(10**9), "is out of range"),
+    (_set("early_stopping", "not a state"), "the saved early_stopping state does not fit"),
+])
+def test_tampered_training_state_is_one_line_and_changes_nothing(edit, pattern, good_file, finished_run,
+                                                                 tmp_path, capsys):
+    out = _tampered(finished_run, tmp_path, edit)
+    before = {p: digest(p) for p in out.rglob("*") if p.is_file()}
+    refused(train(good_file, out, "--epochs", "3", "--resume"), good_file, capsys, "resume_from=", pattern)
+    assert {p: digest(p) for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_wrong_shaped_best_weights_are_one_line(good_file, finished_run, tmp_path, capsys):
+    def shrink(state):
+        key = next(k for k, v in state.items() if v.ndim == 2)
+        state[key] = state[key][:, :1].clone()
+
+    out = _tampered(finished_run, tmp_path, shrink, name="best.pt")
+    # no epoch left to run: the end of training restores best.pt
+    refused(train(good_file, out, "--epochs", "2", "--resume"), good_file, capsys,
+            "best weights in", "best.pt", "do not fit this model")
+    assert not (out / "adata.h5ad").exists() or digest(out / "adata.h5ad") == digest(finished_run / "adata.h5ad")
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (["--lr", "0.1"], "lr was 0.003 when it was saved, now 0.1"),
+    (["--seed", "4"], "seed was 0 when it was saved, now 4"),
+    (["--batch-size", "32"], "batch_size was 64 when it was saved, now 32"),
+    (["--fanout", "4"], "fanout was [3] when it was saved, now [4]"),
+    (["--n-neighbors", "5"], "n_neighbors was 6 when it was saved, now 5"),
+    (["--patience", "9"], "patience was 5 when it was saved, now 9"),
+    (["--split-rate", "0.2"], "split_rate was 0.1 when it was saved, now 0.2"),
+])
+def test_resume_with_other_settings_names_the_setting(change, pattern, good_file, finished_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = {p: digest(p) for p in out.rglob("*") if p.is_file()}
+    refused(train(good_file, out, "--epochs", "3", "--resume", *change), good_file, capsys,
+            "belongs to another run", pattern, "only the number of epochs may grow")
+    assert {p: digest(p) for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_on_another_tissue_is_refused(finished_run, tmp_path, capsys):
+    other = tmp_path / "other.h5ad"
+    tissue(seed=4, n_cells=210).write_h5ad(other)
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    refused(train(other, out, "--epochs", "3", "--resume"), other, capsys,
+            "belongs to another run", "input_shape was [200, 20] when it was saved, now [210, 20]")
+    same_shape = tmp_path / "same_shape.h5ad"
+    renamed = tissue()
+    renamed.obs_names = [f"other{i}" for i in range(renamed.n_obs)]
+    renamed.write_h5ad(same_shape)
+    refused(train(same_shape, out, "--epochs", "3", "--resume"), same_shape, capsys,
+            "belongs to another run", "input_names was")
+
+
+def test_resume_from_another_working_directory_keeps_this_runs_best_weights(good_file, tmp_path, capsys,
+                                                                            monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    assert main(train(good_file, "run", "--epochs", "2")) == 0
+    last = load_checkpoint(first / "run" / "checkpoints" / "last.pt")
+    assert last["best"]["path"] == "best.pt"  # relative to the checkpoint's folder
+    monkeypatch.chdir(second)
+    assert main(train(good_file, first / "run", "--epochs", "3", "--resume")) == 0
+    summary = json.loads((first / "run" / "summary.json").read_text())
+    assert Path(summary["outputs"]["checkpoint"]).resolve() == (first / "run" / "checkpoints" / "best.pt")
+    assert list(second.iterdir()) == []  # nothing written in the working directory

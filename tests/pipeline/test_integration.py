@@ -88,6 +88,34 @@ def test_embedding_2d_places_at_most_max_cells():
     assert np.isfinite(xy).all()
 
 
+def test_features_standardised_per_section_remove_the_sections_offsets(tmp_path):
+    """Per-section z-scores: each section's features are centred on their own,
+    the same per block of rows and on disk; without the codes they refuse."""
+    from stepgraph.graph import spatial_graph
+    from stepgraph.graph.spatial import section_codes
+    from stepgraph.pipeline.preprocess import ExpressionFeatures
+    from stepgraph.synthetic import synthetic_tissue
+
+    adata = synthetic_tissue(n_cells=1500, n_sections=3, n_genes=60, seed=1, section_effect=1.0)
+    codes = section_codes(adata, "section")[0]
+    conn, _ = spatial_graph(adata, n_neighbors=8, batch_key="section", copy=True)
+    pooled = ExpressionFeatures(n_components=8).fit(adata.X, conn).transform(adata.X)
+    features = ExpressionFeatures(n_components=8, max_cells=1000).fit(adata.X, conn, codes)
+    x = features.transform(adata.X, codes)
+    offsets = [np.abs(np.stack([f[codes == c].mean(axis=0) for c in range(3)])).max() for f in (pooled, x)]
+    assert offsets[1] < 0.2 < 1.0 < offsets[0], offsets
+    rows = np.array([5, 1400, 3, 3])
+    np.testing.assert_allclose(features(adata.X[rows], codes[rows]), x[rows], rtol=1e-5, atol=1e-5)
+    adata.write_h5ad(tmp_path / "t.h5ad")
+    backed = ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
+    on_disk = ExpressionFeatures(n_components=8, max_cells=1000).fit(backed.X, conn, codes)
+    np.testing.assert_allclose(on_disk.transform(backed.X, codes), x, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="fitted per section: pass sections="):
+        features.transform(adata.X)
+    with pytest.raises(ValueError, match="sections must hold one"):
+        ExpressionFeatures().fit(adata.X, conn, codes[:-1])
+
+
 def _per_section_ari(adata) -> float:
     sections = adata.obs["section"]
     return float(np.mean([adjusted_rand_index(adata.obs["domain"][sections == name],
@@ -163,3 +191,20 @@ def test_four_dlpfc_sections_keep_their_floor(tmp_path):
     known = adata.obs["domain"].notna().to_numpy()
     assert summary["ari"] >= 0.45 and _per_section_ari(adata[known]) >= 0.45, summary["ari"]
     assert summary["integration"]["mixing"] > 0.4
+
+
+def test_bench_domains_reports_joint_per_section_and_mixing_side_by_side(tmp_path):
+    from stepgraph.bench.domains import domain_table, run_domain_benchmark
+    from stepgraph.synthetic import synthetic_tissue
+
+    path = tmp_path / "tissue.h5ad"
+    synthetic_tissue(n_cells=600, n_sections=2, n_genes=40, seed=3, section_effect=1.0).write_h5ad(path)
+    result = run_domain_benchmark(path, "domain", batch_key="section", seeds=(0,),
+                                  methods=["neighbor_mean", "pca_kmeans"])
+    for run in result["runs"]:
+        assert set(run["ari_sections"]) == {"section0", "section1"}
+        assert run["ari_per_section"] == pytest.approx(np.mean(list(run["ari_sections"].values())))
+        assert 0.0 <= run["mixing"] <= 1.0
+    table = domain_table(result)
+    assert "| method | joint ARI | per-section ARI | mixing |" in table
+    assert f"{result['summary']['pca_kmeans']['mixing']['median']:.3f}" in table
