@@ -4,6 +4,10 @@ neighbour-mean and the non-spatial (PCA + k-means) baselines, several seeds.
 The same as ``stepgraph bench domains``; by default on the shared real tissue
 (Visium DLPFC 151510, 500 genes), one thread per run. Prints a markdown table
 (median [min, max] over seeds) and writes benchmarks/results/domains.{json,md}.
+With ``--batch-key`` and several sections the table gives the joint ARI, the
+mean ARI within each section and the sections' mixing score side by side, e.g.
+on the four DLPFC sections (``../shared/data/real/dlpfc_donor3_4sections.h5ad
+--batch-key section``).
 
     python benchmarks/domains.py [FILE.h5ad --truth-key KEY --batch-key KEY --seeds 0,1,2]
 """

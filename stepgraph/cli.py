@@ -26,6 +26,7 @@ import inspect
 import os
 import re
 import signal
+import stat
 import sys
 import tempfile
 import types
@@ -77,24 +78,21 @@ def _seeds(text: str) -> list[int]:
     return values
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _positive(kind: type, what: str):
+    """An argparse ``type`` that parses ``kind`` and accepts finite values above zero only."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+_positive_int = _positive(int, "integer")
+_positive_float = _positive(float, "number")
 
 
 #: The options that ``stepgraph demo`` shares with ``stepgraph train``.
@@ -205,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         "domains", help="spatial domains: the pipeline vs training-free baselines on an annotated h5ad",
         description="Run stepgraph's pipeline, the neighbour-mean baseline and the non-spatial baseline "
         "(PCA + k-means) on INPUT with several seeds, each run in a fresh process, and report ARI and NMI "
-        "against --truth-key, time and peak memory (median [min, max] over seeds), as a markdown table "
+        "against --truth-key (with --batch-key and several sections: the joint ARI, the mean ARI within "
+        "each section and the sections' mixing score), time and peak memory (median [min, max] over seeds), as a markdown table "
         "and JSON.")
     domains.add_argument("input", help="input .h5ad file (raw counts in X, true domains in obs)")
     domains.add_argument("--truth-key", required=True, help="obs column of the true domains")
@@ -333,6 +332,10 @@ def _locked(out: Path):
         raise UserError(f"--out {str(out)!r}: cannot open its lock file {str(path)!r} "
                         f"({err.strerror or err})") from None
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link to a file of the user's
+            raise UserError(f"--out {str(out)!r}: its lock file {str(path)!r} is not a plain file of its own "
+                            "(a link to another file?); remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -16,7 +16,6 @@ time, reading excluded. Used by ``stepgraph bench domains`` and
 from __future__ import annotations
 
 import json
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context

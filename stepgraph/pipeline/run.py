@@ -37,7 +37,12 @@ from stepgraph.pipeline.domains import (
     refine_domains,
 )
 from stepgraph.pipeline.figures import save_domain_figure, save_embedding_figure
-from stepgraph.pipeline.integration import IntegrationWarning, cluster_per_section, harmonize, integration_report
+from stepgraph.pipeline.integration import (
+    IntegrationWarning,
+    cluster_per_section,
+    harmonize,
+    integration_report,
+)
 from stepgraph.pipeline.outputs import (
     ADATA,
     CHECKPOINTS,

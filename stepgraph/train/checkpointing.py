@@ -141,14 +141,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     Returns
     -------
     pathlib.Path
-        The path written.
-
-    Raises
-    ------
-    OSError
-        When the file cannot be written (a full disk, a read-only folder). The
-        message names the path and says that the previous file at ``path``, if
-        any, is left intact; the temporary file is removed.
+        The path written. A failed write raises :func:`atomic_write`'s ``OSError``.
     """
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:

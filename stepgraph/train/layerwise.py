@@ -205,7 +205,7 @@ def predict_layerwise(model: torch.nn.Module, plan: LayerwisePlan, data, dataset
             for layer in plan.layers:
                 rows = features if h is None else (lambda start, stop, h=h: h[start:stop])
                 t = _rowwise(layer.transform, rows, num_nodes, chunks, chunk_size, bar)
-                del h
+                del h, rows  # the previous layer's outputs are freed: two node-sized tensors at most
 
                 def aggregate(bounds, t=t, layer=layer):
                     start, stop = bounds

@@ -769,3 +769,15 @@ def test_resume_from_another_working_directory_keeps_this_runs_best_weights(good
     summary = json.loads((first / "run" / "summary.json").read_text())
     assert Path(summary["outputs"]["checkpoint"]).resolve() == (first / "run" / "checkpoints" / "best.pt")
     assert list(second.iterdir()) == []  # nothing written in the working directory
+
+
+def test_a_lock_file_hard_linked_to_another_file_is_refused(tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(victim, out / ".stepgraph.lock")
+    assert main(["demo", "--n-cells", "300", "--epochs", "1", "--out", str(out), "--quiet"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("stepgraph demo: error:") and "is not a plain file of its own" in line
+    assert victim.read_text() == "precious" and sorted(p.name for p in out.iterdir()) == [".stepgraph.lock"]

@@ -81,7 +81,7 @@ def test_the_command_line_keeps_its_option_names(capsys, monkeypatch):
                "--seed", "--device", "--quiet", "--init-weights", "--trust-checkpoint", "--resume", "--out"}
     assert options <= set(help_entries(capsys, monkeypatch, "train"))  # new fields may add options
     assert set(help_entries(capsys, monkeypatch, "demo")) == {"-h", "--n-cells", "--epochs", "--seed",
-                                                               "--device", "--quiet", "--out"}
+                                                               "--device", "--threads", "--quiet", "--out"}
 
 
 def test_options_map_to_their_fields():
