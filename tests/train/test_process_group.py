@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-LAUNCHES = 10
+LAUNCHES = 5  # each launch is a real 2-rank torchrun, several seconds even on a quiet machine
 TIMEOUT_S = 120
 
 TRAINING = """
