@@ -78,6 +78,12 @@ def _seeds(text: str) -> list[int]:
     return values
 
 
+def _defaults(func) -> dict:
+    """The default of every parameter of ``func`` that has one: options mirror them, never retype them."""
+    return {name: p.default for name, p in inspect.signature(func).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def _positive(kind: type, what: str):
     """An argparse ``type`` that parses ``kind`` and accepts finite values above zero only."""
     def parse(text: str):
@@ -168,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "domains), build its graph, train the reference model with node sampling, "
                           "validation and early stopping, cluster the embedding into domains and "
                           "report the adjusted Rand index against the truth.")
-    demo.add_argument("--n-cells", type=_positive_int, default=20_000, help="cells (default: %(default)s)")
+    from stepgraph.synthetic import synthetic_tissue
+
+    demo.add_argument("--n-cells", type=_positive_int, default=_defaults(synthetic_tissue)["n_cells"],
+                      help="cells (default: %(default)s)")
     _add_config_options(demo, RUN_FIELDS, helps={"seed": "seed of tissue and training"})
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="output folder (default: %(default)s)")
 
@@ -191,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "uns['<key>_neighbors'] (squidpy's layout) for INPUT, to --output (a new file) "
                            "or, with --overwrite, into INPUT itself.")
     graph.add_argument("input", help="input .h5ad file")
-    graph_defaults = {name: p.default for name, p in inspect.signature(spatial_graph).parameters.items()}
+    graph_defaults = _defaults(spatial_graph)
     _add_config_options(graph, GRAPH_FIELDS, defaults=graph_defaults)
     _add_max_inflation(graph)
     graph.add_argument("--key-added", default=graph_defaults["key_added"],
@@ -209,8 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     domains.add_argument("input", help="input .h5ad file (raw counts in X, true domains in obs)")
     domains.add_argument("--truth-key", required=True, help="obs column of the true domains")
     _add_config_options(domains, ("batch_key", "spatial_key"))
-    domains.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="seeds, comma separated (default: 0,1,2)")
-    domains.add_argument("--methods", default="stepgraph,neighbor_mean,pca_kmeans",
+    from stepgraph.bench.domains import DOMAIN_METHODS, run_domain_benchmark
+
+    seeds = list(_defaults(run_domain_benchmark)["seeds"])
+    domains.add_argument("--seeds", type=_seeds, default=seeds,
+                         help=f"seeds, comma separated (default: {','.join(map(str, seeds))})")
+    domains.add_argument("--methods", default=",".join(DOMAIN_METHODS),
                          help="methods, comma separated (default: %(default)s)")
     domains.add_argument("--epochs", type=_positive_int, default=None,
                          help="maximum epochs of the pipeline (default: the pipeline's)")
@@ -239,11 +252,14 @@ def _add_bench_parser(sub) -> argparse._SubParsersAction:
                            "process, and write bench.json (environment and results), bench.md (a "
                            "report with the anchors: squidpy, torch-sparse, a bare loop) and bench.png "
                            "(time and memory against size) to --out.")
-    bench.add_argument("--size", default="small", choices=list(SIZES),
+    from stepgraph.bench.suite import run_benchmarks
+
+    bench_defaults = _defaults(run_benchmarks)
+    bench.add_argument("--size", default=bench_defaults["size"], choices=list(SIZES),
                        help="small: under 5 minutes; medium; large: the documented 1M-cell figures; "
                        "tiny: seconds, for tests (default: %(default)s)")
-    bench.add_argument("--out", default="stepgraph_out/bench", help="output folder (default: %(default)s)")
-    bench.add_argument("--threads", type=_positive_int, default=1,
+    bench.add_argument("--out", default=bench_defaults["out_dir"], help="output folder (default: %(default)s)")
+    bench.add_argument("--threads", type=_positive_int, default=bench_defaults["threads"],
                        help="torch threads of every benchmark (default: %(default)s)")
     bench.add_argument("--only", default=None,
                        help="comma-separated benchmarks to run (default: all), e.g. graph_build,end_to_end")
