@@ -88,7 +88,7 @@ class LayerwisePlan:
     """
 
     layers: Sequence[LayerwiseLayer]
-    head: Callable[[Tensor, "Tensor | None"], Tensor] = _identity_head
+    head: Callable[[Tensor, Tensor | None], Tensor] = _identity_head
     graph: Callable = _same_graph
 
 

@@ -6,7 +6,6 @@ import torch
 
 from stepgraph import BaseDataset, MaskedDataset, Trainer, category_random_split
 from stepgraph.data.split import random_split_indices
-
 from tests.conftest import make_adata
 
 

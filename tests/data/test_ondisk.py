@@ -12,7 +12,6 @@ from stepgraph import BaseDataset
 from stepgraph.data.ondisk import RowReader, is_on_disk
 from stepgraph.pipeline import PipelineConfig, log_normalise, run_pipeline
 from stepgraph.synthetic import synthetic_tissue
-
 from tests.conftest import make_adata
 
 # rows of a batch: unordered, with repeats (a node can be a seed's neighbour twice)

@@ -13,7 +13,6 @@ from stepgraph.graph import spatial_graph, to_pyg
 from stepgraph.models import GraphAutoencoder
 from stepgraph.pipeline import log_normalise
 from stepgraph.synthetic import synthetic_tissue
-
 from tests.conftest import run_ranks
 
 WORLD = 2
