@@ -1,5 +1,7 @@
 """Shared fixtures: a small real AnnData and a small real model."""
 
+import errno
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -78,3 +80,17 @@ def run_ranks(worker, args, out_dir, world=2, timeout_s=180):
                 process.kill()
             pytest.fail(f"distributed workers did not finish within {timeout_s} s (a hang?)")
     return [torch.load(f"{out_dir}/rank{rank}.pt", weights_only=False) for rank in range(world)]
+
+
+def disk_full_save(when=lambda obj: True):
+    """A ``torch.save`` that writes part of the file, then fails as a full disk does, for
+    the objects ``when`` selects (monkeypatch it over ``torch.save``)."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if when(obj):
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    return save

@@ -9,7 +9,6 @@ anndata refuses to write the bad thing).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from stepgraph import BaseDataset, spatial_graph
 from stepgraph.cli import main
 from stepgraph.synthetic import synthetic_tissue
 from stepgraph.train.checkpointing import load_checkpoint
+from tests.conftest import disk_full_save
 
 FAST = ["--epochs", "1", "--batch-size", "64", "--fanout", "3", "--quiet"]
 
@@ -299,20 +299,6 @@ def test_unwritable_out(good_file, unwritable_folder, capsys):
 
 
 # ------------------------------------------------------------- full disk
-def _disk_full(when=lambda obj: True):
-    """A torch.save that writes part of the file then fails as a full disk does,
-    for the objects ``when`` selects."""
-    real_save = torch.save
-
-    def save(obj, f, *args, **kwargs):
-        if when(obj):
-            f.write(b"PK\x03\x04 partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
-
-    return save
-
-
 def _training_state(obj) -> bool:
     """last.pt / interrupted.pt, not the best weights (a bare state_dict)."""
     return isinstance(obj, dict) and obj.get("format") == "stepgraph-training-state"
@@ -325,7 +311,7 @@ def test_disk_full_during_the_checkpoint_write(good_file, tmp_path, capsys, monk
     capsys.readouterr()
     last = out / "checkpoints" / "last.pt"
     before = digest(last)
-    monkeypatch.setattr(torch, "save", _disk_full(_training_state))
+    monkeypatch.setattr(torch, "save", disk_full_save(_training_state))
     line = refused(options + ["--epochs", "4", "--resume"], good_file, capsys,
                    "could not write checkpoint", "the disk is full", str(last), "previous file is left intact")
     assert "No space left" not in line or "disk is full" in line

@@ -41,7 +41,7 @@ from stepgraph.train.checkpointing import (
     trusted_checkpoints,
 )
 from stepgraph.train.rng import get_rng_state, set_rng_state
-from tests.conftest import TinyAutoencoder, make_adata
+from tests.conftest import TinyAutoencoder, disk_full_save, make_adata
 from tests.train.conftest import PATHS, run_path
 
 STEPGRAPH = pathlib.Path(__file__).resolve().parents[2] / "stepgraph"
@@ -243,19 +243,6 @@ def test_an_older_rng_state_loads_only_when_trusted(tmp_path):
 
 
 # ----------------------------------------------------------- atomic writes
-def _disk_full(when=lambda obj: True):
-    """A torch.save that writes part of the file then fails as a full disk does."""
-    real_save = torch.save
-
-    def save(obj, f, *args, **kwargs):
-        if when(obj):
-            f.write(b"PK\x03\x04 partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
-
-    return save
-
-
 def digest(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -266,7 +253,7 @@ def test_atomic_save_that_fails_keeps_the_previous_file(failing, tmp_path, monke
     atomic_save({"w": torch.arange(3)}, path)
     before = digest(path)
     if failing == "save":
-        monkeypatch.setattr(torch, "save", _disk_full())
+        monkeypatch.setattr(torch, "save", disk_full_save())
     else:
         def fsync(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -280,7 +267,7 @@ def test_atomic_save_that_fails_keeps_the_previous_file(failing, tmp_path, monke
 
 
 def test_atomic_save_of_a_new_file_on_a_full_disk_says_nothing_was_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch, "save", _disk_full())
+    monkeypatch.setattr(torch, "save", disk_full_save())
     with pytest.raises(OSError, match="disk is full.*no file was written"):
         atomic_save({"w": torch.zeros(2)}, tmp_path / "new.pt")
     assert list(tmp_path.iterdir()) == []
