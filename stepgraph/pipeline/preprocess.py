@@ -54,7 +54,26 @@ def _column_mean_var(matrix) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), x.var(axis=0)
 
 
-def highly_variable_genes(log_matrix, n_top: int = 2000, n_bins: int = 20) -> np.ndarray:
+def _normalised_dispersion(log_matrix, n_bins: int) -> np.ndarray:
+    """Each gene's dispersion (variance over mean of the de-logged expression),
+    z-scored within ``n_bins`` equal-width bins of log mean expression (scanpy's
+    ``flavor="seurat"``)."""
+    expm1 = log_matrix.expm1() if sp.issparse(log_matrix) else np.expm1(np.asarray(log_matrix, np.float64))
+    mean, var = _column_mean_var(expm1)
+    mean = np.where(mean == 0, 1e-12, mean)
+    dispersion = np.log(np.where(var == 0, 1e-12, var) / mean)
+    log_mean = np.log1p(mean)
+    edges = np.linspace(log_mean.min(), log_mean.max(), n_bins + 1)[1:-1]  # equal widths, as scanpy
+    bins = np.searchsorted(edges, log_mean)
+    norm = np.zeros(log_matrix.shape[1])
+    for b in np.unique(bins):  # a loop over <= n_bins bins, not over genes
+        in_bin = bins == b
+        sd = dispersion[in_bin].std()
+        norm[in_bin] = (dispersion[in_bin] - dispersion[in_bin].mean()) / (sd if sd > 0 else 1.0)
+    return norm
+
+
+def highly_variable_genes(log_matrix, n_top: int = 2000, n_bins: int = 20, sections=None) -> np.ndarray:
     """Indices of the ``n_top`` most variable genes, as scanpy's ``flavor="seurat"``.
 
     The dispersion (variance over mean) of the de-logged expression is
@@ -70,6 +89,14 @@ def highly_variable_genes(log_matrix, n_top: int = 2000, n_bins: int = 20) -> np
         Number of genes to keep (all genes when there are fewer).
     n_bins
         Bins of mean expression.
+    sections
+        Section code of every row (non-negative integers, ``(n_rows,)``). With
+        it, genes are selected as scanpy's ``batch_key`` selects them: the
+        dispersions are normalised within each section, genes are ranked
+        first by the number of sections in whose top ``n_top`` they are, then
+        by their median normalised dispersion over the sections. A gene that
+        only differs between sections (a sample effect) is then not mistaken
+        for one that varies within them.
 
     Returns
     -------
@@ -80,19 +107,15 @@ def highly_variable_genes(log_matrix, n_top: int = 2000, n_bins: int = 20) -> np
     check_int(n_top, "n_top", minimum=1)
     if n_top >= n_genes:
         return np.arange(n_genes)
-    expm1 = log_matrix.expm1() if sp.issparse(log_matrix) else np.expm1(np.asarray(log_matrix, np.float64))
-    mean, var = _column_mean_var(expm1)
-    mean = np.where(mean == 0, 1e-12, mean)
-    dispersion = np.log(np.where(var == 0, 1e-12, var) / mean)
-    log_mean = np.log1p(mean)
-    edges = np.linspace(log_mean.min(), log_mean.max(), n_bins + 1)[1:-1]  # equal widths, as scanpy
-    bins = np.searchsorted(edges, log_mean)
-    norm = np.zeros(n_genes)
-    for b in np.unique(bins):  # a loop over <= n_bins bins, not over genes
-        in_bin = bins == b
-        sd = dispersion[in_bin].std()
-        norm[in_bin] = (dispersion[in_bin] - dispersion[in_bin].mean()) / (sd if sd > 0 else 1.0)
-    return np.sort(np.argsort(-norm, kind="stable")[:n_top])
+    if sections is None:
+        return np.sort(np.argsort(-_normalised_dispersion(log_matrix, n_bins), kind="stable")[:n_top])
+    codes = _section_codes(sections, log_matrix.shape[0])
+    norms = np.stack([_normalised_dispersion(log_matrix[codes == code], n_bins)
+                      for code in np.unique(codes)])  # a loop over sections
+    ranks = np.argsort(np.argsort(-norms, axis=1, kind="stable"), axis=1)
+    in_top = (ranks < n_top).sum(axis=0)
+    order = np.lexsort((-np.median(norms, axis=0), -in_top))  # the last key sorts first
+    return np.sort(order[:n_top])
 
 
 def principal_components(matrix, n_components: int = 50, seed: int = 0) -> np.ndarray:
@@ -211,8 +234,10 @@ class ExpressionFeatures:
         sections
             Section code of every cell (non-negative integers, ``(n_obs,)``),
             e.g. from :func:`~stepgraph.graph.spatial.section_codes`. With it,
-            each gene's mean and scale are those of the cell's own section
-            (the pooled ones for a section without cells in the subset), and
+            the genes are selected within the sections
+            (:func:`highly_variable_genes` with ``sections``), each gene's
+            mean and scale are those of the cell's own section (the pooled
+            ones for a section without cells in the subset), and
             :meth:`transform` needs the codes of its rows too.
 
         Returns
@@ -247,14 +272,15 @@ class ExpressionFeatures:
         check_finite(block, "matrix (the counts)", row_ids=rows)
         logged = log_normalise(block)
         in_subset = np.isin(rows, subset)
-        self.genes = highly_variable_genes(logged[in_subset], self.n_top_genes)
+        codes = None if sections is None else _section_codes(sections, n_obs)
+        self.genes = highly_variable_genes(  # per section: a sample effect is not a variable gene
+            logged[in_subset], self.n_top_genes, sections=None if codes is None else codes[rows[in_subset]])
         logged = logged[:, self.genes]
         mean, var = _column_mean_var(logged[in_subset])
         self.mean_ = mean.astype(np.float32)
         self.scale_ = np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
         self.section_mean_ = self.section_scale_ = None
-        if sections is not None:
-            codes = _section_codes(sections, n_obs)
+        if codes is not None:
             self.section_mean_ = np.tile(self.mean_, (int(codes.max()) + 1, 1))
             self.section_scale_ = np.tile(self.scale_, (int(codes.max()) + 1, 1))
             fitted, fitted_codes = logged[in_subset], codes[rows[in_subset]]

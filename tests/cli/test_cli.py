@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stepgraph.cli import main
+from stepgraph.pipeline import PipelineConfig
 from stepgraph.synthetic import synthetic_tissue
 
 
@@ -37,7 +38,7 @@ def test_train_writes_every_output_and_leaves_the_input_alone(tissue_file, tmp_p
                  "checkpoints/best.pt"]:
         assert (out / name).is_file(), name
     adata = ad.read_h5ad(out / "adata.h5ad")
-    assert adata.obsm["X_stepgraph"].shape == (400, 16)
+    assert adata.obsm["X_stepgraph"].shape == (400, PipelineConfig().latent_dim)
     assert np.isfinite(adata.obsm["X_stepgraph"]).all()
     assert adata.obs["stepgraph_domain"].nunique() == 5  # one per true domain
     assert "spatial_connectivities" in adata.obsp

@@ -88,6 +88,25 @@ def test_highly_variable_genes_finds_the_varying_genes_at_any_mean():
     assert len(highly_variable_genes(log_x, n_top=1000)) == 300  # few genes: all kept
 
 
+def test_highly_variable_genes_per_section_skip_genes_that_only_differ_between_sections():
+    rng = np.random.default_rng(1)
+    sections = np.repeat([0, 1], 200)
+    within = np.r_[0:10]  # two states inside each section
+    between = np.r_[10:20]  # constant in each section, 8x apart between them (a sample effect)
+    state = np.ones((400, 100))
+    state[:, within] = np.where(np.arange(400) % 2 == 0, 1.8, 0.2)[:, None]
+    state[:, between] = np.where(sections == 0, 0.4, 3.2)[:, None]
+    log_x = np.log1p(rng.poisson(5.0 * state).astype(np.float32))
+    pooled = highly_variable_genes(log_x, n_top=10)
+    assert set(pooled) & set(between)  # pooled, the sample effect looks like variation
+    chosen = highly_variable_genes(sp.csr_matrix(log_x), n_top=10, sections=sections)
+    assert set(chosen) == set(within)
+    # one section: the same genes as without sections
+    assert np.array_equal(highly_variable_genes(log_x, 10, sections=np.zeros(400, int)), pooled)
+    with pytest.raises(ValueError, match="sections"):
+        highly_variable_genes(log_x, 10, sections=sections[:-1])
+
+
 def test_graph_scale_is_the_spacing_in_the_data_units():
     grid = np.stack(np.meshgrid(np.arange(10.0), np.arange(8.0)), -1).reshape(-1, 2)
     assert median_neighbor_distance(grid * 55.0) == pytest.approx(55.0)
