@@ -141,7 +141,7 @@ class PipelineConfig:
         30, "dimensions of the embedding", "STAGATE's and GraphST's 30: room for tens of domains, few enough "
         "for a Gaussian mixture with one shared covariance to fit. Measured against 16 (issue 20): the median "
         "ARI over seeds rose on DLPFC 151510 (5 seeds: 0.518 to 0.530, the worst seed 0.430 to 0.516) and on four "
-        "DLPFC sections (3 seeds, per section: 0.488 to 0.523), and stayed within the seeds' spread on an "
+        "DLPFC sections (3 seeds, per section: 0.488 to 0.523, genes selected over all sections), and stayed within the seeds' spread on an "
         "80-gene panel taken from them (0.314 to 0.304) and on a synthetic tissue (0.786 to 0.790)", cli=False)
     conv: str = _setting(
         "gat", "graph convolution of the encoder", "attention over the neighbours (STAGATE) lets a cell "

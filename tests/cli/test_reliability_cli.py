@@ -155,7 +155,7 @@ def test_sigkill_during_the_writes_leaves_whole_files(resume, tissue_file, tmp_p
 def test_sigkill_of_graph_overwrite_keeps_the_input(tmp_path):
     path = tmp_path / "big.h5ad"
     synthetic_tissue(n_cells=10_000, n_genes=40, seed=1).write_h5ad(path)
-    for attempt in range(5):  # until the kill lands inside the write
+    for _ in range(5):  # until the kill lands inside the write
         original = digest(path)
         running = child("graph", path, "--output", path, "--overwrite")
         try:
