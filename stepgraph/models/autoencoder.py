@@ -258,24 +258,16 @@ class GraphAutoencoder(nn.Module):
             def aggregate(t, src, dst, weight, start, stop):
                 n_out = stop - start
                 mean = 1.0 / torch.bincount(dst, minlength=n_out).clamp_(min=1).index_select(0, dst)
-                # the product over all of t, then its first columns: a column slice of t is not
-                # contiguous, and the sparse product would copy the whole of it for every chunk
-                total = weighted_sum(src, dst, mean, n_out, t)[:, :width]
+                total = weighted_sum(src, dst, mean, n_out, t[:, :width])
                 return finish(total + conv.lin_l.bias + t[start:stop, width:], t, start, stop)
             return LayerwiseLayer(transform, aggregate)
 
         heads, channels = conv.heads, conv.out_channels  # GAT: x W, then attention over the edges
 
         def transform(x):
-            # x W and both attention logits <x W, a> = x (W^T a) in one product: no per-chunk concatenation
-            weight, bias = conv.lin.weight, conv.lin.bias  # (heads * channels, in)
-            per_head = weight.view(heads, channels, -1)
-            weight = torch.cat([weight, torch.einsum("hc,hci->hi", conv.att_src[0], per_head),
-                                torch.einsum("hc,hci->hi", conv.att_dst[0], per_head)])
-            if bias is not None:
-                per_head = bias.view(heads, channels)
-                bias = torch.cat([bias, (conv.att_src[0] * per_head).sum(-1), (conv.att_dst[0] * per_head).sum(-1)])
-            return F.linear(x, weight, bias)
+            h = conv.lin(x).view(-1, heads, channels)
+            logits = [(h * conv.att_src).sum(-1), (h * conv.att_dst).sum(-1)]
+            return torch.cat([h.view(-1, heads * channels), *logits], dim=1)
 
         def aggregate(t, src, dst, weight, start, stop):
             n_out, width = stop - start, heads * channels
@@ -290,9 +282,8 @@ class GraphAutoencoder(nn.Module):
             weights, loop = (logits - top.index_select(0, dst)).exp_(), (loop - top).exp_()
             total = loop + loop.new_zeros(loop.shape).index_add_(0, dst, weights)
             weights, loop = weights / total.index_select(0, dst), loop / total
-            # each head's product over all of t (contiguous; see SAGE above), then its columns
-            out = torch.stack([weighted_sum(src, dst, weights[:, k], n_out, t)[:, k * channels:(k + 1) * channels]
-                               for k in range(heads)], 1)
+            h = t[:, :width].view(-1, heads, channels)
+            out = torch.stack([weighted_sum(src, dst, weights[:, k], n_out, h[:, k]) for k in range(heads)], 1)
             out = out + loop.unsqueeze(-1) * own[:, :width].view(-1, heads, channels)
             out = out.reshape(n_out, width) if conv.concat else out.mean(dim=1)
             return finish(out if conv.bias is None else out + conv.bias, t, start, stop)
