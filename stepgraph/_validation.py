@@ -23,7 +23,8 @@ import scipy.sparse as sp
 import torch
 
 __all__ = ["ArgumentTypeError", "check_int", "check_number", "check_bool", "check_choice", "check_instance",
-           "check_key", "as_index", "category_codes", "NonFinite", "first_nonfinite", "check_finite"]
+           "check_key", "as_index", "category_codes", "NonFinite", "first_nonfinite", "check_finite",
+           "check_counts"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -331,3 +332,27 @@ def check_finite(values: Any, name: str, obs_names: Any = None, row_ids: Any = N
     among = f"{found.n_rows} of {values.shape[0]} {unit}" + ("" if row_ids is None else " read")
     where = f"row {row}" if obs_names is None else f"obs {obs_names[row]!r} (row {row})"
     raise ValueError(f"{name} holds {found.n_values} NaN or infinite {what} in {among}; the first is in {where}")
+
+
+def check_counts(values: Any, name: str, row_ids: Any = None) -> None:
+    """Raise a ``ValueError`` when counts ``values`` (a dense array or a sparse
+    matrix, e.g. a block of rows being read) hold a negative value.
+
+    The message names the first row holding one, as ``row_ids[row]`` when the
+    rows were read from a larger matrix (see :func:`check_finite`). Raw counts
+    are never negative; log-normalised or scaled values often are.
+    """
+    if sp.issparse(values):
+        csr = values.tocsr()
+        negative = np.flatnonzero(csr.data < 0)
+        if negative.size == 0:
+            return
+        row = int(np.searchsorted(csr.indptr, negative[0], side="right") - 1)
+    else:
+        array = np.asarray(values)
+        if array.size == 0 or array.dtype.kind not in "iuf" or array.min() >= 0:
+            return
+        row = int(np.argmax((array.reshape(len(array), -1) < 0).any(axis=1)))
+    row = row if row_ids is None else int(row_ids[row])
+    raise ValueError(f"{name} holds negative values; the first is in row {row}. The pipeline reads raw counts, "
+                     "which are never negative: pass the layer of counts (layer_key, --layer on the command line)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from stepgraph._validation import check_finite, check_int
+from stepgraph._validation import check_counts, check_finite, check_int
 from stepgraph.graph.ops import neighborhood_mean_operator
 
 __all__ = ["log_normalise", "highly_variable_genes", "principal_components", "ExpressionFeatures"]
@@ -270,6 +270,7 @@ class ExpressionFeatures:
             rows, mean_over = subset, None
         block = RowReader(matrix).read_unique(rows)[1] if is_on_disk(matrix) else matrix[rows]
         check_finite(block, "matrix (the counts)", row_ids=rows)
+        check_counts(block, "matrix (the counts)", row_ids=rows)
         logged = log_normalise(block)
         in_subset = np.isin(rows, subset)
         codes = None if sections is None else _section_codes(sections, n_obs)
@@ -334,7 +335,9 @@ class ExpressionFeatures:
             raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
         out = np.empty((counts.shape[0], self.n_features_out), dtype=np.float32)
         for start in range(0, counts.shape[0], self.chunk_rows):
-            logged = log_normalise(counts[start:start + self.chunk_rows])[:, self.genes]
+            block = counts[start:start + self.chunk_rows]
+            check_counts(block, "counts", row_ids=np.arange(start, start + block.shape[0]))
+            logged = log_normalise(block)[:, self.genes]
             part = None if sections is None else np.asarray(sections)[start:start + self.chunk_rows]
             out[start:start + self.chunk_rows] = self._zscores(logged, part) @ self.components_.T - self.offset_
         return out
@@ -351,9 +354,12 @@ class ExpressionFeatures:
         n_obs = matrix.shape[0]
         chunks = [np.arange(start, min(start + self.chunk_rows, n_obs)) for start in range(0, n_obs, self.chunk_rows)]
         codes = None if sections is None else np.asarray(sections)
-        return np.concatenate([self(reader.read_unique(rows)[1], None if codes is None else codes[rows])
-                               for rows in chunks]
-                              or [np.empty((0, self.n_features_out), np.float32)])
+
+        def features(rows):
+            block = reader.read_unique(rows)[1]
+            check_counts(block, "matrix (the counts)", row_ids=rows)  # naming the row of the whole matrix
+            return self(block, None if codes is None else codes[rows])
+        return np.concatenate([features(rows) for rows in chunks] or [np.empty((0, self.n_features_out), np.float32)])
 
     def __repr__(self) -> str:
         fitted = "not fitted" if self.genes is None else f"{len(self.genes)} genes -> {self.n_features_out}"

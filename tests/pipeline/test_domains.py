@@ -155,6 +155,31 @@ def test_expression_features_are_the_same_per_block_in_memory_and_on_disk(tmp_pa
     assert len(ExpressionFeatures(n_top_genes=3000).fit(adata.X).genes) == 60  # a panel is kept whole
 
 
+def test_negative_counts_are_refused_by_the_python_api_naming_the_row(tmp_path):
+    """Log-normalised or scaled values passed as counts: run_pipeline refuses
+    them (in memory and backed, wherever the row is), naming the row."""
+    from stepgraph.pipeline import PipelineConfig, run_pipeline
+    from stepgraph.pipeline.preprocess import ExpressionFeatures
+    from stepgraph.synthetic import synthetic_tissue
+
+    adata = synthetic_tissue(n_cells=600, n_genes=30, seed=4)
+    adata.X = adata.X.toarray()
+    adata.X[457, 2] = -0.5
+    features = ExpressionFeatures(n_components=4, max_cells=100)  # the fit's sample misses row 457 ...
+    features.chunk_rows = 128
+    fitted = features.fit(np.delete(adata.X, 457, axis=0))
+    with pytest.raises(ValueError, match="negative values; the first is in row 457"):
+        fitted.transform(adata.X)  # ... the transform's chunks find it
+    adata.write_h5ad(tmp_path / "negative.h5ad")
+    with pytest.raises(ValueError, match="negative values; the first is in row 457"):
+        fitted.transform(ad.read_h5ad(tmp_path / "negative.h5ad", backed="r").X)
+    sparse = adata.copy()
+    sparse.X = sp.csr_matrix(sparse.X)
+    with pytest.raises(ValueError, match=r"negative values; the first is in row 457.*layer_key"):
+        run_pipeline(sparse, tmp_path / "run", PipelineConfig(epochs=1, progress=False))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+
+
 def test_expression_features_fitted_on_neighbourhoods_find_the_domains():
     """A few components fitted on the neighbourhood means carry the domains
     better than as many components of single cells (the reason for fitting
