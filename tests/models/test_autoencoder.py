@@ -9,6 +9,7 @@ from torch_geometric.loader import NeighborLoader
 
 from stepgraph.data.sampler import BuiltinNeighborSampler
 from stepgraph.models import GraphAutoencoder
+from stepgraph.models.autoencoder import _aggregates_inputs_first
 
 
 def tissue(n=400, n_genes=30, n_domains=4, seed=0):
@@ -205,12 +206,14 @@ def _hop_counts(batch):
 
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
 @pytest.mark.parametrize("fanout", [[4, 3], [3, 2, 2]])
-def test_trimmed_losses_and_gradients_equal_untrimmed(data, conv, fanout):
+@pytest.mark.parametrize("hidden", [16, 48])  # 48 > 30 inputs: GAT's first layer aggregates its inputs first
+def test_trimmed_losses_and_gradients_equal_untrimmed(data, conv, fanout, hidden):
     torch.manual_seed(0)
-    model = GraphAutoencoder(30, hidden_dim=16, latent_dim=4, conv=conv, n_layers=2,
+    model = GraphAutoencoder(30, hidden_dim=hidden, latent_dim=4, conv=conv, n_layers=2,
                              variational=True, n_batches=2).eval()  # eval: no sampling noise
     loader = NeighborLoader(data, fanout, batch_size=64, shuffle=True,
                             neighbor_sampler=BuiltinNeighborSampler(data, fanout))
+    assert _aggregates_inputs_first(model.convs[0]) == (conv == "gat" and hidden > 30)
     batch = next(iter(loader))
     ind = torch.arange(batch.batch_size)
     args = dict(ind=ind, edge_index=batch.edge_index, edge_weight=batch.edge_weight,
