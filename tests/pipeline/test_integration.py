@@ -181,16 +181,24 @@ def test_train_prints_the_mixing_and_domains_per_section_on_request(tmp_path, ca
 @pytest.mark.skipif(not DLPFC4.is_file(), reason=f"the shared real tissue {DLPFC4} is not in this checkout")
 def test_four_dlpfc_sections_keep_their_floor(tmp_path):
     """Regression floor on four real Visium sections of one donor (DLPFC
-    151673-151676): the joint domains, and those within each section, stay
-    above 0.45 ARI (0.513 and 0.516 measured with seed 0), and the sections mix."""
+    151673-151676): over seeds 0, 1 and 2, the median ARI of the joint domains,
+    and of those within each section, stays above 0.45 (0.499 and 0.504
+    measured; one seed's Gaussian mixture can land on a worse optimum, 0.45
+    against 0.51 for seed 0 under a change of float rounding, so the floor is
+    on the median), and the sections mix."""
     from stepgraph.pipeline import PipelineConfig, run_pipeline
 
-    adata = ad.read_h5ad(DLPFC4)
-    summary = run_pipeline(adata, tmp_path, PipelineConfig(batch_key="section", truth_key="domain",
-                                                           seed=0, progress=False))
-    known = adata.obs["domain"].notna().to_numpy()
-    assert summary["ari"] >= 0.45 and _per_section_ari(adata[known]) >= 0.45, summary["ari"]
-    assert summary["integration"]["mixing"] > 0.4
+    joint, per_section, mixing = [], [], []
+    for seed in range(3):
+        adata = ad.read_h5ad(DLPFC4)
+        summary = run_pipeline(adata, tmp_path / str(seed), PipelineConfig(
+            batch_key="section", truth_key="domain", seed=seed, progress=False))
+        known = adata.obs["domain"].notna().to_numpy()
+        joint.append(summary["ari"])
+        per_section.append(_per_section_ari(adata[known]))
+        mixing.append(summary["integration"]["mixing"])
+    assert np.median(joint) >= 0.45 and np.median(per_section) >= 0.45, (joint, per_section)
+    assert np.median(mixing) > 0.4, mixing
 
 
 def test_bench_domains_reports_joint_per_section_and_mixing_side_by_side(tmp_path):
