@@ -49,7 +49,9 @@ class GraphAutoencoder(nn.Module):
     layer :math:`l` (of :math:`L`) reads the nodes of the first
     :math:`L - l + 1` hops and computes outputs for those of the first
     :math:`L - l` only, aggregating before the linear map (for GCN, whose
-    normalisation is computed once on the whole sampled subgraph). The seed
+    normalisation is computed once on the whole sampled subgraph, and for a
+    GAT layer that widens its input, whose edges then carry the narrower
+    input: the first layer of 20 input components). The seed
     nodes get the same outputs as without trimming (up to float rounding).
     Trimming is skipped (the result is the same, only slower) when the
     losses are asked of non-seed nodes, when there are fewer hops than
