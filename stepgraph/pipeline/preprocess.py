@@ -336,7 +336,7 @@ class ExpressionFeatures:
         out = np.empty((counts.shape[0], self.n_features_out), dtype=np.float32)
         for start in range(0, counts.shape[0], self.chunk_rows):
             block = counts[start:start + self.chunk_rows]
-            check_counts(block, "counts", row_ids=np.arange(start, start + block.shape[0]))
+            check_counts(block, "matrix (the counts)", row_ids=np.arange(start, start + block.shape[0]))
             logged = log_normalise(block)[:, self.genes]
             part = None if sections is None else np.asarray(sections)[start:start + self.chunk_rows]
             out[start:start + self.chunk_rows] = self._zscores(logged, part) @ self.components_.T - self.offset_
