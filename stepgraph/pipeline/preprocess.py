@@ -11,10 +11,13 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from stepgraph._validation import check_counts, check_finite, check_int
+from stepgraph._validation import check_choice, check_counts, check_finite, check_int
 from stepgraph.graph.ops import neighborhood_mean_operator
 
-__all__ = ["log_normalise", "highly_variable_genes", "principal_components", "ExpressionFeatures"]
+__all__ = ["log_normalise", "highly_variable_genes", "principal_components", "ExpressionFeatures", "SCALINGS"]
+
+#: How :class:`ExpressionFeatures` weighs the genes (see its ``scaling``).
+SCALINGS = ("auto", "zscore", "center")
 
 
 def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray:
@@ -158,7 +161,7 @@ def _section_codes(sections, n_rows: int) -> np.ndarray:
 
 class ExpressionFeatures:
     """The model's input: counts -> log-CP10k -> highly variable genes ->
-    per-gene z-scores (clipped at ``clip``) -> principal components.
+    centred (and, for a panel, unit-variance) genes -> principal components.
 
     Fitted once on (a random subset of) the cells, then applied to any block
     of rows on its own, so the same features come out whether the matrix is
@@ -172,12 +175,18 @@ class ExpressionFeatures:
     - highly variable genes (only above ``n_top_genes`` genes) drop genes
       that carry noise only; a panel of tens or hundreds of genes was chosen
       by hand and is kept whole;
-    - z-scores give each gene the same weight, so a marker expressed at low
-      level counts as much as a highly expressed one (scanpy's ``scale``,
-      BANKSY); the clip bounds the weight of a few extreme cells; with
-      ``sections``, each section is standardised on its own, which removes a
-      sample effect (each section's own offset and scale of a gene: chemistry,
-      permeabilisation, patient) before the components are fitted;
+    - ``scaling`` sets the weight of each gene in the components. Each
+      gene is centred; a panel kept whole is also scaled to unit variance
+      (z-scores, clipped at ``clip``: scanpy's ``scale``, BANKSY), because
+      each of its genes was chosen and a marker expressed at low level
+      counts as much as a highly expressed one. Genes selected from a
+      transcriptome keep their own variance on the log scale (as STAGATE,
+      SpaGCN and BayesSpace feed them): most of those genes are sparsely
+      detected, and unit variance would give their counting noise the weight
+      of a marker. With ``sections``, each section is centred (and scaled) on
+      its own, which removes a sample effect (each section's own offset, and
+      scale, of a gene: chemistry, permeabilisation, patient) before the
+      components are fitted;
     - principal components keep the shared variation and drop per-gene
       noise; they also make the model's input size independent of the panel.
 
@@ -190,24 +199,35 @@ class ExpressionFeatures:
         number of fitted cells minus one).
     max_cells
         At most this many cells, drawn at random, are read to fit the genes,
-        the z-scores and the components; 20,000 cells estimate them well and
-        keep the fit small on a tissue of millions of cells.
+        the centring and scaling and the components; 20,000 cells estimate them
+        well and keep the fit small on a tissue of millions of cells.
     clip
-        z-scores are clipped to ``[-clip, clip]``.
+        Centred (and scaled) values are clipped to ``[-clip, clip]``.
     seed
         Seed of the cell subset and of the PCA solver.
+    scaling
+        ``"zscore"`` (each gene centred and scaled to unit variance),
+        ``"center"`` (centred only: each gene keeps its variance of
+        log-CP10k) or ``"auto"``: ``"zscore"`` when the genes are kept whole
+        (at most ``n_top_genes`` of them, a panel), ``"center"`` when highly
+        variable genes are selected from more.
 
     Attributes
     ----------
     genes
         Column indices of the genes used.
+    zscored_
+        Whether the genes were scaled to unit variance (``scaling`` resolved
+        by :meth:`fit`).
     n_features_out
         Number of output features (components).
     """
 
     def __init__(self, n_top_genes: int = 3000, n_components: int = 20, max_cells: int = 20_000,
-                 clip: float = 10.0, seed: int = 0):
+                 clip: float = 10.0, seed: int = 0, scaling: str = "auto"):
         self.n_top_genes = check_int(n_top_genes, "n_top_genes", minimum=1)
+        self.scaling = check_choice(scaling, "scaling", SCALINGS)
+        self.zscored_ = None
         self.n_components = check_int(n_components, "n_components", minimum=1)
         self.max_cells = check_int(max_cells, "max_cells", minimum=1)
         self.clip, self.seed = float(clip), seed
@@ -216,7 +236,7 @@ class ExpressionFeatures:
         self.section_mean_ = self.section_scale_ = None
 
     def fit(self, matrix, connectivities=None, sections=None) -> ExpressionFeatures:
-        """Fit the genes, z-scores and components on (a subset of) the cells.
+        """Fit the genes, their centring and scaling, and the components on (a subset of) the cells.
 
         Parameters
         ----------
@@ -277,9 +297,10 @@ class ExpressionFeatures:
         self.genes = highly_variable_genes(  # per section: a sample effect is not a variable gene
             logged[in_subset], self.n_top_genes, sections=None if codes is None else codes[rows[in_subset]])
         logged = logged[:, self.genes]
+        self.zscored_ = self.scaling == "zscore" or (self.scaling == "auto" and n_vars <= self.n_top_genes)
         mean, var = _column_mean_var(logged[in_subset])
         self.mean_ = mean.astype(np.float32)
-        self.scale_ = np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
+        self.scale_ = self._scale(var)
         self.section_mean_ = self.section_scale_ = None
         if codes is not None:
             self.section_mean_ = np.tile(self.mean_, (int(codes.max()) + 1, 1))
@@ -288,10 +309,10 @@ class ExpressionFeatures:
             for code in np.unique(fitted_codes):  # a loop over sections
                 mean, var = _column_mean_var(fitted[fitted_codes == code])
                 self.section_mean_[code] = mean
-                self.section_scale_[code] = np.where(var > 0, np.sqrt(var), 1.0)
+                self.section_scale_[code] = self._scale(var)
         if mean_over is not None:  # the means over neighbourhoods, one row per cell of the subset
-            logged = mean_over @ logged  # neighbours share the section: a z-score of the mean is the mean of z
-        z = self._zscores(logged, None if sections is None else codes[subset])
+            logged = mean_over @ logged  # neighbours share the section: standardising commutes with the mean
+        z = self._standardised(logged, None if sections is None else codes[subset])
         k = int(min(self.n_components, z.shape[0] - 1, z.shape[1] - 1))
         if k < 1:
             raise ValueError(f"the input features need at least 2 cells and 2 genes, got {n_obs} cells "
@@ -301,13 +322,20 @@ class ExpressionFeatures:
         self.offset_ = (pca.mean_ @ pca.components_.T).astype(np.float32)
         return self
 
+    def _scale(self, var: np.ndarray) -> np.ndarray:
+        """The divisor of each gene: its standard deviation for z-scores (1 where
+        it is constant), else 1."""
+        if not self.zscored_:
+            return np.ones(len(var), dtype=np.float32)
+        return np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
+
     @property
     def n_features_out(self) -> int:
         if self.genes is None:
             raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
         return self.components_.shape[0]
 
-    def _zscores(self, logged, sections=None) -> np.ndarray:
+    def _standardised(self, logged, sections=None) -> np.ndarray:
         # one dense float32 array, updated in place (no temporaries of its size)
         z = logged.toarray() if sp.issparse(logged) else np.array(logged)
         z = z.astype(np.float32, copy=False)
@@ -339,7 +367,7 @@ class ExpressionFeatures:
             check_counts(block, "matrix (the counts)", row_ids=np.arange(start, start + block.shape[0]))
             logged = log_normalise(block)[:, self.genes]
             part = None if sections is None else np.asarray(sections)[start:start + self.chunk_rows]
-            out[start:start + self.chunk_rows] = self._zscores(logged, part) @ self.components_.T - self.offset_
+            out[start:start + self.chunk_rows] = self._standardised(logged, part) @ self.components_.T - self.offset_
         return out
 
     def transform(self, matrix, sections=None) -> np.ndarray:

@@ -89,7 +89,7 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
     """
     graph = adata.obsp["spatial_connectivities"]
     sections, names = section_codes(adata, config.batch_key)
-    sections = sections if len(names) > 1 and config.scale_per_section else None  # z-scores per section
+    sections = sections if len(names) > 1 and config.scale_per_section else None  # centred (scaled) per section
     features = ExpressionFeatures(**config.feature_options()).fit(counts, graph, sections)
     x = features.transform(counts, sections)
     bad = first_nonfinite(x)  # an on-disk X is checked here, as it is read
@@ -106,7 +106,7 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
 
 
 #: The settings that make a run the same run: a resume that changes one is refused (epochs may grow).
-IDENTITY_FIELDS = ("spatial_key", "batch_key", "layer_key", "scale_per_section", "n_top_genes", "n_pcs",
+IDENTITY_FIELDS = ("spatial_key", "batch_key", "layer_key", "scale_per_section", "scaling", "n_top_genes", "n_pcs",
                    "feature_max_cells", "feature_clip", "feature_smooth", "method", "n_neighbors", "radius",
                    "graph_scale", "batch_size", "fanout", "hidden_dim", "latent_dim", "conv", "activation", "lr",
                    "split_rate", "patience", "delta", "seed", "backend")
