@@ -183,10 +183,12 @@ class ExpressionFeatures:
       transcriptome keep their own variance on the log scale (as STAGATE,
       SpaGCN and BayesSpace feed them): most of those genes are sparsely
       detected, and unit variance would give their counting noise the weight
-      of a marker. With ``sections``, each section is centred (and scaled) on
-      its own, which removes a sample effect (each section's own offset, and
-      scale, of a gene: chemistry, permeabilisation, patient) before the
-      components are fitted;
+      of a marker. With ``sections``, each section is centred and scaled on
+      its own, which removes a sample effect (chemistry, permeabilisation,
+      patient) before the components are fitted: each gene's own offset in
+      the section, and its scale there (z-scores) or the section's overall
+      scale of the log values (one number per section for centred genes, so
+      that the genes keep their relative variances);
     - principal components keep the shared variation and drop per-gene
       noise; they also make the model's input size independent of the panel.
 
@@ -300,7 +302,8 @@ class ExpressionFeatures:
         self.zscored_ = self.scaling == "zscore" or (self.scaling == "auto" and n_vars <= self.n_top_genes)
         mean, var = _column_mean_var(logged[in_subset])
         self.mean_ = mean.astype(np.float32)
-        self.scale_ = self._scale(var)
+        pooled_var = var
+        self.scale_ = self._scale(var, pooled_var)
         self.section_mean_ = self.section_scale_ = None
         if codes is not None:
             self.section_mean_ = np.tile(self.mean_, (int(codes.max()) + 1, 1))
@@ -309,7 +312,7 @@ class ExpressionFeatures:
             for code in np.unique(fitted_codes):  # a loop over sections
                 mean, var = _column_mean_var(fitted[fitted_codes == code])
                 self.section_mean_[code] = mean
-                self.section_scale_[code] = self._scale(var)
+                self.section_scale_[code] = self._scale(var, pooled_var)
         if mean_over is not None:  # the means over neighbourhoods, one row per cell of the subset
             logged = mean_over @ logged  # neighbours share the section: standardising commutes with the mean
         z = self._standardised(logged, None if sections is None else codes[subset])
@@ -322,12 +325,18 @@ class ExpressionFeatures:
         self.offset_ = (pca.mean_ @ pca.components_.T).astype(np.float32)
         return self
 
-    def _scale(self, var: np.ndarray) -> np.ndarray:
-        """The divisor of each gene: its standard deviation for z-scores (1 where
-        it is constant), else 1."""
-        if not self.zscored_:
-            return np.ones(len(var), dtype=np.float32)
-        return np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
+    def _scale(self, var: np.ndarray, pooled_var: np.ndarray) -> np.ndarray:
+        """The divisor of each gene, from its variances ``var`` (in a section, or
+        pooled) and ``pooled_var`` (over all the fitted cells): its standard
+        deviation for z-scores (1 where it is constant); else one number for
+        all the genes, the root mean variance of ``var`` over that of
+        ``pooled_var`` (1 for the pooled cells), which takes out a section's
+        own overall scale of the log values and keeps the genes' relative
+        variances."""
+        if self.zscored_:
+            return np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
+        ratio = np.sqrt(var.mean() / pooled_var.mean()) if var.mean() > 0 and pooled_var.mean() > 0 else 1.0
+        return np.full(len(var), ratio, dtype=np.float32)
 
     @property
     def n_features_out(self) -> int:

@@ -155,6 +155,60 @@ def test_expression_features_are_the_same_per_block_in_memory_and_on_disk(tmp_pa
     assert len(ExpressionFeatures(n_top_genes=3000).fit(adata.X).genes) == 60  # a panel is kept whole
 
 
+@pytest.mark.parametrize("scaling", ["center", "zscore"])
+def test_expression_features_are_the_components_of_centred_or_scaled_log_values(scaling):
+    """The features are the principal components of log-CP10k of the chosen
+    genes, each centred (and, with z-scores, divided by its standard
+    deviation), computed here from scratch with numpy's SVD."""
+    from stepgraph.pipeline.preprocess import ExpressionFeatures
+    from stepgraph.synthetic import synthetic_tissue
+
+    counts = synthetic_tissue(n_cells=600, n_genes=60, n_sections=1, seed=3).X.toarray()
+    features = ExpressionFeatures(n_top_genes=40, n_components=5, clip=1e9, scaling=scaling).fit(counts)
+    logged = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)[:, features.genes]
+    logged -= logged.mean(0)
+    if scaling == "zscore":
+        logged /= np.where(logged.std(0) > 0, logged.std(0), 1)
+    expected = logged @ np.linalg.svd(logged, full_matrices=False)[2][:5].T
+    got = features.transform(counts)
+    for k in range(5):  # each component up to its sign
+        assert abs(np.corrcoef(got[:, k], expected[:, k])[0, 1]) > 0.9999, k
+    assert features.zscored_ == (scaling == "zscore")
+
+
+def test_auto_scaling_gives_z_scores_to_a_panel_and_log_variances_to_selected_genes():
+    from stepgraph.pipeline.preprocess import ExpressionFeatures
+    from stepgraph.synthetic import synthetic_tissue
+
+    counts = synthetic_tissue(n_cells=400, n_genes=60, n_sections=1, seed=3).X
+    assert ExpressionFeatures(n_top_genes=60).fit(counts).zscored_  # a panel, kept whole
+    assert not ExpressionFeatures(n_top_genes=59).fit(counts).zscored_  # genes selected from more
+    with pytest.raises(ValueError, match="scaling must be one of 'auto', 'zscore', 'center'"):
+        ExpressionFeatures(scaling="unit")
+
+
+def test_centred_genes_of_several_sections_lose_each_sections_overall_scale_only():
+    """With sections and ``scaling="center"``, each section is centred on its
+    own and divided by one number, so every section's genes end with the
+    pooled root mean variance while keeping their relative variances."""
+    from stepgraph.pipeline.preprocess import ExpressionFeatures
+    from stepgraph.synthetic import synthetic_tissue
+
+    adata = synthetic_tissue(n_cells=900, n_genes=60, n_sections=3, seed=5, section_effect=1.0)
+    codes = adata.obs["section"].cat.codes.to_numpy()
+    counts = adata.X.toarray()
+    features = ExpressionFeatures(n_top_genes=40, scaling="center", clip=1e9).fit(counts, sections=codes)
+    logged = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)[:, features.genes]
+    pooled = logged.var(0)
+    standardised = features._standardised(logged, codes)
+    for code in range(3):
+        own = logged[codes == code]
+        np.testing.assert_allclose(standardised[codes == code].mean(0), 0, atol=1e-4)
+        np.testing.assert_allclose(standardised[codes == code].var(0).mean(), pooled.mean(), rtol=1e-3)
+        np.testing.assert_allclose(standardised[codes == code].var(0), own.var(0) * pooled.mean() / own.var(0).mean(),
+                                   rtol=1e-3, atol=1e-6)  # the relative variances are the section's own
+
+
 def test_negative_counts_are_refused_by_the_python_api_naming_the_row(tmp_path):
     """Log-normalised or scaled values passed as counts: run_pipeline refuses
     them (in memory and backed, wherever the row is), naming the row."""

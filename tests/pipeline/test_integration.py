@@ -182,9 +182,10 @@ def test_train_prints_the_mixing_and_domains_per_section_on_request(tmp_path, ca
 def test_four_dlpfc_sections_keep_their_floor(tmp_path):
     """Regression floor on four real Visium sections of one donor (DLPFC
     151673-151676): over seeds 0, 1 and 2, the median ARI of the joint domains,
-    and of those within each section, stays above 0.45 (0.499 and 0.504
-    measured; one seed's Gaussian mixture can land on a worse optimum, 0.45
-    against 0.51 for seed 0 under a change of float rounding, so the floor is
+    and of those within each section, stays above 0.50 (0.538 and 0.543
+    measured, seeds within 0.01 of each other, since the genes keep their own
+    variance of log-CP10k; before, with z-scores, 0.499 and 0.504, and one
+    seed's Gaussian mixture could land 0.06 below the others, so the floor is
     on the median), and the sections mix."""
     from stepgraph.pipeline import PipelineConfig, run_pipeline
 
@@ -197,7 +198,7 @@ def test_four_dlpfc_sections_keep_their_floor(tmp_path):
         joint.append(summary["ari"])
         per_section.append(_per_section_ari(adata[known]))
         mixing.append(summary["integration"]["mixing"])
-    assert np.median(joint) >= 0.45 and np.median(per_section) >= 0.45, (joint, per_section)
+    assert np.median(joint) >= 0.50 and np.median(per_section) >= 0.50, (joint, per_section)
     assert np.median(mixing) > 0.4, mixing
 
 
