@@ -118,7 +118,7 @@ class PipelineConfig:
     feature_clip: float = _setting(
         10.0, "centred (or scaled) genes are clipped to [-clip, clip]",
         "scanpy's scale clips z-scores at 10 (BANKSY too): the clip bounds the weight of a few extreme cells; "
-        "centred log values stay well inside it",
+        "centred log values (log1p of 10,000 is 9.2) rarely reach it",
         cli=False, kw_only=True)
     feature_smooth: int = _setting(
         1, "rounds of averaging of the input features over each neighbourhood",
@@ -177,7 +177,7 @@ class PipelineConfig:
         "five epochs without an improvement larger than delta end training", positive=True)
     delta: float = _setting(
         1e-3, "smallest decrease of the validation loss that counts as an improvement",
-        "gains below 0.001 are noise on the loss of z-scored components, so training stops on a plateau "
+        "gains below 0.001 are noise on the reconstruction loss of the input components, so training stops on a plateau "
         "instead of creeping on",
         cli=False, kw_only=True)
     smooth: int = _setting(
