@@ -54,7 +54,7 @@ def kmeans_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0, n_init
 
 
 def gmm_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0,
-                covariance_type: str = "tied", n_init: int = 5, max_fit_rows: int | None = 100_000) -> np.ndarray:
+                covariance_type: str = "tied", n_init: int = 10, max_fit_rows: int | None = 100_000) -> np.ndarray:
     """Cluster the rows of ``embedding`` with a Gaussian mixture
     (:class:`sklearn.mixture.GaussianMixture`, k-means initialisation), as
     mclust does for STAGATE and GraphST.
