@@ -195,7 +195,7 @@ class PipelineConfig:
         10, "fits of the Gaussian mixture from different k-means starts; the most likely is kept",
         "best of 10 starts: on four DLPFC sections, 5 starts left one of three seeds in a less likely fit "
         "(per-section ARI 0.485, against 0.539 from 10 or more starts), and the other seeds and DLPFC 151510 "
-        "were the same from 5 to 50 starts (issue 20); the fit stays seconds (100,000 cells: 3.5 s to 5.7 s)",
+        "were the same with 10 starts as with 5 (issue 20); the fit stays seconds (100,000 cells: 3.5 s to 5.7 s)",
         cli=False, kw_only=True)
     kmeans_n_init: int = _setting(
         10, "k-means runs from different starts; the lowest within-cluster sum of squares is kept",

@@ -1,0 +1,119 @@
+"""Where the domains are lost: the embedding or its clustering?
+
+Trains the default pipeline on an annotated tissue (one run per seed) and
+clusters its embedding (smoothed as the pipeline smooths it) several ways,
+reporting the ARI (per section when there are several, as ``stepgraph bench
+domains``) and the Gaussian mixture's mean log-likelihood per cell:
+
+- ``gmm k-means xN``: the pipeline's mixture (one shared covariance), the most
+  likely of N fits from k-means starts (N = 5, 10, 50);
+- ``gmm from truth``: the same mixture started at the true domains' means. A
+  higher ARI with a *lower* likelihood than the k-means fits means the
+  mixture prefers the wrong partition: more starts cannot fix it;
+- ``lda (held out)``: linear discriminant analysis fitted on the true labels
+  of half the sections (of a random half of the cells for one section),
+  scored on the rest: how much of the domains a linear map of the embedding
+  carries, an upper bound for clustering it.
+
+    python benchmarks/clustering_headroom.py FILE.h5ad --truth-key domain [--batch-key section] [--seeds 0,1,2]
+
+e.g. on ``../shared/data/real/dlpfc_donor3_4sections.h5ad --batch-key section``.
+Writes benchmarks/results/clustering_headroom.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+
+import anndata as ad
+import numpy as np
+import torch
+from _common import RESULTS, markdown_table, write_json
+from threadpoolctl import threadpool_limits
+
+from stepgraph.graph.ops import smooth_over_graph
+from stepgraph.graph.spatial import section_codes
+from stepgraph.pipeline import PipelineConfig, run_pipeline
+from stepgraph.pipeline.config import EMBEDDING_KEY
+from stepgraph.pipeline.domains import adjusted_rand_index
+
+
+def _score(truth, labels, sections, known) -> float:
+    """ARI of ``labels``: the mean within each section when there are several."""
+    codes = np.unique(sections[known])  # the sections scored
+    if len(np.unique(sections)) == 1:
+        return adjusted_rand_index(truth[known], labels[known])
+    return float(np.mean([adjusted_rand_index(truth[known & (sections == c)], labels[known & (sections == c)])
+                          for c in codes]))
+
+
+def _mixture(n_domains: int, seed: int, **options):
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(n_domains, covariance_type="tied", reg_covar=1e-5, random_state=seed, **options)
+
+
+def headroom(adata, truth_key: str, batch_key: str | None, seed: int) -> list[dict]:
+    """The rows of one seed (see the module docstring)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    config = PipelineConfig(batch_key=batch_key, truth_key=truth_key, seed=seed, progress=False)
+    with tempfile.TemporaryDirectory() as out:
+        run_pipeline(adata, out, config)
+    embedding = smooth_over_graph(adata.obsm[EMBEDDING_KEY], adata.obsp["spatial_connectivities"], config.smooth)
+    sections = section_codes(adata, batch_key)[0]
+    truth = adata.obs[truth_key].astype(str).to_numpy()
+    known = adata.obs[truth_key].notna().to_numpy()
+    domains = np.unique(truth[known])
+    rows = []
+
+    def row(method, labels, model=None):
+        rows.append({"seed": seed, "method": method, "ari": round(_score(truth, labels, sections, known), 3),
+                     "log-likelihood": "" if model is None else round(float(model.score(embedding)), 3)})
+
+    for n_init in (5, 10, 50):
+        model = _mixture(len(domains), seed, n_init=n_init).fit(embedding)
+        row(f"gmm k-means x{n_init}", model.predict(embedding), model)
+    means = np.stack([embedding[known & (truth == d)].mean(axis=0) for d in domains])
+    model = _mixture(len(domains), seed, means_init=means).fit(embedding)
+    row("gmm from truth", model.predict(embedding), model)
+    codes = np.unique(sections)
+    if len(codes) > 1:
+        fit_rows = np.isin(sections, codes[: len(codes) // 2])
+    else:
+        fit_rows = np.random.default_rng(seed).random(len(truth)) < 0.5
+    lda = LinearDiscriminantAnalysis().fit(embedding[known & fit_rows], truth[known & fit_rows])
+    predicted = lda.predict(embedding)
+    row("lda (held out)", predicted, None)
+    rows[-1]["ari"] = round(_score(truth, predicted, sections, known & ~fit_rows), 3)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="annotated .h5ad (raw counts in X)")
+    parser.add_argument("--truth-key", required=True, help="obs column of the true domains")
+    parser.add_argument("--batch-key", default=None, help="obs column of the sections")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds, comma separated")
+    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
+    parser.add_argument("--out", default=str(RESULTS / "clustering_headroom"), help="OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    torch.set_num_threads(args.threads)
+    rows, start = [], time.perf_counter()
+    with threadpool_limits(args.threads):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            rows += headroom(ad.read_h5ad(args.input), args.truth_key, args.batch_key, seed)
+    table = markdown_table(rows, ["seed", "method", "ari", "log-likelihood"])
+    print(table)
+    write_json(args.out + ".json", {"input": args.input, "threads": args.threads, "rows": rows,
+                                    "seconds": time.perf_counter() - start})
+    with open(args.out + ".md", "w") as handle:
+        handle.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
