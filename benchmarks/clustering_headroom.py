@@ -70,8 +70,8 @@ def headroom(adata, truth_key: str, batch_key: str | None, seed: int) -> list[di
     domains = np.unique(truth[known])
     rows = []
 
-    def row(method, labels, model=None):
-        rows.append({"seed": seed, "method": method, "ari": round(_score(truth, labels, sections, known), 3),
+    def row(method, labels, model=None, scored=known):
+        rows.append({"seed": seed, "method": method, "ari": round(_score(truth, labels, sections, scored), 3),
                      "log-likelihood": "" if model is None else round(float(model.score(embedding)), 3)})
 
     for n_init in (5, 10, 50):
@@ -86,9 +86,7 @@ def headroom(adata, truth_key: str, batch_key: str | None, seed: int) -> list[di
     else:
         fit_rows = np.random.default_rng(seed).random(len(truth)) < 0.5
     lda = LinearDiscriminantAnalysis().fit(embedding[known & fit_rows], truth[known & fit_rows])
-    predicted = lda.predict(embedding)
-    row("lda (held out)", predicted, None)
-    rows[-1]["ari"] = round(_score(truth, predicted, sections, known & ~fit_rows), 3)
+    row("lda (held out)", lda.predict(embedding), scored=known & ~fit_rows)
     return rows
 
 
