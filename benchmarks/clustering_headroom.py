@@ -6,8 +6,10 @@ reporting the ARI (per section when there are several, as ``stepgraph bench
 domains``) and the Gaussian mixture's mean log-likelihood per cell:
 
 - ``gmm k-means xN``: the pipeline's mixture (one shared covariance), the most
-  likely of N fits from k-means starts (N = 5, 10, 50);
-- ``gmm from truth``: the same mixture started at the true domains' means. A
+  likely of N fits from k-means starts (N = 5, 10, 50), each stopped at
+  scikit-learn's tolerance; ``converged``: the pipeline's default, whose most
+  likely start then runs on to the pipeline's ``gmm_tol``;
+- ``gmm from truth, converged``: the same mixture started at the true domains' means. A
   higher ARI with a *lower* likelihood than the k-means fits means the
   mixture prefers the wrong partition: more starts cannot fix it;
 - ``lda (held out)``: linear discriminant analysis fitted on the true labels
@@ -38,7 +40,7 @@ from stepgraph.graph.ops import smooth_over_graph
 from stepgraph.graph.spatial import section_codes
 from stepgraph.pipeline import PipelineConfig, run_pipeline
 from stepgraph.pipeline.config import EMBEDDING_KEY
-from stepgraph.pipeline.domains import adjusted_rand_index
+from stepgraph.pipeline.domains import adjusted_rand_index, fit_gmm
 
 
 def _score(truth, labels, sections, known) -> float:
@@ -48,12 +50,6 @@ def _score(truth, labels, sections, known) -> float:
         return adjusted_rand_index(truth[known], labels[known])
     return float(np.mean([adjusted_rand_index(truth[known & (sections == c)], labels[known & (sections == c)])
                           for c in codes]))
-
-
-def _mixture(n_domains: int, seed: int, **options):
-    from sklearn.mixture import GaussianMixture
-
-    return GaussianMixture(n_domains, covariance_type="tied", reg_covar=1e-5, random_state=seed, **options)
 
 
 def headroom(adata, truth_key: str, batch_key: str | None, seed: int) -> list[dict]:
@@ -74,12 +70,13 @@ def headroom(adata, truth_key: str, batch_key: str | None, seed: int) -> list[di
         rows.append({"seed": seed, "method": method, "ari": round(_score(truth, labels, sections, scored), 3),
                      "log-likelihood": "" if model is None else round(float(model.score(embedding)), 3)})
 
-    for n_init in (5, 10, 50):
-        model = _mixture(len(domains), seed, n_init=n_init).fit(embedding)
-        row(f"gmm k-means x{n_init}", model.predict(embedding), model)
+    options = {name: value for name, value in config.cluster_options().items() if name not in ("method", "n_init")}
+    for n_init, tol in ((5, None), (10, None), (10, options.pop("tol")), (50, None)):
+        model = fit_gmm(embedding, len(domains), n_init=n_init, tol=tol, **options)
+        row(f"gmm k-means x{n_init}" + (", converged" if tol else ""), model.predict(embedding), model)
     means = np.stack([embedding[known & (truth == d)].mean(axis=0) for d in domains])
-    model = _mixture(len(domains), seed, means_init=means).fit(embedding)
-    row("gmm from truth", model.predict(embedding), model)
+    model = fit_gmm(embedding, len(domains), n_init=1, means_init=means, **options)
+    row("gmm from truth, converged", model.predict(embedding), model)
     codes = np.unique(sections)
     if len(codes) > 1:
         fit_rows = np.isin(sections, codes[: len(codes) // 2])

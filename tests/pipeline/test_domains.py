@@ -44,6 +44,20 @@ def test_gmm_fitted_on_a_subset_assigns_every_row():
     assert len(labels) == 150 and adjusted_rand_index(truth, labels) == 1.0
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gmm_runs_em_on_until_it_converges(seed):
+    # three bands, long along x and stacked along y, as cortical layers are: k-means starts
+    # cut them across, and EM turns the components slowly; stopped at scikit-learn's
+    # tol=1e-3, the mixture is still cutting across (ARI about 0.4 for these seeds)
+    rng = np.random.default_rng(seed)
+    truth = np.repeat([0, 1, 2], 700)
+    x = rng.normal(size=(2100, 3)) * [5.0, 1.0, 1.0] + np.c_[np.zeros(2100), truth * 5.0, np.zeros(2100)]
+    assert adjusted_rand_index(truth, gmm_domains(x, 3, n_init=1)) > 0.95
+    assert adjusted_rand_index(truth, gmm_domains(x, 3)) > 0.95
+    with pytest.raises(ValueError, match="tol"):
+        gmm_domains(x, 3, tol=0.0)
+
+
 def test_scores_of_independent_labellings_are_near_zero_and_labels_any_hashable():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 4, 5000), rng.integers(0, 4, 5000)
