@@ -32,6 +32,7 @@ DOMAIN_METHODS = {
     "stepgraph": "stepgraph train (default pipeline)",
     "neighbor_mean": "neighbour-mean baseline (6-NN, 2 hops, PCA 30, k-means)",
     "pca_kmeans": "non-spatial baseline (PCA 30, k-means)",
+    "untrained": "the pipeline without its model (its smoothed input features, same mixture)",
 }
 
 
@@ -46,7 +47,11 @@ def _one_run(path: str, method: str, seed: int, truth_key: str, batch_key: str |
 
     from stepgraph.graph.spatial import section_codes
     from stepgraph.pipeline import DOMAIN_KEY, EMBEDDING_KEY, PipelineConfig, run_pipeline
-    from stepgraph.pipeline.baselines import neighbor_mean_domains, pca_kmeans_domains
+    from stepgraph.pipeline.baselines import (
+        neighbor_mean_domains,
+        pca_kmeans_domains,
+        untrained_pipeline_domains,
+    )
     from stepgraph.pipeline.domains import adjusted_rand_index, normalized_mutual_info
     from stepgraph.pipeline.integration import section_mixing
     from stepgraph.pipeline.stages import peak_rss_mb
@@ -70,6 +75,10 @@ def _one_run(path: str, method: str, seed: int, truth_key: str, batch_key: str |
         elif method == "neighbor_mean":
             labels, embedding = neighbor_mean_domains(adata, n_domains, seed=seed, spatial_key=spatial_key,
                                                       batch_key=batch_key, return_embedding=True)
+        elif method == "untrained":
+            config = PipelineConfig(spatial_key=spatial_key, batch_key=batch_key, **pipeline_options)
+            labels, embedding = untrained_pipeline_domains(adata, n_domains, seed=seed, config=config,
+                                                           return_embedding=True)
         else:
             labels, embedding = pca_kmeans_domains(adata, n_domains, seed=seed, return_embedding=True)
         seconds = time.perf_counter() - start
@@ -117,7 +126,7 @@ def run_domain_benchmark(path: str | Path, truth_key: str, batch_key: str | None
         Torch and BLAS threads of each run.
     pipeline_options
         Extra :class:`~stepgraph.pipeline.PipelineConfig` fields for the
-        stepgraph runs (e.g. ``{"epochs": 20}``).
+        stepgraph and untrained runs (e.g. ``{"epochs": 20}``).
 
     Returns
     -------

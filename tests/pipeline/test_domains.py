@@ -9,7 +9,11 @@ import pytest
 import scipy.sparse as sp
 
 from stepgraph.graph.ops import median_neighbor_distance, smooth_over_graph
-from stepgraph.pipeline.baselines import neighbor_mean_domains, pca_kmeans_domains
+from stepgraph.pipeline.baselines import (
+    neighbor_mean_domains,
+    pca_kmeans_domains,
+    untrained_pipeline_domains,
+)
 from stepgraph.pipeline.domains import (
     adjusted_rand_index,
     cluster_domains,
@@ -146,6 +150,24 @@ def test_neighbour_mean_beats_the_non_spatial_baseline_on_the_synthetic_tissue()
     plain = adjusted_rand_index(adata.obs["domain"], pca_kmeans_domains(adata, 5))
     assert spatial > plain + 0.2
     assert (adata.X != before).nnz == 0 and "spatial_connectivities" not in adata.obsp
+
+
+def test_the_untrained_pipeline_baseline_clusters_the_model_input_and_leaves_adata_as_it_was():
+    from stepgraph.pipeline import PipelineConfig
+    from stepgraph.synthetic import synthetic_tissue
+
+    adata = synthetic_tissue(n_cells=3000, n_sections=2, seed=3)
+    before, obsm = adata.X.copy(), set(adata.obsm)
+    config = PipelineConfig(batch_key="section")
+    labels, smoothed = untrained_pipeline_domains(adata, 5, config=config, return_embedding=True)
+    assert smoothed.shape == (3000, config.n_pcs) and labels.shape == (3000,)
+    untrained = adjusted_rand_index(adata.obs["domain"], labels)
+    plain = adjusted_rand_index(adata.obs["domain"], pca_kmeans_domains(adata, 5))
+    assert untrained > plain + 0.2
+    assert (adata.X != before).nnz == 0 and "spatial_connectivities" not in adata.obsp and set(adata.obsm) == obsm
+    # the config's clustering is the one used
+    kmeans = untrained_pipeline_domains(adata, 5, config=PipelineConfig(batch_key="section", cluster="kmeans"))
+    assert np.array_equal(kmeans, kmeans_domains(smoothed, 5, seed=0))
 
 
 def test_expression_features_are_the_same_per_block_in_memory_and_on_disk(tmp_path):

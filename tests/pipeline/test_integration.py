@@ -209,7 +209,7 @@ def test_bench_domains_reports_joint_per_section_and_mixing_side_by_side(tmp_pat
     path = tmp_path / "tissue.h5ad"
     synthetic_tissue(n_cells=600, n_sections=2, n_genes=40, seed=3, section_effect=1.0).write_h5ad(path)
     result = run_domain_benchmark(path, "domain", batch_key="section", seeds=(0,),
-                                  methods=["neighbor_mean", "pca_kmeans"])
+                                  methods=["neighbor_mean", "pca_kmeans", "untrained"])
     for run in result["runs"]:
         assert set(run["ari_sections"]) == {"section0", "section1"}
         assert run["ari_per_section"] == pytest.approx(np.mean(list(run["ari_sections"].values())))
