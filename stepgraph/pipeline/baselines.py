@@ -137,6 +137,7 @@ def untrained_pipeline_domains(adata, n_domains: int, seed: int = 0, config=None
 
     config = dataclasses.replace(config or PipelineConfig(), seed=seed, progress=False)
     counts = adata.X if config.layer_key is None else adata.layers[config.layer_key]
+    config = config.resolved(counts.shape[1])
     # a shell that shares obs and coordinates: the graph goes into its obsp, not adata's
     shell = ad.AnnData(obs=adata.obs, obsm={config.spatial_key: adata.obsm[config.spatial_key]})
     spatial_graph(shell, method=config.method, n_neighbors=config.n_neighbors,

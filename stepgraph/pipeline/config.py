@@ -9,16 +9,34 @@ the user guide's table.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from stepgraph.graph.spatial import METHODS
 from stepgraph.pipeline.domains import CLUSTER_METHODS
 from stepgraph.pipeline.preprocess import SCALINGS
 
-__all__ = ["PipelineConfig", "EMBEDDING_KEY", "DOMAIN_KEY", "cli_option", "defaults_table"]
+__all__ = ["PipelineConfig", "EMBEDDING_KEY", "DOMAIN_KEY", "RECIPES", "gene_set_kind", "cli_option", "defaults_table"]
 
 EMBEDDING_KEY = "X_stepgraph"
 DOMAIN_KEY = "stepgraph_domain"
+
+#: The model input and encoder of each kind of gene set (:func:`gene_set_kind`): the values that
+#: :meth:`PipelineConfig.resolved` gives the fields left at ``None``. A transcriptome's spots or cells
+#: carry many axes of expression above their noise: the model reads 200 components of each cell's own
+#: expression and one attention layer, 256 wide, weighs its neighbours (STAGATE's design). A panel's
+#: cells carry fewer: the model reads 20 components of neighbourhood means, averaged once more, through
+#: two narrower layers. Measured on both kinds in ``docs/benchmarks.md`` (issue 20, sixth round).
+RECIPES = {
+    "transcriptome": {"n_pcs": 200, "feature_smooth": 0, "fanout": [10], "hidden_dim": 256},
+    "panel": {"n_pcs": 20, "feature_smooth": 1, "fanout": [10, 5], "hidden_dim": 64},
+}
+
+
+def gene_set_kind(n_genes: int, n_top_genes: int) -> str:
+    """``"panel"`` when the ``n_genes`` genes are kept whole (at most ``n_top_genes``: a targeted
+    panel, chosen by hand), ``"transcriptome"`` when highly variable genes are selected from more.
+    :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`' ``scaling="auto"`` follows the same rule."""
+    return "panel" if n_genes <= n_top_genes else "transcriptome"
 
 
 def _setting(default, help: str, reason: str, *, cli: bool = True, flag: str | None = None,
@@ -106,11 +124,18 @@ class PipelineConfig:
         "selected (150 of 200), the per-section ARI is then level with z-scores (0.882 / 0.786 / 0.883 against "
         "0.883 / 0.787 / 0.883; 0.775 for seed 0 without it)",
         choices=SCALINGS, kw_only=True)
-    n_pcs: int = _setting(
-        20, "principal components of the model input (centred or scaled genes, see scaling; fitted on neighbourhood means)",
-        "components of neighbourhood means are the axes along which whole neighbourhoods differ, i.e. "
-        "domains, not spot-to-spot noise; they also make the input size independent of the panel",
-        positive=True)
+    n_pcs: int | None = _setting(
+        None, "principal components of the model input (centred or scaled genes, see scaling; fitted on "
+        "neighbourhood means)",
+        "per kind of gene set (see RECIPES and gene_set_kind): a transcriptome (more genes than n_top_genes) "
+        "keeps 200 components of each cell's own expression, and the model's attention layer weighs the "
+        "neighbours; a panel kept whole keeps 20 components of neighbourhood means, averaged once more. "
+        "Measured (issue 20, sixth round, 3 seeds): on four DLPFC sections (3,837 genes) the transcriptome "
+        "input with its encoder raised the per-section ARI from 0.543 to 0.594 (joint 0.539 to 0.589) and "
+        "each section run alone from 0.43 to 0.56; on an 80-gene panel cut from them it fell from 0.31 to 0.26, "
+        "and on DLPFC 151510 (500 genes) from 0.566 to 0.534: a panel's cells carry fewer axes above their "
+        "noise, and averaging before the model helps them",
+        positive=True, shown="200 for a transcriptome, 20 for a panel")
     feature_max_cells: int = _setting(
         20_000, "cells, drawn at random, that fit the genes, their centring and scaling, and the components",
         "20,000 cells estimate them well and keep the fit small on a tissue of millions of cells",
@@ -120,9 +145,11 @@ class PipelineConfig:
         "scanpy's scale clips z-scores at 10 (BANKSY too): the clip bounds the weight of a few extreme cells; "
         "centred log values (log1p of 10,000 is 9.2) rarely reach it",
         cli=False, kw_only=True)
-    feature_smooth: int = _setting(
-        1, "rounds of averaging of the input features over each neighbourhood",
-        "BANKSY's neighbour features: a cell's input is the mean over itself and its neighbours",
+    feature_smooth: int | None = _setting(
+        None, "rounds of averaging of the input features over each neighbourhood",
+        "per kind of gene set (see n_pcs): 0 for a transcriptome, whose model attends to each neighbour's own "
+        "expression (STAGATE's input); 1 for a panel, BANKSY's neighbour features (a cell's input is the mean "
+        "over itself and its neighbours)",
         cli=False, kw_only=True)
     method: str = _setting(
         "radius", "graph construction", "unlike a fixed k, a radius does not reach across holes and tissue "
@@ -147,13 +174,16 @@ class PipelineConfig:
     batch_size: int = _setting(
         1024, "seed cells per batch", "a batch's sampled neighbourhoods stay small in memory while an epoch "
         "of a large tissue takes few steps", positive=True)
-    fanout: list[int] = _setting(
-        [10, 5], "neighbours sampled per hop, comma separated (-1: all)",
-        "two hops, one per encoder layer; 10 and 5 cover a radius graph's 6 to 8 neighbours and bound "
-        "the size of a batch", shown="10,5")
-    hidden_dim: int = _setting(
-        64, "width of the encoder's hidden layer", "wide enough for 20 input components; the model "
-        "stays small enough to train on a CPU", cli=False)
+    fanout: list[int] | None = _setting(
+        None, "neighbours sampled per hop, comma separated (-1: all); one encoder layer per hop",
+        "per kind of gene set (see n_pcs): one hop of 10 for a transcriptome (one attention layer over the "
+        "first ring, as STAGATE's encoder), two hops of 10 and 5 for a panel; 10 and 5 cover a radius graph's "
+        "6 to 8 neighbours and bound the size of a batch", shown="10 for a transcriptome, 10,5 for a panel")
+    hidden_dim: int | None = _setting(
+        None, "width of the encoder's hidden layer",
+        "per kind of gene set (see n_pcs): 256 for a transcriptome's 200 input components (measured, issue 20: "
+        "with 64 the four DLPFC sections scored 0.542 per section, against 0.594), 64 for a panel's 20; the "
+        "model stays small enough to train on a CPU", cli=False)
     latent_dim: int = _setting(
         30, "dimensions of the embedding", "STAGATE's and GraphST's 30: room for tens of domains, few enough "
         "for a Gaussian mixture with one shared covariance to fit. Measured against 16 (issue 20): the median "
@@ -291,8 +321,25 @@ class PipelineConfig:
             return self.epochs
         return max(1, min(self.max_epochs, -(-self.train_budget // max(1, n_train))))
 
+    def resolved(self, n_genes: int) -> PipelineConfig:
+        """This config for an input of ``n_genes`` genes: a copy whose fields left at ``None``
+        (``n_pcs``, ``feature_smooth``, ``fanout``, ``hidden_dim``) hold the values of the
+        :data:`RECIPES` entry of :func:`gene_set_kind`; the fields set explicitly are kept."""
+        recipe = RECIPES[gene_set_kind(n_genes, self.n_top_genes)]
+        chosen = {name: list(value) if isinstance(value, list) else value for name, value in recipe.items()
+                  if getattr(self, name) is None}
+        return replace(self, **chosen)
+
+    def _check_resolved(self) -> None:
+        unset = [name for name in RECIPES["panel"] if getattr(self, name) is None]
+        if unset:
+            raise ValueError(f"{', '.join(unset)} of this PipelineConfig are left to the gene set: call "
+                             "config.resolved(n_genes) first")
+
     def feature_options(self) -> dict:
-        """Every argument of :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`, from this config."""
+        """Every argument of :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`, from this
+        config (a :meth:`resolved` one)."""
+        self._check_resolved()
         return {"n_top_genes": self.n_top_genes, "n_components": self.n_pcs, "scaling": self.scaling,
                 "max_cells": self.feature_max_cells, "clip": self.feature_clip, "seed": self.seed}
 

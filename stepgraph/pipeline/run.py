@@ -1,7 +1,9 @@
 """The reference pipeline behind ``stepgraph demo`` and ``stepgraph train``.
 
-AnnData -> spatial graph -> input features (log-CP10k, HVG, z-scores, PCA
-fitted on neighbourhood means) -> node-sampled training of
+AnnData -> spatial graph -> input features (log-CP10k, HVG, centred or
+z-scored genes, PCA fitted on neighbourhood means; for a transcriptome 200
+components of each cell, for a panel 20 averaged over its neighbourhood: see
+:data:`~stepgraph.pipeline.config.RECIPES`) -> node-sampled training of
 :class:`~stepgraph.models.GraphAutoencoder` (validation split, early
 stopping, best checkpoint) -> embedding of every cell -> smoothed embedding ->
 Gaussian-mixture domains -> outputs in a folder. The defaults and their
@@ -80,10 +82,11 @@ def _initial_weights(model: torch.nn.Module, path: str | Path, trusted: bool) ->
 def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, ExpressionFeatures]:
     """The dataset the model reads, and the fitted transform.
 
-    Each cell's features are the mean, over the cell and its graph
-    neighbours, of their :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`,
-    whose components are fitted on neighbourhood means too (the axes of
-    variation between domains); plus the section when there are several.
+    Each cell's features are its :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`,
+    whose components are fitted on neighbourhood means (the axes of
+    variation between domains), averaged ``config.feature_smooth`` times
+    over the cell and its graph neighbours; plus the section when there are
+    several. ``config`` is a resolved one (:meth:`PipelineConfig.resolved`).
     With ``config.backed``, ``X`` is read from disk in chunks of rows, never
     whole. Needs the spatial graph in ``adata.obsp``.
     """
@@ -183,6 +186,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     torch.manual_seed(config.seed)
 
     counts = expression_matrix(adata, config.layer_key)  # numbers (finite in memory), cells and genes
+    config = config.resolved(counts.shape[1])  # the input and encoder of a transcriptome or of a panel
     if config.backed and not (adata.isbacked or is_on_disk(counts)):
         raise ValueError("config.backed=True needs a backed AnnData, e.g. "
                          "anndata.read_h5ad(path, backed='r') or stepgraph.data.readers.read_anndata(zarr_path, "

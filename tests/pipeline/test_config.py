@@ -8,6 +8,7 @@ import inspect
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stepgraph.cli import build_parser, config_from_args, main
@@ -129,7 +130,7 @@ def _defaulted(function) -> set[str]:
 
 
 def test_the_pipeline_passes_every_option_of_its_stages_explicitly():
-    config = PipelineConfig()
+    config = PipelineConfig().resolved(n_genes=500)
     assert set(config.feature_options()) == set(inspect.signature(ExpressionFeatures).parameters)
     ExpressionFeatures(**config.feature_options())  # every value is one it accepts
     for method, function in (("gmm", gmm_domains), ("kmeans", kmeans_domains)):
@@ -139,6 +140,35 @@ def test_the_pipeline_passes_every_option_of_its_stages_explicitly():
     changed = dataclasses.replace(config, feature_clip=3.0, gmm_n_init=2, cluster_max_rows=None)
     assert changed.feature_options()["clip"] == 3.0
     assert changed.cluster_options()["n_init"] == 2 and changed.cluster_options()["max_fit_rows"] is None
+
+
+def test_the_gene_set_picks_the_input_and_encoder_of_fields_left_unset():
+    config = PipelineConfig(n_top_genes=100)
+    with pytest.raises(ValueError, match=r"n_pcs, feature_smooth, fanout, hidden_dim .* left to the gene set.*resolved\(n_genes\)"):
+        config.feature_options()
+    panel, transcriptome = config.resolved(100), config.resolved(101)
+    assert (panel.n_pcs, panel.feature_smooth, panel.fanout, panel.hidden_dim) == (20, 1, [10, 5], 64)
+    assert (transcriptome.n_pcs, transcriptome.feature_smooth, transcriptome.fanout,
+            transcriptome.hidden_dim) == (200, 0, [10], 256)
+    assert config.n_pcs is None and config.fanout is None  # resolved returns a copy
+    transcriptome.fanout.append(3)
+    assert config.resolved(101).fanout == [10]  # the recipe's list is not shared
+    mine = PipelineConfig(n_top_genes=100, n_pcs=7, fanout=[4], feature_smooth=2, hidden_dim=9).resolved(5000)
+    assert (mine.n_pcs, mine.feature_smooth, mine.fanout, mine.hidden_dim) == (7, 2, [4], 9)
+    # ExpressionFeatures' scaling="auto" draws the same line between a panel and a transcriptome
+    counts = np.random.default_rng(0).poisson(2.0, size=(60, 120)).astype(np.float32)
+    assert ExpressionFeatures(n_top_genes=120, n_components=5).fit(counts).zscored_
+    assert not ExpressionFeatures(n_top_genes=119, n_components=5).fit(counts).zscored_
+
+
+def test_a_transcriptome_run_records_the_recipe_it_used(tmp_path):
+    adata = synthetic_tissue(n_cells=300, n_genes=60, seed=2)
+    summary = run_pipeline(adata, tmp_path, PipelineConfig(n_top_genes=40, epochs=1, batch_size=128,
+                                                           progress=False))
+    used = summary["config"]
+    assert (used["n_pcs"], used["feature_smooth"], used["fanout"], used["hidden_dim"]) == (200, 0, [10], 256)
+    # 200 components asked, 39 possible (40 genes kept, minus one)
+    assert summary["features"] == {"genes": 40, "components": 39}
 
 
 def test_run_pipeline_reads_its_fallbacks_from_the_config(tmp_path):
