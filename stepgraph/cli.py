@@ -209,22 +209,31 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--overwrite", action="store_true", help="allow writing over an existing file, INPUT included")
     bench_sub = _add_bench_parser(sub)
     domains = bench_sub.add_parser(
-        "domains", help="spatial domains: the pipeline vs training-free baselines on an annotated h5ad",
-        description="Run stepgraph's pipeline, the neighbour-mean baseline and the non-spatial baseline "
-        "(PCA + k-means) on INPUT with several seeds, each run in a fresh process, and report ARI and NMI "
-        "against --truth-key (with --batch-key and several sections: the joint ARI, the mean ARI within "
-        "each section and the sections' mixing score), time and peak memory (median [min, max] over seeds), as a markdown table "
-        "and JSON.")
-    domains.add_argument("input", help="input .h5ad file (raw counts in X, true domains in obs)")
-    domains.add_argument("--truth-key", required=True, help="obs column of the true domains")
-    _add_config_options(domains, ("batch_key", "spatial_key"))
-    from stepgraph.bench.domains import DOMAIN_METHODS, run_domain_benchmark
+        "domains", help="spatial domains: the pipeline vs baselines and other methods on annotated tissues",
+        description="Run stepgraph's pipeline, its untrained input, the neighbour-mean and the non-spatial "
+        "(PCA + k-means) baselines, and BANKSY and CellCharter where installed (the bench extra), on every "
+        "INPUT with several seeds, each run in a fresh process. Each tissue gets a table of the ARI and NMI "
+        "against its true domains (with several sections: the joint ARI, the mean ARI within each section "
+        "and the sections' mixing score), time and peak memory (median [min, max] over seeds); then one "
+        "line per method: the tissues it leads on and its mean rank. Keys come from a panel.json manifest "
+        "in the folder, else from the options, else from the file (obs['domain'], obs['section']).")
+    domains.add_argument("input", nargs="+", help="annotated .h5ad files or folders of them (raw counts in X)")
+    domains.add_argument("--truth-key", default=None, help="obs column of the true domains (default: domain)")
+    domains.add_argument("--batch-key", default=None,
+                         help="obs column of the sections, where a file has it (default: section)")
+    domains.add_argument("--spatial-key", default=None, help="obsm key of the coordinates (default: spatial)")
+    domains.add_argument("--manifest", default=None, metavar="JSON",
+                         help='keys per file: {"file.h5ad": {"truth_key": ..., "batch_key": ...}} (default: the '
+                         "panel.json of each input folder)")
+    from stepgraph.bench.domains import DOMAIN_METHODS, run_panel_benchmark
 
-    seeds = list(_defaults(run_domain_benchmark)["seeds"])
+    seeds = list(_defaults(run_panel_benchmark)["seeds"])
     domains.add_argument("--seeds", type=_seeds, default=seeds,
                          help=f"seeds, comma separated (default: {','.join(map(str, seeds))})")
     domains.add_argument("--methods", default=",".join(DOMAIN_METHODS),
-                         help="methods, comma separated (default: %(default)s)")
+                         help="methods, comma separated (default: %(default)s; those not installed are skipped)")
+    domains.add_argument("--jobs", type=_positive_int, default=1,
+                         help="runs at a time, each in a fresh process with --threads threads (default: %(default)s)")
     domains.add_argument("--epochs", type=_positive_int, default=None,
                          help="maximum epochs of the pipeline (default: the pipeline's)")
     domains.add_argument("--out", default="benchmarks/results/domains",
@@ -574,28 +583,22 @@ def _run_bench(args) -> int:
 
 
 def _run_bench_domains(args) -> int:
-    from stepgraph.bench.domains import (
-        DOMAIN_METHODS,
-        domain_table,
-        run_domain_benchmark,
-        write_results,
-    )
+    from stepgraph.bench.domains import DOMAIN_METHODS, panel_report, run_panel_benchmark, write_results
 
-    if not Path(args.input).is_file():
-        raise UserError(f"input file {args.input!r} does not exist")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in DOMAIN_METHODS]
     if unknown or not methods:
         raise UserError(f"--methods {args.methods!r}: expected names among {list(DOMAIN_METHODS)}")
     try:
-        result = run_domain_benchmark(args.input, args.truth_key, batch_key=args.batch_key,
-                                      spatial_key=args.spatial_key, seeds=args.seeds, methods=methods,
-                                      threads=args.threads,
-                                      pipeline_options={"epochs": args.epochs} if args.epochs else None)
-    except OSError as err:
-        raise UserError(f"input file {args.input!r} is not a readable .h5ad file ({err})") from None
+        result = run_panel_benchmark(args.input, truth_key=args.truth_key, batch_key=args.batch_key,
+                                     spatial_key=args.spatial_key, manifest=args.manifest, seeds=args.seeds,
+                                     methods=methods, threads=args.threads, jobs=args.jobs,
+                                     pipeline_options={"epochs": args.epochs} if args.epochs else None,
+                                     log=lambda line: print(line, flush=True))
+    except ValueError as err:
+        raise UserError(str(err)) from None
     json_path, md_path = write_results(result, args.out)
-    print(domain_table(result))
+    print(panel_report(result))
     print(f"results: {json_path} and {md_path}")
     return 0
 
