@@ -40,3 +40,29 @@ def test_neighbourhood_mean_and_smoothing():
     assert np.array_equal(smooth_over_graph(values, graph, 0), values)
     with pytest.raises(ValueError, match="square"):
         neighborhood_mean_operator(graph[:3])
+
+
+def test_gaussian_knn_kernel_weights_each_neighbour_by_its_distance_within_its_section():
+    from stepgraph.graph.ops import gaussian_knn_kernel
+
+    # cell 0 at the origin with neighbours at distances 1 (east), 2 (north) and 3 (west);
+    # cells 4 and 5 are a second section placed on top of the first
+    xy = np.array([[0, 0], [1, 0], [0, 2], [-3, 0], [0, 0], [1, 0]], dtype=float)
+    sections = np.array([0, 0, 0, 0, 1, 1])
+    kernel = gaussian_knn_kernel(xy, sections, k=3).toarray()
+    d = np.array([1.0, 2.0, 3.0])
+    expected = np.exp(-(d / 2.0) ** 2)  # the median of cell 0's three distances is 2
+    np.testing.assert_allclose(kernel[0, 1:4], expected / expected.sum())
+    assert kernel[0, 0] == 0 and not kernel[0, 4:].any()  # not itself, not the other section
+    np.testing.assert_allclose(kernel.sum(axis=1), 1.0)
+    assert kernel[4, 5] == 1.0 and not kernel[4, :4].any()  # a section of two: one neighbour, capped k
+
+    phases = gaussian_knn_kernel(xy, sections, k=3, harmonic=1).toarray()[0, 1:4]
+    np.testing.assert_allclose(phases, expected / expected.sum() * np.array([1, 1j, -1]), atol=1e-12)
+
+
+def test_gaussian_knn_kernel_refuses_a_bad_k():
+    from stepgraph.graph.ops import gaussian_knn_kernel
+
+    with pytest.raises(ValueError, match="k"):
+        gaussian_knn_kernel(np.zeros((3, 2)), k=0)
