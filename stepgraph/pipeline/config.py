@@ -25,7 +25,7 @@ DOMAIN_KEY = "stepgraph_domain"
 #: carry many axes of expression above their noise: the model reads 200 components of each cell's own
 #: expression and one attention layer, 256 wide, weighs its neighbours (STAGATE's design). A panel's
 #: cells carry fewer: the model reads 20 components of neighbourhood means, averaged once more, through
-#: two narrower layers. Measured on both kinds in ``docs/benchmarks.md`` (issue 20, sixth round).
+#: two narrower layers. Measured on both kinds in ``docs/benchmarks.md`` (a transcriptome's own input).
 RECIPES = {
     "transcriptome": {"n_pcs": 200, "feature_smooth": 0, "fanout": [10], "hidden_dim": 256},
     "panel": {"n_pcs": 20, "feature_smooth": 1, "fanout": [10, 5], "hidden_dim": 64},
@@ -83,20 +83,18 @@ class PipelineConfig:
         True, "--no-scale-per-section: with several sections, select, centre and scale the genes over "
         "all cells rather than within each section",
         "a section's own offset and scale of a gene (chemistry, permeabilisation, patient) is a sample "
-        "effect, for spots and cells alike; standardising within each section removes it before the "
-        "components are fitted. Measured (issue 20, 3 seeds): on a synthetic tissue with a strong sample "
-        "effect, every joint domain followed one section without it, and the per-section ARI rose from "
-        "0.27-0.57 to 0.88-0.93 with it; on four DLPFC replicate sections the median moved from 0.508 to "
-        "0.488, inside the seeds' spread (0.42-0.59), while the mixing score doubled (0.28 to 0.56). The genes "
-        "are then selected within the sections too, as scanpy's batch_key selects them, so that a gene that "
-        "only differs between sections is not taken for a variable one",
+        'effect, for spots and cells alike; standardising within each section removes it before the '
+        "components are fitted, and the genes are selected within the sections too, as scanpy's batch_key"
+        ' selects them, so that a gene that only differs between sections is not taken for a variable '
+        'one. Turn it off when the sections share one chemistry and differ in their mixture of domains '
+        'only (measured in docs/benchmarks.md, several sections)',
         flag="--no-scale-per-section", kw_only=True)
     harmony: bool = _setting(
         False, "with several sections, correct the embedding with Harmony (harmonypy) before clustering",
-        "Harmony pulls the sections together even where they hold different mixtures of domains; measured "
-        "after the per-section z-scores (issue 20), it mixed the sections better but lowered the per-section "
-        "ARI of a synthetic tissue with a strong sample effect (median 0.90 against 0.91, 0.57 at worst) and "
-        "left the DLPFC replicates as they were (0.509 against 0.508 on the pooled z-scores, seed 0)", kw_only=True)
+        'Harmony pulls the sections together even where they hold different mixtures of domains; after '
+        'the per-section standardisation it mixed the sections better but did not raise the per-section '
+        'ARI (measured in docs/benchmarks.md, several sections). Turn it on when the sections still '
+        'separate in embedding.png', kw_only=True)
     domains_per_section: bool = _setting(
         False, "cluster each section's embedding on its own (labels are then per section)",
         "joint domains give one label per domain across the sections, which comparing sections needs",
@@ -111,31 +109,41 @@ class PipelineConfig:
     scaling: str = _setting(
         "auto", "weight of each gene in the components: zscore (unit variance), center (its own variance of "
         "log-CP10k) or auto (zscore for a panel kept whole, center for genes selected from more)",
-        "a targeted panel's genes were each chosen, and z-scores give a low-level marker the weight of a highly "
-        "expressed gene (scanpy's scale, BANKSY); most of a transcriptome's highly variable genes are sparsely "
-        "detected, and unit variance would give their counting noise the weight of a marker (STAGATE, SpaGCN "
-        "and BayesSpace feed log values). Measured (issue 20, 3 seeds): on four DLPFC sections (3,837 genes) "
-        "center against zscore raised the median ARI from 0.499 to 0.538 jointly and 0.504 to 0.543 per "
-        "section, and narrowed the seeds' spread; on DLPFC 151510, a 500-gene panel, zscore (0.543) beats "
-        "center (0.527, both inside the seeds' spread); on an 80-gene panel cut from the four sections the two "
-        "are level (per section 0.304 zscore, 0.311 center), so a panel keeps the z-scores that imaging "
-        "panels are analysed with. With several sections, centred genes are divided by one number per section "
-        "(its root mean variance over the pooled one): on a synthetic tissue with a strong sample effect and genes "
-        "selected (150 of 200), the per-section ARI is then level with z-scores (0.882 / 0.786 / 0.883 against "
-        "0.883 / 0.787 / 0.883; 0.775 for seed 0 without it)",
+        "a targeted panel's genes were each chosen, and z-scores give a low-level marker the weight of a "
+        "highly expressed gene (scanpy's scale, BANKSY); most of a transcriptome's highly variable genes "
+        'are sparsely detected, and unit variance would give their counting noise the weight of a marker '
+        '(STAGATE, SpaGCN and BayesSpace feed log values). With several sections, centred genes are '
+        'divided by one number per section, its overall scale of the log values (measured in '
+        'docs/benchmarks.md, the weight of each gene)',
         choices=SCALINGS, kw_only=True)
     n_pcs: int | None = _setting(
         None, "principal components of the model input (centred or scaled genes, see scaling; fitted on "
         "neighbourhood means)",
-        "per kind of gene set (see RECIPES and gene_set_kind): a transcriptome (more genes than n_top_genes) "
-        "keeps 200 components of each cell's own expression, and the model's attention layer weighs the "
-        "neighbours; a panel kept whole keeps 20 components of neighbourhood means, averaged once more. "
-        "Measured (issue 20, sixth round, 3 seeds): on four DLPFC sections (3,837 genes) the transcriptome "
-        "input with its encoder raised the per-section ARI from 0.543 to 0.594 (joint 0.539 to 0.589) and "
-        "each section run alone from 0.43 to 0.56; on an 80-gene panel cut from them it fell from 0.31 to 0.26, "
-        "and on DLPFC 151510 (500 genes) from 0.566 to 0.534: a panel's cells carry fewer axes above their "
-        "noise, and averaging before the model helps them",
+        'per kind of gene set (see RECIPES and gene_set_kind): a transcriptome (more genes than '
+        "n_top_genes) keeps 200 components of each cell's own expression, and the model's attention layer"
+        ' weighs the neighbours; a panel kept whole keeps 20 components of neighbourhood means, averaged '
+        'once more; with --features neighborhood, 50 components of each cell. Raise it for a '
+        'transcriptome with many fine domains, lower it for a small panel (measured in '
+        "docs/benchmarks.md, a transcriptome's own input)",
         positive=True, shown="200 for a transcriptome, 20 for a panel")
+    features: str = _setting(
+        "expression", "the model's input: expression (components of the cells' own expression, or of their "
+        "neighbourhood means for a panel; see n_pcs) or neighborhood (BANKSY's features: each cell's components "
+        "beside the Gaussian-weighted mean and the gradient of its --neighborhood-k nearest neighbours)",
+        "expression keeps the model that leads on the DLPFC files; neighborhood leads on the panel's "
+        "single-cell and legacy-ST tissues but loses on DLPFC (docs/benchmarks.md, the panel table): neither "
+        "holds on every tissue yet, so the default stays as it was",
+        choices=("expression", "neighborhood"), kw_only=True)
+    neighborhood_k: int = _setting(
+        15, "with --features neighborhood: neighbours of the mean (the gradient uses twice as many)",
+        "BANKSY's k_geom for single cells and domains; about two rings of a Visium lattice",
+        positive=True, kw_only=True)
+    neighborhood_lambda: float = _setting(
+        0.8, "with --features neighborhood: weight of the neighbourhood against the cell itself, in [0, 1)",
+        "BANKSY's lambda for domains (0.2 is its choice for cell types)", kw_only=True)
+    neighborhood_components: int = _setting(
+        30, "with --features neighborhood: principal components of the cell, mean and gradient blocks",
+        "as many as the embedding's dimensions", positive=True, cli=False, kw_only=True)
     feature_max_cells: int = _setting(
         20_000, "cells, drawn at random, that fit the genes, their centring and scaling, and the components",
         "20,000 cells estimate them well and keep the fit small on a tissue of millions of cells",
@@ -181,15 +189,11 @@ class PipelineConfig:
         "6 to 8 neighbours and bound the size of a batch", shown="10 for a transcriptome, 10,5 for a panel")
     hidden_dim: int | None = _setting(
         None, "width of the encoder's hidden layer",
-        "per kind of gene set (see n_pcs): 256 for a transcriptome's 200 input components (measured, issue 20: "
-        "with 64 the four DLPFC sections scored 0.542 per section, against 0.594), 64 for a panel's 20; the "
-        "model stays small enough to train on a CPU", cli=False)
+        "per kind of gene set (see n_pcs): 256 for a transcriptome's 200 input components, 64 for a "
+        "panel's 20; the model stays small enough to train on a CPU (measured in docs/benchmarks.md)", cli=False)
     latent_dim: int = _setting(
-        30, "dimensions of the embedding", "STAGATE's and GraphST's 30: room for tens of domains, few enough "
-        "for a Gaussian mixture with one shared covariance to fit. Measured against 16 (issue 20): the median "
-        "ARI over seeds rose on DLPFC 151510 (5 seeds: 0.518 to 0.530, the worst seed 0.430 to 0.516) and on four "
-        "DLPFC sections (3 seeds, per section: 0.488 to 0.523, genes selected over all sections), and stayed within the seeds' spread on an "
-        "80-gene panel taken from them (0.314 to 0.304) and on a synthetic tissue (0.786 to 0.790)", cli=False)
+        30, "dimensions of the embedding", "STAGATE's and GraphST's 30: room for tens of domains, few enough for a Gaussian mixture with one"
+        ' shared covariance to fit (measured against 16 in docs/benchmarks.md, several sections)', cli=False)
     conv: str = _setting(
         "gat", "graph convolution of the encoder", "attention over the neighbours (STAGATE) lets a cell "
         "at a domain border weigh the neighbours of its own side", choices=("gat", "gcn", "sage"))
@@ -223,18 +227,16 @@ class PipelineConfig:
         choices=("tied", "full", "diag", "spherical"), kw_only=True)
     gmm_n_init: int = _setting(
         10, "fits of the Gaussian mixture from different k-means starts; the most likely is kept",
-        "best of 10 starts: on four DLPFC sections, 5 starts left one of three seeds in a less likely fit "
-        "(per-section ARI 0.485, against 0.539 from 10 or more starts), and the other seeds and DLPFC 151510 "
-        "were the same with 10 starts as with 5 (issue 20); the fit stays seconds (100,000 cells: 3.5 s to 5.7 s)",
+        'the most likely of 10 starts: fewer starts left some seeds in a less likely fit with worse '
+        'domains, more found the same fits; the fit stays seconds at 100,000 cells (measured in '
+        'docs/benchmarks.md, the clustering)',
         cli=False, kw_only=True)
     gmm_tol: float | None = _setting(
         1e-5, "the most likely start of the Gaussian mixture then runs on until its mean log-likelihood per cell "
         "rises by less than this (None: it stops at scikit-learn's 1e-3, as each start does)",
-        "EM converged: at 1e-3 per cell the mixture can still be moving. Measured (issue 20, 3 seeds): on DLPFC "
-        "151510, 10 to 40 more iterations raised the median ARI from 0.543 to 0.566 (two seeds: 0.546 to 0.566, "
-        "0.530 to 0.579); on four DLPFC sections, an 80-gene panel cut from them and a synthetic tissue with a "
-        "strong sample effect, no seed moved by more than 0.005; 1e-6 gives the domains of 1e-5, and the extra "
-        "iterations of one fit cost less than another start",
+        'EM converged: at 1e-3 per cell the mixture can still be moving, and the domains then depend on '
+        'where it was cut off; 1e-6 gives the domains of 1e-5, and the extra iterations cost less than '
+        'another start (measured in docs/benchmarks.md, converged mixtures)',
         cli=False, kw_only=True)
     kmeans_n_init: int = _setting(
         10, "k-means runs from different starts; the lowest within-cluster sum of squares is kept",
@@ -247,8 +249,9 @@ class PipelineConfig:
         cli=False, kw_only=True)
     refine: bool = _setting(
         False, "relabel a cell whose neighbours mostly carry another domain",
-        "the neighbour-majority relabelling of SpaGCN and GraphST changed the ARI on DLPFC by less than "
-        "0.005 either way")
+        'the neighbour-majority relabelling of SpaGCN and GraphST changed the ARI on DLPFC by less than '
+        '0.005 either way (measured in docs/benchmarks.md); turn it on for smoother domain borders in '
+        'figures')
     n_domains: int | None = _setting(
         None, "clusters in the domain assignment",
         "the number of true domains when truth_key names them, else n_domains_default",
@@ -301,10 +304,10 @@ class PipelineConfig:
     train_budget: int = _setting(
         2_000_000, "without --epochs: cells visited in training (seed cells of all batches, over all epochs); "
         "epochs = min(max_epochs, ceil(train_budget / training cells))",
-        "fewer passes over a larger tissue, as scvi-tools sizes its epochs: on the synthetic 50,000-cell "
-        "tissue the validation loss levels off after about 500,000 cells visited (early stopping at epoch "
-        "21), so 2,000,000 leaves four times that; tissues under 40,000 cells keep max_epochs and early "
-        "stopping, a 1,000,000-cell tissue trains 3 epochs instead of 50", positive=True, kw_only=True)
+        'fewer passes over a larger tissue, as scvi-tools sizes its epochs: on a synthetic tissue the '
+        'validation loss levels off after about a quarter of this budget; tissues under 40,000 cells keep'
+        ' max_epochs and early stopping, a 1,000,000-cell tissue trains 3 epochs instead of 50 (measured '
+        'in docs/benchmarks.md, a million cells)', positive=True, kw_only=True)
     max_epochs: int = _setting(
         50, "the most epochs of a run sized to the tissue (without --epochs)",
         "an upper bound: early stopping ends a small tissue's run earlier", cli=False, kw_only=True)
@@ -324,8 +327,11 @@ class PipelineConfig:
     def resolved(self, n_genes: int) -> PipelineConfig:
         """This config for an input of ``n_genes`` genes: a copy whose fields left at ``None``
         (``n_pcs``, ``feature_smooth``, ``fanout``, ``hidden_dim``) hold the values of the
-        :data:`RECIPES` entry of :func:`gene_set_kind`; the fields set explicitly are kept."""
-        recipe = RECIPES[gene_set_kind(n_genes, self.n_top_genes)]
+        :data:`RECIPES` entry of :func:`gene_set_kind` (with ``features="neighborhood"``, ``n_pcs`` 50
+        per-cell components, not averaged); the fields set explicitly are kept."""
+        recipe = dict(RECIPES[gene_set_kind(n_genes, self.n_top_genes)])
+        if self.features == "neighborhood":  # per-cell components feed the neighbourhood blocks
+            recipe.update(n_pcs=50, feature_smooth=0)
         chosen = {name: list(value) if isinstance(value, list) else value for name, value in recipe.items()
                   if getattr(self, name) is None}
         return replace(self, **chosen)

@@ -45,6 +45,7 @@ from stepgraph.pipeline.integration import (
     harmonize,
     integration_report,
 )
+from stepgraph.pipeline.neighborhood import neighborhood_features
 from stepgraph.pipeline.outputs import (
     ADATA,
     CHECKPOINTS,
@@ -86,14 +87,18 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
     whose components are fitted on neighbourhood means (the axes of
     variation between domains), averaged ``config.feature_smooth`` times
     over the cell and its graph neighbours; plus the section when there are
-    several. ``config`` is a resolved one (:meth:`PipelineConfig.resolved`).
+    several. With ``config.features="neighborhood"`` the components are those of the cells
+    themselves, and each cell's input is
+    :func:`~stepgraph.pipeline.neighborhood.neighborhood_features` of them (BANKSY's cell, mean
+    and gradient blocks). ``config`` is a resolved one (:meth:`PipelineConfig.resolved`).
     With ``config.backed``, ``X`` is read from disk in chunks of rows, never
     whole. Needs the spatial graph in ``adata.obsp``.
     """
     graph = adata.obsp["spatial_connectivities"]
     sections, names = section_codes(adata, config.batch_key)
     sections = sections if len(names) > 1 and config.scale_per_section else None  # centred (scaled) per section
-    features = ExpressionFeatures(**config.feature_options()).fit(counts, graph, sections)
+    fit_over = None if config.features == "neighborhood" else graph  # components of the cells themselves
+    features = ExpressionFeatures(**config.feature_options()).fit(counts, fit_over, sections)
     x = features.transform(counts, sections)
     bad = first_nonfinite(x)  # an on-disk X is checked here, as it is read
     if bad is not None:
@@ -101,6 +106,10 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
         raise ValueError(f"{source} holds NaN or infinite values in {bad.n_rows} cell(s); the first is obs "
                          f"{adata.obs_names[bad.row]!r} (row {bad.row})")
     x = smooth_over_graph(x, graph, config.feature_smooth).astype(np.float32)
+    if config.features == "neighborhood":
+        x = neighborhood_features(x, get_coordinates(adata, config.spatial_key), section_codes(adata, config.batch_key)[0],
+                                  n_neighbors=config.neighborhood_k, lam=config.neighborhood_lambda,
+                                  n_components=config.neighborhood_components, seed=config.seed)
     # one section needs no section embedding, whether or not batch_key names it
     several = config.batch_key is not None and adata.obs[config.batch_key].nunique(dropna=False) > 1
     batch_key = config.batch_key if several else None
@@ -110,7 +119,8 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
 
 #: The settings that make a run the same run: a resume that changes one is refused (epochs may grow).
 IDENTITY_FIELDS = ("spatial_key", "batch_key", "layer_key", "scale_per_section", "scaling", "n_top_genes", "n_pcs",
-                   "feature_max_cells", "feature_clip", "feature_smooth", "method", "n_neighbors", "radius",
+                   "feature_max_cells", "feature_clip", "feature_smooth", "features", "neighborhood_k",
+                   "neighborhood_lambda", "neighborhood_components", "method", "n_neighbors", "radius",
                    "graph_scale", "batch_size", "fanout", "hidden_dim", "latent_dim", "conv", "activation", "lr",
                    "split_rate", "patience", "delta", "seed", "backend")
 
@@ -273,7 +283,8 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
             adata, tmp, config.spatial_key, config.batch_key, config.truth_key, history=trainer.history,
             ari=ari)) is not None
         embedding_figure = main and several and write_output(out_dir / EMBEDDING_FIGURE, lambda tmp: (
-            save_embedding_figure(smoothed, sections, names, adata.obs[DOMAIN_KEY], tmp, seed=config.seed))
+            save_embedding_figure(smoothed, sections, names, adata.obs[DOMAIN_KEY], tmp, seed=config.seed,
+                                  truth=adata.obs[config.truth_key] if config.truth_key else None))
         ) is not None
     best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
     summary = {
@@ -283,7 +294,7 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         "early_stopped": bool(stopped),
         "best_val_loss": None if trainer.best is None else trainer.best.best_score,
         "n_domains": n_domains,
-        "features": {"genes": len(features.genes), "components": features.n_features_out},
+        "features": {"genes": len(features.genes), "components": dataset.n_vars},
         "ari": ari,
         "nmi": nmi,
         "seconds": time.perf_counter() - start,

@@ -185,3 +185,15 @@ def test_the_user_guide_shows_the_defaults_table():
     assert defaults_table() in guide, (
         "docs/user-guide.md's defaults table differs from PipelineConfig; paste the output of "
         "python -c 'from stepgraph.pipeline.config import defaults_table; print(defaults_table())'")
+
+
+def test_no_help_or_reason_narrates_development_history(capsys):
+    """What a setting does and when to change it, not which issue or round measured it: the figures
+    and their history live in docs/benchmarks.md."""
+    history = re.compile(r"\bissue\s*\d+|\b(first|second|third|fourth|fifth|sixth)\s+round\b", re.IGNORECASE)
+    for f in dataclasses.fields(PipelineConfig):
+        assert not history.search(f.metadata["help"] + " " + f.metadata["reason"]), f.name
+    for command in (["train", "--help"], ["bench", "domains", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        assert not history.search(capsys.readouterr().out), command
