@@ -45,6 +45,21 @@ def _matched_colours(truth: pd.Categorical, predicted: pd.Categorical, n_colours
     return {i: colours[i] if i in colours else next(spare) for i in range(len(predicted.categories))}
 
 
+def domain_palette(predicted, truth=None) -> tuple[list, dict, dict]:
+    """The one palette of both figures: ``(palette, colour of each true domain code, colour of each
+    predicted domain code)``. With ``truth``, a predicted domain takes the colour of the true domain it
+    overlaps most (:func:`_matched_colours`); the rest take colours no true domain uses."""
+    plt = _pyplot()
+    predicted = pd.Categorical(predicted)
+    truth = None if truth is None else pd.Categorical(truth)
+    n_colours = (len(truth.categories) if truth is not None else 0) + len(predicted.categories)
+    palette = list(plt.get_cmap("tab20" if n_colours > 10 else "tab10").colors)
+    if truth is None:
+        return palette, {}, {i: i for i in range(len(predicted.categories))}
+    return (palette, {i: i for i in range(len(truth.categories))},
+            _matched_colours(truth, predicted, n_colours))
+
+
 def _draw(ax, xy, codes, categories, colour_of, palette, size, title):
     for code, name in enumerate(categories):
         mask = codes == code
@@ -110,12 +125,7 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
     spacing = median_neighbor_distance(xy, sections)
     predicted = pd.Categorical(adata.obs[domain_key])
     truth = pd.Categorical(adata.obs[truth_key]) if truth_key else None
-    n_colours = (len(truth.categories) if truth is not None else 0) + len(predicted.categories)
-    palette = list(plt.get_cmap("tab20" if n_colours > 10 else "tab10").colors)
-    if truth is not None:
-        pred_colours = _matched_colours(truth, predicted, n_colours)
-    else:
-        pred_colours = {i: i for i in range(len(predicted.categories))}
+    palette, truth_colours, pred_colours = domain_palette(predicted, truth)
 
     n_cols = (2 if truth is not None else 1) + (history is not None)
     fig, axes = plt.subplots(len(names), n_cols, figsize=(n_cols * (_PANEL_INCHES + 1.4), len(names) * _PANEL_INCHES),
@@ -129,8 +139,8 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
         label = "tissue" if batch_key is None else str(name)
         col = 0
         if truth is not None:
-            _draw(axes[row, 0], part, truth.codes[mask], truth.categories,
-                  {i: i for i in range(len(truth.categories))}, palette, size, f"{label}: true domains")
+            _draw(axes[row, 0], part, truth.codes[mask], truth.categories, truth_colours, palette, size,
+                  f"{label}: true domains")
             col = 1
         score = f" (ARI {ari:.3f})" if ari is not None else ""
         _draw(axes[row, col], part, predicted.codes[mask], predicted.categories, pred_colours, palette, size,
@@ -151,7 +161,8 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
     return _save(fig, path)
 
 
-def save_embedding_figure(embedding, sections, section_names, domains, path: str | Path, seed: int = 0) -> bool:
+def save_embedding_figure(embedding, sections, section_names, domains, path: str | Path, seed: int = 0,
+                          truth=None) -> bool:
     """Draw the embedding of several sections in two dimensions, coloured by
     section (left) and by domain (right), and save it to ``path``.
 
@@ -175,6 +186,9 @@ def save_embedding_figure(embedding, sections, section_names, domains, path: str
         Where the figure is saved (the format follows the suffix).
     seed
         Seed of the cell subset and of UMAP.
+    truth
+        The true domain of every cell, when known: the domains then take the
+        colours they have in :func:`save_domain_figure` (:func:`domain_palette`).
 
     Returns
     -------
@@ -189,12 +203,15 @@ def save_embedding_figure(embedding, sections, section_names, domains, path: str
     rows, xy, method = embedding_2d(embedding, seed=seed, max_cells=20_000)
     size = float(np.clip(3e4 / len(rows), 0.5, 12.0))
     fig, axes = plt.subplots(1, 2, figsize=(2 * (_PANEL_INCHES + 1.4), _PANEL_INCHES), squeeze=False)
-    for ax, codes, categories, title in (
-            (axes[0, 0], np.asarray(sections)[rows], [str(n) for n in section_names], "section"),
-            (axes[0, 1], pd.Categorical(domains).codes[rows], list(pd.Categorical(domains).categories), "domain")):
-        palette = list(plt.get_cmap("tab20" if len(categories) > 10 else "tab10").colors)
-        _draw(ax, xy, codes, categories, {i: i for i in range(len(categories))}, palette, size,
-              f"{method} of the embedding, by {title}")
+    domains = pd.Categorical(domains)
+    section_palette = list(plt.get_cmap("tab20" if len(section_names) > 10 else "tab10").colors)
+    palette, _, domain_colours = domain_palette(domains, truth)
+    note = "" if method == "UMAP" else " (umap-learn is not installed: pip install 'stepgraph[plot]')"
+    for ax, codes, categories, colours, title, pal in (
+            (axes[0, 0], np.asarray(sections)[rows], [str(n) for n in section_names],
+             {i: i for i in range(len(section_names))}, "section", section_palette),
+            (axes[0, 1], domains.codes[rows], list(domains.categories), domain_colours, "domain", palette)):
+        _draw(ax, xy, codes, categories, colours, pal, size, f"{method} of the embedding, by {title}{note}")
         ax.set_aspect("auto")
         ax.invert_yaxis()  # _draw turns y for images; an embedding has no up or down
     return _save(fig, path)
