@@ -38,7 +38,8 @@ docs: $(STAMP)
 # fine too: the benchmarks only need `stepgraph` importable).
 bench-deps: $(STAMP)
 	$(PY) -c "import torch_sparse" 2>/dev/null || $(PIP) install -q --no-build-isolation torch-sparse
-	$(PIP) install -q -e ".[bench]"
+	echo "$(TORCH_PIN)" > $(VENV)/torch-pin.txt
+	$(PIP) install -q -c $(VENV)/torch-pin.txt -e ".[bench]"
 
 # The figures quoted in the issues' notes; each script's --help documents sizes.
 bench: $(STAMP)
