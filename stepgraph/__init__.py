@@ -7,9 +7,20 @@ checkpoints) through one shared core. Its :class:`Trainer` implements the public
 API of the STEP project's trainer.
 """
 
-__version__ = "0.1.0"
-
 import importlib
+
+
+def _version() -> str:
+    """The installed distribution's version: the git tag it was built from (setuptools-scm)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stepgraph")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0.0.0+unknown"
+
+
+__version__ = _version()
 
 #: Where each public name lives. The names are imported on first use (PEP 562), so
 #: that ``import stepgraph`` (and the ``stepgraph`` command, before it parses its
