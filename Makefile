@@ -11,7 +11,11 @@ STAMP := $(VENV)/.stepgraph-installed
 # against the installed torch, hence --no-build-isolation (pip caches the wheel).
 TORCH_PIN := torch==2.13.0
 
-.PHONY: test demo docs bench bench-deps lint clean install
+# The oldest torch-geometric that pyproject.toml admits; `make test-oldest` runs the suite against it.
+PYG_OLDEST := torch-geometric==2.5.3
+OLDEST := .venv-pyg-oldest
+
+.PHONY: test test-oldest demo docs bench bench-deps lint wheel-smoke clean install
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -22,7 +26,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIN)
 	$(PY) -c "import torch_scatter" 2>/dev/null || $(PIP) install -q --no-build-isolation torch-scatter
-	$(PIP) install -q -e ".[test,plot,scatter,docs]"
+	$(PIP) install -q -e ".[test,plot,scatter,docs,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -49,8 +53,34 @@ bench: $(STAMP)
 	$(PY) benchmarks/ddp_scaling.py
 	$(PY) benchmarks/end_to_end.py
 
+# Lint, format and types, as CI runs them (.ci/run) and the pre-commit hooks do.
 lint: $(STAMP)
-	$(PY) -m pip install -q ruff && $(PY) -m ruff check stepgraph tests benchmarks
+	$(PY) -m ruff check stepgraph tests benchmarks
+	$(PY) -m ruff format --check stepgraph tests benchmarks
+	$(PY) -m mypy stepgraph/train stepgraph/data
+
+# The suite against the oldest torch-geometric declared, in a venv of its own (torch pinned as above).
+$(OLDEST)/.installed: pyproject.toml setup.cfg
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q $(TORCH_PIN)
+	$(OLDEST)/bin/python -c "import torch_scatter" 2>/dev/null || $(OLDEST)/bin/python -m pip install -q --no-build-isolation torch-scatter
+	echo "$(TORCH_PIN)" > $(OLDEST)/torch-pin.txt
+	$(OLDEST)/bin/python -m pip install -q -c $(OLDEST)/torch-pin.txt -e ".[test,plot,scatter]" "$(PYG_OLDEST)"
+	touch $@
+
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider
+
+# Build the wheel and the sdist, install the wheel in a fresh venv and run what a user runs first.
+wheel-smoke: $(STAMP)
+	rm -rf dist build/wheel-smoke
+	$(PY) -m build -q --outdir dist . >/dev/null
+	$(PYTHON) -m venv build/wheel-smoke
+	build/wheel-smoke/bin/python -m pip install -q $(TORCH_PIN)
+	echo "$(TORCH_PIN)" > build/wheel-smoke/torch-pin.txt
+	build/wheel-smoke/bin/python -m pip install -q -c build/wheel-smoke/torch-pin.txt dist/*.whl
+	cd build && wheel-smoke/bin/stepgraph info && wheel-smoke/bin/stepgraph demo --quiet --out wheel-demo
+	cd build && wheel-smoke/bin/stepgraph bench --size small --out wheel-bench --only graph_build
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(OLDEST) build dist *.egg-info .pytest_cache

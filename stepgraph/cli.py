@@ -273,7 +273,7 @@ def _add_bench_parser(sub) -> argparse._SubParsersAction:
     bench.add_argument("--only", default=None,
                        help="comma-separated benchmarks to run (default: all), e.g. graph_build,end_to_end")
     bench.add_argument("--bench-dir", default=None,
-                       help="the benchmarks/ folder (default: the one of this source checkout)")
+                       help="the benchmarks/ folder (default: the one installed with stepgraph)")
     return bench.add_subparsers(dest="bench_command", required=False, metavar="")
 
 
@@ -583,7 +583,12 @@ def _run_bench(args) -> int:
 
 
 def _run_bench_domains(args) -> int:
-    from stepgraph.bench.domains import DOMAIN_METHODS, panel_report, run_panel_benchmark, write_results
+    from stepgraph.bench.domains import (
+        DOMAIN_METHODS,
+        panel_report,
+        run_panel_benchmark,
+        write_results,
+    )
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in DOMAIN_METHODS]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stepgraph.bench.environment import environment
 
-__all__ = ["SIZES", "run_benchmarks"]
+__all__ = ["SIZES", "run_benchmarks", "installed_benchmarks"]
 
 #: Arguments of each benchmark script per size; a list of argument lists
 #: runs the script once per entry (the sizes of a scaling benchmark).
@@ -120,6 +120,19 @@ def _run_one(script: Path, args: list[str], out_json: Path, threads: int, timeou
     }
 
 
+def installed_benchmarks() -> Path:
+    """The ``benchmarks/`` folder: the one installed with the package (``stepgraph._benchmarks``, the
+    checkout's own folder in an editable install), else the one beside this source tree."""
+    from importlib.util import find_spec
+
+    spec = find_spec("stepgraph._benchmarks")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            if (Path(location) / "_common.py").is_file():
+                return Path(location)
+    return Path(__file__).resolve().parents[2] / "benchmarks"
+
+
 def run_benchmarks(size: str = "small", out_dir: str | Path = "stepgraph_out/bench",
                    bench_dir: str | Path | None = None, threads: int = 1,
                    only: list[str] | None = None, timeout: float = 3600,
@@ -135,8 +148,8 @@ def run_benchmarks(size: str = "small", out_dir: str | Path = "stepgraph_out/ben
         Folder for ``bench.json``, ``bench.md``, ``bench.png`` and each
         script's own JSON (``raw/``).
     bench_dir
-        The ``benchmarks/`` folder; defaults to the one beside the
-        ``stepgraph`` package (a source checkout).
+        The ``benchmarks/`` folder; defaults to the one installed with the
+        package (:func:`installed_benchmarks`).
     threads
         Torch threads of every script (``OMP_NUM_THREADS``).
     only
@@ -155,10 +168,10 @@ def run_benchmarks(size: str = "small", out_dir: str | Path = "stepgraph_out/ben
         raise ValueError(f"size must be one of {list(SIZES)}, got size={size!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got threads={threads!r}")
-    bench_dir = Path(bench_dir) if bench_dir else Path(__file__).resolve().parents[2] / "benchmarks"
+    bench_dir = Path(bench_dir) if bench_dir else installed_benchmarks()
     if not (bench_dir / "_common.py").is_file():
         raise FileNotFoundError(f"bench_dir={str(bench_dir)!r} is not stepgraph's benchmarks/ folder "
-                                "(run from a source checkout, or pass its path)")
+                                "(pass the benchmarks/ folder of a source checkout)")
     names = list(SIZES[size])
     if only:
         unknown = sorted(set(only) - set(names))
