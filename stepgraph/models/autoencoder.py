@@ -57,49 +57,56 @@ class GraphAutoencoder(nn.Module):
     losses are asked of non-seed nodes, when there are fewer hops than
     layers, or when the subgraph has self-loops.
 
-    Args:
-        in_dim (int): Number of input features (genes).
-        hidden_dim (int, optional): Width of the graph convolutions and of the
-            decoder's hidden layer. (default: :obj:`128`)
-        latent_dim (int, optional): Size of the embedding. (default: :obj:`32`)
-        n_layers (int, optional): Number of graph convolutions in the encoder
-            (the receptive field in hops; match it to the number of fan-outs
-            of a :class:`~torch_geometric.loader.NeighborLoader`).
-            (default: :obj:`2`)
-        conv (str, optional): :obj:`"gcn"` (symmetric normalisation with
-            self-loops; uses :obj:`edge_weight`), :obj:`"sage"`
-            (mean aggregation plus a separate self term; ignores
-            :obj:`edge_weight`) or :obj:`"gat"` (one attention head over
-            the node and its neighbours, which learns how much each
-            neighbour counts, as STAGATE; ignores :obj:`edge_weight`).
-            (default: :obj:`"gcn"`)
-        variational (bool, optional): If set to :obj:`True`, the encoder
-            outputs a Gaussian posterior, the decoder sees a sample from it in
-            training mode (its mean in eval mode), and :meth:`loss` adds a
-            :obj:`"kl_loss"`. (default: :obj:`False`)
-        n_batches (int, optional): Number of sections (batches) to correct
-            for. If greater than :obj:`0`, a learned :obj:`batch_embedding`
-            of each node's section is concatenated to the decoder input, and
-            :obj:`batch_label` must be passed. (default: :obj:`0`)
-        batch_emb_dim (int, optional): Size of the section embedding.
-            (default: :obj:`8`)
-        dropout (float, optional): Dropout probability after every hidden
-            layer. (default: :obj:`0.0`)
-        activation (str, optional): The non-linearity after every hidden
-            layer: :obj:`"relu"` or :obj:`"elu"` (smooth, with negative
-            outputs, as STAGATE). (default: :obj:`"relu"`)
+    Parameters
+    ----------
+    in_dim : int
+        Number of input features (genes).
+    hidden_dim : int, optional
+        Width of the graph convolutions and of the decoder's hidden layer.
+        (default: :obj:`128`)
+    latent_dim : int, optional
+        Size of the embedding. (default: :obj:`32`)
+    n_layers : int, optional
+        Number of graph convolutions in the encoder (the receptive field in
+        hops; match it to the number of fan-outs of a
+        :class:`~torch_geometric.loader.NeighborLoader`). (default: :obj:`2`)
+    conv : str, optional
+        :obj:`"gcn"` (symmetric normalisation with self-loops; uses
+        :obj:`edge_weight`), :obj:`"sage"` (mean aggregation plus a separate
+        self term; ignores :obj:`edge_weight`) or :obj:`"gat"` (one attention
+        head over the node and its neighbours, which learns how much each
+        neighbour counts, as STAGATE; ignores :obj:`edge_weight`).
+        (default: :obj:`"gcn"`)
+    variational : bool, optional
+        If set to :obj:`True`, the encoder outputs a Gaussian posterior, the
+        decoder sees a sample from it in training mode (its mean in eval
+        mode), and :meth:`loss` adds a :obj:`"kl_loss"`. (default: :obj:`False`)
+    n_batches : int, optional
+        Number of sections (batches) to correct for. If greater than
+        :obj:`0`, a learned :obj:`batch_embedding` of each node's section is
+        concatenated to the decoder input, and :obj:`batch_label` must be
+        passed. (default: :obj:`0`)
+    batch_emb_dim : int, optional
+        Size of the section embedding. (default: :obj:`8`)
+    dropout : float, optional
+        Dropout probability after every hidden layer. (default: :obj:`0.0`)
+    activation : str, optional
+        The non-linearity after every hidden layer: :obj:`"relu"` or
+        :obj:`"elu"` (smooth, with negative outputs, as STAGATE).
+        (default: :obj:`"relu"`)
 
-    Example:
-        >>> import torch
-        >>> from stepgraph.models import GraphAutoencoder
-        >>> x = torch.rand(100, 50)
-        >>> edge_index = torch.randint(0, 100, (2, 400))
-        >>> model = GraphAutoencoder(50, hidden_dim=32, latent_dim=8)
-        >>> losses = model.loss(x, edge_index=edge_index)
-        >>> sorted(losses)
-        ['recon_loss']
-        >>> model.encode(x, edge_index).shape
-        torch.Size([100, 8])
+    Examples
+    --------
+    >>> import torch
+    >>> from stepgraph.models import GraphAutoencoder
+    >>> x = torch.rand(100, 50)
+    >>> edge_index = torch.randint(0, 100, (2, 400))
+    >>> model = GraphAutoencoder(50, hidden_dim=32, latent_dim=8)
+    >>> losses = model.loss(x, edge_index=edge_index)
+    >>> sorted(losses)
+    ['recon_loss']
+    >>> model.encode(x, edge_index).shape
+    torch.Size([100, 8])
     """
 
     def __init__(
@@ -190,7 +197,8 @@ class GraphAutoencoder(nn.Module):
         the next one reads. Nodes and edges of a NeighborLoader batch are
         ordered by hop, so layer :math:`l` of :math:`L` reads the first
         ``sum(nodes[:L - l + 1])`` nodes, writes the first ``sum(nodes[:L - l])``
-        and uses the first ``sum(edges[:L - l])`` edges (those into them)."""
+        and uses the first ``sum(edges[:L - l])`` edges (those into them).
+        """
         n_layers = len(self.convs)
         src, dst = edge_index
         if self.conv_type == "gcn":
@@ -316,23 +324,31 @@ class GraphAutoencoder(nn.Module):
     ) -> Tensor:
         r"""Embeds every node of the (sub)graph.
 
-        Args:
-            x (torch.Tensor): Node features, shape :obj:`[num_nodes, in_dim]`.
-            edge_index (torch.Tensor, optional): Graph connectivity; without
-                it every node is embedded from its own features only.
-            edge_weight (torch.Tensor, optional): Edge weights (GCN only).
-            batch_label (torch.Tensor, optional): Not used by the encoder;
-                accepted so that all methods take the same arguments.
-            num_sampled_nodes_per_hop (List[int], optional): Nodes per hop of
-                a :class:`NeighborLoader` mini-batch (:obj:`batch.num_sampled_nodes`);
-                with :obj:`num_sampled_edges_per_hop`, turns on layer-wise
-                trimming, and only the seed nodes are embedded.
-            num_sampled_edges_per_hop (List[int], optional): Edges per hop
-                (:obj:`batch.num_sampled_edges`).
+        Parameters
+        ----------
+        x : torch.Tensor
+            Node features, shape :obj:`[num_nodes, in_dim]`.
+        edge_index : torch.Tensor, optional
+            Graph connectivity; without it every node is embedded from its own
+            features only.
+        edge_weight : torch.Tensor, optional
+            Edge weights (GCN only).
+        batch_label : torch.Tensor, optional
+            Not used by the encoder; accepted so that all methods take the same
+            arguments.
+        num_sampled_nodes_per_hop : list[int], optional
+            Nodes per hop of a :class:`NeighborLoader` mini-batch
+            (:obj:`batch.num_sampled_nodes`); with
+            :obj:`num_sampled_edges_per_hop`, turns on layer-wise trimming, and
+            only the seed nodes are embedded.
+        num_sampled_edges_per_hop : list[int], optional
+            Edges per hop (:obj:`batch.num_sampled_edges`).
 
-        Returns:
-            The embedding, shape :obj:`[num_nodes, latent_dim]` (the
-            posterior mean when variational); with the per-hop counts,
+        Returns
+        -------
+        torch.Tensor
+            The embedding, shape :obj:`[num_nodes, latent_dim]` (the posterior
+            mean when variational); with the per-hop counts,
             :obj:`[num_seed_nodes, latent_dim]`.
         """
         hops = _hops(num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
@@ -380,27 +396,36 @@ class GraphAutoencoder(nn.Module):
         The encoder runs on the whole (sub)graph, so the nodes in :obj:`ind`
         see their neighbours; the losses are averaged over :obj:`ind` only.
 
-        Args:
-            x (torch.Tensor): Node features (log1p-normalised expression) of
-                all nodes of the (sub)graph, shape :obj:`[num_nodes, in_dim]`.
-            ind (torch.LongTensor, optional): Local positions of the nodes the
-                losses are computed on, e.g. :obj:`arange(batch.batch_size)`
-                for the seed nodes of a :class:`NeighborLoader` mini-batch (a
-                boolean mask works too). All nodes if :obj:`None`.
-            edge_index (torch.Tensor, optional): Graph connectivity (local
-                ids). Without it the encoder sees each node alone.
-            edge_weight (torch.Tensor, optional): Edge weights (GCN only).
-            batch_label (torch.Tensor, optional): Section of every node of the
-                (sub)graph (required when :obj:`n_batches > 0`).
-            num_sampled_nodes_per_hop (List[int], optional): Nodes per hop of
-                a :class:`NeighborLoader` mini-batch (:obj:`batch.num_sampled_nodes`);
-                with :obj:`num_sampled_edges_per_hop`, turns on layer-wise
-                trimming when :obj:`ind` holds seed nodes only. The losses are
-                the same; the work is smaller.
-            num_sampled_edges_per_hop (List[int], optional): Edges per hop
-                (:obj:`batch.num_sampled_edges`).
+        Parameters
+        ----------
+        x : torch.Tensor
+            Node features (log1p-normalised expression) of all nodes of the
+            (sub)graph, shape :obj:`[num_nodes, in_dim]`.
+        ind : torch.LongTensor, optional
+            Local positions of the nodes the losses are computed on, e.g.
+            :obj:`arange(batch.batch_size)` for the seed nodes of a
+            :class:`NeighborLoader` mini-batch (a boolean mask works too). All
+            nodes if :obj:`None`.
+        edge_index : torch.Tensor, optional
+            Graph connectivity (local ids). Without it the encoder sees each
+            node alone.
+        edge_weight : torch.Tensor, optional
+            Edge weights (GCN only).
+        batch_label : torch.Tensor, optional
+            Section of every node of the (sub)graph (required when
+            :obj:`n_batches > 0`).
+        num_sampled_nodes_per_hop : list[int], optional
+            Nodes per hop of a :class:`NeighborLoader` mini-batch
+            (:obj:`batch.num_sampled_nodes`); with
+            :obj:`num_sampled_edges_per_hop`, turns on layer-wise trimming when
+            :obj:`ind` holds seed nodes only. The losses are the same; the work
+            is smaller.
+        num_sampled_edges_per_hop : list[int], optional
+            Edges per hop (:obj:`batch.num_sampled_edges`).
 
-        Returns:
+        Returns
+        -------
+        dict[str, torch.Tensor]
             :obj:`{"recon_loss": ...}` (plus :obj:`"kl_loss"` when
             variational): the mean squared reconstruction error per feature,
             averaged over the nodes; and the KL divergence of the posterior
@@ -438,7 +463,8 @@ class GraphAutoencoder(nn.Module):
 def _aggregates_inputs_first(conv: GATConv) -> bool:
     """Whether :func:`_gat_aggregating_inputs` computes ``conv`` exactly and
     with less work: a plain GAT layer (shared linear map without bias, self-loops,
-    no attention dropout, edge features or residual) that widens its input."""
+    no attention dropout, edge features or residual) that widens its input.
+    """
     return (getattr(conv, "lin", None) is not None and conv.lin.bias is None and conv.add_self_loops
             and conv.dropout == 0 and conv.edge_dim is None and not getattr(conv, "residual", False)
             and conv.in_channels < conv.heads * conv.out_channels)
@@ -451,7 +477,8 @@ def _gat_aggregating_inputs(conv: GATConv, x: Tensor, n_out: int, src: Tensor, d
     W \sum_j \alpha_{ij} x_j`. The attention logits :math:`a^\top W x` are
     :math:`(W^\top a)^\top x`, so each edge carries the input's width (20 input
     components) instead of the output's (64): the first layer of a trimmed
-    batch, which holds most of its edges, does about a third of the work."""
+    batch, which holds most of its edges, does about a third of the work.
+    """
     heads, channels = conv.heads, conv.out_channels
     weight = conv.lin.weight.view(heads, channels, -1)  # (heads, out, in)
     att_src = torch.einsum("hc,hci->ih", conv.att_src[0], weight)  # (in, heads)
