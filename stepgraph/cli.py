@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"seeds, comma separated (default: {','.join(map(str, seeds))})")
     domains.add_argument("--methods", default=",".join(DOMAIN_METHODS),
                          help="methods, comma separated (default: %(default)s; those not installed are skipped)")
-    domains.add_argument("--jobs", type=_positive_int, default=1,
-                         help="runs at a time, each in a fresh process with --threads threads (default: %(default)s)")
+    domains.add_argument("--jobs", type=_positive_int, default=None,
+                         help="runs at a time, each in a fresh process with --threads threads (default: the usable "
+                         "cores divided by --threads; 1 for timings free of each other's load)")
     domains.add_argument("--epochs", type=_positive_int, default=None,
                          help="maximum epochs of the pipeline (default: the pipeline's)")
     domains.add_argument("--out", default="benchmarks/results/domains",
@@ -589,6 +590,7 @@ def _run_bench_domains(args) -> int:
         run_panel_benchmark,
         write_results,
     )
+    from stepgraph.bench.environment import usable_cores
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in DOMAIN_METHODS]
@@ -597,7 +599,8 @@ def _run_bench_domains(args) -> int:
     try:
         result = run_panel_benchmark(args.input, truth_key=args.truth_key, batch_key=args.batch_key,
                                      spatial_key=args.spatial_key, manifest=args.manifest, seeds=args.seeds,
-                                     methods=methods, threads=args.threads, jobs=args.jobs,
+                                     methods=methods, threads=args.threads,
+                                     jobs=args.jobs or max(1, usable_cores() // args.threads),
                                      pipeline_options={"epochs": args.epochs} if args.epochs else None,
                                      log=lambda line: print(line, flush=True))
     except ValueError as err:

@@ -74,8 +74,13 @@ def _labels_and_embedding(method: str, adata, n_domains: int, seed: int, batch_k
     pipeline, the mixing score it reported (else ``None``)."""
     import tempfile
 
-    from stepgraph.pipeline import DOMAIN_KEY, EMBEDDING_KEY, PipelineConfig, run_pipeline
-    from stepgraph.pipeline import baselines
+    from stepgraph.pipeline import (
+        DOMAIN_KEY,
+        EMBEDDING_KEY,
+        PipelineConfig,
+        baselines,
+        run_pipeline,
+    )
 
     if method == "stepgraph":
         with tempfile.TemporaryDirectory() as out:
