@@ -10,6 +10,7 @@ rows (see :mod:`stepgraph.data.ondisk`). The AnnData is never modified.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -200,6 +201,7 @@ class BaseDataset(Dataset):
     def _read_features(self, rows: np.ndarray) -> torch.Tensor:
         # on disk: read each distinct row once, in file order; check, transform,
         # then put the rows back in the order asked for
+        assert self.reader is not None  # only called when the matrix is read from disk
         unique, block, inverse = self.reader.read_unique(rows)
         source = "adata.X" if self.layer_key is None else f"adata.layers[{self.layer_key!r}]"
         check_finite(block, source, obs_names=self._adata.obs_names, row_ids=unique)
@@ -234,7 +236,8 @@ class BaseDataset(Dataset):
         index = _as_index(index)
         out = [self.features(index)]
         for name in MODES[self.mode][1:]:
-            out.append(self.labels(name, index))
+            # set_mode checked that the mode's labels are given
+            out.append(cast(torch.Tensor, self.labels(name, index)))
         return tuple(out)
 
     def __getitem__(self, index):
@@ -299,8 +302,8 @@ class MaskedDataset(BaseDataset):
         if isinstance(dataset, MaskedDataset):
             indices = dataset.indices[indices]
             dataset = dataset.dataset
-        self.dataset = dataset
-        self.indices = indices
+        self.dataset: BaseDataset = dataset
+        self.indices: np.ndarray = indices
         # share the parent's arrays; nothing is copied
         for name in ("_adata", "layer_key", "batch_key", "class_key", "X", "batch_label",
                      "batch_categories", "class_label", "class_categories", "rep_key", "rep",

@@ -107,6 +107,7 @@ def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: boo
     else:
         train_ds, valid_ds = category_random_split(dataset, split_rate, obs_key, seed=seed)
     if switch:
+        assert valid_ds is not None  # split_rate > 0: category_random_split made both parts
         for part in (train_ds, valid_ds):
             if str(getattr(part.mode, "name", part.mode)) != CLASS_MODE:
                 part.set_mode(CLASS_MODE)

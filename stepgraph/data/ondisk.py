@@ -145,7 +145,8 @@ class _Extents:
         if max_gap is None:
             max_gap = int(np.prod(chunks)) if chunks else DEFAULT_MAX_GAP
         self.max_gap = max_gap
-        self._map = self._element_base = None
+        self._map: mmap.mmap | None = None
+        self._element_base: np.ndarray | None = None
         self._chunk_len = 0
         if type(array).__module__.split(".")[0] == "h5py":
             self._map_hdf5(array)
@@ -190,6 +191,7 @@ class _Extents:
         if lengths.size == 0 or int(lengths.sum()) == 0:
             return np.empty(0, dtype=self.dtype)
         if self._map is not None:
+            assert self._element_base is not None  # set with self._map by _map_hdf5
             pos = _concat_ranges(starts, lengths)
             out = self._elements[self._element_base[pos // self._chunk_len] + pos % self._chunk_len]
             # drop the pages just read from this process's resident set (they

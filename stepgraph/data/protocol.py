@@ -149,7 +149,8 @@ class DatasetSubset(Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         if isinstance(dataset, DatasetSubset):
             dataset, indices = dataset.dataset, dataset.indices[indices]
-        self.dataset, self.indices = dataset, indices
+        self.dataset: Any = dataset
+        self.indices: np.ndarray = indices
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -305,7 +305,7 @@ def compressed_problem(indptr, indices, n_data: int, n_major: int, n_minor: int)
         block = np.asarray(indices[start:min(start + _BLOCK, int(pointers[-1]))])
         low = block.min() if low is None else min(low, block.min())
         high = block.max() if high is None else max(high, block.max())
-    if low is not None and (low < 0 or high >= n_minor):
+    if low is not None and high is not None and (low < 0 or high >= n_minor):
         return f"its indices must lie in [0, {n_minor}), got [{low}, {high}]"
     return None
 
@@ -347,8 +347,8 @@ def negative_rows(matrix) -> tuple[int, int] | None:
             found.append(np.asarray(indices[start:start + _BLOCK])[at])
     if not found:
         return None
-    rows = np.unique(np.concatenate(found))
-    return int(rows.size), int(rows[0])
+    hit = np.unique(np.concatenate(found))
+    return int(hit.size), int(hit[0])
 
 
 def _size(n: int) -> str:

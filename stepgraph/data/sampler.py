@@ -40,9 +40,12 @@ _INSTALL_HINT = (
 def has_native_sampler() -> bool:
     r"""Whether PyG's compiled neighbour sampler is available.
 
-    Returns :obj:`True` when ``pyg-lib`` or ``torch-sparse`` is importable
-    (:obj:`torch_geometric.typing.WITH_PYG_LIB` or
-    :obj:`torch_geometric.typing.WITH_TORCH_SPARSE`).
+    Returns
+    -------
+    bool
+        :obj:`True` when ``pyg-lib`` or ``torch-sparse`` is importable
+        (:obj:`torch_geometric.typing.WITH_PYG_LIB` or
+        :obj:`torch_geometric.typing.WITH_TORCH_SPARSE`).
     """
     return bool(torch_geometric.typing.WITH_PYG_LIB or torch_geometric.typing.WITH_TORCH_SPARSE)
 
@@ -85,43 +88,47 @@ class BuiltinNeighborSampler(NeighborSampler):
     :obj:`torch.manual_seed` makes the mini-batches reproducible (and each
     :class:`~torch.utils.data.DataLoader` worker draws its own stream).
 
-    Args:
-        data (torch_geometric.data.Data): The graph. Only :obj:`edge_index`
-            (and :obj:`num_nodes`) are read here; node and edge attributes are
-            sliced by the loader.
-        num_neighbors (List[int]): The fan-out of each hop, seed side first.
-            :obj:`-1` takes all neighbours in that hop.
-        subgraph_type (str or SubgraphType, optional): :obj:`"directional"`
-            returns the sampled edges only (as PyG does by default);
-            :obj:`"bidirectional"` also adds their reverse.
-            :obj:`"induced"` is not supported. (default: :obj:`"directional"`)
-        replace (bool, optional): If set to :obj:`True`, each node samples
-            exactly :math:`k_l` neighbours with replacement (when it has any).
-            (default: :obj:`False`)
-        is_sorted (bool, optional): If set to :obj:`True`, assumes that
-            :obj:`edge_index` is already sorted by target node, which saves a
-            sort at construction. (default: :obj:`False`)
-        share_memory (bool, optional): If set to :obj:`True`, moves the CSC
-            structure to shared memory (useful with :obj:`num_workers > 0`).
-            (default: :obj:`False`)
-        **kwargs (optional): Other arguments of
-            :class:`~torch_geometric.sampler.NeighborSampler` are accepted for
-            compatibility: :obj:`disjoint`, :obj:`time_attr` and
-            :obj:`weight_attr` must keep their defaults.
+    Parameters
+    ----------
+    data : torch_geometric.data.Data
+        The graph. Only :obj:`edge_index` (and :obj:`num_nodes`) are read
+        here; node and edge attributes are sliced by the loader.
+    num_neighbors : list[int]
+        The fan-out of each hop, seed side first. :obj:`-1` takes all
+        neighbours in that hop.
+    subgraph_type : str or SubgraphType, optional
+        :obj:`"directional"` returns the sampled edges only (as PyG does by
+        default); :obj:`"bidirectional"` also adds their reverse.
+        :obj:`"induced"` is not supported. (default: :obj:`"directional"`)
+    replace : bool, optional
+        If set to :obj:`True`, each node samples exactly :math:`k_l`
+        neighbours with replacement (when it has any). (default: :obj:`False`)
+    is_sorted : bool, optional
+        If set to :obj:`True`, assumes that :obj:`edge_index` is already
+        sorted by target node, which saves a sort at construction.
+        (default: :obj:`False`)
+    share_memory : bool, optional
+        If set to :obj:`True`, moves the CSC structure to shared memory
+        (useful with :obj:`num_workers > 0`). (default: :obj:`False`)
+    **kwargs
+        Other arguments of :class:`~torch_geometric.sampler.NeighborSampler`
+        are accepted for compatibility: :obj:`disjoint`, :obj:`time_attr` and
+        :obj:`weight_attr` must keep their defaults.
 
-    Example:
-        >>> import torch
-        >>> from torch_geometric.data import Data
-        >>> from torch_geometric.loader import NeighborLoader
-        >>> from stepgraph.data.sampler import BuiltinNeighborSampler
-        >>> edge_index = torch.tensor([[1, 2, 3, 0, 0], [0, 0, 0, 1, 2]])
-        >>> data = Data(x=torch.randn(4, 8), edge_index=edge_index)
-        >>> sampler = BuiltinNeighborSampler(data, num_neighbors=[2, 1])
-        >>> loader = NeighborLoader(data, num_neighbors=[2, 1], batch_size=1,
-        ...                         neighbor_sampler=sampler)
-        >>> batch = next(iter(loader))
-        >>> int(batch.n_id[0]), batch.batch_size
-        (0, 1)
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Data
+    >>> from torch_geometric.loader import NeighborLoader
+    >>> from stepgraph.data.sampler import BuiltinNeighborSampler
+    >>> edge_index = torch.tensor([[1, 2, 3, 0, 0], [0, 0, 0, 1, 2]])
+    >>> data = Data(x=torch.randn(4, 8), edge_index=edge_index)
+    >>> sampler = BuiltinNeighborSampler(data, num_neighbors=[2, 1])
+    >>> loader = NeighborLoader(data, num_neighbors=[2, 1], batch_size=1,
+    ...                         neighbor_sampler=sampler)
+    >>> batch = next(iter(loader))
+    >>> int(batch.n_id[0]), batch.batch_size
+    (0, 1)
     """
 
     def __init__(
@@ -158,8 +165,8 @@ class BuiltinNeighborSampler(NeighborSampler):
             )
         if isinstance(self.num_neighbors.values, dict):
             raise ValueError("'num_neighbors' must be a list of ints for a homogeneous graph")
-        self.colptr = self.colptr.to(torch.long)
-        self.row = self.row.to(torch.long)
+        self.colptr: Tensor = self.colptr.to(torch.long)
+        self.row: Tensor = self.row.to(torch.long)
         self._local = threading.local()
 
     def __getstate__(self):
@@ -339,35 +346,39 @@ def make_neighbor_sampler(
     r"""Creates the neighbour sampler that a
     :class:`~torch_geometric.loader.NeighborLoader` should use.
 
-    Args:
-        data (torch_geometric.data.Data): The graph to sample from.
-        num_neighbors (List[int]): The fan-out of each hop (:obj:`-1` takes
-            all neighbours).
-        backend (str, optional): :obj:`"builtin"` returns a
-            :class:`BuiltinNeighborSampler`; :obj:`"pyg"` returns PyG's
-            :class:`~torch_geometric.sampler.NeighborSampler` and raises an
-            :class:`ImportError` if neither ``pyg-lib`` nor ``torch-sparse``
-            is installed; :obj:`"auto"` returns the built-in sampler, whether
-            or not an extension is installed: it is faster on CPU and samples
-            uniformly, whereas torch-sparse's sampler does not (its Floyd
-            step draws from :math:`[0, j)` instead of :math:`[0, j]`, so the
-            last neighbours of a node are drawn too rarely).
-            (default: :obj:`"auto"`)
-        **kwargs (optional): Further arguments of the sampler, such as
-            :obj:`replace`, :obj:`subgraph_type` or :obj:`share_memory`.
+    Parameters
+    ----------
+    data : torch_geometric.data.Data
+        The graph to sample from.
+    num_neighbors : list[int]
+        The fan-out of each hop (:obj:`-1` takes all neighbours).
+    backend : str, optional
+        :obj:`"builtin"` returns a :class:`BuiltinNeighborSampler`;
+        :obj:`"pyg"` returns PyG's
+        :class:`~torch_geometric.sampler.NeighborSampler` and raises an
+        :class:`ImportError` if neither ``pyg-lib`` nor ``torch-sparse`` is
+        installed; :obj:`"auto"` returns the built-in sampler, whether or not
+        an extension is installed: it is faster on CPU and samples uniformly,
+        whereas torch-sparse's sampler does not (its Floyd step draws from
+        :math:`[0, j)` instead of :math:`[0, j]`, so the last neighbours of a
+        node are drawn too rarely). (default: :obj:`"auto"`)
+    **kwargs
+        Further arguments of the sampler, such as :obj:`replace`,
+        :obj:`subgraph_type` or :obj:`share_memory`.
 
-    Example:
-        >>> import torch
-        >>> from torch_geometric.data import Data
-        >>> from torch_geometric.loader import NeighborLoader
-        >>> from stepgraph.data.sampler import make_neighbor_sampler
-        >>> data = Data(x=torch.randn(3, 4),
-        ...             edge_index=torch.tensor([[1, 2, 0], [0, 0, 1]]))
-        >>> sampler = make_neighbor_sampler(data, [5, 5], backend="builtin")
-        >>> loader = NeighborLoader(data, [5, 5], batch_size=2,
-        ...                         neighbor_sampler=sampler)
-        >>> [batch.batch_size for batch in loader]
-        [2, 1]
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Data
+    >>> from torch_geometric.loader import NeighborLoader
+    >>> from stepgraph.data.sampler import make_neighbor_sampler
+    >>> data = Data(x=torch.randn(3, 4),
+    ...             edge_index=torch.tensor([[1, 2, 0], [0, 0, 1]]))
+    >>> sampler = make_neighbor_sampler(data, [5, 5], backend="builtin")
+    >>> loader = NeighborLoader(data, [5, 5], batch_size=2,
+    ...                         neighbor_sampler=sampler)
+    >>> [batch.batch_size for batch in loader]
+    [2, 1]
     """
     check_choice(backend, "backend", ("auto", "builtin", "pyg"))
     if backend == "pyg" and not has_native_sampler():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ def resolve_seed(seed: int | None, name: str = "seed") -> int:
     rank 0's draw is broadcast, so every rank splits alike.
     """
     if seed is not None:
-        return check_int(seed, name, minimum=0)
+        return cast(int, check_int(seed, name, minimum=0))  # None only with allow_none=True
     drawn = int(torch.randint(0, 2**62, (), dtype=torch.int64))
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:

@@ -35,7 +35,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -147,15 +147,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
 
-    return atomic_write(path, write, what="checkpoint")
+    # atomic_write returns None only when write returns False
+    return cast(Path, atomic_write(path, write, what="checkpoint"))
 
 
 def _write_error(err: OSError, path: Path, kind: str = "checkpoint") -> OSError:
     """The error of a failed write, in words (the errno is kept)."""
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EROFS: "the file system is read-only",
-            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(
-        err.errno, err.strerror or type(err).__name__)
+    reasons: dict[int | None, str] = {
+        errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+    what = reasons.get(err.errno, err.strerror or type(err).__name__)
     kept = "the previous file is left intact" if path.is_file() else "no file was written"
     return OSError(err.errno, f"could not write {kind} {str(path)!r}: {what} ({kept})")
 
@@ -321,7 +323,9 @@ class BestWeights:
 
     def restore(self, model: torch.nn.Module, map_location: Any = "cpu") -> None:
         """Load the best weights into ``model``."""
-        weights = self._weights if self._weights is not None else load_checkpoint(self.path, map_location)
+        # called when has_weights: not in memory, they were written to self.path
+        weights = (self._weights if self._weights is not None
+                   else load_checkpoint(cast(Path, self.path), map_location))
         try:
             model.load_state_dict(weights)
         except (RuntimeError, TypeError, AttributeError) as err:  # another model's weights, or not weights
@@ -483,7 +487,7 @@ class TrainingCheckpoint:
                                  "epochs may grow), or start a new run in another folder")
 
     def _check_progress(self, payload: dict, source: str) -> dict[str, Any]:
-        progress = payload.get("progress")
+        progress: Any = payload.get("progress")  # anything the file holds, checked here
         ok = isinstance(progress, dict) and all(
             isinstance(progress.get(k), int) and not isinstance(progress.get(k), bool) and progress[k] >= 0
             for k in ("epoch", "step")) and isinstance(progress.get("stopped"), bool)

@@ -212,9 +212,9 @@ def all_reduce_meter(meter) -> None:
             packed[i] = torch.as_tensor(sums[key], dtype=torch.float64)
             packed[len(keys) + i] = weights[key]
     dist.all_reduce(packed)
-    packed = packed.cpu().tolist()
-    meter.load_state({k: packed[i] for i, k in enumerate(keys)},
-                     {k: packed[len(keys) + i] for i, k in enumerate(keys)})
+    reduced = packed.cpu().tolist()
+    meter.load_state({k: reduced[i] for i, k in enumerate(keys)},
+                     {k: reduced[len(keys) + i] for i, k in enumerate(keys)})
 
 
 def all_reduce_gradients(module: torch.nn.Module) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -74,11 +74,10 @@ class EarlyStopping:
     ):
         if not (isinstance(patience, (int, float)) and not isinstance(patience, bool)):
             check_int(patience, "patience", minimum=1)  # raises, naming the type
-        patience = check_number(patience, "patience", minimum=1)
-        patience = int(patience) if patience.is_integer() else patience  # STEP accepts 2.5: stops after 3
-        delta = check_number(delta, "delta", minimum=0)
+        number = cast(float, check_number(patience, "patience", minimum=1))  # not None: no allow_none
+        self.patience = int(number) if number.is_integer() else number  # STEP accepts 2.5: stops after 3
+        delta = cast(float, check_number(delta, "delta", minimum=0))
         check_choice(mode, "mode", ("min", "max"))
-        self.patience = patience
         self.verbose = verbose
         self.delta = float(delta)
         self.path = path

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sized
+from typing import cast
 
 import torch
 
@@ -64,7 +65,7 @@ def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Colle
 
 def _train_steps(hooks, state: LoopState, batches: Iterable, loss_call: Callable, meter: LossMeter) -> None:
     keys, last_shown = None, time.monotonic()
-    total = len(batches) if hasattr(batches, "__len__") else None
+    total = len(cast(Sized, batches)) if hasattr(batches, "__len__") else None
     with Progress(total, f"Epoch {state.epoch}/{state.epochs} steps", "batches",
                   enabled=hooks.progress and total != 1, final_line=False) as progress:
         for step, batch in enumerate(batches):

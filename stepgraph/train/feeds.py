@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -140,7 +140,7 @@ def predict_nodes(model: torch.nn.Module, func: Callable, gloader, dataset, devi
                 out[batch.n_id[:batch.batch_size]] = pred
     finally:
         model.train(was_training)
-    return out
+    return cast(torch.Tensor, out)  # None only when gloader has no batch
 
 
 def node_mask(ind, name: str, num_nodes: int) -> torch.Tensor | None:
@@ -281,10 +281,10 @@ class Feed:
         Names of the members of a tensor batch tuple (tensor feeds).
     """
 
-    dataset = None
+    dataset: Any = None
     input_names: tuple[str, ...] | None = None
 
-    def __init__(self, trainer):
+    def __init__(self, trainer) -> None:
         self.trainer = trainer
         self.generators: list[torch.Generator] = []
         self.loss: LossCall
@@ -473,7 +473,8 @@ class FullNeighbourhoodFeed(_NeighborLoaderFeed):
             _check_disjoint(train, valid)
         train_mask = node_mask(train, "train_ind", num_nodes)
         if train_mask is None and valid is not None:
-            train_mask = ~node_mask(valid, "valid_ind", num_nodes)  # never train on validation nodes
+            # never train on validation nodes (valid is not None: node_mask returns a mask)
+            train_mask = ~cast(torch.Tensor, node_mask(valid, "valid_ind", num_nodes))
         valid_loader = None if valid is None else derive_neighbor_loader(gloader, valid, shuffle=False)
         self._set_loaders(gloader, valid_loader, train_mask, call_func)
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor
 
 from stepgraph._validation import check_int
 from stepgraph.progress import Progress
+
+_Rows = TypeVar("_Rows")
 
 __all__ = ["LayerwiseLayer", "LayerwisePlan", "layerwise_plan", "predict_layerwise", "weighted_sum",
            "DEFAULT_CHUNK_SIZE"]
@@ -128,7 +131,7 @@ def _by_target(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int):
     return src, dst, edge_weight, colptr
 
 
-def _rowwise(func: Callable[[Tensor], Tensor], rows: Callable[[int, int], Tensor], num_nodes: int,
+def _rowwise(func: Callable[[_Rows], Tensor], rows: Callable[[int, int], _Rows], num_nodes: int,
              chunks: range, chunk_size: int, bar) -> Tensor:
     """``func`` of every node's rows, chunk by chunk, into one tensor."""
     out = None
@@ -139,7 +142,7 @@ def _rowwise(func: Callable[[Tensor], Tensor], rows: Callable[[int, int], Tensor
             out = torch.empty((num_nodes, *y.shape[1:]), dtype=y.dtype, device=y.device)
         out[start:stop] = y
         bar.update()
-    return out
+    return cast(Tensor, out)  # None only when there are no chunks (a graph without nodes)
 
 
 def predict_layerwise(model: torch.nn.Module, plan: LayerwisePlan, data, dataset, device,
@@ -177,7 +180,7 @@ def predict_layerwise(model: torch.nn.Module, plan: LayerwisePlan, data, dataset
     torch.Tensor
         One row per graph node, on the CPU.
     """
-    chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
+    chunk_size = cast(int, check_int(chunk_size, "chunk_size", minimum=1))
     if not plan.layers:
         raise ValueError("plan must hold at least one layer, got plan.layers=[]")
     num_nodes = int(data.num_nodes)
@@ -203,7 +206,9 @@ def predict_layerwise(model: torch.nn.Module, plan: LayerwisePlan, data, dataset
                                        enabled=progress) as bar:
             h = None
             for layer in plan.layers:
-                rows = features if h is None else (lambda start, stop, h=h: h[start:stop])
+                # Callable[..., Tensor]: the lambda's default argument h does not fit [int, int]
+                rows: Callable[..., Tensor] = (features if h is None
+                                               else (lambda start, stop, h=h: h[start:stop]))
                 t = _rowwise(layer.transform, rows, num_nodes, chunks, chunk_size, bar)
                 del h, rows  # the previous layer's outputs are freed: two node-sized tensors at most
 

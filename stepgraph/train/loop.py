@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from typing import Any, cast
 
 from stepgraph._validation import check_choice, check_int
 from stepgraph.progress import Progress
@@ -80,7 +81,7 @@ def train_loop_formatter(train_func: Callable | None = None, *, feed: Callable |
     @functools.wraps(train_func)
     def loop(self, epochs: int, *args, writer=None, writer_every: str = "epoch", resume_from=None,
              **kwargs) -> bool:
-        state = LoopState(epochs=check_int(epochs, "epochs", minimum=1), writer=writer,
+        state = LoopState(epochs=cast(int, check_int(epochs, "epochs", minimum=1)), writer=writer,
                           writer_every=check_choice(writer_every, "writer_every", WRITER_EVERY))
         try:
             return _fit(self, train_func, feed, state, resume_from, args, kwargs)
@@ -92,9 +93,10 @@ def train_loop_formatter(train_func: Callable | None = None, *, feed: Callable |
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
              for name, default in _LOOP_KEYWORDS]
     epochs_param = inspect.Parameter("epochs", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    loop.__signature__ = inspect.Signature(sorted([params[0], epochs_param, *params[2:], *extra],
-                                                  key=lambda p: p.kind))
-    loop.__wrapped_epoch__ = train_func
+    wrapper: Any = loop  # the attributes set here are not declared by the wrapper's type
+    wrapper.__signature__ = inspect.Signature(sorted([params[0], epochs_param, *params[2:], *extra],
+                                                     key=lambda p: p.kind))
+    wrapper.__wrapped_epoch__ = train_func
     return loop
 
 

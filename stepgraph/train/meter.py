@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from numbers import Number
+from typing import SupportsFloat, cast
 
 import torch
 
@@ -76,7 +77,7 @@ class LossMeter:
                     )
                 value = value.detach().reshape(()).to(torch.float64) * weight
             elif isinstance(value, Number) and not isinstance(value, bool):
-                value = float(value) * weight
+                value = float(cast(SupportsFloat, value)) * weight
             else:
                 continue
             if key in self._sums:
@@ -119,7 +120,8 @@ def running_mean_update(means: dict, loss_dict: Mapping[str, object], n_batch: i
     running mean, in which this batch weighs ``1 / (n_batch + 1)``. Values are
     detached 0-d tensors, as STEP returns them."""
     for key, value in without_metadata(loss_dict).items():
-        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        value = (value.detach() if isinstance(value, torch.Tensor)
+                 else torch.tensor(float(cast(SupportsFloat, value))))
         if n_batch == 0 or key not in means:
             means[key] = value.clone()
         else:

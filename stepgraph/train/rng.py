@@ -7,7 +7,7 @@ so a checkpoint that stores them loads with ``torch.load(..., weights_only=True)
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,7 +44,9 @@ def get_rng_state() -> dict[str, Any]:
         Gaussian); ``"torch"`` and, with CUDA, ``"cuda"``: ``uint8`` tensors.
         Only plain types and tensors, so it loads with ``weights_only=True``.
     """
-    name, key, pos, has_gauss, cached = np.random.get_state()
+    # numpy's stubs give the no-argument call the dict form; legacy=True (the default) is this tuple
+    name, key, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float],
+                                             np.random.get_state())
     state = {"python": random.getstate(),
              "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)),
                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},

@@ -262,6 +262,7 @@ def make_strategy(distributed: bool | None, device: str | torch.device | None = 
     find_unused_parameters
         Passed to ``DistributedDataParallel``.
     """
+    cls: type[Strategy]
     if distributed is False or not dist_utils.init_distributed():
         if distributed:
             raise ValueError("distributed=True but no torch.distributed process group with more than "

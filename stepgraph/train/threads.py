@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 from stepgraph._validation import check_int
 
@@ -66,7 +67,7 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
         Threads asked for explicitly (an int >= 1); ``None`` applies the policy.
     """
     if requested is not None:
-        return ThreadChoice(check_int(requested, "threads", minimum=1), "requested")
+        return ThreadChoice(cast(int, check_int(requested, "threads", minimum=1)), "requested")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
         if value.isdigit() and int(value) >= 1:

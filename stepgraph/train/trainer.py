@@ -17,9 +17,9 @@ the LR scheduler. Data parallelism is the strategy's business
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat, TypeVar, cast
 
 import numpy as np
 import torch
@@ -59,7 +59,10 @@ def _as_tensors(losses: Mapping[str, float]) -> dict[str, torch.Tensor]:
     return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in losses.items()}
 
 
-def _full_precision(out: torch.Tensor | None) -> torch.Tensor | None:
+_MaybeTensor = TypeVar("_MaybeTensor", torch.Tensor, None)
+
+
+def _full_precision(out: _MaybeTensor) -> _MaybeTensor:
     """Predictions made under bfloat16 autocast, as float32 (others as they are)."""
     return out.float() if out is not None and out.dtype == torch.bfloat16 else out
 
@@ -191,7 +194,7 @@ class Trainer:
         self.precision = PRECISIONS.get(str(precision))
         if self.precision is None:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got precision={precision!r}")
-        checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=0)
+        checkpoint_every = cast(int, check_int(checkpoint_every, "checkpoint_every", minimum=0))
         self.seed = check_int(seed, "seed", allow_none=True)
         self.grad_clip = check_number(grad_clip, "grad_clip", positive=True, allow_none=True)
         self.stopping = EarlyStoppingGroup(stop_on)
@@ -286,7 +289,7 @@ class Trainer:
 
     @checkpoint_every.setter
     def checkpoint_every(self, value: int) -> None:
-        self.checkpoints.every = check_int(value, "checkpoint_every", minimum=0)
+        self.checkpoints.every = cast(int, check_int(value, "checkpoint_every", minimum=0))
 
     @property
     def active_feed(self) -> feeds.Feed | None:
@@ -296,8 +299,9 @@ class Trainer:
     @active_feed.setter
     def active_feed(self, feed: feeds.Feed | None) -> None:
         self._active_feed = feed
-        if getattr(feed, "dataset", None) is not None:
-            self._graph_dataset = feed.dataset
+        dataset = getattr(feed, "dataset", None)
+        if dataset is not None:
+            self._graph_dataset = dataset
 
     @property
     def graph_dataset(self):
@@ -362,6 +366,7 @@ class Trainer:
         """
         if self.optimizer is None:
             self.init_optimizer()
+        assert self.optimizer is not None  # set by init_optimizer
         self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler, gamma,
                                             [*step_milestones, *milestones])
         return self.lr_scheduler
@@ -387,11 +392,12 @@ class Trainer:
         """
         if self.optimizer is None:
             self.init_optimizer()
+        assert self.optimizer is not None  # set by init_optimizer
         losses = tensor_losses(loss_dict)
         if not losses:
             raise TypeError(f"the loss dict holds no tensor to back-propagate; keys were {list(loss_dict)} "
                             "(values must be scalar tensors)")
-        total = sum(losses.values())
+        total = cast(torch.Tensor, sum(losses.values()))  # a tensor: losses is not empty
         if total.numel() != 1:
             raise ValueError(f"losses must be scalars, got a total of shape {tuple(total.shape)}")
         if not bool(torch.isfinite(total)):
@@ -444,7 +450,8 @@ class Trainer:
         if isinstance(total_loss_dict, LossMeter):
             total_loss_dict.update(loss_dict, weight)
         else:
-            running_mean_update(total_loss_dict, loss_dict, check_int(n_batch, "n_batch", minimum=0))
+            n_batch = cast(int, check_int(n_batch, "n_batch", minimum=0))
+            running_mean_update(total_loss_dict, loss_dict, n_batch)
         if use_earlystop and self.use_earlystop and not self.early_stopping:
             self.setup_early_stopping(loss_dict)
         return total_loss_dict
@@ -506,7 +513,8 @@ class Trainer:
             self.strategy.broadcast_module(self.model)
         return written
 
-    def format_loss_dict(self, loss_dict: Mapping[str, float], state: Mapping[str, Any],
+    def format_loss_dict(self, loss_dict: Mapping[str, float],
+                         state: LoopState | MutableMapping[str, Any] | None,
                          valid_loss_dict: Mapping[str, float] | None = None,
                          endepoch: bool = False) -> str:
         """Progress-bar text: ``name=value`` per loss, validation as ``value/best``.
@@ -526,7 +534,8 @@ class Trainer:
         endepoch
             Whether the epoch has ended (validation is only shown then).
         """
-        text = ", ".join(f"{k}={float(v):.4f}" for k, v in without_metadata(loss_dict).items())
+        text = ", ".join(f"{k}={float(cast(SupportsFloat, v)):.4f}"
+                         for k, v in without_metadata(loss_dict).items())
         validation = ""
         if valid_loss_dict and endepoch:
             parts = []
@@ -555,7 +564,8 @@ class Trainer:
         return TrainingCheckpoint(components, self.strategy, hints, identity=self.run_identity)
 
     @staticmethod
-    def _training_progress(state: LoopState, completed: int, stopped: bool) -> dict[str, Any]:
+    def _training_progress(state: LoopState | Mapping[str, Any], completed: int,
+                           stopped: bool) -> dict[str, Any]:
         return {"epoch": completed, "step": state["step"], "stopped": bool(stopped)}
 
     def save_training_state(self, path, state: Mapping[str, Any], completed: int | None = None,
@@ -813,7 +823,7 @@ class Trainer:
         return run_epoch(self, state, self.active_feed, LossMeter(), self._loss_names)
 
     # ----------------------------------------------------------- validation
-    def validate_loader(self, loader, call_func: Callable | None = None) -> dict[str, float]:
+    def validate_loader(self, loader, call_func: Callable | None = None) -> dict[str, torch.Tensor]:
         """Mean losses over a loader of tensor batches in eval mode without gradients:
         ``{"val_<name>": mean}`` (0-d tensors, as in STEP), per sample (each batch weighs
         its size; STEP averages the per-batch means).
@@ -827,7 +837,8 @@ class Trainer:
         """
         return _as_tensors(evaluate(self, loader, feeds.tensor_loss_call(call_func or self.handle_input_tuple)))
 
-    def validate_X(self, X, ind=None, call_func: Callable | None = None, **kwargs) -> dict[str, float]:
+    def validate_X(self, X, ind=None, call_func: Callable | None = None,
+                   **kwargs) -> dict[str, torch.Tensor]:
         """Losses of the full-matrix path on rows ``ind`` (all when ``None``) in eval mode:
         ``{"val_<name>": value}`` (0-d tensors). In a data-parallel run each rank computes
         its share.
@@ -850,7 +861,7 @@ class Trainer:
         return _as_tensors(evaluate(self, [share] if share.numel() else [], call))
 
     def validate_gloader(self, gloader, valid_ind=None, dataset=None,
-                         call_func: Callable | None = None) -> dict[str, float]:
+                         call_func: Callable | None = None) -> dict[str, torch.Tensor]:
         """Mean losses over a graph loader in eval mode without gradients.
 
         Parameters
