@@ -23,8 +23,10 @@ def peak_rss_mb() -> float:
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """Rows of dicts as a markdown table with the given columns."""
+
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

@@ -48,8 +48,9 @@ def _score(truth, labels, sections, known) -> float:
     codes = np.unique(sections[known])  # the sections scored
     if len(np.unique(sections)) == 1:
         return adjusted_rand_index(truth[known], labels[known])
-    return float(np.mean([adjusted_rand_index(truth[known & (sections == c)], labels[known & (sections == c)])
-                          for c in codes]))
+    return float(
+        np.mean([adjusted_rand_index(truth[known & (sections == c)], labels[known & (sections == c)]) for c in codes])
+    )
 
 
 def headroom(adata, truth_key: str, batch_key: str | None, seed: int) -> list[dict]:
@@ -67,8 +68,14 @@ def headroom(adata, truth_key: str, batch_key: str | None, seed: int) -> list[di
     rows = []
 
     def row(method, labels, model=None, scored=known):
-        rows.append({"seed": seed, "method": method, "ari": round(_score(truth, labels, sections, scored), 3),
-                     "log-likelihood": "" if model is None else round(float(model.score(embedding)), 3)})
+        rows.append(
+            {
+                "seed": seed,
+                "method": method,
+                "ari": round(_score(truth, labels, sections, scored), 3),
+                "log-likelihood": "" if model is None else round(float(model.score(embedding)), 3),
+            }
+        )
 
     options = {name: value for name, value in config.cluster_options().items() if name not in ("method", "n_init")}
     for n_init, tol in ((5, None), (10, None), (10, options.pop("tol")), (50, None)):
@@ -104,8 +111,10 @@ def main(argv=None) -> None:
             rows += headroom(ad.read_h5ad(args.input), args.truth_key, args.batch_key, seed)
     table = markdown_table(rows, ["seed", "method", "ari", "log-likelihood"])
     print(table)
-    write_json(args.out + ".json", {"input": args.input, "threads": args.threads, "rows": rows,
-                                    "seconds": time.perf_counter() - start})
+    write_json(
+        args.out + ".json",
+        {"input": args.input, "threads": args.threads, "rows": rows, "seconds": time.perf_counter() - start},
+    )
     with open(args.out + ".md", "w") as handle:
         handle.write(table + "\n")
 

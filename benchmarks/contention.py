@@ -26,8 +26,20 @@ from _common import RESULTS, markdown_table, write_json  # noqa: E402
 
 
 def _command(tissue: Path, out: Path, args) -> list[str]:
-    cmd = [sys.executable, "-m", "stepgraph", "train", str(tissue), "--batch-key", "section",
-           "--epochs", str(args.epochs), "--quiet", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stepgraph",
+        "train",
+        str(tissue),
+        "--batch-key",
+        "section",
+        "--epochs",
+        str(args.epochs),
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     return cmd + (["--threads", str(args.threads)] if args.threads else [])
 
 
@@ -49,19 +61,27 @@ def run(args) -> dict:
         env = _env(args)
         start = time.perf_counter()
         for i in range(args.n):
-            subprocess.run(_command(tissue, tmp / f"seq{i}", args), env=env, check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(_command(tissue, tmp / f"seq{i}", args), env=env, check=True, stdout=subprocess.DEVNULL)
         sequential = time.perf_counter() - start
         start = time.perf_counter()
-        procs = [subprocess.Popen(_command(tissue, tmp / f"con{i}", args), env=env,
-                                  stdout=subprocess.DEVNULL) for i in range(args.n)]
+        procs = [
+            subprocess.Popen(_command(tissue, tmp / f"con{i}", args), env=env, stdout=subprocess.DEVNULL)
+            for i in range(args.n)
+        ]
         codes = [p.wait() for p in procs]
         concurrent = time.perf_counter() - start
         if any(codes):
             raise SystemExit(f"a concurrent run failed: exit codes {codes}")
-    return {"n": args.n, "n_cells": args.n_cells, "epochs": args.epochs,
-            "threads": args.threads or "policy", "usable_cpus": len(os.sched_getaffinity(0)),
-            "sequential_s": sequential, "concurrent_s": concurrent, "ratio": concurrent / sequential}
+    return {
+        "n": args.n,
+        "n_cells": args.n_cells,
+        "epochs": args.epochs,
+        "threads": args.threads or "policy",
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "sequential_s": sequential,
+        "concurrent_s": concurrent,
+        "ratio": concurrent / sequential,
+    }
 
 
 def main() -> None:
@@ -69,13 +89,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="concurrent runs (default: %(default)s)")
     parser.add_argument("--n-cells", type=int, default=5000, help="cells of the tissue (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each run (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="force this many torch threads per run (default: stepgraph's policy)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="force this many torch threads per run (default: stepgraph's policy)"
+    )
     parser.add_argument("--out", default=str(RESULTS / "contention.json"), help="JSON results")
     args = parser.parse_args()
     row = run(args)
-    print(markdown_table([row], ["n", "n_cells", "epochs", "threads", "usable_cpus", "sequential_s",
-                                 "concurrent_s", "ratio"]))
+    print(
+        markdown_table(
+            [row], ["n", "n_cells", "epochs", "threads", "usable_cpus", "sequential_s", "concurrent_s", "ratio"]
+        )
+    )
     write_json(args.out, {"args": vars(args), "results": [row]})
 
 

@@ -92,14 +92,23 @@ def main() -> None:
     for world in (1, args.procs):
         result = measure(world, args)
         seeds_per_s = args.n_cells / result["seconds_per_epoch"]
-        rows.append({"processes": world, "threads/process": args.threads,
-                     "s/epoch": result["seconds_per_epoch"], "seeds/s total": seeds_per_s,
-                     "seeds/s per process": seeds_per_s / world})
+        rows.append(
+            {
+                "processes": world,
+                "threads/process": args.threads,
+                "s/epoch": result["seconds_per_epoch"],
+                "seeds/s total": seeds_per_s,
+                "seeds/s per process": seeds_per_s / world,
+            }
+        )
     rows[1]["speed-up"] = rows[0]["s/epoch"] / rows[1]["s/epoch"]
     rows[0]["speed-up"] = 1.0
     print(f"node sampling [10, 5], {args.n_cells} cells, batch {args.batch_size} per process, gloo on CPU")
-    print(markdown_table(rows, ["processes", "threads/process", "s/epoch", "seeds/s total",
-                                "seeds/s per process", "speed-up"]))
+    print(
+        markdown_table(
+            rows, ["processes", "threads/process", "s/epoch", "seeds/s total", "seeds/s per process", "speed-up"]
+        )
+    )
     write_json(args.out, {"args": vars(args), "rows": rows})
 
 

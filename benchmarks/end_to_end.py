@@ -38,8 +38,7 @@ from _common import RESULTS, markdown_table, write_json
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic_counts_h5ad(path: Path, n_cells: int, n_genes: int, sections: int, density: float,
-                          seed: int = 0) -> dict:
+def synthetic_counts_h5ad(path: Path, n_cells: int, n_genes: int, sections: int, density: float, seed: int = 0) -> dict:
     """Write a sparse count matrix with coordinates and sections to ``path``."""
     import anndata as ad
     import pandas as pd
@@ -49,15 +48,18 @@ def synthetic_counts_h5ad(path: Path, n_cells: int, n_genes: int, sections: int,
     per_row = max(1, int(round(density * n_genes)))
     stripe = n_genes // per_row
     # one gene per stripe of the gene axis: distinct, sorted columns by construction
-    cols = (np.arange(per_row, dtype=np.int32) * stripe
-            + rng.integers(0, stripe, (n_cells, per_row), dtype=np.int32)).reshape(-1)
+    cols = (
+        np.arange(per_row, dtype=np.int32) * stripe + rng.integers(0, stripe, (n_cells, per_row), dtype=np.int32)
+    ).reshape(-1)
     counts = (rng.poisson(2.0, n_cells * per_row) + 1).astype(np.float32)
     indptr = np.arange(0, n_cells * per_row + 1, per_row, dtype=np.int64)
     X = sp.csr_matrix((counts, cols, indptr), shape=(n_cells, n_genes))
     sizes = [n_cells // sections + (i < n_cells % sections) for i in range(sections)]
     coords = np.vstack([rng.uniform(0, np.sqrt(s), (s, 2)) for s in sizes])
-    obs = pd.DataFrame({"section": pd.Categorical(np.repeat([f"s{i}" for i in range(sections)], sizes))},
-                       index=pd.RangeIndex(n_cells).astype(str))
+    obs = pd.DataFrame(
+        {"section": pd.Categorical(np.repeat([f"s{i}" for i in range(sections)], sizes))},
+        index=pd.RangeIndex(n_cells).astype(str),
+    )
     adata = ad.AnnData(X=X, obs=obs)
     adata.obsm["spatial"] = coords
     adata.write_h5ad(path)
@@ -66,11 +68,29 @@ def synthetic_counts_h5ad(path: Path, n_cells: int, n_genes: int, sections: int,
 
 def run_train(path: Path, out: Path, backed: bool, args) -> dict:
     """``stepgraph train`` in a fresh process; its stages and its own peak RSS."""
-    cmd = [sys.executable, "-m", "stepgraph", "train", str(path), "--batch-key", "section",
-           *(["--epochs", str(args.epochs)] if args.epochs else []), "--batch-size", str(args.batch_size),
-           "--quiet", "--n-domains", "7", "--out", str(out)] + (["--backed"] if backed else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    cmd = [
+        sys.executable,
+        "-m",
+        "stepgraph",
+        "train",
+        str(path),
+        "--batch-key",
+        "section",
+        *(["--epochs", str(args.epochs)] if args.epochs else []),
+        "--batch-size",
+        str(args.batch_size),
+        "--quiet",
+        "--n-domains",
+        "7",
+        "--out",
+        str(out),
+    ] + (["--backed"] if backed else [])
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
@@ -82,8 +102,7 @@ def run_train(path: Path, out: Path, backed: bool, args) -> dict:
     # the stages reset the kernel's high-water mark, which ru_maxrss reads at
     # exit: the process's peak is the largest of the stages' peaks
     peak = max([usage.ru_maxrss / 1024] + [row["peak_rss_mb"] for row in summary["stages"]])
-    return {"wall_s": wall, "peak_rss_mb": peak, "stages": summary["stages"],
-            "command": " ".join(cmd[1:])}
+    return {"wall_s": wall, "peak_rss_mb": peak, "stages": summary["stages"], "command": " ".join(cmd[1:])}
 
 
 def report(results: dict) -> tuple[str, dict]:
@@ -97,32 +116,40 @@ def report(results: dict) -> tuple[str, dict]:
             if hit:
                 row[f"{m} s"], row[f"{m} peak MiB"] = hit["seconds"], hit["peak_rss_mb"]
         rows.append(row)
-    rows.append({"stage": "whole process", **{f"{m} s": results[m]["wall_s"] for m in modes},
-                 **{f"{m} peak MiB": results[m]["peak_rss_mb"] for m in modes}})
+    rows.append(
+        {
+            "stage": "whole process",
+            **{f"{m} s": results[m]["wall_s"] for m in modes},
+            **{f"{m} peak MiB": results[m]["peak_rss_mb"] for m in modes},
+        }
+    )
     cols = ["stage"] + [f"{m} {k}" for m in modes for k in ("s", "peak MiB")]
     verdict = {}
     if {"memory", "backed"} <= set(modes):
         mem = results["memory"]["peak_rss_mb"]
         bak = results["backed"]["peak_rss_mb"]
-        epochs = {m: [r["seconds"] for r in results[m]["stages"] if r["stage"].startswith("epoch")]
-                  for m in modes}
+        epochs = {m: [r["seconds"] for r in results[m]["stages"] if r["stage"].startswith("epoch")] for m in modes}
         epoch_ratio = float(np.median(epochs["backed"]) / np.median(epochs["memory"]))
-        verdict = {"peak_rss_ratio_backed_over_memory": bak / mem,
-                   "peak_rss_target_met": bak < mem / 2,
-                   "epoch_ratio_backed_over_memory": epoch_ratio,
-                   "epoch_target_met": epoch_ratio <= 1.5}
+        verdict = {
+            "peak_rss_ratio_backed_over_memory": bak / mem,
+            "peak_rss_target_met": bak < mem / 2,
+            "epoch_ratio_backed_over_memory": epoch_ratio,
+            "epoch_target_met": epoch_ratio <= 1.5,
+        }
     return markdown_table(rows, cols), verdict
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--n-cells", type=int, default=1_000_000, help="cells")
     parser.add_argument("--n-genes", type=int, default=2000, help="genes")
     parser.add_argument("--sections", type=int, default=4, help="tissue sections")
     parser.add_argument("--density", type=float, default=0.05, help="non-zero share of the counts")
-    parser.add_argument("--epochs", type=int, default=1,
-                        help="training epochs per run (0: the pipeline's default, sized to the tissue)")
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="training epochs per run (0: the pipeline's default, sized to the tissue)"
+    )
     parser.add_argument("--batch-size", type=int, default=1024, help="seed cells per batch")
     parser.add_argument("--modes", default="memory,backed", help="comma-separated: memory, backed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
@@ -133,16 +160,19 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
-        data = synthetic_counts_h5ad(tmp / "tissue.h5ad", args.n_cells, args.n_genes, args.sections,
-                                     args.density)
-        print(f"tissue: {args.n_cells:,} cells x {args.n_genes:,} genes, {data['nnz']:,} non-zeros, "
-              f"{args.sections} sections; h5ad {data['file_mb']:,.0f} MiB written in "
-              f"{time.perf_counter() - start:.1f} s", flush=True)
+        data = synthetic_counts_h5ad(tmp / "tissue.h5ad", args.n_cells, args.n_genes, args.sections, args.density)
+        print(
+            f"tissue: {args.n_cells:,} cells x {args.n_genes:,} genes, {data['nnz']:,} non-zeros, "
+            f"{args.sections} sections; h5ad {data['file_mb']:,.0f} MiB written in "
+            f"{time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
         results = {}
         for mode in [m for m in args.modes.split(",") if m]:
             results[mode] = run_train(tmp / "tissue.h5ad", tmp / f"out_{mode}", mode == "backed", args)
-            print(f"{mode}: {results[mode]['wall_s']:.1f} s, peak RSS "
-                  f"{results[mode]['peak_rss_mb']:,.0f} MiB", flush=True)
+            print(
+                f"{mode}: {results[mode]['wall_s']:.1f} s, peak RSS {results[mode]['peak_rss_mb']:,.0f} MiB", flush=True
+            )
     table, verdict = report(results)
     print(table)
     for key, value in verdict.items():

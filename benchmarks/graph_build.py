@@ -66,9 +66,7 @@ def main(argv=None):
         default="stepgraph,squidpy",
         help="implementations to run; squidpy is skipped when not importable (default: %(default)s)",
     )
-    parser.add_argument(
-        "--n-neighbors", type=int, default=6, help="k for knn and grid (default: 6)"
-    )
+    parser.add_argument("--n-neighbors", type=int, default=6, help="k for knn and grid (default: 6)")
     parser.add_argument(
         "--radius",
         type=float,
@@ -79,12 +77,9 @@ def main(argv=None):
         "--repeats",
         type=int,
         default=1,
-        help="fresh processes per case; the fastest time and the largest memory are kept "
-        "(default: %(default)s)",
+        help="fresh processes per case; the fastest time and the largest memory are kept (default: %(default)s)",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=1800, help="seconds per case (default: 1800)"
-    )
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per case (default: 1800)")
     parser.add_argument(
         "--out",
         default=str(ROOT / "benchmarks" / "results" / "graph_build.json"),
@@ -202,9 +197,14 @@ def run_case(case):
         # squidpy >= 1.8 has one function per method and deprecates spatial_neighbors
         new_api = getattr(sq.gr, f"spatial_neighbors_{method}", None)
         if new_api is None:
-            kwargs.update({"knn": {"coord_type": "generic"}, "radius": {"coord_type": "generic"},
-                           "delaunay": {"coord_type": "generic", "delaunay": True},
-                           "grid": {"coord_type": "grid"}}[method])
+            kwargs.update(
+                {
+                    "knn": {"coord_type": "generic"},
+                    "radius": {"coord_type": "generic"},
+                    "delaunay": {"coord_type": "generic", "delaunay": True},
+                    "grid": {"coord_type": "grid"},
+                }[method]
+            )
 
         def build(adata):
             (new_api or sq.gr.spatial_neighbors)(adata, library_key=batch_key, **kwargs)
@@ -251,9 +251,7 @@ def _rss_bytes():
 
 
 def _importable(module):
-    probe = subprocess.run(
-        [sys.executable, "-c", f"import {module}"], capture_output=True, check=False
-    )
+    probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, check=False)
     return probe.returncode == 0
 
 
@@ -317,11 +315,7 @@ def markdown(results, impls):
                 _fmt(theirs, "wall_s", ".2f"),
                 _fmt(theirs, "peak_mb", ".0f"),
                 f"{ours['wall_s'] / theirs['wall_s']:.2f}" if ok else "-",
-                (
-                    "yes"
-                    if ours["edges"] == theirs["edges"]
-                    else f"no ({ours['edges']} vs {theirs['edges']})"
-                )
+                ("yes" if ours["edges"] == theirs["edges"] else f"no ({ours['edges']} vs {theirs['edges']})")
                 if ok
                 else "-",
             ]

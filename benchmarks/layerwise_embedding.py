@@ -68,16 +68,23 @@ def main() -> None:
     dst = torch.arange(args.n_nodes).repeat_interleave(args.k)  # sorted by target, as to_pyg writes them
     data = Data(edge_index=torch.stack([src, dst]), num_nodes=args.n_nodes)
     rows = RandomRows(args.n_nodes, args.in_dim, args.sections, args.seed)
-    model = GraphAutoencoder(args.in_dim, args.hidden, args.latent, conv=args.conv, n_batches=args.sections,
-                             activation="elu")
+    model = GraphAutoencoder(
+        args.in_dim, args.hidden, args.latent, conv=args.conv, n_batches=args.sections, activation="elu"
+    )
     plan = model.layerwise("encode")
     seconds = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         predict_layerwise(model, plan, data, rows, "cpu")
         seconds.append(time.perf_counter() - start)
-    result = {"n_nodes": args.n_nodes, "edges": int(src.numel()), "conv": args.conv, "threads": args.threads,
-              "seconds": [round(s, 3) for s in seconds], "best_s": round(min(seconds), 3)}
+    result = {
+        "n_nodes": args.n_nodes,
+        "edges": int(src.numel()),
+        "conv": args.conv,
+        "threads": args.threads,
+        "seconds": [round(s, 3) for s in seconds],
+        "best_s": round(min(seconds), 3),
+    }
     print(result)
     write_json(args.out, result)
 

@@ -108,8 +108,7 @@ def random_genes(n_nodes: int, n_genes: int, density: float, seed: int) -> sp.cs
     rng = np.random.default_rng(seed)
     per_row = max(1, int(round(density * n_genes)))
     stripe = n_genes // per_row
-    cols = (np.arange(per_row, dtype=np.int32) * stripe
-            + rng.integers(0, stripe, (n_nodes, per_row), dtype=np.int32))
+    cols = np.arange(per_row, dtype=np.int32) * stripe + rng.integers(0, stripe, (n_nodes, per_row), dtype=np.int32)
     values = np.log1p(rng.poisson(2.0, n_nodes * per_row).astype(np.float32) + 1.0)
     indptr = np.arange(0, n_nodes * per_row + 1, per_row, dtype=np.int64)
     return sp.csr_matrix((values, cols.reshape(-1), indptr), shape=(n_nodes, n_genes))
@@ -123,8 +122,7 @@ def make_sampler(backend: str, data: Data, num_neighbors: list[int]):
 
 def make_loader(backend, data, args) -> NeighborLoader:
     sampler = make_sampler(backend, data, args.num_neighbors)
-    return NeighborLoader(data, args.num_neighbors, batch_size=args.batch_size, shuffle=True,
-                          neighbor_sampler=sampler)
+    return NeighborLoader(data, args.num_neighbors, batch_size=args.batch_size, shuffle=True, neighbor_sampler=sampler)
 
 
 def loader_epoch(backend: str, data: Data, args, genes: sp.csr_matrix | None = None) -> dict:
@@ -143,8 +141,13 @@ def loader_epoch(backend: str, data: Data, args, genes: sp.csr_matrix | None = N
         edges += batch.edge_index.size(1)
         batches += 1
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "setup_seconds": setup, "sampled_nodes": nodes,
-            "sampled_edges": edges, "batches": batches}
+    return {
+        "seconds": seconds,
+        "setup_seconds": setup,
+        "sampled_nodes": nodes,
+        "sampled_edges": edges,
+        "batches": batches,
+    }
 
 
 def train_epoch(model, optimizer, loader) -> dict:
@@ -153,8 +156,7 @@ def train_epoch(model, optimizer, loader) -> dict:
     start = time.perf_counter()
     for batch in loader:
         optimizer.zero_grad(set_to_none=True)
-        losses = model.loss(batch.x, ind=torch.arange(batch.batch_size),
-                            edge_index=batch.edge_index)
+        losses = model.loss(batch.x, ind=torch.arange(batch.batch_size), edge_index=batch.edge_index)
         loss = sum(losses.values())
         loss.backward()
         optimizer.step()
@@ -163,8 +165,7 @@ def train_epoch(model, optimizer, loader) -> dict:
         nodes += batch.num_nodes
         batches += 1
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "sampled_nodes": nodes, "batches": batches,
-            "loss": total / seeds}
+    return {"seconds": seconds, "sampled_nodes": nodes, "batches": batches, "loss": total / seeds}
 
 
 def original_loss(model, x, ind, edge_index):
@@ -196,9 +197,13 @@ def trim_epoch(variant: str, model, optimizer, loader) -> dict:
         elif variant == "untrimmed":
             losses = model.loss(batch.x, ind=ind, edge_index=batch.edge_index)
         else:
-            losses = model.loss(batch.x, ind=ind, edge_index=batch.edge_index,
-                                num_sampled_nodes_per_hop=batch.num_sampled_nodes,
-                                num_sampled_edges_per_hop=batch.num_sampled_edges)
+            losses = model.loss(
+                batch.x,
+                ind=ind,
+                edge_index=batch.edge_index,
+                num_sampled_nodes_per_hop=batch.num_sampled_nodes,
+                num_sampled_edges_per_hop=batch.num_sampled_edges,
+            )
         sum(losses.values()).backward()
         optimizer.step()
         nodes += batch.num_nodes
@@ -215,27 +220,31 @@ def measure(phase: str, backends: list[str], repeats: int, run, labels: dict) ->
             gc.collect()
             with PeakRSS() as mem:
                 out = run(backend)
-            out.update(peak_rss_mb=mem.peak, rss_growth_mb=mem.peak - mem.start,
-                       rss_after_mb=rss_mb())
+            out.update(peak_rss_mb=mem.peak, rss_growth_mb=mem.peak - mem.start, rss_after_mb=rss_mb())
             runs[backend].append(out)
-            print(f"  {phase:6s} {labels[backend]:12s} run {r + 1}: {out['seconds']:.2f} s, "
-                  f"{out['sampled_nodes'] / out['seconds']:,.0f} nodes/s, "
-                  f"peak RSS {mem.peak:,.0f} MiB (+{mem.peak - mem.start:,.0f})", flush=True)
+            print(
+                f"  {phase:6s} {labels[backend]:12s} run {r + 1}: {out['seconds']:.2f} s, "
+                f"{out['sampled_nodes'] / out['seconds']:,.0f} nodes/s, "
+                f"peak RSS {mem.peak:,.0f} MiB (+{mem.peak - mem.start:,.0f})",
+                flush=True,
+            )
     rows = []
     for backend, outs in runs.items():
         best = min(outs, key=lambda o: o["seconds"])
-        rows.append({
-            "phase": phase,
-            "backend": backend,
-            "s/epoch (best)": best["seconds"],
-            "s/epoch (median)": statistics.median(o["seconds"] for o in outs),
-            "sampled nodes/s": best["sampled_nodes"] / best["seconds"],
-            "nodes/batch": best["sampled_nodes"] / best["batches"],
-            "set-up s": best.get("setup_seconds", float("nan")),
-            "peak RSS MiB": max(o["peak_rss_mb"] for o in outs),
-            "RSS growth MiB": max(o["rss_growth_mb"] for o in outs),
-            "runs": outs,
-        })
+        rows.append(
+            {
+                "phase": phase,
+                "backend": backend,
+                "s/epoch (best)": best["seconds"],
+                "s/epoch (median)": statistics.median(o["seconds"] for o in outs),
+                "sampled nodes/s": best["sampled_nodes"] / best["seconds"],
+                "nodes/batch": best["sampled_nodes"] / best["batches"],
+                "set-up s": best.get("setup_seconds", float("nan")),
+                "peak RSS MiB": max(o["peak_rss_mb"] for o in outs),
+                "RSS growth MiB": max(o["rss_growth_mb"] for o in outs),
+                "runs": outs,
+            }
+        )
     speed = {row["backend"]: row["sampled nodes/s"] for row in rows}
     if "original" in speed:
         for row in rows:
@@ -253,44 +262,50 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     size = parser.add_argument_group("sizes")
-    size.add_argument("--n-nodes", type=int, default=1_000_000,
-                      help="cells in the random spatial graph")
-    size.add_argument("--k", type=int, default=6,
-                      help="nearest neighbours per cell (edges = n_nodes * k)")
-    size.add_argument("--num-neighbors", type=int, nargs="+", default=[10, 5],
-                      help="fan-out per hop (-1: all neighbours)")
+    size.add_argument("--n-nodes", type=int, default=1_000_000, help="cells in the random spatial graph")
+    size.add_argument("--k", type=int, default=6, help="nearest neighbours per cell (edges = n_nodes * k)")
+    size.add_argument(
+        "--num-neighbors", type=int, nargs="+", default=[10, 5], help="fan-out per hop (-1: all neighbours)"
+    )
     size.add_argument("--batch-size", type=int, default=1024, help="seed nodes per mini-batch")
-    size.add_argument("--dense-dim", type=int, default=32,
-                      help="dense features in data.x (dense and train phases)")
+    size.add_argument("--dense-dim", type=int, default=32, help="dense features in data.x (dense and train phases)")
     size.add_argument("--n-genes", type=int, default=2000, help="genes of the sparse matrix")
-    size.add_argument("--gene-density", type=float, default=0.05,
-                      help="fraction of non-zero genes per cell")
+    size.add_argument("--gene-density", type=float, default=0.05, help="fraction of non-zero genes per cell")
     size.add_argument("--hidden", type=int, default=64, help="GraphAutoencoder hidden_dim")
     size.add_argument("--latent", type=int, default=16, help="GraphAutoencoder latent_dim")
-    size.add_argument("--conv", default="gcn", choices=["gcn", "gat", "sage"],
-                      help="GraphAutoencoder convolution (the pipeline's model: gat, --dense-dim 20, "
-                      "--activation elu)")
-    size.add_argument("--activation", default="relu", choices=["relu", "elu"],
-                      help="GraphAutoencoder non-linearity")
+    size.add_argument(
+        "--conv",
+        default="gcn",
+        choices=["gcn", "gat", "sage"],
+        help="GraphAutoencoder convolution (the pipeline's model: gat, --dense-dim 20, --activation elu)",
+    )
+    size.add_argument("--activation", default="relu", choices=["relu", "elu"], help="GraphAutoencoder non-linearity")
     runs = parser.add_argument_group("runs")
-    runs.add_argument("--repeats", type=int, default=2,
-                      help="dense-feature loader epochs per backend (alternating)")
-    runs.add_argument("--gene-repeats", type=int, default=1,
-                      help="sparse-gene loader epochs per backend (alternating)")
-    runs.add_argument("--train-epochs", type=int, default=3,
-                      help="GraphAutoencoder training epochs per backend (alternating)")
-    runs.add_argument("--phases", nargs="+", default=["dense", "genes", "train", "trim"],
-                      choices=["dense", "genes", "train", "trim"],
-                      help="what to measure; trim: built-in sampler, training epochs of the "
-                      "code before layer-wise trimming, of today's model untrimmed and trimmed")
-    runs.add_argument("--backends", nargs="+", default=["builtin", "native"],
-                      choices=["builtin", "native"],
-                      help="samplers: stepgraph's built-in one, PyG's native one")
-    runs.add_argument("--threads", type=int, default=None,
-                      help="torch.set_num_threads (default: torch's own choice)")
+    runs.add_argument("--repeats", type=int, default=2, help="dense-feature loader epochs per backend (alternating)")
+    runs.add_argument("--gene-repeats", type=int, default=1, help="sparse-gene loader epochs per backend (alternating)")
+    runs.add_argument(
+        "--train-epochs", type=int, default=3, help="GraphAutoencoder training epochs per backend (alternating)"
+    )
+    runs.add_argument(
+        "--phases",
+        nargs="+",
+        default=["dense", "genes", "train", "trim"],
+        choices=["dense", "genes", "train", "trim"],
+        help="what to measure; trim: built-in sampler, training epochs of the "
+        "code before layer-wise trimming, of today's model untrimmed and trimmed",
+    )
+    runs.add_argument(
+        "--backends",
+        nargs="+",
+        default=["builtin", "native"],
+        choices=["builtin", "native"],
+        help="samplers: stepgraph's built-in one, PyG's native one",
+    )
+    runs.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
     runs.add_argument("--seed", type=int, default=0)
-    runs.add_argument("--out", default=str(RESULTS / "node_sampling.json"),
-                      help="JSON file for the results ('' to skip)")
+    runs.add_argument(
+        "--out", default=str(RESULTS / "node_sampling.json"), help="JSON file for the results ('' to skip)"
+    )
     return parser.parse_args(argv)
 
 
@@ -307,30 +322,38 @@ def main(argv=None) -> dict:
         backends.remove("native")
     labels = {"builtin": "builtin", "native": native_name}
 
-    print(f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, "
-          f"{torch.get_num_threads()} threads; backends: {[labels[b] for b in backends]}")
+    print(
+        f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, "
+        f"{torch.get_num_threads()} threads; backends: {[labels[b] for b in backends]}"
+    )
     start = time.perf_counter()
     edge_index = spatial_knn_graph(args.n_nodes, args.k, args.seed)
     graph_s = time.perf_counter() - start
     x = torch.randn(args.n_nodes, args.dense_dim)
     data = Data(x=x, edge_index=edge_index, num_nodes=args.n_nodes)
-    print(f"graph: {args.n_nodes:,} nodes, {edge_index.size(1):,} edges in {graph_s:.1f} s; "
-          f"fan-outs {args.num_neighbors}, batch {args.batch_size}", flush=True)
+    print(
+        f"graph: {args.n_nodes:,} nodes, {edge_index.size(1):,} edges in {graph_s:.1f} s; "
+        f"fan-outs {args.num_neighbors}, batch {args.batch_size}",
+        flush=True,
+    )
 
     rows: list[dict] = []
     if "dense" in args.phases:
-        rows += measure("dense", backends, args.repeats,
-                        lambda b: loader_epoch(b, data, args), labels)
+        rows += measure("dense", backends, args.repeats, lambda b: loader_epoch(b, data, args), labels)
 
     if "genes" in args.phases:
         start = time.perf_counter()
         genes = random_genes(args.n_nodes, args.n_genes, args.gene_density, args.seed)
-        print(f"genes: {args.n_genes} x {args.n_nodes:,} CSR, {genes.nnz:,} non-zeros "
-              f"({(genes.data.nbytes + genes.indices.nbytes + genes.indptr.nbytes) / 2**20:,.0f}"
-              f" MiB) in {time.perf_counter() - start:.1f} s", flush=True)
+        print(
+            f"genes: {args.n_genes} x {args.n_nodes:,} CSR, {genes.nnz:,} non-zeros "
+            f"({(genes.data.nbytes + genes.indices.nbytes + genes.indptr.nbytes) / 2**20:,.0f}"
+            f" MiB) in {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
         graph_only = Data(edge_index=edge_index, num_nodes=args.n_nodes)
-        rows += measure("genes", backends, args.gene_repeats,
-                        lambda b: loader_epoch(b, graph_only, args, genes), labels)
+        rows += measure(
+            "genes", backends, args.gene_repeats, lambda b: loader_epoch(b, graph_only, args, genes), labels
+        )
         del genes, graph_only
 
     epochs: dict[str, list[dict]] = {}
@@ -338,9 +361,14 @@ def main(argv=None) -> dict:
         models = {}
         for backend in backends:
             torch.manual_seed(args.seed)
-            model = GraphAutoencoder(args.dense_dim, hidden_dim=args.hidden, latent_dim=args.latent,
-                                     n_layers=len(args.num_neighbors), conv=args.conv,
-                                     activation=args.activation)
+            model = GraphAutoencoder(
+                args.dense_dim,
+                hidden_dim=args.hidden,
+                latent_dim=args.latent,
+                n_layers=len(args.num_neighbors),
+                conv=args.conv,
+                activation=args.activation,
+            )
             models[backend] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
             epochs[backend] = []
 
@@ -349,8 +377,7 @@ def main(argv=None) -> dict:
             out = train_epoch(model, optimizer, make_loader(backend, data, args))
             gc.collect()
             out["rss_end_mb"] = rss_mb()
-            epochs[backend].append({"seconds": out["seconds"], "loss": out["loss"],
-                                    "rss_mb": out["rss_end_mb"]})
+            epochs[backend].append({"seconds": out["seconds"], "loss": out["loss"], "rss_mb": out["rss_end_mb"]})
             return out
 
         rows += measure("train", backends, args.train_epochs, run, labels)
@@ -358,39 +385,63 @@ def main(argv=None) -> dict:
     if "trim" in args.phases:
         variants = ["original", "untrimmed", "trimmed"]
         torch.manual_seed(args.seed)
-        init = GraphAutoencoder(args.dense_dim, hidden_dim=args.hidden, latent_dim=args.latent,
-                                n_layers=len(args.num_neighbors), conv=args.conv, activation=args.activation)
+        init = GraphAutoencoder(
+            args.dense_dim,
+            hidden_dim=args.hidden,
+            latent_dim=args.latent,
+            n_layers=len(args.num_neighbors),
+            conv=args.conv,
+            activation=args.activation,
+        )
         models = {}
         for v in variants:
             model = copy.deepcopy(init)
             models[v] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
-        rows += measure("trim", variants, args.train_epochs,
-                        lambda v: trim_epoch(v, *models[v], make_loader("builtin", data, args)),
-                        {v: v for v in variants})
+        rows += measure(
+            "trim",
+            variants,
+            args.train_epochs,
+            lambda v: trim_epoch(v, *models[v], make_loader("builtin", data, args)),
+            {v: v for v in variants},
+        )
 
     for row in rows:
         row["backend"] = labels.get(row["backend"], row["backend"])
-    columns = ["phase", "backend", "s/epoch (best)", "s/epoch (median)", "sampled nodes/s",
-               "nodes/batch", "set-up s",
-               "speed ratio builtin/native", "speed-up vs original", "peak RSS MiB", "RSS growth MiB"]
+    columns = [
+        "phase",
+        "backend",
+        "s/epoch (best)",
+        "s/epoch (median)",
+        "sampled nodes/s",
+        "nodes/batch",
+        "set-up s",
+        "speed ratio builtin/native",
+        "speed-up vs original",
+        "peak RSS MiB",
+        "RSS growth MiB",
+    ]
     print()
     print(markdown_table(rows, columns))
     if epochs:
         print()
-        print("RSS after each training epoch (MiB): " + "; ".join(
-            f"{labels[b]}: " + ", ".join(f"{e['rss_mb']:,.0f}" for e in es)
-            for b, es in epochs.items()))
-        print("training loss per epoch: " + "; ".join(
-            f"{labels[b]}: " + ", ".join(f"{e['loss']:.4f}" for e in es)
-            for b, es in epochs.items()))
+        print(
+            "RSS after each training epoch (MiB): "
+            + "; ".join(f"{labels[b]}: " + ", ".join(f"{e['rss_mb']:,.0f}" for e in es) for b, es in epochs.items())
+        )
+        print(
+            "training loss per epoch: "
+            + "; ".join(f"{labels[b]}: " + ", ".join(f"{e['loss']:.4f}" for e in es) for b, es in epochs.items())
+        )
     print(f"process peak RSS (ru_maxrss): {peak_rss_mb():,.0f} MiB")
 
     result = {
         "args": vars(args),
-        "versions": {"torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
-                     "native_sampler": native_name if has_native_sampler() else None},
-        "graph": {"nodes": args.n_nodes, "edges": int(edge_index.size(1)),
-                  "build_seconds": graph_s},
+        "versions": {
+            "torch": torch.__version__,
+            "torch_geometric": torch_geometric.__version__,
+            "native_sampler": native_name if has_native_sampler() else None,
+        },
+        "graph": {"nodes": args.n_nodes, "edges": int(edge_index.size(1)), "build_seconds": graph_s},
         "rows": rows,
         "train_epochs": {labels[b]: es for b, es in epochs.items()},
         "peak_rss_mb": peak_rss_mb(),

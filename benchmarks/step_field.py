@@ -102,6 +102,7 @@ class Recorder:
                 self.loss_time += time.perf_counter() - start
                 self.events.append(("loss", functional.model.training, _floats(out)))
                 return out
+
             setattr(functional, name, hook)
         for name in ("train_batch", "train_graph_batch", "train_node_sampler", "train"):
             method = getattr(functional, name)
@@ -110,6 +111,7 @@ class Recorder:
             def stage(*args, _method=method, _name=name, **kwargs):
                 self.events.append(("stage", _name, kwargs.get("epochs", args[0] if args else None)))
                 return _method(*args, **kwargs)
+
             setattr(functional, name, stage)
 
     def summary(self) -> list[dict]:
@@ -134,22 +136,28 @@ class Recorder:
             if passes:
                 epochs_run = len(passes)
                 start = passes[-2]["at"] if len(passes) > 1 else 0
-                last = s["train"][start:passes[-1]["at"]]
+                last = s["train"][start : passes[-1]["at"]]
             else:
                 epochs_run = s["epochs"]
                 per_epoch = max(1, len(s["train"]) // max(1, int(s["epochs"] or 1)))
                 last = s["train"][-per_epoch:]
-            out.append({"method": s["method"], "epochs": s["epochs"], "epochs_run": epochs_run,
-                        "steps": len(s["train"]), "train": _mean(last),
-                        "valid": _mean(passes[-1]["losses"]) if passes else {}})
+            out.append(
+                {
+                    "method": s["method"],
+                    "epochs": s["epochs"],
+                    "epochs_run": epochs_run,
+                    "steps": len(s["train"]),
+                    "train": _mean(last),
+                    "valid": _mean(passes[-1]["losses"]) if passes else {},
+                }
+            )
         return out
 
 
 def _floats(loss_dict) -> dict:
     import torch
 
-    return {k: float(v.detach()) for k, v in dict(loss_dict).items()
-            if isinstance(v, torch.Tensor) and v.numel() == 1}
+    return {k: float(v.detach()) for k, v in dict(loss_dict).items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
 def _mean(dicts: list[dict]) -> dict:
@@ -168,9 +176,12 @@ def _run_entry(entry: str, args) -> dict:
     sc_kwargs = {"n_top_genes": None, "device": "cpu"}
     if entry.startswith("sc"):
         adata = _pbmc()
-        keys = {"sc_single": {}, "sc_multi": {"batch_key": "phase"},
-                "sc_early_stop": {"batch_key": "phase"},
-                "sc_refine": {"batch_key": "phase", "class_key": "bulk_labels"}}[entry]
+        keys = {
+            "sc_single": {},
+            "sc_multi": {"batch_key": "phase"},
+            "sc_early_stop": {"batch_key": "phase"},
+            "sc_refine": {"batch_key": "phase", "class_key": "bulk_labels"},
+        }[entry]
         model = scModel(adata=adata, **keys, **sc_kwargs)
         run_kwargs = {"epochs": epochs, "batch_size": 128, "split_rate": 0.2}
         if entry == "sc_refine":
@@ -184,8 +195,14 @@ def _run_entry(entry: str, args) -> dict:
     else:
         adata = _dlpfc(args.dlpfc, args.n_spots)
         model = stModel(adata=adata, **sc_kwargs)
-        run_kwargs = {"epochs": epochs, "batch_size": 256, "n_samples": 256,
-                      "n_iterations": args.st_iterations, "sampling": "saint", "e2e": True}
+        run_kwargs = {
+            "epochs": epochs,
+            "batch_size": 256,
+            "n_samples": 256,
+            "n_iterations": args.st_iterations,
+            "sampling": "saint",
+            "e2e": True,
+        }
         if entry == "st_two_stage":
             run_kwargs["e2e"] = False
         if entry == "st_full":
@@ -196,16 +213,28 @@ def _run_entry(entry: str, args) -> dict:
     start = time.perf_counter()
     model.run(**run_kwargs)
     wall = time.perf_counter() - start
-    left = [str(p) for p in Path.cwd().rglob("*") if p not in cwd_before and p.is_file()
-            and "__pycache__" not in p.parts]
-    left += [os.path.join(tempfile.gettempdir(), name) for name in
-             set(os.listdir(tempfile.gettempdir())) - tmp_before if name.startswith("stepgraph")]
+    left = [
+        str(p) for p in Path.cwd().rglob("*") if p not in cwd_before and p.is_file() and "__pycache__" not in p.parts
+    ]
+    left += [
+        os.path.join(tempfile.gettempdir(), name)
+        for name in set(os.listdir(tempfile.gettempdir())) - tmp_before
+        if name.startswith("stepgraph")
+    ]
     embedding = [k for k in ("X_rep", "X_anchord", "X_smoothed") if k in model.adata.obsm]
     finite = all(bool(np.isfinite(np.asarray(model.adata.obsm[k])).all()) for k in embedding)
-    return {"entry": entry, "wall_s": wall, "loss_call_s": recorder.loss_time,
-            "stages": recorder.summary(), "seed_kept": torch.initial_seed() == SEED,
-            "files_left": left, "embeddings": embedding, "embeddings_finite": finite,
-            "n_obs": int(model.adata.n_obs), "n_vars": int(model.adata.n_vars)}
+    return {
+        "entry": entry,
+        "wall_s": wall,
+        "loss_call_s": recorder.loss_time,
+        "stages": recorder.summary(),
+        "seed_kept": torch.initial_seed() == SEED,
+        "files_left": left,
+        "embeddings": embedding,
+        "embeddings_finite": finite,
+        "n_obs": int(model.adata.n_obs),
+        "n_vars": int(model.adata.n_vars),
+    }
 
 
 def worker(args) -> None:
@@ -243,25 +272,31 @@ def _row(entry: str, variant: str, result: dict) -> dict:
         return {"entry point": entry, "trainer": variant, "ran": "no", "error": result["error"][:160]}
     stages = result["stages"]
     last = stages[-1] if stages else {"train": {}, "valid": {}}
-    return {"entry point": entry, "trainer": variant, "ran": "yes",
-            "training calls": " + ".join(f"{s['method']}({s['epochs_run']}ep/{s['steps']}st)" for s in stages),
-            "final train losses": _fmt_losses(last["train"]),
-            "final val losses": _fmt_losses(last["valid"]),
-            "time (s)": round(result["wall_s"], 1),
-            "seed kept": "yes" if result["seed_kept"] else "no",
-            "files left": len(result["files_left"])}
+    return {
+        "entry point": entry,
+        "trainer": variant,
+        "ran": "yes",
+        "training calls": " + ".join(f"{s['method']}({s['epochs_run']}ep/{s['steps']}st)" for s in stages),
+        "final train losses": _fmt_losses(last["train"]),
+        "final val losses": _fmt_losses(last["valid"]),
+        "time (s)": round(result["wall_s"], 1),
+        "seed kept": "yes" if result["seed_kept"] else "no",
+        "files left": len(result["files_left"]),
+    }
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--step-src", type=Path, help="a STEP source tree (holding step/)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per training call")
-    parser.add_argument("--st-iterations", type=int, default=20,
-                        help="sampled subgraphs per stModel node-sampling run")
-    parser.add_argument("--dlpfc", default=str(Path(__file__).resolve().parents[1].parent
-                                               / "shared/data/real/dlpfc151510_drsc500.h5ad"),
-                        help="the Visium DLPFC section for the stModel entries")
+    parser.add_argument("--st-iterations", type=int, default=20, help="sampled subgraphs per stModel node-sampling run")
+    parser.add_argument(
+        "--dlpfc",
+        default=str(Path(__file__).resolve().parents[1].parent / "shared/data/real/dlpfc151510_drsc500.h5ad"),
+        help="the Visium DLPFC section for the stModel entries",
+    )
     parser.add_argument("--n-spots", type=int, default=1500, help="spots of the section to keep (a band)")
     parser.add_argument("--entries", nargs="+", choices=ENTRIES, default=list(ENTRIES))
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs each entry point")
@@ -284,9 +319,24 @@ def main(argv=None) -> None:
         for entry in args.entries:
             for variant, tree in trees.items():
                 out = Path(root) / f"{entry}-{variant}.json"
-                cmd = [args.python, str(Path(__file__).resolve()), "--worker", entry, "--src", str(tree),
-                       "--result", str(out), "--epochs", str(args.epochs), "--dlpfc", args.dlpfc,
-                       "--n-spots", str(args.n_spots), "--st-iterations", str(args.st_iterations)]
+                cmd = [
+                    args.python,
+                    str(Path(__file__).resolve()),
+                    "--worker",
+                    entry,
+                    "--src",
+                    str(tree),
+                    "--result",
+                    str(out),
+                    "--epochs",
+                    str(args.epochs),
+                    "--dlpfc",
+                    args.dlpfc,
+                    "--n-spots",
+                    str(args.n_spots),
+                    "--st-iterations",
+                    str(args.st_iterations),
+                ]
                 run_dir = Path(root) / f"cwd-{entry}-{variant}"
                 run_dir.mkdir()
                 start = time.perf_counter()
@@ -302,25 +352,43 @@ def main(argv=None) -> None:
                 else:
                     result = json.loads(out.read_text())
                 results.setdefault(entry, {})[variant] = result
-                print(f"{entry:14s} {variant:9s} {'FAILED' if failed else 'ran'} "
-                      f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"{entry:14s} {variant:9s} {'FAILED' if failed else 'ran'} ({time.perf_counter() - start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     rows = [_row(entry, variant, results[entry][variant]) for entry in results for variant in VARIANTS]
     for entry, pair in results.items():
-        totals = [_total(p["stages"][-1]["train"]) if "stages" in p and p["stages"] else None
-                  for p in (pair["step"], pair["stepgraph"])]
+        totals = [
+            _total(p["stages"][-1]["train"]) if "stages" in p and p["stages"] else None
+            for p in (pair["step"], pair["stepgraph"])
+        ]
         if None not in totals and totals[0]:
             for row in rows:
                 if row["entry point"] == entry and row["trainer"] == "stepgraph":
                     row["vs STEP"] = f"{100 * (totals[1] - totals[0]) / abs(totals[0]):+.1f}%"
-    columns = ["entry point", "trainer", "ran", "training calls", "final train losses", "final val losses",
-               "vs STEP", "time (s)", "seed kept", "files left", "error"]
+    columns = [
+        "entry point",
+        "trainer",
+        "ran",
+        "training calls",
+        "final train losses",
+        "final val losses",
+        "vs STEP",
+        "time (s)",
+        "seed kept",
+        "files left",
+        "error",
+    ]
     table = markdown_table(rows, columns)
     command = "python benchmarks/step_field.py " + " ".join(sys.argv[1:])
     print(table)
     path = Path(args.json) if args.json else RESULTS / "step_field.json"
-    write_json(str(path), {"command": command, "epochs": args.epochs, "n_spots": args.n_spots,
-                           "results": results, "table": rows})
+    write_json(
+        str(path),
+        {"command": command, "epochs": args.epochs, "n_spots": args.n_spots, "results": results, "table": rows},
+    )
     path.with_suffix(".md").write_text(f"# STEP field test\n\n`{command}`\n\n{table}\n")
 
 

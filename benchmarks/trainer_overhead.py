@@ -30,10 +30,12 @@ from stepgraph import BaseDataset, Trainer
 class MLPAutoencoder(torch.nn.Module):
     def __init__(self, n_vars: int, hidden: int, latent: int):
         super().__init__()
-        self.encoder = torch.nn.Sequential(torch.nn.Linear(n_vars, hidden), torch.nn.ReLU(),
-                                           torch.nn.Linear(hidden, latent))
-        self.decoder = torch.nn.Sequential(torch.nn.Linear(latent, hidden), torch.nn.ReLU(),
-                                           torch.nn.Linear(hidden, n_vars))
+        self.encoder = torch.nn.Sequential(
+            torch.nn.Linear(n_vars, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, latent)
+        )
+        self.decoder = torch.nn.Sequential(
+            torch.nn.Linear(latent, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_vars)
+        )
 
     def loss(self, x, ind=None, **kwargs):
         return {"recon_loss": torch.nn.functional.mse_loss(self.decoder(self.encoder(x)), x)}
@@ -106,14 +108,20 @@ def main() -> None:
     rows = []
     for name, per_step in times.items():
         ratios = [t / b for t, b in zip(per_step, times["bare"])]
-        rows.append({"loop": name, "median step ms": 1e3 * statistics.median(per_step),
-                     "min step ms": 1e3 * min(per_step),
-                     "median ratio vs bare": statistics.median(ratios)})
-    print(f"{args.n_obs} cells x {args.n_vars} genes (sparse, density {args.density}), "
-          f"batch {args.batch_size}, {steps} steps/epoch, {args.repeats} repeats")
+        rows.append(
+            {
+                "loop": name,
+                "median step ms": 1e3 * statistics.median(per_step),
+                "min step ms": 1e3 * min(per_step),
+                "median ratio vs bare": statistics.median(ratios),
+            }
+        )
+    print(
+        f"{args.n_obs} cells x {args.n_vars} genes (sparse, density {args.density}), "
+        f"batch {args.batch_size}, {steps} steps/epoch, {args.repeats} repeats"
+    )
     print(markdown_table(rows, ["loop", "median step ms", "min step ms", "median ratio vs bare"]))
-    write_json(args.out, {"args": vars(args), "steps_per_epoch": steps, "rows": rows,
-                          "per_step_seconds": times})
+    write_json(args.out, {"args": vars(args), "steps_per_epoch": steps, "rows": rows, "per_step_seconds": times})
 
 
 if __name__ == "__main__":

@@ -22,9 +22,21 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-__all__ = ["ArgumentTypeError", "check_int", "check_number", "check_bool", "check_choice", "check_instance",
-           "check_key", "as_index", "category_codes", "NonFinite", "first_nonfinite", "check_finite",
-           "check_counts"]
+__all__ = [
+    "ArgumentTypeError",
+    "check_int",
+    "check_number",
+    "check_bool",
+    "check_choice",
+    "check_instance",
+    "check_key",
+    "as_index",
+    "category_codes",
+    "NonFinite",
+    "first_nonfinite",
+    "check_finite",
+    "check_counts",
+]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -62,9 +74,16 @@ def check_int(value: Any, name: str, minimum: int | None = None, allow_none: boo
     return int(value)
 
 
-def check_number(value: Any, name: str, minimum: float | None = None, positive: bool = False,
-                 allow_none: bool = False, *, maximum: float | None = None,
-                 below: float | None = None) -> float | None:
+def check_number(
+    value: Any,
+    name: str,
+    minimum: float | None = None,
+    positive: bool = False,
+    allow_none: bool = False,
+    *,
+    maximum: float | None = None,
+    below: float | None = None,
+) -> float | None:
     """``value`` as a finite ``float`` within the bounds given.
 
     Parameters
@@ -111,8 +130,13 @@ def check_number(value: Any, name: str, minimum: float | None = None, positive: 
         value = value.item()
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
         _fail(name, expected, value, ArgumentTypeError)
-    if (not math.isfinite(value) or (positive and value <= 0) or (minimum is not None and value < minimum)
-            or (maximum is not None and value > maximum) or (below is not None and value >= below)):
+    if (
+        not math.isfinite(value)
+        or (positive and value <= 0)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+        or (below is not None and value >= below)
+    ):
         _fail(name, expected, value)
     return float(value)
 
@@ -190,8 +214,7 @@ def as_index(ind: Any, name: str, n: int, allow_empty: bool = False) -> torch.Te
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.bool:
         if tensor.numel() != n:
-            _fail(name, f"a boolean mask of length {n} or integer positions",
-                  f"<mask of length {tensor.numel()}>")
+            _fail(name, f"a boolean mask of length {n} or integer positions", f"<mask of length {tensor.numel()}>")
         tensor = tensor.nonzero().flatten()
     elif tensor.dtype.is_floating_point or tensor.dtype.is_complex:
         _fail(name, "integer positions or a boolean mask", f"<{tensor.dtype} values>", ArgumentTypeError)
@@ -208,8 +231,9 @@ def as_index(ind: Any, name: str, n: int, allow_empty: bool = False) -> torch.Te
     return tensor
 
 
-def category_codes(values: Any, name: str, allow_missing: bool = False,
-                   obs_names: Any = None) -> tuple[np.ndarray, pd.Index]:
+def category_codes(
+    values: Any, name: str, allow_missing: bool = False, obs_names: Any = None
+) -> tuple[np.ndarray, pd.Index]:
     """Integer codes and categories of a categorical column (``obs[key]``).
 
     A categorical column keeps its categories (unused ones included); any
@@ -245,8 +269,7 @@ def category_codes(values: Any, name: str, allow_missing: bool = False,
     if not allow_missing and missing.any():
         first = int(np.argmax(missing))
         where = f"position {first}" if obs_names is None else f"obs {obs_names[first]!r}"
-        raise ValueError(f"{name} must have no missing values, got {int(missing.sum())} missing "
-                         f"(the first at {where})")
+        raise ValueError(f"{name} must have no missing values, got {int(missing.sum())} missing (the first at {where})")
     return codes, cat.categories
 
 
@@ -293,7 +316,7 @@ def first_nonfinite(values: Any, block_rows: int = 65536) -> NonFinite | None:
         return NonFinite(int(rows.min()), int(np.unique(rows).size), int(bad.size))
     first, n_rows, n_values = None, 0, 0
     for start in range(0, len(values), block_rows):
-        block = np.asarray(values[start:start + block_rows])
+        block = np.asarray(values[start : start + block_rows])
         bad = ~np.isfinite(block.reshape(len(block), -1))
         if bad.any():
             bad_rows = bad.any(axis=1)
@@ -302,8 +325,7 @@ def first_nonfinite(values: Any, block_rows: int = 65536) -> NonFinite | None:
     return None if first is None else NonFinite(first, n_rows, n_values)
 
 
-def check_finite(values: Any, name: str, obs_names: Any = None, row_ids: Any = None,
-                 what: str = "value(s)") -> None:
+def check_finite(values: Any, name: str, obs_names: Any = None, row_ids: Any = None, what: str = "value(s)") -> None:
     """Raise a ``ValueError`` when ``values`` holds NaN or infinite values.
 
     The message counts them, and the rows (cells) holding them, and names the
@@ -354,5 +376,7 @@ def check_counts(values: Any, name: str, row_ids: Any = None) -> None:
             return
         row = int(np.argmax((array.reshape(len(array), -1) < 0).any(axis=1)))
     row = row if row_ids is None else int(row_ids[row])
-    raise ValueError(f"{name} holds negative values; the first is in row {row}. The pipeline reads raw counts, "
-                     "which are never negative: pass the layer of counts (layer_key, --layer on the command line)")
+    raise ValueError(
+        f"{name} holds negative values; the first is in row {row}. The pipeline reads raw counts, "
+        "which are never negative: pass the layer of counts (layer_key, --layer on the command line)"
+    )

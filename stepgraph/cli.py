@@ -56,6 +56,7 @@ class Terminated(KeyboardInterrupt):
 
 def _int_list(flag: str):
     """The parser of an option of comma-separated integers, each positive or -1."""
+
     def parse(text: str) -> list[int]:
         try:
             values = [int(v) for v in text.split(",") if v.strip()]
@@ -80,12 +81,16 @@ def _seeds(text: str) -> list[int]:
 
 def _defaults(func) -> dict:
     """The default of every parameter of ``func`` that has one: options mirror them, never retype them."""
-    return {name: p.default for name, p in inspect.signature(func).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        name: p.default
+        for name, p in inspect.signature(func).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _positive(kind: type, what: str):
     """An argparse ``type`` that parses ``kind`` and accepts finite values above zero only."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -94,6 +99,7 @@ def _positive(kind: type, what: str):
         if not value > 0 or value == float("inf"):
             raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
         return value
+
     return parse
 
 
@@ -138,25 +144,42 @@ def _add_config_options(p: argparse.ArgumentParser, names=None, defaults=None, h
         text = (helps or {}).get(f.name, meta["help"]).replace("%", "%%")
         kind = _value_type(hints[f.name])
         if kind is bool:
-            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
-                           help=f"{text} (default: off)")
+            p.add_argument(
+                flag, dest=f.name, action="store_false" if default else "store_true", help=f"{text} (default: off)"
+            )
             continue
-        shown = (meta["shown"].format(**dataclasses.asdict(config)) if meta["shown"] and default == value
-                 else _shown(default))
-        parse = {list: _int_list(flag), int: _positive_int if meta["positive"] else int,
-                 float: _positive_float if meta["positive"] else float}.get(kind)
+        shown = (
+            meta["shown"].format(**dataclasses.asdict(config))
+            if meta["shown"] and default == value
+            else _shown(default)
+        )
+        parse = {
+            list: _int_list(flag),
+            int: _positive_int if meta["positive"] else int,
+            float: _positive_float if meta["positive"] else float,
+        }.get(kind)
         choices = meta["choices"]
         metavar = meta["metavar"] or (None if choices else flag[2:].upper().replace("-", "_"))
-        p.add_argument(flag, dest=f.name, type=parse, default=default, choices=choices, metavar=metavar,
-                       help=f"{text} (default: {shown.replace('%', '%%')})")
+        p.add_argument(
+            flag,
+            dest=f.name,
+            type=parse,
+            default=default,
+            choices=choices,
+            metavar=metavar,
+            help=f"{text} (default: {shown.replace('%', '%%')})",
+        )
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> PipelineConfig:
     """The :class:`~stepgraph.pipeline.PipelineConfig` of the parsed ``args`` of
     ``stepgraph train`` or ``demo``: every field the command has an option for,
     then ``overrides``; the other fields keep their defaults."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)
-              if cli_option(f) and hasattr(args, f.name)}
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(PipelineConfig)
+        if cli_option(f) and hasattr(args, f.name)
+    }
     return PipelineConfig(**{**values, **overrides})
 
 
@@ -165,91 +188,134 @@ def build_parser() -> argparse.ArgumentParser:
     from stepgraph.graph import spatial_graph
 
     parser = argparse.ArgumentParser(
-        prog="stepgraph",
-        description="Train graph neural networks on spatial transcriptomics (AnnData + PyG).")
+        prog="stepgraph", description="Train graph neural networks on spatial transcriptomics (AnnData + PyG)."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,graph,bench,info}")
 
-    demo = sub.add_parser("demo", help="run the whole pipeline on the embedded synthetic tissue",
-                          description="Generate the embedded synthetic tissue (two sections, known "
-                          "domains), build its graph, train the reference model with node sampling, "
-                          "validation and early stopping, cluster the embedding into domains and "
-                          "report the adjusted Rand index against the truth.")
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the embedded synthetic tissue",
+        description="Generate the embedded synthetic tissue (two sections, known "
+        "domains), build its graph, train the reference model with node sampling, "
+        "validation and early stopping, cluster the embedding into domains and "
+        "report the adjusted Rand index against the truth.",
+    )
     from stepgraph.synthetic import synthetic_tissue
 
-    demo.add_argument("--n-cells", type=_positive_int, default=_defaults(synthetic_tissue)["n_cells"],
-                      help="cells (default: %(default)s)")
+    demo.add_argument(
+        "--n-cells",
+        type=_positive_int,
+        default=_defaults(synthetic_tissue)["n_cells"],
+        help="cells (default: %(default)s)",
+    )
     _add_config_options(demo, RUN_FIELDS, helps={"seed": "seed of tissue and training"})
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="output folder (default: %(default)s)")
 
-    train = sub.add_parser("train", help="the same pipeline on your .h5ad file",
-                           description="Build the spatial graph of INPUT, train the reference graph "
-                           f"autoencoder with node sampling, and write the embedding (obsm['{EMBEDDING_KEY}']), "
-                           f"domains (obs['{DOMAIN_KEY}']), checkpoint, loss history and figure to --out. "
-                           "INPUT itself is never modified.")
-    train.add_argument("input", help="input .h5ad file, AnnData .zarr store or SpatialData .zarr store "
-                       "(counts in X)")
+    train = sub.add_parser(
+        "train",
+        help="the same pipeline on your .h5ad file",
+        description="Build the spatial graph of INPUT, train the reference graph "
+        f"autoencoder with node sampling, and write the embedding (obsm['{EMBEDDING_KEY}']), "
+        f"domains (obs['{DOMAIN_KEY}']), checkpoint, loss history and figure to --out. "
+        "INPUT itself is never modified.",
+    )
+    train.add_argument("input", help="input .h5ad file, AnnData .zarr store or SpatialData .zarr store (counts in X)")
     _add_config_options(train)
     _add_max_inflation(train)
-    train.add_argument("--resume", action="store_true",
-                       help=f"continue the run in --out from its {CHECKPOINTS}/{LAST_CHECKPOINT}, exactly where "
-                       "it stopped; pass the same options as that run and the total --epochs (default: off)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the run in --out from its {CHECKPOINTS}/{LAST_CHECKPOINT}, exactly where "
+        "it stopped; pass the same options as that run and the total --epochs (default: off)",
+    )
     train.add_argument("--out", default=DEFAULT_TRAIN_OUT, help="output folder (default: %(default)s)")
 
-    graph = sub.add_parser("graph", help="build the spatial graph and write it into an h5ad file",
-                           description="Write obsp['<key>_connectivities'], obsp['<key>_distances'] and "
-                           "uns['<key>_neighbors'] (squidpy's layout) for INPUT, to --output (a new file) "
-                           "or, with --overwrite, into INPUT itself.")
+    graph = sub.add_parser(
+        "graph",
+        help="build the spatial graph and write it into an h5ad file",
+        description="Write obsp['<key>_connectivities'], obsp['<key>_distances'] and "
+        "uns['<key>_neighbors'] (squidpy's layout) for INPUT, to --output (a new file) "
+        "or, with --overwrite, into INPUT itself.",
+    )
     graph.add_argument("input", help="input .h5ad file")
     graph_defaults = _defaults(spatial_graph)
     _add_config_options(graph, GRAPH_FIELDS, defaults=graph_defaults)
     _add_max_inflation(graph)
-    graph.add_argument("--key-added", default=graph_defaults["key_added"],
-                       help="prefix of the written keys (default: %(default)s)")
+    graph.add_argument(
+        "--key-added", default=graph_defaults["key_added"], help="prefix of the written keys (default: %(default)s)"
+    )
     graph.add_argument("--output", default=None, help="file to write (default: INPUT with suffix .graph.h5ad)")
     graph.add_argument("--overwrite", action="store_true", help="allow writing over an existing file, INPUT included")
     bench_sub = _add_bench_parser(sub)
     domains = bench_sub.add_parser(
-        "domains", help="spatial domains: the pipeline vs baselines and other methods on annotated tissues",
+        "domains",
+        help="spatial domains: the pipeline vs baselines and other methods on annotated tissues",
         description="Run stepgraph's pipeline, its untrained input, the neighbour-mean and the non-spatial "
         "(PCA + k-means) baselines, and BANKSY and CellCharter where installed (the bench extra), on every "
         "INPUT with several seeds, each run in a fresh process. Each tissue gets a table of the ARI and NMI "
         "against its true domains (with several sections: the joint ARI, the mean ARI within each section "
         "and the sections' mixing score), time and peak memory (median [min, max] over seeds); then one "
         "line per method: the tissues it leads on and its mean rank. Keys come from a panel.json manifest "
-        "in the folder, else from the options, else from the file (obs['domain'], obs['section']).")
+        "in the folder, else from the options, else from the file (obs['domain'], obs['section']).",
+    )
     domains.add_argument("input", nargs="+", help="annotated .h5ad files or folders of them (raw counts in X)")
     domains.add_argument("--truth-key", default=None, help="obs column of the true domains (default: domain)")
-    domains.add_argument("--batch-key", default=None,
-                         help="obs column of the sections, where a file has it (default: section)")
+    domains.add_argument(
+        "--batch-key", default=None, help="obs column of the sections, where a file has it (default: section)"
+    )
     domains.add_argument("--spatial-key", default=None, help="obsm key of the coordinates (default: spatial)")
-    domains.add_argument("--manifest", default=None, metavar="JSON",
-                         help='keys per file: {"file.h5ad": {"truth_key": ..., "batch_key": ...}} (default: the '
-                         "panel.json of each input folder)")
+    domains.add_argument(
+        "--manifest",
+        default=None,
+        metavar="JSON",
+        help='keys per file: {"file.h5ad": {"truth_key": ..., "batch_key": ...}} (default: the '
+        "panel.json of each input folder)",
+    )
     from stepgraph.bench.domains import DOMAIN_METHODS, run_panel_benchmark
 
     seeds = list(_defaults(run_panel_benchmark)["seeds"])
-    domains.add_argument("--seeds", type=_seeds, default=seeds,
-                         help=f"seeds, comma separated (default: {','.join(map(str, seeds))})")
-    domains.add_argument("--methods", default=",".join(DOMAIN_METHODS),
-                         help="methods, comma separated (default: %(default)s; those not installed are skipped)")
-    domains.add_argument("--jobs", type=_positive_int, default=None,
-                         help="runs at a time, each in a fresh process with --threads threads (default: the usable "
-                         "cores divided by --threads; 1 for timings free of each other's load)")
-    domains.add_argument("--epochs", type=_positive_int, default=None,
-                         help="maximum epochs of the pipeline (default: the pipeline's)")
-    domains.add_argument("--out", default="benchmarks/results/domains",
-                         help="results written to OUT.json and OUT.md (default: %(default)s)")
-    sub.add_parser("info", help="versions, threads, sampler backend and torch-scatter status",
-                   description="Print what a bug report needs: the versions of stepgraph and its "
-                   "dependencies, torch's threads, the neighbour sampler backend that 'auto' picks, and "
-                   "whether torch-scatter is loaded or, if not, why.")
+    domains.add_argument(
+        "--seeds", type=_seeds, default=seeds, help=f"seeds, comma separated (default: {','.join(map(str, seeds))})"
+    )
+    domains.add_argument(
+        "--methods",
+        default=",".join(DOMAIN_METHODS),
+        help="methods, comma separated (default: %(default)s; those not installed are skipped)",
+    )
+    domains.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="runs at a time, each in a fresh process with --threads threads (default: the usable "
+        "cores divided by --threads; 1 for timings free of each other's load)",
+    )
+    domains.add_argument(
+        "--epochs", type=_positive_int, default=None, help="maximum epochs of the pipeline (default: the pipeline's)"
+    )
+    domains.add_argument(
+        "--out",
+        default="benchmarks/results/domains",
+        help="results written to OUT.json and OUT.md (default: %(default)s)",
+    )
+    sub.add_parser(
+        "info",
+        help="versions, threads, sampler backend and torch-scatter status",
+        description="Print what a bug report needs: the versions of stepgraph and its "
+        "dependencies, torch's threads, the neighbour sampler backend that 'auto' picks, and "
+        "whether torch-scatter is loaded or, if not, why.",
+    )
     return parser
 
 
 def _add_max_inflation(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-inflation", type=_positive_float, default=MAX_INFLATION, metavar="FACTOR",
-                   help="refuse an input whose datasets declare more than FACTOR times the file's size "
-                   "(a compression bomb), before reading it (default: %(default)s)")
+    p.add_argument(
+        "--max-inflation",
+        type=_positive_float,
+        default=MAX_INFLATION,
+        metavar="FACTOR",
+        help="refuse an input whose datasets declare more than FACTOR times the file's size "
+        "(a compression bomb), before reading it (default: %(default)s)",
+    )
 
 
 def _add_bench_parser(sub) -> argparse._SubParsersAction:
@@ -257,29 +323,47 @@ def _add_bench_parser(sub) -> argparse._SubParsersAction:
     ``stepgraph bench <name>`` commands can be added beside the benchmark suite."""
     from stepgraph.bench.suite import SIZES
 
-    bench = sub.add_parser("bench", help="run every benchmark in benchmarks/ and write one report",
-                           description="Run every script of benchmarks/ at one size, each in its own "
-                           "process, and write bench.json (environment and results), bench.md (a "
-                           "report with the anchors: squidpy, torch-sparse, a bare loop) and bench.png "
-                           "(time and memory against size) to --out.")
+    bench = sub.add_parser(
+        "bench",
+        help="run every benchmark in benchmarks/ and write one report",
+        description="Run every script of benchmarks/ at one size, each in its own "
+        "process, and write bench.json (environment and results), bench.md (a "
+        "report with the anchors: squidpy, torch-sparse, a bare loop) and bench.png "
+        "(time and memory against size) to --out.",
+    )
     from stepgraph.bench.suite import run_benchmarks
 
     bench_defaults = _defaults(run_benchmarks)
-    bench.add_argument("--size", default=bench_defaults["size"], choices=list(SIZES),
-                       help="small: under 5 minutes; medium; large: the documented 1M-cell figures; "
-                       "tiny: seconds, for tests (default: %(default)s)")
+    bench.add_argument(
+        "--size",
+        default=bench_defaults["size"],
+        choices=list(SIZES),
+        help="small: under 5 minutes; medium; large: the documented 1M-cell figures; "
+        "tiny: seconds, for tests (default: %(default)s)",
+    )
     bench.add_argument("--out", default=bench_defaults["out_dir"], help="output folder (default: %(default)s)")
-    bench.add_argument("--threads", type=_positive_int, default=bench_defaults["threads"],
-                       help="torch threads of every benchmark (default: %(default)s)")
-    bench.add_argument("--only", default=None,
-                       help="comma-separated benchmarks to run (default: all), e.g. graph_build,end_to_end")
-    bench.add_argument("--bench-dir", default=None,
-                       help="the benchmarks/ folder (default: the one installed with stepgraph)")
+    bench.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=bench_defaults["threads"],
+        help="torch threads of every benchmark (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--only", default=None, help="comma-separated benchmarks to run (default: all), e.g. graph_build,end_to_end"
+    )
+    bench.add_argument(
+        "--bench-dir", default=None, help="the benchmarks/ folder (default: the one installed with stepgraph)"
+    )
     return bench.add_subparsers(dest="bench_command", required=False, metavar="")
 
 
-def _read_h5ad(path: str, backed: bool = False, table_key: str | None = None, spatial_key: str = "spatial",
-               max_inflation: float = MAX_INFLATION):
+def _read_h5ad(
+    path: str,
+    backed: bool = False,
+    table_key: str | None = None,
+    spatial_key: str = "spatial",
+    max_inflation: float = MAX_INFLATION,
+):
     from stepgraph.data.readers import read_anndata, store_kind
     from stepgraph.data.safe_read import UnsafeFileError, check_h5ad, check_zarr
 
@@ -301,8 +385,7 @@ def _read_h5ad(path: str, backed: bool = False, table_key: str | None = None, sp
         raise UserError(f"input file {path!r} refused: {err}") from None
     except Exception as err:  # h5py, zarr and anndata raise many types for a truncated or corrupt file
         reason = " ".join(str(err).split())[:200]
-        raise UserError(f"input file {path!r} is not {what} "
-                        f"({type(err).__name__}: {reason})") from None
+        raise UserError(f"input file {path!r} is not {what} ({type(err).__name__}: {reason})") from None
 
 
 def _check_out_name(out: Path, input_path: str | None = None) -> None:
@@ -328,17 +411,22 @@ def _check_targets(out: Path, input_path: str | None, reads_checkpoints: bool) -
     when a checkpoint the run reads is a link (it would be read from outside)."""
     folder = out / CHECKPOINTS
     if folder.is_symlink():
-        raise UserError(f"--out {str(out)!r}: {str(folder)!r} is a symbolic link; checkpoints are written only "
-                        "inside --out (remove the link)")
+        raise UserError(
+            f"--out {str(out)!r}: {str(folder)!r} is a symbolic link; checkpoints are written only "
+            "inside --out (remove the link)"
+        )
     targets = [out / name for name in (*OUTPUT_NAMES, LOCK)]
     targets += [folder / name for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, INTERRUPTED_CHECKPOINT)]
     for target in targets:
         if input_path is not None and _same_file(target, input_path):
-            raise UserError(f"--out {str(out)!r} would overwrite the input file: {str(target)!r} is the input "
-                            "itself (the same file, or a link to it); choose another folder or remove it")
+            raise UserError(
+                f"--out {str(out)!r} would overwrite the input file: {str(target)!r} is the input "
+                "itself (the same file, or a link to it); choose another folder or remove it"
+            )
         if reads_checkpoints and target.parent == folder and target.is_symlink():
-            raise UserError(f"--resume: {str(target)!r} is a symbolic link; checkpoints are read only from "
-                            "files inside --out")
+            raise UserError(
+                f"--resume: {str(target)!r} is a symbolic link; checkpoints are read only from files inside --out"
+            )
 
 
 @contextlib.contextmanager
@@ -355,19 +443,24 @@ def _locked(out: Path):
     try:  # O_NOFOLLOW: a link planted as the lock file is not followed
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as err:
-        raise UserError(f"--out {str(out)!r}: cannot open its lock file {str(path)!r} "
-                        f"({err.strerror or err})") from None
+        raise UserError(
+            f"--out {str(out)!r}: cannot open its lock file {str(path)!r} ({err.strerror or err})"
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link to a file of the user's
-            raise UserError(f"--out {str(out)!r}: its lock file {str(path)!r} is not a plain file of its own "
-                            "(a link to another file?); remove it")
+            raise UserError(
+                f"--out {str(out)!r}: its lock file {str(path)!r} is not a plain file of its own "
+                "(a link to another file?); remove it"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UserError(f"--out {str(out)!r} is in use by another stepgraph run (process {holder}); "
-                            "wait for it to end or choose another folder") from None
+            raise UserError(
+                f"--out {str(out)!r} is in use by another stepgraph run (process {holder}); "
+                "wait for it to end or choose another folder"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _remove_temporaries(out)
@@ -407,8 +500,9 @@ def _check_device(text: str) -> None:
         why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
         raise UserError(f"--device {text!r}: CUDA is not available on this machine ({why}); use --device cpu")
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                        f"numbered from 0")
+        raise UserError(
+            f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
 
 
 def _check_counts(adata, layer_key: str | None) -> None:
@@ -422,9 +516,11 @@ def _check_counts(adata, layer_key: str | None) -> None:
     if found is not None:
         source = "adata.X" if layer_key is None else f"adata.layers[{layer_key!r}]"
         n_rows, first = found
-        raise UserError(f"{source} holds negative values in {n_rows} of {adata.n_obs} cells (the first is obs "
-                        f"{adata.obs_names[first]!r}); stepgraph train reads raw counts, which are never "
-                        "negative (pass --layer to name the layer of counts)")
+        raise UserError(
+            f"{source} holds negative values in {n_rows} of {adata.n_obs} cells (the first is obs "
+            f"{adata.obs_names[first]!r}); stepgraph train reads raw counts, which are never "
+            "negative (pass --layer to name the layer of counts)"
+        )
 
 
 def _prepare_out(out: Path) -> bool:
@@ -445,8 +541,7 @@ def _check_keys(adata, args, extra_obs=()) -> None:
         raise UserError(f"--spatial-key {args.spatial_key!r} is not in adata.obsm; keys are {list(adata.obsm)}")
     for option, column in (("--batch-key", args.batch_key), *extra_obs):
         if column is not None and column not in adata.obs.columns:
-            raise UserError(f"{option} {column!r} is not a column of adata.obs; "
-                            f"columns are {list(adata.obs.columns)}")
+            raise UserError(f"{option} {column!r} is not a column of adata.obs; columns are {list(adata.obs.columns)}")
 
 
 def _report(summary: dict) -> None:
@@ -482,8 +577,10 @@ def _run_demo(args) -> int:
     created = _prepare_out(out)
     with _holding(out, None, False, created):
         adata = synthetic_tissue(n_cells=args.n_cells, seed=args.seed)
-        print(f"synthetic tissue: {adata.n_obs} cells x {adata.n_vars} genes, "
-              f"{adata.obs['section'].nunique()} sections, {adata.obs['domain'].nunique()} domains")
+        print(
+            f"synthetic tissue: {adata.n_obs} cells x {adata.n_vars} genes, "
+            f"{adata.obs['section'].nunique()} sections, {adata.obs['domain'].nunique()} domains"
+        )
         config = config_from_args(args, batch_key="section", truth_key="domain")
         summary = run_pipeline(adata, out, config)
     _report(summary)
@@ -518,21 +615,30 @@ def _run_train(args) -> int:
     _check_targets(out, args.input, reads_checkpoints=False)  # again under the lock, before any write
     stages = StageLog()
     with stages.stage("read"):
-        adata = _read_h5ad(args.input, backed=args.backed, table_key=args.table_key,
-                           spatial_key=args.spatial_key, max_inflation=args.max_inflation)
+        adata = _read_h5ad(
+            args.input,
+            backed=args.backed,
+            table_key=args.table_key,
+            spatial_key=args.spatial_key,
+            max_inflation=args.max_inflation,
+        )
     _check_keys(adata, args, extra_obs=[("--truth-key", args.truth_key)])
     if args.layer_key is not None and args.layer_key not in adata.layers:
         raise UserError(f"--layer {args.layer_key!r} is not in adata.layers; layers are {list(adata.layers)}")
     _check_counts(adata, args.layer_key)
     if args.init_weights is not None and args.resume:
-        raise UserError("--init-weights and --resume exclude each other: --resume continues a run with "
-                        "its own weights, --init-weights starts a new one from given weights")
+        raise UserError(
+            "--init-weights and --resume exclude each other: --resume continues a run with "
+            "its own weights, --init-weights starts a new one from given weights"
+        )
     if args.init_weights is not None and not Path(args.init_weights).is_file():
         raise UserError(f"--init-weights {args.init_weights!r} is not a file")
     resume_from = out / CHECKPOINTS / LAST_CHECKPOINT
     if args.resume and not resume_from.is_file():
-        raise UserError(f"--resume: {str(resume_from)!r} does not exist; there is no run to continue in "
-                        f"--out {str(out)!r} (run without --resume to start one)")
+        raise UserError(
+            f"--resume: {str(resume_from)!r} does not exist; there is no run to continue in "
+            f"--out {str(out)!r} (run without --resume to start one)"
+        )
     config = config_from_args(args, resume_from=str(resume_from) if args.resume else None)
     created = _prepare_out(out)
     with _holding(out, args.input, args.resume, created), warnings.catch_warnings():
@@ -547,19 +653,29 @@ def _run_graph(args) -> int:
     from stepgraph.pipeline.outputs import write_output
 
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".graph.h5ad")
-    if _same_file(output, args.input) and (output.is_symlink()
-                                           or os.path.realpath(output) != os.path.realpath(args.input)):
-        raise UserError(f"--output {str(output)!r} is another name (a hard or symbolic link) for the input "
-                        f"{args.input!r}; to write into the input pass --output {args.input!r} --overwrite, "
-                        "or choose a new file")
+    if _same_file(output, args.input) and (
+        output.is_symlink() or os.path.realpath(output) != os.path.realpath(args.input)
+    ):
+        raise UserError(
+            f"--output {str(output)!r} is another name (a hard or symbolic link) for the input "
+            f"{args.input!r}; to write into the input pass --output {args.input!r} --overwrite, "
+            "or choose a new file"
+        )
     if os.path.lexists(output) and not args.overwrite:
         raise UserError(f"{str(output)!r} exists; pass --overwrite to replace it")
     if output.is_dir():
         raise UserError(f"--output {str(output)!r} is a folder, not a file")
     adata = _read_h5ad(args.input, max_inflation=args.max_inflation)
     _check_keys(adata, args)
-    spatial_graph(adata, method=args.method, n_neighbors=args.n_neighbors, radius=args.radius,
-                  spatial_key=args.spatial_key, batch_key=args.batch_key, key_added=args.key_added)
+    spatial_graph(
+        adata,
+        method=args.method,
+        n_neighbors=args.n_neighbors,
+        radius=args.radius,
+        spatial_key=args.spatial_key,
+        batch_key=args.batch_key,
+        key_added=args.key_added,
+    )
     write_output(output, adata.write_h5ad)  # atomic: a killed run leaves the old file, INPUT included
     conn = adata.obsp[f"{args.key_added}_connectivities"]
     print(f"{conn.nnz} edges over {adata.n_obs} cells written to {output}")
@@ -572,10 +688,15 @@ def _run_bench(args) -> int:
     from stepgraph.bench.suite import run_benchmarks
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
-    report = run_benchmarks(args.size, args.out, bench_dir=args.bench_dir, threads=args.threads,
-                            only=only, log=lambda line: print(line, flush=True))
-    failed = [name for name, runs in report["benchmarks"].items()
-              if any(run["status"] != "ok" for run in runs)]
+    report = run_benchmarks(
+        args.size,
+        args.out,
+        bench_dir=args.bench_dir,
+        threads=args.threads,
+        only=only,
+        log=lambda line: print(line, flush=True),
+    )
+    failed = [name for name, runs in report["benchmarks"].items() if any(run["status"] != "ok" for run in runs)]
     print(f"report: {Path(args.out) / 'bench.md'} ({report['seconds']:.0f} s)")
     if failed:
         print(f"stepgraph bench: error: failed: {', '.join(failed)} (see bench.md)", file=sys.stderr)
@@ -597,12 +718,19 @@ def _run_bench_domains(args) -> int:
     if unknown or not methods:
         raise UserError(f"--methods {args.methods!r}: expected names among {list(DOMAIN_METHODS)}")
     try:
-        result = run_panel_benchmark(args.input, truth_key=args.truth_key, batch_key=args.batch_key,
-                                     spatial_key=args.spatial_key, manifest=args.manifest, seeds=args.seeds,
-                                     methods=methods, threads=args.threads,
-                                     jobs=args.jobs or max(1, usable_cores() // args.threads),
-                                     pipeline_options={"epochs": args.epochs} if args.epochs else None,
-                                     log=lambda line: print(line, flush=True))
+        result = run_panel_benchmark(
+            args.input,
+            truth_key=args.truth_key,
+            batch_key=args.batch_key,
+            spatial_key=args.spatial_key,
+            manifest=args.manifest,
+            seeds=args.seeds,
+            methods=methods,
+            threads=args.threads,
+            jobs=args.jobs or max(1, usable_cores() // args.threads),
+            pipeline_options={"epochs": args.epochs} if args.epochs else None,
+            log=lambda line: print(line, flush=True),
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     json_path, md_path = write_results(result, args.out)
@@ -630,8 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = args.command
-        runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph,
-                  "bench": _run_bench, "info": _run_info}[args.command]
+        runner = {"demo": _run_demo, "train": _run_train, "graph": _run_graph, "bench": _run_bench, "info": _run_info}[
+            args.command
+        ]
         if args.command in ("demo", "train"):  # before any torch work: see stepgraph.train.threads
             from stepgraph.train.threads import apply_thread_policy
 
@@ -652,8 +781,11 @@ def main(argv: list[str] | None = None) -> int:
             if not _lost_rank(err):  # a bug, not the input: its traceback helps
                 raise
             detail = " ".join(str(err).split())[:300]
-            print(f"stepgraph {args.command}: error: another rank stopped answering within --dist-timeout "
-                  f"({type(err).__name__}: {detail})", file=sys.stderr)
+            print(
+                f"stepgraph {args.command}: error: another rank stopped answering within --dist-timeout "
+                f"({type(err).__name__}: {detail})",
+                file=sys.stderr,
+            )
             return 1
     except BaseException as err:
         # a signal, or an import that it interrupted (an extension module may report an ImportError)
@@ -678,8 +810,11 @@ def _lost_rank(err: RuntimeError) -> bool:
     if type(err).__module__ == "torch.distributed":  # DistBackendError, DistNetworkError...
         return True
     text = str(err)
-    return dist.is_available() and dist.is_initialized() and (
-        "Timed out" in text or "timed out" in text or "Connection closed by peer" in text)
+    return (
+        dist.is_available()
+        and dist.is_initialized()
+        and ("Timed out" in text or "timed out" in text or "Connection closed by peer" in text)
+    )
 
 
 def _handle_signals(received: list) -> dict:

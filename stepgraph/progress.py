@@ -52,9 +52,18 @@ class Progress:
     True
     """
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", enabled: bool = True,
-                 interval: float = 10.0, stream=None, initial: int = 0, leave: bool = False,
-                 final_line: bool = True):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        enabled: bool = True,
+        interval: float = 10.0,
+        stream=None,
+        initial: int = 0,
+        leave: bool = False,
+        final_line: bool = True,
+    ):
         self.total = None if total is None else int(total)
         self.desc, self.unit, self.interval = desc, unit, float(interval)
         self.enabled = bool(enabled)
@@ -67,8 +76,15 @@ class Progress:
         if self.enabled and isatty is not None and isatty():
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self.done, desc=desc, unit=unit, file=self.stream,
-                             dynamic_ncols=True, leave=leave)
+            self._bar = tqdm(
+                total=self.total,
+                initial=self.done,
+                desc=desc,
+                unit=unit,
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=leave,
+            )
 
     def set_description(self, desc: str) -> None:
         """Say what is being done now (e.g. ``"Epoch 3/20"``)."""
@@ -111,8 +127,7 @@ class Progress:
         count = f"{self.done:,}" if self.total is None else f"{self.done:,}/{self.total:,}"
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         postfix = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {count} {self.unit}{share}, {elapsed:.0f} s{postfix}", file=self.stream,
-              flush=True)
+        print(f"{self.desc}: {count} {self.unit}{share}, {elapsed:.0f} s{postfix}", file=self.stream, flush=True)
 
     def __enter__(self):
         return self
@@ -121,8 +136,15 @@ class Progress:
         self.close()
 
 
-def track(iterable: Iterable, total: int | None, desc: str, unit: str = "it", enabled: bool = True,
-          interval: float = 10.0, stream=None) -> Iterator:
+def track(
+    iterable: Iterable,
+    total: int | None,
+    desc: str,
+    unit: str = "it",
+    enabled: bool = True,
+    interval: float = 10.0,
+    stream=None,
+) -> Iterator:
     """Iterate over ``iterable`` (once, as the caller would), counting one unit per item
     (see :class:`Progress`)."""
     with Progress(total, desc, unit, enabled, interval, stream) as progress:
@@ -139,8 +161,7 @@ class TrackedLoader:
         self._loader, self._desc, self._enabled, self._interval = loader, desc, enabled, interval
 
     def __iter__(self):
-        return track(self._loader, len(self._loader), self._desc, "batches", self._enabled,
-                     self._interval)
+        return track(self._loader, len(self._loader), self._desc, "batches", self._enabled, self._interval)
 
     def __len__(self) -> int:
         return len(self._loader)

@@ -21,9 +21,15 @@ from stepgraph._validation import check_int, check_number
 __all__ = ["synthetic_tissue"]
 
 
-def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int = 5,
-                     n_genes: int = 200, n_cell_types: int = 8, seed: int = 0,
-                     section_effect: float = 0.0) -> ad.AnnData:
+def synthetic_tissue(
+    n_cells: int = 20_000,
+    n_sections: int = 2,
+    n_domains: int = 5,
+    n_genes: int = 200,
+    n_cell_types: int = 8,
+    seed: int = 0,
+    section_effect: float = 0.0,
+) -> ad.AnnData:
     """Generate the default synthetic tissue.
 
     Parameters
@@ -109,8 +115,9 @@ def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int 
     obs = pd.DataFrame(
         {
             "section": pd.Categorical([f"section{s}" for s in section]),
-            "domain": pd.Categorical([f"domain{d}" for d in domain],
-                                     categories=[f"domain{d}" for d in range(n_domains)]),
+            "domain": pd.Categorical(
+                [f"domain{d}" for d in domain], categories=[f"domain{d}" for d in range(n_domains)]
+            ),
             "cell_type": pd.Categorical([f"type{t}" for t in cell_type]),
         },
         index=pd.Index([f"cell{i}" for i in range(n_cells)]),
@@ -118,6 +125,10 @@ def synthetic_tissue(n_cells: int = 20_000, n_sections: int = 2, n_domains: int 
     var = pd.DataFrame(index=pd.Index([f"gene{g}" for g in range(n_genes)]))
     adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
     adata.obsm["spatial"] = xy
-    adata.uns["synthetic_tissue"] = {"seed": seed, "n_domains": n_domains, "section_effect": effect,
-                                     "marker_genes": markers.tolist()}
+    adata.uns["synthetic_tissue"] = {
+        "seed": seed,
+        "n_domains": n_domains,
+        "section_effect": effect,
+        "marker_genes": markers.tolist(),
+    }
     return adata

@@ -97,8 +97,7 @@ class Site:
 
     def documented(self, name: str, *roles: str) -> bool:
         """``name`` has an entry of its own (not an alias) of one of ``roles`` (any when none)."""
-        return any(priority >= 0 and (not roles or role in roles)
-                   for role, priority in self.inventory.get(name, ()))
+        return any(priority >= 0 and (not roles or role in roles) for role, priority in self.inventory.get(name, ()))
 
     def doctree(self, docname: str):
         import sphinx.addnodes  # noqa: F401  (the node classes the pickle refers to)
@@ -139,12 +138,28 @@ def read_inventory(path: Path) -> dict[str, list[tuple[str, int]]]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Site:
     out = tmp_path_factory.mktemp("site")
-    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-j", "1", "-b", "html",
-               "-d", str(out / "doctrees"), str(DOCS), str(out / "html")]
+    command = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-q",
+        "-j",
+        "1",
+        "-b",
+        "html",
+        "-d",
+        str(out / "doctrees"),
+        str(DOCS),
+        str(out / "html"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_SECONDS)
     if result.returncode:
-        pytest.fail(f"the docs do not build with warnings as errors ({' '.join(command)}):\n"
-                    f"{result.stderr[-6000:]}", pytrace=False)
+        pytest.fail(
+            f"the docs do not build with warnings as errors ({' '.join(command)}):\n{result.stderr[-6000:]}",
+            pytrace=False,
+        )
     return Site(out)
 
 
@@ -153,9 +168,16 @@ def test_the_site_builds_with_warnings_as_errors(site):
         assert (site.html / f"{page}.html").is_file(), f"the site has no page {page}"
 
 
-PUBLIC_MODULES = sorted(["stepgraph", *(
-    m.name for m in pkgutil.walk_packages(stepgraph.__path__, prefix="stepgraph.")
-    if not any(part.startswith("_") for part in m.name.split(".")))])
+PUBLIC_MODULES = sorted(
+    [
+        "stepgraph",
+        *(
+            m.name
+            for m in pkgutil.walk_packages(stepgraph.__path__, prefix="stepgraph.")
+            if not any(part.startswith("_") for part in m.name.split("."))
+        ),
+    ]
+)
 
 
 @pytest.mark.parametrize("module", PUBLIC_MODULES)
@@ -177,10 +199,20 @@ def test_every_exported_name_is_in_the_api_reference(site, name):
     assert f"stepgraph.{name}" in listed, f"stepgraph.{name} is not listed on the API reference's first page"
 
 
-DOCUMENTED_CLASSES = (Trainer, EarlyStopping, EarlyStoppingGroup, LossMeter, LoopState, BestWeights,
-                      TrainingCheckpoint, BaseDataset, MaskedDataset)
-EXPECTED_CLASS_MEMBERS = sorted({f"{qualified(owner)}.{name}" for cls in DOCUMENTED_CLASSES
-                                 for owner, name in public_members(cls)})
+DOCUMENTED_CLASSES = (
+    Trainer,
+    EarlyStopping,
+    EarlyStoppingGroup,
+    LossMeter,
+    LoopState,
+    BestWeights,
+    TrainingCheckpoint,
+    BaseDataset,
+    MaskedDataset,
+)
+EXPECTED_CLASS_MEMBERS = sorted(
+    {f"{qualified(owner)}.{name}" for cls in DOCUMENTED_CLASSES for owner, name in public_members(cls)}
+)
 
 
 @pytest.mark.parametrize("name", EXPECTED_CLASS_MEMBERS)
@@ -188,22 +220,36 @@ def test_every_public_member_is_in_the_api_reference(site, name):
     assert site.documented(name, "py:method", "py:property", "py:attribute"), f"{name} is not in the API reference"
 
 
-TRAINER_ATTRIBUTES = ["model", "optimizer", "lr_scheduler", "early_stopping", "lossconfig", "defualt_lcfg",
-                      "default_lcfg", "history", "stop_reason", "best", "skipped_batches", "interrupted",
-                      "graph_dataset", "device", "seed"]
+TRAINER_ATTRIBUTES = [
+    "model",
+    "optimizer",
+    "lr_scheduler",
+    "early_stopping",
+    "lossconfig",
+    "defualt_lcfg",
+    "default_lcfg",
+    "history",
+    "stop_reason",
+    "best",
+    "skipped_batches",
+    "interrupted",
+    "graph_dataset",
+    "device",
+    "seed",
+]
 
 
 @pytest.mark.parametrize("name", TRAINER_ATTRIBUTES)
 def test_trainer_attributes_are_documented(site, name):
-    assert site.documented(f"{qualified(Trainer)}.{name}", "py:attribute", "py:property"), \
+    assert site.documented(f"{qualified(Trainer)}.{name}", "py:attribute", "py:property"), (
         f"Trainer.{name} is not in the API reference"
+    )
 
 
 def _parameters(func) -> tuple[list[str], list[str]]:
     """The parameters a caller passes (``*args``/``**kwargs`` aside), and every parameter's name."""
     params = [p for p in inspect.signature(func).parameters.values() if p.name not in ("self", "cls")]
-    return ([p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)],
-            [p.name for p in params])
+    return ([p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)], [p.name for p in params])
 
 
 def _documented_parameters(desc) -> list[str]:
@@ -226,12 +272,20 @@ def _documented_parameters(desc) -> list[str]:
     return names
 
 
-FUNCTIONS = {name: getattr(stepgraph, name) for name in stepgraph.__all__
-             if inspect.isfunction(getattr(stepgraph, name))}
-CLASSES = {name: getattr(stepgraph, name) for name in stepgraph.__all__
-           if inspect.isclass(getattr(stepgraph, name)) and name != "NonFiniteLossError"}
-METHODS = {f"{owner.__name__}.{name}": getattr(owner, name) for cls in (Trainer, EarlyStopping, LossMeter, BaseDataset)
-           for owner, name in public_members(cls) if inspect.isfunction(getattr(owner, name))}
+FUNCTIONS = {
+    name: getattr(stepgraph, name) for name in stepgraph.__all__ if inspect.isfunction(getattr(stepgraph, name))
+}
+CLASSES = {
+    name: getattr(stepgraph, name)
+    for name in stepgraph.__all__
+    if inspect.isclass(getattr(stepgraph, name)) and name != "NonFiniteLossError"
+}
+METHODS = {
+    f"{owner.__name__}.{name}": getattr(owner, name)
+    for cls in (Trainer, EarlyStopping, LossMeter, BaseDataset)
+    for owner, name in public_members(cls)
+    if inspect.isfunction(getattr(owner, name))
+}
 SIGNATURES = {**FUNCTIONS, **CLASSES, **METHODS}
 
 

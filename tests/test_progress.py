@@ -87,8 +87,14 @@ def test_training_into_a_log_file_writes_lines_without_carriage_returns(tmp_path
     root = str(pathlib.Path(__file__).resolve().parents[1])
     log = tmp_path / "train.log"
     with open(log, "w") as out:  # stdout and stderr into a file, as `make demo > log 2>&1`
-        subprocess.run([sys.executable, "-c", TRAINING.format(root=root)], stdout=out, stderr=out,
-                       check=True, timeout=120, cwd=tmp_path)
+        subprocess.run(
+            [sys.executable, "-c", TRAINING.format(root=root)],
+            stdout=out,
+            stderr=out,
+            check=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
     text = log.read_text()
     assert "\r" not in text and "\x1b[" not in text, text[:500]
     assert "Epoch 3/3: 3/3 epochs (100%)" in text and "recon_loss=" in text and text.rstrip().endswith("done")

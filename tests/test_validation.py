@@ -34,11 +34,17 @@ def test_check_finite_names_the_first_cell_in_the_rows_read():
     block = np.ones((3, 2))
     block[2, 1] = np.nan
     names = pd.Index([f"cell{i}" for i in range(10)])
-    with pytest.raises(ValueError, match=r"^adata.X holds 1 NaN or infinite value\(s\) in 1 of 3 cells read; "
-                                         r"the first is in obs 'cell8' \(row 8\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^adata.X holds 1 NaN or infinite value\(s\) in 1 of 3 cells read; "
+        r"the first is in obs 'cell8' \(row 8\)$",
+    ):
         check_finite(block, "adata.X", obs_names=names, row_ids=np.array([1, 5, 8]))
-    with pytest.raises(ValueError, match=r"^embedding holds 1 NaN or infinite value\(s\) in 1 of 3 rows; "
-                                         r"the first is in row 2$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^embedding holds 1 NaN or infinite value\(s\) in 1 of 3 rows; "
+        r"the first is in row 2$",
+    ):
         check_finite(block, "embedding")
     check_finite(np.ones(3), "fine")
 

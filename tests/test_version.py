@@ -10,8 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not (ROOT / ".git").exists() or shutil.which("git") is None,
-                    reason="needs a git checkout of the repository and git")
+@pytest.mark.skipif(
+    not (ROOT / ".git").exists() or shutil.which("git") is None, reason="needs a git checkout of the repository and git"
+)
 def test_a_tag_becomes_the_installed_version(tmp_path):
     pytest.importorskip("setuptools_scm")
     clone = tmp_path / "clone"
@@ -19,12 +20,29 @@ def test_a_tag_becomes_the_installed_version(tmp_path):
     subprocess.run(git + ["clone", "-q", "--no-local", str(ROOT), str(clone)], check=True)
     subprocess.run(git + ["-C", str(clone), "tag", "-a", "v9.9.9", "-m", "test release"], check=True)
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(clone)], check=True, capture_output=True)
-    read = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib.metadata as m; "
-            "import stepgraph; print(m.version('stepgraph'), stepgraph.__version__, stepgraph.__file__)")
-    out = subprocess.run([sys.executable, "-c", read, str(target)], check=True, capture_output=True,
-                         text=True).stdout.split()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(clone),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    read = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import importlib.metadata as m; "
+        "import stepgraph; print(m.version('stepgraph'), stepgraph.__version__, stepgraph.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", read, str(target)], check=True, capture_output=True, text=True
+    ).stdout.split()
     assert out[:2] == ["9.9.9", "9.9.9"] and out[2].startswith(str(target))
 
 

@@ -28,8 +28,16 @@ import numpy as np
 
 from stepgraph.bench.environment import environment
 
-__all__ = ["DOMAIN_METHODS", "MANIFEST", "run_domain_benchmark", "run_panel_benchmark", "panel_tissues",
-           "domain_table", "panel_report", "missing_method_packages"]
+__all__ = [
+    "DOMAIN_METHODS",
+    "MANIFEST",
+    "run_domain_benchmark",
+    "run_panel_benchmark",
+    "panel_tissues",
+    "domain_table",
+    "panel_report",
+    "missing_method_packages",
+]
 
 #: Method name -> what it is, as printed in the tables.
 DOMAIN_METHODS = {
@@ -63,13 +71,16 @@ def missing_method_packages(methods) -> dict[str, str]:
         if method in EXTERNAL_METHODS:
             module, distribution = EXTERNAL_METHODS[method]
             if find_spec(module) is None:
-                missing[method] = (f"{method}: skipped ({distribution} is not installed; "
-                                   f"pip install '{distribution}' or 'stepgraph[bench]')")
+                missing[method] = (
+                    f"{method}: skipped ({distribution} is not installed; "
+                    f"pip install '{distribution}' or 'stepgraph[bench]')"
+                )
     return missing
 
 
-def _labels_and_embedding(method: str, adata, n_domains: int, seed: int, batch_key: str | None,
-                          spatial_key: str, pipeline_options: dict):
+def _labels_and_embedding(
+    method: str, adata, n_domains: int, seed: int, batch_key: str | None, spatial_key: str, pipeline_options: dict
+):
     """Run ``method`` on ``adata``: its domain codes, the embedding it clustered and, for the
     pipeline, the mixing score it reported (else ``None``)."""
     import tempfile
@@ -84,18 +95,30 @@ def _labels_and_embedding(method: str, adata, n_domains: int, seed: int, batch_k
 
     if method == "stepgraph":
         with tempfile.TemporaryDirectory() as out:
-            config = PipelineConfig(spatial_key=spatial_key, batch_key=batch_key, n_domains=n_domains,
-                                    seed=seed, progress=False, **pipeline_options)
+            config = PipelineConfig(
+                spatial_key=spatial_key,
+                batch_key=batch_key,
+                n_domains=n_domains,
+                seed=seed,
+                progress=False,
+                **pipeline_options,
+            )
             summary = run_pipeline(adata, out, config)
         mixing = (summary.get("integration") or {}).get("mixing")  # of the embedding it clustered
         return adata.obs[DOMAIN_KEY].cat.codes.to_numpy(), adata.obsm[EMBEDDING_KEY], mixing
     if method == "untrained":
         config = PipelineConfig(spatial_key=spatial_key, batch_key=batch_key, **pipeline_options)
-        return (*baselines.untrained_pipeline_domains(adata, n_domains, seed=seed, config=config,
-                                                      return_embedding=True), None)
+        return (
+            *baselines.untrained_pipeline_domains(adata, n_domains, seed=seed, config=config, return_embedding=True),
+            None,
+        )
     if method == "neighbor_mean":
-        return (*baselines.neighbor_mean_domains(adata, n_domains, seed=seed, spatial_key=spatial_key,
-                                                 batch_key=batch_key, return_embedding=True), None)
+        return (
+            *baselines.neighbor_mean_domains(
+                adata, n_domains, seed=seed, spatial_key=spatial_key, batch_key=batch_key, return_embedding=True
+            ),
+            None,
+        )
     if method == "pca_kmeans":
         return (*baselines.pca_kmeans_domains(adata, n_domains, seed=seed, return_embedding=True), None)
     from stepgraph.bench import external
@@ -104,8 +127,16 @@ def _labels_and_embedding(method: str, adata, n_domains: int, seed: int, batch_k
     return (*run(adata, n_domains, seed=seed, spatial_key=spatial_key, batch_key=batch_key), None)
 
 
-def _one_run(path: str, method: str, seed: int, truth_key: str, batch_key: str | None, spatial_key: str,
-             threads: int, pipeline_options: dict) -> dict:
+def _one_run(
+    path: str,
+    method: str,
+    seed: int,
+    truth_key: str,
+    batch_key: str | None,
+    spatial_key: str,
+    threads: int,
+    pipeline_options: dict,
+) -> dict:
     """Run one method once in this (fresh) process; return its scores."""
     import anndata as ad
     import torch
@@ -124,20 +155,29 @@ def _one_run(path: str, method: str, seed: int, truth_key: str, batch_key: str |
     sections, names = section_codes(adata, batch_key)
     with threadpool_limits(threads):
         start = time.perf_counter()
-        labels, embedding, mixing = _labels_and_embedding(method, adata, n_domains, seed, batch_key,
-                                                          spatial_key, pipeline_options)
+        labels, embedding, mixing = _labels_and_embedding(
+            method, adata, n_domains, seed, batch_key, spatial_key, pipeline_options
+        )
         seconds = time.perf_counter() - start
     labels = np.asarray(labels)
-    record = {"method": method, "seed": seed, "seconds": seconds,
-              "ari": adjusted_rand_index(truth[known], labels[known]),
-              "nmi": normalized_mutual_info(truth[known], labels[known]),
-              "peak_rss_mib": peak_rss_mb(resettable=False)}
+    record = {
+        "method": method,
+        "seed": seed,
+        "seconds": seconds,
+        "ari": adjusted_rand_index(truth[known], labels[known]),
+        "nmi": normalized_mutual_info(truth[known], labels[known]),
+        "peak_rss_mib": peak_rss_mb(resettable=False),
+    }
     if len(names) > 1:
-        each = [adjusted_rand_index(truth[part], labels[part])
-                for part in ((sections == code) & known for code in range(len(names)))]  # per section
-        record.update(ari_sections=dict(zip(map(str, names), each, strict=True)),
-                      ari_per_section=float(np.mean(each)),
-                      mixing=mixing if mixing is not None else section_mixing(embedding, sections, seed=seed))
+        each = [
+            adjusted_rand_index(truth[part], labels[part])
+            for part in ((sections == code) & known for code in range(len(names)))
+        ]  # per section
+        record.update(
+            ari_sections=dict(zip(map(str, names), each, strict=True)),
+            ari_per_section=float(np.mean(each)),
+            mixing=mixing if mixing is not None else section_mixing(embedding, sections, seed=seed),
+        )
     return record
 
 
@@ -160,9 +200,11 @@ def _check_keys(path, truth_key: str, batch_key: str | None, spatial_key: str) -
 
     adata = ad.read_h5ad(path, backed="r")
     try:
-        for option, key, where in (("truth_key", truth_key, adata.obs.columns),
-                                   ("batch_key", batch_key, adata.obs.columns),
-                                   ("spatial_key", spatial_key, list(adata.obsm.keys()))):
+        for option, key, where in (
+            ("truth_key", truth_key, adata.obs.columns),
+            ("batch_key", batch_key, adata.obs.columns),
+            ("spatial_key", spatial_key, list(adata.obsm.keys())),
+        ):
             if key is not None and key not in where:
                 raise ValueError(f"{option}={key!r} is not in {Path(path).name}; available: {list(where)}")
         return tuple(adata.shape)
@@ -186,18 +228,35 @@ def _run_all(jobs_list: list[tuple], jobs: int) -> list[dict]:
         return [future.result() for future in futures]
 
 
-def _tissue_result(path, shape, truth_key, batch_key, runs: list[dict], methods, seeds, threads,
-                   pipeline_options) -> dict:
+def _tissue_result(
+    path, shape, truth_key, batch_key, runs: list[dict], methods, seeds, threads, pipeline_options
+) -> dict:
     keys = ("ari", "nmi", "seconds", "peak_rss_mib") + (("ari_per_section", "mixing") if "mixing" in runs[0] else ())
     summary = {m: {k: _summary([r for r in runs if r["method"] == m], k) for k in keys} for m in methods}
-    return {"file": str(path), "shape": list(shape), "truth_key": truth_key, "batch_key": batch_key,
-            "seeds": seeds, "threads": threads, "pipeline_options": pipeline_options or {},
-            "runs": runs, "summary": summary}
+    return {
+        "file": str(path),
+        "shape": list(shape),
+        "truth_key": truth_key,
+        "batch_key": batch_key,
+        "seeds": seeds,
+        "threads": threads,
+        "pipeline_options": pipeline_options or {},
+        "runs": runs,
+        "summary": summary,
+    }
 
 
-def run_domain_benchmark(path: str | Path, truth_key: str, batch_key: str | None = None,
-                         spatial_key: str = "spatial", seeds=(0, 1, 2), methods=None, threads: int = 1,
-                         pipeline_options: dict | None = None, jobs: int = 1) -> dict:
+def run_domain_benchmark(
+    path: str | Path,
+    truth_key: str,
+    batch_key: str | None = None,
+    spatial_key: str = "spatial",
+    seeds=(0, 1, 2),
+    methods=None,
+    threads: int = 1,
+    pipeline_options: dict | None = None,
+    jobs: int = 1,
+) -> dict:
     """Score methods of :data:`DOMAIN_METHODS` on one annotated file.
 
     Parameters
@@ -246,8 +305,14 @@ def run_domain_benchmark(path: str | Path, truth_key: str, batch_key: str | None
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
     shape = _check_keys(path, truth_key, batch_key, spatial_key)
-    runs = _run_all([(str(path), m, s, truth_key, batch_key, spatial_key, threads, pipeline_options or {})
-                     for m in methods for s in seeds], jobs)
+    runs = _run_all(
+        [
+            (str(path), m, s, truth_key, batch_key, spatial_key, threads, pipeline_options or {})
+            for m in methods
+            for s in seeds
+        ],
+        jobs,
+    )
     result = _tissue_result(path, shape, truth_key, batch_key, runs, methods, seeds, threads, pipeline_options)
     result["machine"] = environment(threads)
     return result
@@ -259,18 +324,27 @@ def _read_manifest(path: Path) -> dict:
     except (OSError, ValueError) as err:
         raise ValueError(f"manifest {str(path)!r} is not a readable JSON file ({err})") from None
     if not isinstance(manifest, dict) or not all(isinstance(v, dict) for v in manifest.values()):
-        raise ValueError(f"manifest {str(path)!r} must map file names to their keys, e.g. "
-                         '{"tissue.h5ad": {"truth_key": "domain", "batch_key": "section"}}')
+        raise ValueError(
+            f"manifest {str(path)!r} must map file names to their keys, e.g. "
+            '{"tissue.h5ad": {"truth_key": "domain", "batch_key": "section"}}'
+        )
     allowed = set(FILE_KEYS)
     for name, keys in manifest.items():
         if set(keys) - allowed:
-            raise ValueError(f"manifest {str(path)!r}: {name!r} has unknown keys {sorted(set(keys) - allowed)}; "
-                             f"expected among {sorted(allowed)}")
+            raise ValueError(
+                f"manifest {str(path)!r}: {name!r} has unknown keys {sorted(set(keys) - allowed)}; "
+                f"expected among {sorted(allowed)}"
+            )
     return manifest
 
 
-def panel_tissues(inputs, truth_key: str | None = None, batch_key: str | None = None,
-                  spatial_key: str | None = None, manifest: str | Path | None = None) -> list[dict]:
+def panel_tissues(
+    inputs,
+    truth_key: str | None = None,
+    batch_key: str | None = None,
+    spatial_key: str | None = None,
+    manifest: str | Path | None = None,
+) -> list[dict]:
     """The tissues of a panel and the keys of each.
 
     Parameters
@@ -329,18 +403,35 @@ def panel_tissues(inputs, truth_key: str | None = None, batch_key: str | None = 
             adata.file.close()
         truth = keys.get("truth_key") or truth_key or FILE_KEYS["truth_key"]
         if truth not in columns:
-            raise ValueError(f"{path.name}: truth column {truth!r} is not in obs (columns: {sorted(columns)}); "
-                             f"pass --truth-key or name it in a {MANIFEST} manifest")
+            raise ValueError(
+                f"{path.name}: truth column {truth!r} is not in obs (columns: {sorted(columns)}); "
+                f"pass --truth-key or name it in a {MANIFEST} manifest"
+            )
         batch = keys.get("batch_key") or batch_key or FILE_KEYS["batch_key"]
-        tissues.append({"path": str(path), "truth_key": truth, "batch_key": batch if batch in columns else None,
-                        "spatial_key": keys.get("spatial_key") or spatial_key or FILE_KEYS["spatial_key"]})
+        tissues.append(
+            {
+                "path": str(path),
+                "truth_key": truth,
+                "batch_key": batch if batch in columns else None,
+                "spatial_key": keys.get("spatial_key") or spatial_key or FILE_KEYS["spatial_key"],
+            }
+        )
     return tissues
 
 
-def run_panel_benchmark(inputs, truth_key: str | None = None, batch_key: str | None = None,
-                        spatial_key: str | None = None, manifest=None, seeds=(0, 1, 2), methods=None,
-                        threads: int = 1, jobs: int = 1, pipeline_options: dict | None = None,
-                        log=None) -> dict:
+def run_panel_benchmark(
+    inputs,
+    truth_key: str | None = None,
+    batch_key: str | None = None,
+    spatial_key: str | None = None,
+    manifest=None,
+    seeds=(0, 1, 2),
+    methods=None,
+    threads: int = 1,
+    jobs: int = 1,
+    pipeline_options: dict | None = None,
+    log=None,
+) -> dict:
     """Score methods of :data:`DOMAIN_METHODS` on every tissue of a panel.
 
     Parameters
@@ -379,18 +470,42 @@ def run_panel_benchmark(inputs, truth_key: str | None = None, batch_key: str | N
     tissues = panel_tissues(inputs, truth_key, batch_key, spatial_key, manifest)
     shapes = [_check_keys(t["path"], t["truth_key"], t["batch_key"], t["spatial_key"]) for t in tissues]
     start = time.perf_counter()
-    jobs_list = [(t["path"], m, s, t["truth_key"], t["batch_key"], t["spatial_key"], threads,
-                  pipeline_options or {}) for t in tissues for m in methods for s in seeds]
-    log(f"{len(tissues)} tissue(s) x {len(methods)} method(s) x {len(seeds)} seed(s): {len(jobs_list)} runs, "
-        f"{jobs} at a time")
+    jobs_list = [
+        (t["path"], m, s, t["truth_key"], t["batch_key"], t["spatial_key"], threads, pipeline_options or {})
+        for t in tissues
+        for m in methods
+        for s in seeds
+    ]
+    log(
+        f"{len(tissues)} tissue(s) x {len(methods)} method(s) x {len(seeds)} seed(s): {len(jobs_list)} runs, "
+        f"{jobs} at a time"
+    )
     runs = _run_all(jobs_list, jobs)
     per_tissue = len(methods) * len(seeds)
-    results = [_tissue_result(t["path"], shape, t["truth_key"], t["batch_key"],
-                              runs[i * per_tissue:(i + 1) * per_tissue], methods, seeds, threads, pipeline_options)
-               for i, (t, shape) in enumerate(zip(tissues, shapes, strict=True))]
-    return {"tissues": results, "ranking": rank_methods(results), "skipped": list(skipped.values()),
-            "seeds": seeds, "threads": threads, "jobs": jobs, "seconds": time.perf_counter() - start,
-            "machine": environment(threads)}
+    results = [
+        _tissue_result(
+            t["path"],
+            shape,
+            t["truth_key"],
+            t["batch_key"],
+            runs[i * per_tissue : (i + 1) * per_tissue],
+            methods,
+            seeds,
+            threads,
+            pipeline_options,
+        )
+        for i, (t, shape) in enumerate(zip(tissues, shapes, strict=True))
+    ]
+    return {
+        "tissues": results,
+        "ranking": rank_methods(results),
+        "skipped": list(skipped.values()),
+        "seeds": seeds,
+        "threads": threads,
+        "jobs": jobs,
+        "seconds": time.perf_counter() - start,
+        "machine": environment(threads),
+    }
 
 
 def _contests(result: dict) -> dict[str, dict]:
@@ -399,8 +514,10 @@ def _contests(result: dict) -> dict[str, dict]:
     name = Path(result["file"]).stem
     summary = result["summary"]
     if "ari_per_section" in next(iter(summary.values())):
-        return {f"{name} (joint)": {m: s["ari"]["median"] for m, s in summary.items()},
-                f"{name} (per section)": {m: s["ari_per_section"]["median"] for m, s in summary.items()}}
+        return {
+            f"{name} (joint)": {m: s["ari"]["median"] for m, s in summary.items()},
+            f"{name} (per section)": {m: s["ari_per_section"]["median"] for m, s in summary.items()},
+        }
     return {name: {m: s["ari"]["median"] for m, s in summary.items()}}
 
 
@@ -420,27 +537,33 @@ def rank_methods(results: list[dict]) -> dict:
                 entry["margin"][contest] = score - best_other
                 if score >= best_other:
                     entry["leads"].append(contest)
-    return {m: {"mean_rank": float(np.mean(e["ranks"])), "leads": e["leads"], "margin": e["margin"]}
-            for m, e in ranking.items()}
+    return {
+        m: {"mean_rank": float(np.mean(e["ranks"])), "leads": e["leads"], "margin": e["margin"]}
+        for m, e in ranking.items()
+    }
 
 
 def domain_table(result: dict) -> str:
     """A tissue's summary as a markdown table (median [min, max] over seeds)."""
+
     def cell(stats, fmt):
         return f"{stats['median']:{fmt}} [{stats['min']:{fmt}}, {stats['max']:{fmt}}]"
 
     sections = "mixing" in next(iter(result["summary"].values()))
     if sections:  # several sections: the joint ARI, the ARI within each section, the mixing
-        lines = ["| method | joint ARI | per-section ARI | mixing | NMI | time (s) | peak RSS (MiB) |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [
+            "| method | joint ARI | per-section ARI | mixing | NMI | time (s) | peak RSS (MiB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
     else:
         lines = ["| method | ARI | NMI | time (s) | peak RSS (MiB) |", "|---|---|---|---|---|"]
     for method, stats in result["summary"].items():
-        extra = (f" {cell(stats['ari_per_section'], '.3f')} | {cell(stats['mixing'], '.3f')} |"
-                 if sections else "")
-        lines.append(f"| {DOMAIN_METHODS[method]} | {cell(stats['ari'], '.3f')} |{extra} "
-                     f"{cell(stats['nmi'], '.3f')} | {cell(stats['seconds'], '.1f')} "
-                     f"| {stats['peak_rss_mib']['median']:.0f} |")
+        extra = f" {cell(stats['ari_per_section'], '.3f')} | {cell(stats['mixing'], '.3f')} |" if sections else ""
+        lines.append(
+            f"| {DOMAIN_METHODS[method]} | {cell(stats['ari'], '.3f')} |{extra} "
+            f"{cell(stats['nmi'], '.3f')} | {cell(stats['seconds'], '.1f')} "
+            f"| {stats['peak_rss_mib']['median']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -452,9 +575,11 @@ def panel_report(result: dict) -> str:
         parts.append(f"- {line}")
     for tissue in result["tissues"]:
         sections = f", sections from obs[{tissue['batch_key']!r}]" if tissue["batch_key"] else ""
-        parts.append(f"\n### {Path(tissue['file']).name}\n\n{tissue['shape'][0]:,} cells x "
-                     f"{tissue['shape'][1]:,} genes, truth obs[{tissue['truth_key']!r}]{sections}\n\n"
-                     f"{domain_table(tissue)}")
+        parts.append(
+            f"\n### {Path(tissue['file']).name}\n\n{tissue['shape'][0]:,} cells x "
+            f"{tissue['shape'][1]:,} genes, truth obs[{tissue['truth_key']!r}]{sections}\n\n"
+            f"{domain_table(tissue)}"
+        )
     parts.append("\n### Summary (median ARI over seeds; rank 1 is best)\n")
     for method, entry in sorted(result["ranking"].items(), key=lambda item: item[1]["mean_rank"]):
         leads = ", ".join(entry["leads"]) or "none"
@@ -470,10 +595,14 @@ def write_results(result: dict, out: str | Path) -> tuple[Path, Path]:
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     json_path.write_text(json.dumps(result, indent=1))
     if "tissues" in result:
-        md = (f"{len(result['tissues'])} tissue(s), seeds {result['seeds']}, {result['threads']} thread(s) per run, "
-              f"{result['jobs']} run(s) at a time, {result['seconds'] / 60:.1f} min\n\n{panel_report(result)}")
+        md = (
+            f"{len(result['tissues'])} tissue(s), seeds {result['seeds']}, {result['threads']} thread(s) per run, "
+            f"{result['jobs']} run(s) at a time, {result['seconds'] / 60:.1f} min\n\n{panel_report(result)}"
+        )
     else:
-        md = (f"{Path(result['file']).name}, seeds {result['seeds']}, {result['threads']} thread(s) per run\n\n"
-              f"{domain_table(result)}\n")
+        md = (
+            f"{Path(result['file']).name}, seeds {result['seeds']}, {result['threads']} thread(s) per run\n\n"
+            f"{domain_table(result)}\n"
+        )
     md_path.write_text(md)
     return json_path, md_path

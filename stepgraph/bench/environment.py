@@ -17,8 +17,22 @@ from importlib import metadata
 __all__ = ["environment", "info_lines", "package_version", "torch_scatter_status", "usable_cores"]
 
 #: The distributions whose versions every report names.
-PACKAGES = ("stepgraph", "torch", "torch-geometric", "anndata", "numpy", "scipy", "scikit-learn", "pandas",
-            "h5py", "matplotlib", "torch-scatter", "torch-sparse", "pyg-lib", "squidpy")
+PACKAGES = (
+    "stepgraph",
+    "torch",
+    "torch-geometric",
+    "anndata",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "h5py",
+    "matplotlib",
+    "torch-scatter",
+    "torch-sparse",
+    "pyg-lib",
+    "squidpy",
+)
 
 
 def package_version(name: str) -> str:
@@ -90,18 +104,27 @@ def info_lines() -> list[str]:
     import stepgraph
     from stepgraph.data.sampler import has_native_sampler
 
-    lines = [f"stepgraph {stepgraph.__version__} ({stepgraph.__file__})",
-             f"python {sys.version.split()[0]} on {platform.platform()}"]
+    lines = [
+        f"stepgraph {stepgraph.__version__} ({stepgraph.__file__})",
+        f"python {sys.version.split()[0]} on {platform.platform()}",
+    ]
     lines += [f"{name}: {package_version(name)}" for name in PACKAGES if name != "stepgraph"]
     from stepgraph.train.threads import choose_threads
 
-    lines.append(f"torch threads: {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}); "
-                 f"stepgraph's policy would choose {choose_threads()}")
+    lines.append(
+        f"torch threads: {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}); "
+        f"stepgraph's policy would choose {choose_threads()}"
+    )
     lines.append(f"cuda available: {torch.cuda.is_available()}")
     # "auto" always picks the built-in sampler; "pyg" needs pyg-lib or torch-sparse
-    lines.append("sampler backend (auto): builtin; 'pyg' is " + (
-        "available (pyg-lib or torch-sparse)" if has_native_sampler()
-        else "unavailable (pyg-lib and torch-sparse absent)"))
+    lines.append(
+        "sampler backend (auto): builtin; 'pyg' is "
+        + (
+            "available (pyg-lib or torch-sparse)"
+            if has_native_sampler()
+            else "unavailable (pyg-lib and torch-sparse absent)"
+        )
+    )
     loaded, why = torch_scatter_status()
     lines.append(f"torch-scatter status: {why}")
     return lines

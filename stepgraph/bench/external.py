@@ -27,8 +27,11 @@ def _quiet():
     """The packages' prints, progress bars, logs and warnings kept off the terminal."""
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "torchgmm", "squidpy"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         yield
 
@@ -40,7 +43,7 @@ def _copy(adata, spatial_key: str, batch_key: str | None, section_column: str):
     import pandas as pd
 
     counts = sp.csr_matrix(adata.X, dtype=np.float64)
-    sections = (adata.obs[batch_key].astype(str).to_numpy() if batch_key else np.full(adata.n_obs, "section"))
+    sections = adata.obs[batch_key].astype(str).to_numpy() if batch_key else np.full(adata.n_obs, "section")
     obs = pd.DataFrame({section_column: pd.Categorical(sections)}, index=[str(i) for i in range(adata.n_obs)])
     copy = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=[str(v) for v in adata.var_names]))
     copy.obsm["spatial"] = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2].copy()
@@ -59,9 +62,17 @@ def _variable_genes(adata, n_top: int = 2000):
     return adata[:, scored["highly_variable"].to_numpy()].copy()
 
 
-def banksy_domains(adata, n_domains: int, seed: int = 0, spatial_key: str = "spatial",
-                   batch_key: str | None = None, lam: float = 0.8, k_geom: int = 15, max_m: int = 1,
-                   pca_dims: int = 20):
+def banksy_domains(
+    adata,
+    n_domains: int,
+    seed: int = 0,
+    spatial_key: str = "spatial",
+    batch_key: str | None = None,
+    lam: float = 0.8,
+    k_geom: int = 15,
+    max_m: int = 1,
+    pca_dims: int = 20,
+):
     """BANKSY's domains (``pybanksy``), with its domain tutorials' settings.
 
     Counts are scaled to the median library size of each section (no log, as
@@ -97,21 +108,36 @@ def banksy_domains(adata, n_domains: int, seed: int = 0, spatial_key: str = "spa
             sc.pp.normalize_total(part)
             part.X = sp.csr_matrix(part.X)
             part.obs["x"], part.obs["y"] = part.obsm["spatial"][:, 0], part.obsm["spatial"][:, 1]
-            banksy = initialize_banksy(part, ("x", "y", "spatial"), k_geom, nbr_weight_decay="scaled_gaussian",
-                                       max_m=max_m, plt_edge_hist=False, plt_nbr_weights=False,
-                                       plt_agf_angles=False, plt_theta=False)
+            banksy = initialize_banksy(
+                part,
+                ("x", "y", "spatial"),
+                k_geom,
+                nbr_weight_decay="scaled_gaussian",
+                max_m=max_m,
+                plt_edge_hist=False,
+                plt_nbr_weights=False,
+                plt_agf_angles=False,
+                plt_theta=False,
+            )
             _, block = generate_banksy_matrix(part, banksy, [lam], max_m, verbose=False)
             values = np.asarray(block.X, dtype=np.float64)
             matrix[rows] = np.where(np.isfinite(values), values, 0.0)
-        embedding = PCA(min(pca_dims, matrix.shape[1], matrix.shape[0] - 1), svd_solver="full",
-                        random_state=seed).fit_transform(matrix)
-    labels = cluster_domains(embedding, n_domains, method="gmm", seed=seed, covariance_type="tied", n_init=10,
-                             tol=1e-5)
+        embedding = PCA(
+            min(pca_dims, matrix.shape[1], matrix.shape[0] - 1), svd_solver="full", random_state=seed
+        ).fit_transform(matrix)
+    labels = cluster_domains(embedding, n_domains, method="gmm", seed=seed, covariance_type="tied", n_init=10, tol=1e-5)
     return np.asarray(labels, dtype=np.int64), embedding.astype(np.float32)
 
 
-def cellcharter_domains(adata, n_domains: int, seed: int = 0, spatial_key: str = "spatial",
-                        batch_key: str | None = None, n_components: int = 10, n_layers: int = 3):
+def cellcharter_domains(
+    adata,
+    n_domains: int,
+    seed: int = 0,
+    spatial_key: str = "spatial",
+    batch_key: str | None = None,
+    n_components: int = 10,
+    n_layers: int = 3,
+):
     """CellCharter's domains (``cellcharter``), with its tutorials' settings on a PCA input.
 
     log-CP10k of the variable genes, ``n_components`` principal components
@@ -137,17 +163,26 @@ def cellcharter_domains(adata, n_domains: int, seed: int = 0, spatial_key: str =
         sc.pp.normalize_total(data, target_sum=1e4)
         sc.pp.log1p(data)
         sc.pp.pca(data, n_comps=min(n_components, data.n_vars - 1, data.n_obs - 1), random_state=seed)
-        sq.gr.spatial_neighbors(data, library_key="section", coord_type="generic", delaunay=True,
-                                spatial_key="spatial")
+        sq.gr.spatial_neighbors(data, library_key="section", coord_type="generic", delaunay=True, spatial_key="spatial")
         cc.gr.remove_long_links(data)
-        cc.gr.aggregate_neighbors(data, n_layers=n_layers, use_rep="X_pca", out_key="X_cellcharter",
-                                  sample_key="section")
+        cc.gr.aggregate_neighbors(
+            data, n_layers=n_layers, use_rep="X_pca", out_key="X_cellcharter", sample_key="section"
+        )
         data.obsm["X_cellcharter"] = np.asarray(data.obsm["X_cellcharter"], dtype=np.float32)  # torchgmm: float32
         torch.manual_seed(seed)  # its mixture reads torch's generator, not random_state
         np.random.seed(seed)
-        model = cc.tl.Cluster(n_clusters=n_domains, random_state=seed, trainer_params={
-            "accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
-            "logger": False, "enable_checkpointing": False})
+        model = cc.tl.Cluster(
+            n_clusters=n_domains,
+            random_state=seed,
+            trainer_params={
+                "accelerator": "cpu",
+                "devices": 1,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "logger": False,
+                "enable_checkpointing": False,
+            },
+        )
         model.fit(data, use_rep="X_cellcharter")
         labels = np.asarray(model.predict(data, use_rep="X_cellcharter"))
     return np.unique(labels, return_inverse=True)[1].astype(np.int64), data.obsm["X_cellcharter"]

@@ -47,8 +47,10 @@ def _representation(adata, key: str) -> torch.Tensor:
     rep = adata.obsm[check_key(key, adata.obsm, "rep_key", "in adata.obsm")]
     rep = rep.toarray() if sp.issparse(rep) else np.asarray(rep)
     if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number):
-        raise ValueError(f"rep_key={key!r}: adata.obsm[{key!r}] must be a numeric 2-D array, "
-                         f"got dtype {rep.dtype} and shape {rep.shape}")
+        raise ValueError(
+            f"rep_key={key!r}: adata.obsm[{key!r}] must be a numeric 2-D array, "
+            f"got dtype {rep.dtype} and shape {rep.shape}"
+        )
     check_finite(rep, f"rep_key={key!r}: adata.obsm[{key!r}]", obs_names=adata.obs_names)
     return torch.from_numpy(np.ascontiguousarray(rep, dtype=np.float32))
 
@@ -99,9 +101,17 @@ class BaseDataset(Dataset):
     >>> x, batch_label = ds[[0, 1, 2]]                  # doctest: +SKIP
     """
 
-    def __init__(self, adata, layer_key: str | None = None, batch_key: str | None = None,
-                 class_key: str | None = None, mode: str | None = None, rep_key: str | None = None,
-                 domain_key: str | None = None, row_transform=None):
+    def __init__(
+        self,
+        adata,
+        layer_key: str | None = None,
+        batch_key: str | None = None,
+        class_key: str | None = None,
+        mode: str | None = None,
+        rep_key: str | None = None,
+        domain_key: str | None = None,
+        row_transform=None,
+    ):
         if row_transform is not None and not callable(row_transform):
             raise TypeError(f"row_transform must be callable, got {type(row_transform).__name__}")
         matrix = expression_matrix(adata, layer_key)
@@ -129,9 +139,17 @@ class BaseDataset(Dataset):
             codes, self.domain_categories = _category_codes(adata, domain_key, "domain_key")
             self.domains = torch.from_numpy(codes)
         if mode is None:
-            mode = ("with_domains" if domain_key is not None else "with_rep" if rep_key is not None
-                    else "multi_batches_with_ct" if class_key is not None
-                    else "multi_batches" if batch_key is not None else "single_batch")
+            mode = (
+                "with_domains"
+                if domain_key is not None
+                else "with_rep"
+                if rep_key is not None
+                else "multi_batches_with_ct"
+                if class_key is not None
+                else "multi_batches"
+                if batch_key is not None
+                else "single_batch"
+            )
         self.set_mode(mode)
 
     # --- sizes -----------------------------------------------------------
@@ -275,10 +293,14 @@ class BaseDataset(Dataset):
         return MaskedDataset(self, np.flatnonzero(subset_mask(self.obs, key, col, exclude)))
 
     def __repr__(self) -> str:
-        kind = (f"on-disk {self.reader.format}" if self.reader is not None
-                else f"sparse {self.X.format}" if sp.issparse(self.X) else "dense")
-        return (f"{type(self).__name__}(n_obs={len(self)}, n_vars={self.n_vars}, X={kind}, "
-                f"mode={self.mode!r})")
+        kind = (
+            f"on-disk {self.reader.format}"
+            if self.reader is not None
+            else f"sparse {self.X.format}"
+            if sp.issparse(self.X)
+            else "dense"
+        )
+        return f"{type(self).__name__}(n_obs={len(self)}, n_vars={self.n_vars}, X={kind}, mode={self.mode!r})"
 
 
 class MaskedDataset(BaseDataset):
@@ -295,19 +317,32 @@ class MaskedDataset(BaseDataset):
     def __init__(self, dataset: BaseDataset, indices):
         indices = _as_index(indices)
         if indices.size and (indices.min() < 0 or indices.max() >= len(dataset)):
-            raise IndexError(
-                f"indices must lie in [0, {len(dataset)}), got range "
-                f"[{indices.min()}, {indices.max()}]"
-            )
+            raise IndexError(f"indices must lie in [0, {len(dataset)}), got range [{indices.min()}, {indices.max()}]")
         if isinstance(dataset, MaskedDataset):
             indices = dataset.indices[indices]
             dataset = dataset.dataset
         self.dataset: BaseDataset = dataset
         self.indices: np.ndarray = indices
         # share the parent's arrays; nothing is copied
-        for name in ("_adata", "layer_key", "batch_key", "class_key", "X", "batch_label",
-                     "batch_categories", "class_label", "class_categories", "rep_key", "rep",
-                     "domain_key", "domains", "domain_categories", "mode", "reader", "row_transform"):
+        for name in (
+            "_adata",
+            "layer_key",
+            "batch_key",
+            "class_key",
+            "X",
+            "batch_label",
+            "batch_categories",
+            "class_label",
+            "class_categories",
+            "rep_key",
+            "rep",
+            "domain_key",
+            "domains",
+            "domain_categories",
+            "mode",
+            "reader",
+            "row_transform",
+        ):
             setattr(self, name, getattr(dataset, name))
 
     def __len__(self) -> int:
@@ -395,8 +430,7 @@ def _check_compressed(matrix, source: str) -> None:
     n_major, n_minor = matrix.shape if matrix.format == "csr" else matrix.shape[::-1]
     problem = compressed_problem(matrix.indptr, matrix.indices, len(matrix.data), n_major, n_minor)
     if problem is not None:
-        raise ValueError(f"{source} is a malformed {matrix.format.upper()} matrix ({problem}); "
-                         "the file may be corrupt")
+        raise ValueError(f"{source} is a malformed {matrix.format.upper()} matrix ({problem}); the file may be corrupt")
 
 
 def _as_index(index) -> np.ndarray:

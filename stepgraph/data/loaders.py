@@ -10,8 +10,15 @@ from stepgraph.data.dataset import BaseDataset
 from stepgraph.data.protocol import check_dataset
 from stepgraph.data.split import category_random_split, resolve_seed
 
-__all__ = ["make_loaders", "collate_batch", "per_sample_collate", "node_loaders", "graph_loader", "derive_neighbor_loader",
-           "loader_seeds"]
+__all__ = [
+    "make_loaders",
+    "collate_batch",
+    "per_sample_collate",
+    "node_loaders",
+    "graph_loader",
+    "derive_neighbor_loader",
+    "loader_seeds",
+]
 
 #: The mode a batch takes when the split's ``obs_key`` is the dataset's ``class_key`` (STEP's rule).
 CLASS_MODE = "multi_batches_with_ct"
@@ -28,10 +35,12 @@ def per_sample_collate(collate_fn):
     """Adapt a user's ``collate_fn``, written for a list of per-sample items (as
     STEP's are), to stepgraph datasets, whose ``__getitems__`` returns a whole batch
     ``(x, label, ...)``: the batch is split into per-sample tuples first."""
+
     def collate(batch):
         if isinstance(batch, torch.Tensor):
             return collate_fn(list(batch))
         return collate_fn(list(zip(*batch)))
+
     return collate
 
 
@@ -46,13 +55,20 @@ def _collate_for(dataset, user_collate):
 def _loader(dataset, batch_size, shuffle, seed, **kwargs) -> DataLoader:
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     collate = _collate_for(dataset, kwargs.pop("collate_fn", None))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=collate, **kwargs)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate, **kwargs
+    )
 
 
-def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,
-                 obs_key: str | None = None, seed: int | None = None, **kwargs
-                 ) -> tuple[DataLoader, DataLoader | None]:
+def make_loaders(
+    dataset,
+    batch_size: int,
+    split_rate: float = 0.2,
+    shuffle: bool = True,
+    obs_key: str | None = None,
+    seed: int | None = None,
+    **kwargs,
+) -> tuple[DataLoader, DataLoader | None]:
     """Training and validation loaders of tensor batches.
 
     Parameters
@@ -112,39 +128,56 @@ def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: boo
             if str(getattr(part.mode, "name", part.mode)) != CLASS_MODE:
                 part.set_mode(CLASS_MODE)
     train_loader = _loader(train_ds, batch_size, shuffle, seed, **kwargs)
-    valid_loader = (_loader(valid_ds, batch_size, False, seed, **kwargs)
-                    if valid_ds is not None and len(valid_ds) else None)
+    valid_loader = (
+        _loader(valid_ds, batch_size, False, seed, **kwargs) if valid_ds is not None and len(valid_ds) else None
+    )
     return train_loader, valid_loader
 
 
 # ----------------------------------------------------------------- graph loaders
-def _neighbor_loader(data, num_neighbors, input_nodes, batch_size, shuffle, seed, backend,
-                     sampler=None, **kwargs):
+def _neighbor_loader(data, num_neighbors, input_nodes, batch_size, shuffle, seed, backend, sampler=None, **kwargs):
     from torch_geometric.loader import NeighborLoader
 
     from stepgraph.data.sampler import make_neighbor_sampler
 
     check_int(batch_size, "batch_size", minimum=1)
     if sampler is None:
-        sampler = make_neighbor_sampler(data, list(num_neighbors), backend=backend,
-                                        share_memory=kwargs.get("num_workers", 0) > 0)
+        sampler = make_neighbor_sampler(
+            data, list(num_neighbors), backend=backend, share_memory=kwargs.get("num_workers", 0) > 0
+        )
     generator = torch.Generator().manual_seed(resolve_seed(seed)) if shuffle else None
-    return NeighborLoader(data, num_neighbors=list(num_neighbors), input_nodes=input_nodes,
-                          batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          neighbor_sampler=sampler, **kwargs)
+    return NeighborLoader(
+        data,
+        num_neighbors=list(num_neighbors),
+        input_nodes=input_nodes,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        neighbor_sampler=sampler,
+        **kwargs,
+    )
 
 
 def _check_fanouts(num_neighbors) -> list[int]:
     fanouts = list(num_neighbors)
     if not fanouts or any((not isinstance(k, int)) or (k < 1 and k != -1) for k in fanouts):
-        raise ValueError(f"num_neighbors must be a non-empty list of positive ints or -1, "
-                         f"got num_neighbors={num_neighbors!r}")
+        raise ValueError(
+            f"num_neighbors must be a non-empty list of positive ints or -1, got num_neighbors={num_neighbors!r}"
+        )
     return fanouts
 
 
-def node_loaders(data, num_neighbors=(10, 5), batch_size: int = 1024, train_ind=None,
-                 valid_ind=None, shuffle: bool = True, seed: int | None = None, backend: str = "auto",
-                 **kwargs):
+def node_loaders(
+    data,
+    num_neighbors=(10, 5),
+    batch_size: int = 1024,
+    train_ind=None,
+    valid_ind=None,
+    shuffle: bool = True,
+    seed: int | None = None,
+    backend: str = "auto",
+    **kwargs,
+):
     """``NeighborLoader`` pair for node-sampled training (``Trainer.train_node_sampler``).
 
     Parameters
@@ -185,8 +218,15 @@ def node_loaders(data, num_neighbors=(10, 5), batch_size: int = 1024, train_ind=
     return train_loader, valid_loader
 
 
-def graph_loader(data, n_layers: int = 2, batch_size: int = 1024, shuffle: bool = False,
-                 seed: int | None = None, backend: str = "auto", **kwargs):
+def graph_loader(
+    data,
+    n_layers: int = 2,
+    batch_size: int = 1024,
+    shuffle: bool = False,
+    seed: int | None = None,
+    backend: str = "auto",
+    **kwargs,
+):
     """``NeighborLoader`` over all nodes with full ``n_layers``-hop neighbourhoods
     (``Trainer.train_graph_batch``).
 
@@ -225,10 +265,16 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
     if seed is None:
         seed = loader.generator.initial_seed() if getattr(loader, "generator", None) is not None else 0
     generator = torch.Generator().manual_seed(resolve_seed(seed)) if shuffle else None
-    return NeighborLoader(loader.data, num_neighbors=loader.node_sampler.num_neighbors.values,
-                          input_nodes=input_nodes, batch_size=loader.batch_size, shuffle=shuffle,
-                          generator=generator, neighbor_sampler=loader.node_sampler,
-                          num_workers=loader.num_workers)
+    return NeighborLoader(
+        loader.data,
+        num_neighbors=loader.node_sampler.num_neighbors.values,
+        input_nodes=input_nodes,
+        batch_size=loader.batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        neighbor_sampler=loader.node_sampler,
+        num_workers=loader.num_workers,
+    )
 
 
 def loader_seeds(loader) -> torch.Tensor:

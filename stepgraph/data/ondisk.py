@@ -64,8 +64,7 @@ class RowReader:
 
     def __init__(self, matrix, max_gap: int | None = None):
         if not is_on_disk(matrix):
-            raise TypeError(f"matrix must be an on-disk matrix (backed h5ad or zarr), "
-                            f"got {type(matrix).__name__}")
+            raise TypeError(f"matrix must be an on-disk matrix (backed h5ad or zarr), got {type(matrix).__name__}")
         self.shape = tuple(int(n) for n in matrix.shape)
         self.rows_read = 0
         fmt = getattr(matrix, "format", None)
@@ -73,7 +72,8 @@ class RowReader:
             raise ValueError(
                 "the on-disk expression matrix is CSC (column-compressed): reading a row "
                 "means reading every column. Rewrite it as CSR, e.g. "
-                "adata.X = adata.X.tocsr() on an in-memory copy before writing the file")
+                "adata.X = adata.X.tocsr() on an in-memory copy before writing the file"
+            )
         self.format = "csr" if fmt == "csr" else "dense"
         if self.format == "csr":
             group = matrix.group
@@ -105,8 +105,7 @@ class RowReader:
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
-            raise IndexError(f"rows must lie in [0, {self.shape[0]}), got range "
-                             f"[{rows.min()}, {rows.max()}]")
+            raise IndexError(f"rows must lie in [0, {self.shape[0]}), got range [{rows.min()}, {rows.max()}]")
         unique, inverse = np.unique(rows, return_inverse=True)
         self.rows_read += unique.size
         if self.format == "dense":
@@ -182,8 +181,7 @@ class _Extents:
             # rows are read scattered: no read-ahead and no fault-around, so a
             # batch maps only the pages it touches (and releasing them is cheap)
             self._map.madvise(mmap.MADV_RANDOM)
-        self._elements = np.frombuffer(self._map, dtype=self.dtype,
-                                       count=os.path.getsize(dset.file.filename) // item)
+        self._elements = np.frombuffer(self._map, dtype=self.dtype, count=os.path.getsize(dset.file.filename) // item)
         self._element_base, self._chunk_len = base, chunk_len
 
     def gather(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -218,5 +216,5 @@ class _Extents:
         if self.n_cols is None:
             return np.asarray(self.array[start:end])
         # a 2-D array is read by whole rows (the extents are whole rows)
-        rows = np.asarray(self.array[start // self.n_cols:-(-end // self.n_cols)])
+        rows = np.asarray(self.array[start // self.n_cols : -(-end // self.n_cols)])
         return rows.reshape(-1)

@@ -18,8 +18,7 @@ from torch.utils.data import Dataset
 
 from stepgraph._validation import check_key
 
-__all__ = ["StepDataset", "PROTOCOL_ATTRIBUTES", "check_dataset", "dataset_obs", "DatasetSubset",
-           "subset_mask"]
+__all__ = ["StepDataset", "PROTOCOL_ATTRIBUTES", "check_dataset", "dataset_obs", "DatasetSubset", "subset_mask"]
 
 
 @runtime_checkable
@@ -86,10 +85,13 @@ def check_dataset(dataset: Any, name: str = "dataset") -> Any:
             raise TypeError(
                 f"{name} must follow the dataset protocol (adata.obs, mode, set_mode(mode), "
                 f"subset(key, col, exclude), len() and [i]), got {name} of type {type(dataset).__name__}, "
-                f"which has no attribute {attr!r}")
+                f"which has no attribute {attr!r}"
+            )
     if not hasattr(dataset.adata, "obs"):
-        raise TypeError(f"{name}.adata must be an AnnData (with .obs), got {name}.adata of type "
-                        f"{type(dataset.adata).__name__}, which has no attribute 'obs'")
+        raise TypeError(
+            f"{name}.adata must be an AnnData (with .obs), got {name}.adata of type "
+            f"{type(dataset.adata).__name__}, which has no attribute 'obs'"
+        )
     return dataset
 
 
@@ -115,8 +117,10 @@ def subset_mask(obs, key: Any = True, col: str | None = None, exclude: bool = Tr
         Select the rows *not* matching instead.
     """
     if col is None:
-        raise ValueError("col must name a column of adata.obs to subset by, got col=None "
-                         "(and the dataset has no batch_key to default to)")
+        raise ValueError(
+            "col must name a column of adata.obs to subset by, got col=None "
+            "(and the dataset has no batch_key to default to)"
+        )
     check_key(col, obs.columns, "col", "a column of adata.obs")
     if isinstance(key, Iterable) and not isinstance(key, str):
         match = obs[col].isin(list(key)).to_numpy()

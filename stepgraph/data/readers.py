@@ -36,8 +36,7 @@ __all__ = ["read_anndata", "store_kind", "SPATIALDATA_COORDINATE_SYSTEM"]
 #: The coordinate system of the centroids taken from a SpatialData element.
 SPATIALDATA_COORDINATE_SYSTEM = "global"
 
-_SPATIAL_HINT = ('reading a SpatialData store needs the optional "spatialdata" package: '
-                 'pip install "stepgraph[spatial]"')
+_SPATIAL_HINT = 'reading a SpatialData store needs the optional "spatialdata" package: pip install "stepgraph[spatial]"'
 
 
 def _attrs(folder: Path) -> dict:
@@ -66,8 +65,7 @@ def store_kind(path: str | Path) -> str | None:
     return None
 
 
-def read_anndata(path: str | Path, backed: bool = False, *, table_key: str | None = None,
-                 spatial_key: str = "spatial"):
+def read_anndata(path: str | Path, backed: bool = False, *, table_key: str | None = None, spatial_key: str = "spatial"):
     """An AnnData from an ``.h5ad`` file, an AnnData ``.zarr`` store or a SpatialData ``.zarr`` store.
 
     Parameters
@@ -107,8 +105,10 @@ def read_anndata(path: str | Path, backed: bool = False, *, table_key: str | Non
         return _lazy_zarr(path) if backed else _read_zarr(path)
     if kind == "spatialdata":
         return _spatialdata_table(path, backed, table_key, spatial_key)
-    raise ValueError(f"input {str(path)!r} is a folder but not a zarr store of an AnnData "
-                     "(AnnData.write_zarr) or of a SpatialData object")
+    raise ValueError(
+        f"input {str(path)!r} is a folder but not a zarr store of an AnnData "
+        "(AnnData.write_zarr) or of a SpatialData object"
+    )
 
 
 def _read_zarr(path: Path):
@@ -141,10 +141,13 @@ def _lazy_zarr(path: Path):
         warnings.simplefilter("ignore", FutureWarning)
         return ad.AnnData(
             X=lazy(group["X"]) if "X" in group else None,
-            obs=read_elem(group["obs"]), var=read_elem(group["var"]),
-            obsm=mapping("obsm", read_elem), obsp=mapping("obsp", read_elem),
+            obs=read_elem(group["obs"]),
+            var=read_elem(group["var"]),
+            obsm=mapping("obsm", read_elem),
+            obsp=mapping("obsp", read_elem),
             uns=read_elem(group["uns"]) if "uns" in group else {},
-            layers=mapping("layers", lazy))
+            layers=mapping("layers", lazy),
+        )
 
 
 def _spatialdata_table(path: Path, backed: bool, table_key: str | None, spatial_key: str):
@@ -155,12 +158,15 @@ def _spatialdata_table(path: Path, backed: bool, table_key: str | None, spatial_
     tables = sorted(p.name for p in (path / "tables").iterdir() if p.is_dir()) if (path / "tables").is_dir() else []
     if table_key is None:
         if len(tables) != 1 and "table" not in tables:
-            raise ValueError(f"input {str(path)!r}: the SpatialData store holds the tables {tables}; name one "
-                             "with table_key (--table-key)")
+            raise ValueError(
+                f"input {str(path)!r}: the SpatialData store holds the tables {tables}; name one "
+                "with table_key (--table-key)"
+            )
         table_key = tables[0] if len(tables) == 1 else "table"
     if table_key not in tables:
-        raise ValueError(f"table_key={table_key!r} is not a table of the SpatialData store {str(path)!r}; "
-                         f"its tables are {tables}")
+        raise ValueError(
+            f"table_key={table_key!r} is not a table of the SpatialData store {str(path)!r}; its tables are {tables}"
+        )
     folder = path / "tables" / table_key
     adata = _lazy_zarr(folder) if backed else _read_zarr(folder)
     if spatial_key not in adata.obsm:
@@ -173,8 +179,10 @@ def _centroids(spatialdata, path: Path, adata, attrs: dict, table_key: str) -> n
     info = adata.uns.get("spatialdata_attrs") or attrs
     region, region_key, instance_key = (info.get(k) for k in ("region", "region_key", "instance_key"))
     if region is None or instance_key is None:
-        raise ValueError(f"table {table_key!r} of {str(path)!r} has no coordinates in obsm and annotates no "
-                         "region (spatialdata_attrs region / instance_key) to take centroids from")
+        raise ValueError(
+            f"table {table_key!r} of {str(path)!r} has no coordinates in obsm and annotates no "
+            "region (spatialdata_attrs region / instance_key) to take centroids from"
+        )
     regions = [region] if isinstance(region, str) else list(region)
     sdata = spatialdata.read_zarr(path, selection=("shapes", "points"))
     coords = np.full((adata.n_obs, 2), np.nan)
@@ -183,12 +191,17 @@ def _centroids(spatialdata, path: Path, adata, attrs: dict, table_key: str) -> n
             raise ValueError(f"table {table_key!r} of {str(path)!r} annotates {name!r}, which the store lacks")
         centroids = spatialdata.get_centroids(sdata[name], coordinate_system=SPATIALDATA_COORDINATE_SYSTEM)
         centroids = centroids.compute() if hasattr(centroids, "compute") else centroids
-        rows = (np.ones(adata.n_obs, dtype=bool) if len(regions) == 1 or region_key is None
-                else (adata.obs[region_key] == name).to_numpy())
+        rows = (
+            np.ones(adata.n_obs, dtype=bool)
+            if len(regions) == 1 or region_key is None
+            else (adata.obs[region_key] == name).to_numpy()
+        )
         ids = adata.obs[instance_key].to_numpy()[rows]
         missing = ~np.isin(ids, centroids.index.to_numpy())
         if missing.any():
-            raise ValueError(f"table {table_key!r} of {str(path)!r}: {int(missing.sum())} instance(s) of "
-                             f"{name!r} (e.g. {ids[missing][0]!r}) are not in the element")
+            raise ValueError(
+                f"table {table_key!r} of {str(path)!r}: {int(missing.sum())} instance(s) of "
+                f"{name!r} (e.g. {ids[missing][0]!r}) are not in the element"
+            )
         coords[rows] = centroids.loc[ids, ["x", "y"]].to_numpy()
     return coords

@@ -28,9 +28,18 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["MAX_INFLATION", "INFLATION_FLOOR", "UnsafeFileError", "H5adLayout", "check_h5ad",
-           "check_zarr", "check_inflation", "inflation_bound", "compressed_problem",
-           "negative_rows"]
+__all__ = [
+    "MAX_INFLATION",
+    "INFLATION_FLOOR",
+    "UnsafeFileError",
+    "H5adLayout",
+    "check_h5ad",
+    "check_zarr",
+    "check_inflation",
+    "inflation_bound",
+    "compressed_problem",
+    "negative_rows",
+]
 
 #: A file may declare at most this many times its own size in data (compression included).
 MAX_INFLATION = 100
@@ -63,9 +72,14 @@ def inflation_bound(file_bytes: int, max_inflation: float = MAX_INFLATION) -> in
     return int(max(max_inflation * file_bytes, INFLATION_FLOOR))
 
 
-def check_inflation(declared: int, file_bytes: int, what: str, largest: str = "",
-                    max_inflation: float = MAX_INFLATION,
-                    hint: str = "raise the bound with --max-inflation if you trust the file") -> None:
+def check_inflation(
+    declared: int,
+    file_bytes: int,
+    what: str,
+    largest: str = "",
+    max_inflation: float = MAX_INFLATION,
+    hint: str = "raise the bound with --max-inflation if you trust the file",
+) -> None:
     """Raise :class:`UnsafeFileError` when ``declared`` bytes exceed
     :func:`inflation_bound` of a file of ``file_bytes``.
 
@@ -89,7 +103,8 @@ def check_inflation(declared: int, file_bytes: int, what: str, largest: str = ""
         raise UnsafeFileError(
             f"{what} declares {_size(declared)} of data in {_size(file_bytes)} on disk{largest}, more than "
             f"{max_inflation:g} times its size: a compression bomb or a corrupt file; refused before "
-            f"reading it ({hint})")
+            f"reading it ({hint})"
+        )
 
 
 def check_h5ad(path: str | os.PathLike, max_inflation: float = MAX_INFLATION) -> H5adLayout:
@@ -147,8 +162,10 @@ def _refuse_links(f, h5py) -> None:
     f.visititems_links(visit)
     if found:
         name, link = found[0]
-        raise UnsafeFileError(f"'/{name}' is an external link to {link.filename!r} (object {link.path!r}): "
-                              "an h5ad file must not point to other files")
+        raise UnsafeFileError(
+            f"'/{name}' is an external link to {link.filename!r} (object {link.path!r}): "
+            "an h5ad file must not point to other files"
+        )
 
 
 def _walk_datasets(f, h5py) -> tuple[int, str]:
@@ -164,15 +181,19 @@ def _walk_datasets(f, h5py) -> tuple[int, str]:
         if plist.get_external_count() > 0:
             target = plist.get_external(0)[0]
             target = target.decode(errors="replace") if isinstance(target, bytes) else str(target)
-            problems.append(f"dataset '/{name}' keeps its values in another file ({target!r}, external "
-                            "storage): an h5ad file must hold its own data")
+            problems.append(
+                f"dataset '/{name}' keeps its values in another file ({target!r}, external "
+                "storage): an h5ad file must hold its own data"
+            )
             return True
         if plist.get_layout() == h5py.h5d.VIRTUAL:
             for i in range(plist.get_virtual_count()):
                 source = plist.get_virtual_filename(i)
                 if source != ".":
-                    problems.append(f"dataset '/{name}' is a virtual dataset reading from another file "
-                                    f"({source!r}): an h5ad file must hold its own data")
+                    problems.append(
+                        f"dataset '/{name}' is a virtual dataset reading from another file "
+                        f"({source!r}): an h5ad file must hold its own data"
+                    )
                     return True
         size = int(obj.size or 0) * int(obj.dtype.itemsize)
         total += size
@@ -258,11 +279,15 @@ def _check_sparse_groups(f, n_obs, n_vars, h5py) -> None:
                 problem = f"its shape is ({rows}, {cols}), but the file's cells and genes make it {shown}"
             else:
                 n_major, n_minor = (rows, cols) if fmt == "csr" else (cols, rows)
-                problem = compressed_problem(parts["indptr"], parts["indices"], parts["data"].shape[0]
-                                             if parts["data"].shape else 0, n_major, n_minor)
+                problem = compressed_problem(
+                    parts["indptr"],
+                    parts["indices"],
+                    parts["data"].shape[0] if parts["data"].shape else 0,
+                    n_major,
+                    n_minor,
+                )
         if problem is not None:
-            raise UnsafeFileError(f"{source} is a malformed {fmt.upper()} matrix ({problem}); "
-                                  "the file may be corrupt")
+            raise UnsafeFileError(f"{source} is a malformed {fmt.upper()} matrix ({problem}); the file may be corrupt")
 
 
 def compressed_problem(indptr, indices, n_data: int, n_major: int, n_minor: int) -> str | None:
@@ -294,15 +319,21 @@ def compressed_problem(indptr, indices, n_data: int, n_major: int, n_minor: int)
     n_indices = int(indices.shape[0]) if len(indices.shape) == 1 else -1
     if n_indices < 0 or not np.issubdtype(np.asarray(indices[:0]).dtype, np.integer):
         return "its indices must be a one-dimensional array of integers"
-    if pointers.ndim != 1 or not np.issubdtype(pointers.dtype, np.integer) or len(pointers) != n_major + 1 \
-            or pointers[0] != 0:
-        return (f"its indptr has {len(pointers) if pointers.ndim == 1 else pointers.shape} entries starting at "
-                f"{pointers.ravel()[:1].tolist()}, expected {n_major + 1} starting at 0")
+    if (
+        pointers.ndim != 1
+        or not np.issubdtype(pointers.dtype, np.integer)
+        or len(pointers) != n_major + 1
+        or pointers[0] != 0
+    ):
+        return (
+            f"its indptr has {len(pointers) if pointers.ndim == 1 else pointers.shape} entries starting at "
+            f"{pointers.ravel()[:1].tolist()}, expected {n_major + 1} starting at 0"
+        )
     if pointers[-1] > min(n_indices, n_data) or (np.diff(pointers) < 0).any():
         return "its indptr is not a non-decreasing sequence within the stored values"
     low, high = None, None
     for start in range(0, int(pointers[-1]), _BLOCK):
-        block = np.asarray(indices[start:min(start + _BLOCK, int(pointers[-1]))])
+        block = np.asarray(indices[start : min(start + _BLOCK, int(pointers[-1]))])
         low = block.min() if low is None else min(low, block.min())
         high = block.max() if high is None else max(high, block.max())
     if low is not None and high is not None and (low < 0 or high >= n_minor):
@@ -328,7 +359,7 @@ def negative_rows(matrix) -> tuple[int, int] | None:
         first, rows = None, 0
         step = max(1, _BLOCK // max(1, int(np.prod(matrix.shape[1:]))))
         for start in range(0, matrix.shape[0], step):
-            block = np.asarray(matrix[start:start + step])
+            block = np.asarray(matrix[start : start + step])
             bad = (block.reshape(len(block), -1) < 0).any(axis=1) if block.dtype.kind in "iuf" else None
             if bad is not None and bad.any():
                 first = start + int(np.argmax(bad)) if first is None else first
@@ -337,14 +368,14 @@ def negative_rows(matrix) -> tuple[int, int] | None:
     pointers = np.asarray(indptr[...])
     found: list[np.ndarray] = []
     for start in range(0, int(pointers[-1]) if len(pointers) else 0, _BLOCK):
-        block = np.asarray(data[start:min(start + _BLOCK, int(pointers[-1]))])
+        block = np.asarray(data[start : min(start + _BLOCK, int(pointers[-1]))])
         at = np.flatnonzero(block < 0) if block.dtype.kind in "if" else np.empty(0, np.int64)
         if at.size == 0:
             continue
         if fmt == "csr":
             found.append(np.searchsorted(pointers, start + at, side="right") - 1)
         else:
-            found.append(np.asarray(indices[start:start + _BLOCK])[at])
+            found.append(np.asarray(indices[start : start + _BLOCK])[at])
     if not found:
         return None
     hit = np.unique(np.concatenate(found))
@@ -379,9 +410,11 @@ def check_zarr(path: str | os.PathLike, max_inflation: float = MAX_INFLATION) ->
             if entry.is_symlink():
                 target = entry.resolve()
                 if target != root and root not in target.parents:
-                    raise UnsafeFileError(f"'{entry.relative_to(root)}' in the store is a link to "
-                                          f"{str(target)!r}, outside the store: a zarr store must hold "
-                                          "its own data")
+                    raise UnsafeFileError(
+                        f"'{entry.relative_to(root)}' in the store is a link to "
+                        f"{str(target)!r}, outside the store: a zarr store must hold "
+                        "its own data"
+                    )
         for name in files:
             entry = Path(folder) / name
             stored += entry.lstat().st_size
@@ -399,6 +432,11 @@ def check_zarr(path: str | os.PathLike, max_inflation: float = MAX_INFLATION) ->
             declared += size
             if size > largest[1]:
                 largest = (str(Path(folder).relative_to(root)), size)
-    check_inflation(declared, stored, "the store", f" (array '{largest[0]}' alone: {_size(largest[1])})"
-                    if largest[0] else "", max_inflation)
+    check_inflation(
+        declared,
+        stored,
+        "the store",
+        f" (array '{largest[0]}' alone: {_size(largest[1])})" if largest[0] else "",
+        max_inflation,
+    )
     return declared

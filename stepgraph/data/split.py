@@ -12,8 +12,13 @@ from stepgraph._validation import category_codes, check_int, check_key
 from stepgraph.data.dataset import BaseDataset, MaskedDataset
 from stepgraph.data.protocol import DatasetSubset, check_dataset, dataset_obs
 
-__all__ = ["check_split_rate", "random_split_indices", "category_split_indices",
-           "category_random_split", "resolve_seed"]
+__all__ = [
+    "check_split_rate",
+    "random_split_indices",
+    "category_split_indices",
+    "category_random_split",
+    "resolve_seed",
+]
 
 
 def resolve_seed(seed: int | None, name: str = "seed") -> int:
@@ -27,8 +32,11 @@ def resolve_seed(seed: int | None, name: str = "seed") -> int:
     if seed is not None:
         return cast(int, check_int(seed, name, minimum=0))  # None only with allow_none=True
     drawn = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
         box = [drawn]
         torch.distributed.broadcast_object_list(box, src=0)
         drawn = int(box[0])
@@ -105,8 +113,12 @@ def category_split_indices(categories, split_rate: float = 0.2, seed: int = 0) -
         raise ValueError("cannot split an empty dataset")
     missing = codes < 0
     if missing.any():
-        warnings.warn(f"{int(missing.sum())} of {n} samples have no category; they are split at random "
-                      f"({split_rate:.0%} to validation) as a group of their own", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{int(missing.sum())} of {n} samples have no category; they are split at random "
+            f"({split_rate:.0%} to validation) as a group of their own",
+            UserWarning,
+            stacklevel=3,
+        )
         codes = np.where(missing, len(categories), codes)  # the missing ones: one more group
     perm = np.random.default_rng(seed).permutation(n)
     order = perm[np.argsort(codes[perm], kind="stable")]  # grouped by category, random within
@@ -117,8 +129,7 @@ def category_split_indices(categories, split_rate: float = 0.2, seed: int = 0) -
     return np.sort(order[~is_valid]), np.sort(order[is_valid])
 
 
-def category_random_split(dataset, split_rate: float = 0.2, obs_key: str | None = None,
-                          seed: int | None = None):
+def category_random_split(dataset, split_rate: float = 0.2, obs_key: str | None = None, seed: int | None = None):
     """Split a dataset into training and validation datasets, per category.
 
     Parameters
@@ -165,8 +176,9 @@ def category_random_split(dataset, split_rate: float = 0.2, obs_key: str | None 
         obs = dataset_obs(dataset)
         check_key(obs_key, obs.columns, "obs_key", "a column of adata.obs")
         if len(obs) != len(dataset):
-            raise ValueError(f"dataset.adata.obs must have one row per item, got {len(obs)} rows for "
-                             f"len(dataset)={len(dataset)}")
+            raise ValueError(
+                f"dataset.adata.obs must have one row per item, got {len(obs)} rows for len(dataset)={len(dataset)}"
+            )
         train_ind, valid_ind = category_split_indices(obs[obs_key].to_numpy(), split_rate, seed)
     view = MaskedDataset if isinstance(dataset, BaseDataset) else DatasetSubset
     return view(dataset, train_ind), view(dataset, valid_ind)

@@ -147,10 +147,7 @@ def _read_graph(adata: AnnData, key: str):
     conn, dist = adata.obsp[conn_key], adata.obsp[dist_key]
     for name, mat in ((conn_key, conn), (dist_key, dist)):
         if mat.shape != (adata.n_obs, adata.n_obs):
-            raise ValueError(
-                f"adata.obsp[{name!r}] has shape {mat.shape}, expected "
-                f"({adata.n_obs}, {adata.n_obs})."
-            )
+            raise ValueError(f"adata.obsp[{name!r}] has shape {mat.shape}, expected ({adata.n_obs}, {adata.n_obs}).")
     return conn, dist, dict(info.get("params", {}))
 
 

@@ -14,8 +14,13 @@ from scipy.spatial import cKDTree
 
 from stepgraph._validation import check_int
 
-__all__ = ["adjacency_pattern", "neighborhood_mean_operator", "smooth_over_graph", "median_neighbor_distance",
-           "gaussian_knn_kernel"]
+__all__ = [
+    "adjacency_pattern",
+    "neighborhood_mean_operator",
+    "smooth_over_graph",
+    "median_neighbor_distance",
+    "gaussian_knn_kernel",
+]
 
 
 def adjacency_pattern(connectivities, self_loops: bool = False, rows: np.ndarray | None = None) -> sp.csr_matrix:
@@ -156,8 +161,9 @@ def median_neighbor_distance(coordinates: np.ndarray, sections: np.ndarray | Non
     return float(np.median(d))
 
 
-def gaussian_knn_kernel(coordinates: np.ndarray, sections: np.ndarray | None = None, k: int = 15,
-                        harmonic: int = 0) -> sp.csr_matrix:
+def gaussian_knn_kernel(
+    coordinates: np.ndarray, sections: np.ndarray | None = None, k: int = 15, harmonic: int = 0
+) -> sp.csr_matrix:
     """Each cell's ``k`` nearest neighbours in its own section, weighted by a Gaussian of their distance.
 
     The weight of neighbour ``j`` of cell ``i`` is ``exp(-(d_ij / r_i)^2)``,
@@ -217,5 +223,6 @@ def gaussian_knn_kernel(coordinates: np.ndarray, sections: np.ndarray | None = N
     dtype = np.complex128 if harmonic else np.float64
     if not rows:
         return sp.csr_matrix((n, n), dtype=dtype)
-    return sp.csr_matrix((np.concatenate(weights).astype(dtype), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(n, n))
+    return sp.csr_matrix(
+        (np.concatenate(weights).astype(dtype), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )

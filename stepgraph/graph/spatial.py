@@ -245,8 +245,7 @@ def spatial_graph(
     True
     """
     check_instance(adata, "adata", AnnData, "an anndata.AnnData")
-    settings = _check_arguments(method, n_neighbors, radius, n_rings, percentile, set_diag, symmetric, copy,
-                                key_added)
+    settings = _check_arguments(method, n_neighbors, radius, n_rings, percentile, set_diag, symmetric, copy, key_added)
     coords = get_coordinates(adata, spatial_key)
     graph = _build(coords, iter_sections(adata, batch_key), settings, batch_key, progress)
     if copy:
@@ -275,8 +274,7 @@ def spatial_graph(
     return None
 
 
-def _build(coords: np.ndarray, sections, settings: _Settings, batch_key: str | None,
-           progress: bool) -> SpatialGraph:
+def _build(coords: np.ndarray, sections, settings: _Settings, batch_key: str | None, progress: bool) -> SpatialGraph:
     """Run the method's builder on every section and assemble the two matrices."""
     n = coords.shape[0]
     build = _BUILDERS[settings.method]
@@ -310,8 +308,9 @@ def _build(coords: np.ndarray, sections, settings: _Settings, batch_key: str | N
 # --------------------------------------------------------------------------- #
 
 
-def _check_arguments(method, n_neighbors, radius, n_rings, percentile, set_diag, symmetric, copy,
-                     key_added) -> _Settings:
+def _check_arguments(
+    method, n_neighbors, radius, n_rings, percentile, set_diag, symmetric, copy, key_added
+) -> _Settings:
     method = check_choice(method.lower() if isinstance(method, str) else method, "method", METHODS)
     n_neighbors = check_int(n_neighbors, "n_neighbors", minimum=1)
     n_rings = check_int(n_rings, "n_rings", minimum=1)
@@ -394,8 +393,7 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
     arr = np.asarray(raw)
     if arr.dtype.kind not in "iuf":
         raise TypeError(
-            f"adata.obsm[{spatial_key!r}] (spatial_key) must hold numbers (int or float), "
-            f"got dtype {arr.dtype}."
+            f"adata.obsm[{spatial_key!r}] (spatial_key) must hold numbers (int or float), got dtype {arr.dtype}."
         )
     if arr.ndim != 2 or arr.shape[1] not in (2, 3):
         raise ValueError(
@@ -403,8 +401,7 @@ def get_coordinates(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
             f"x, y and optionally z per cell; got shape {arr.shape}."
         )
     coords = arr.astype(np.float64, copy=False)
-    check_finite(coords, f"adata.obsm[{spatial_key!r}] (spatial_key)", obs_names=adata.obs_names,
-                 what="coordinates")
+    check_finite(coords, f"adata.obsm[{spatial_key!r}] (spatial_key)", obs_names=adata.obs_names, what="coordinates")
     limit = float(np.finfo(np.float32).max)
     too_large = np.abs(coords).max(axis=1) > limit
     if too_large.any():
@@ -450,8 +447,9 @@ def section_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, li
     if batch_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), [None]
     check_key(batch_key, adata.obs.columns, "batch_key", "a column of adata.obs")
-    codes, categories = category_codes(adata.obs[batch_key], f"adata.obs[{batch_key!r}] (batch_key)",
-                                       obs_names=adata.obs_names)
+    codes, categories = category_codes(
+        adata.obs[batch_key], f"adata.obs[{batch_key!r}] (batch_key)", obs_names=adata.obs_names
+    )
     return codes, list(categories)
 
 
@@ -518,8 +516,11 @@ def _check_radius_edges(x: np.ndarray, tree: cKDTree, radius: float, section: st
         return
     _, counts = np.unique(x, axis=0, return_counts=True)
     shared = int(counts[counts > 1].sum())
-    why = (f"{shared} cells share their coordinates with another (at most {int(counts.max())} at one point)"
-           if shared else "no two cells share coordinates, so the radius is far beyond their spacing")
+    why = (
+        f"{shared} cells share their coordinates with another (at most {int(counts.max())} at one point)"
+        if shared
+        else "no two cells share coordinates, so the radius is far beyond their spacing"
+    )
     raise ValueError(
         f"radius={radius:g} would give {section} {edges:.3g} edges ({edges / n:.0f} per cell on average, "
         f"more than the bound of {MAX_RADIUS_DEGREE}; a radius graph that large grows with the square of the "
@@ -533,10 +534,7 @@ def _delaunay_graph(x: np.ndarray, settings: _Settings, section: str):
 
     n, dim = x.shape  # 2 or 3 (get_coordinates)
     if n < dim + 1:
-        raise ValueError(
-            f"method='delaunay' needs at least {dim + 1} cells in {dim}-D, but {section} "
-            f"has only {n}."
-        )
+        raise ValueError(f"method='delaunay' needs at least {dim + 1} cells in {dim}-D, but {section} has only {n}.")
     try:
         tri = Delaunay(x)  # Qhull's default options, as squidpy
     except QhullError as err:
@@ -726,9 +724,7 @@ def _to_csr(rows, cols, d, n) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
         dist = sp.csr_matrix((d, cols.astype(idx_dtype), indptr), shape=(n, n))
     else:
-        dist = sp.coo_matrix(
-            (d, (rows.astype(idx_dtype), cols.astype(idx_dtype))), shape=(n, n)
-        ).tocsr()
+        dist = sp.coo_matrix((d, (rows.astype(idx_dtype), cols.astype(idx_dtype))), shape=(n, n)).tocsr()
     dist.sort_indices()
     conn = sp.csr_matrix(
         (np.ones(dist.nnz, dtype=np.float32), dist.indices.copy(), dist.indptr.copy()),
@@ -740,9 +736,7 @@ def _to_csr(rows, cols, d, n) -> tuple[sp.csr_matrix, sp.csr_matrix]:
 
 def _aligned_values(pattern: sp.csr_matrix, values: sp.csr_matrix) -> np.ndarray:
     """``values[i, j]`` for every stored ``(i, j)`` of ``pattern``, 0 where absent."""
-    if np.array_equal(pattern.indptr, values.indptr) and np.array_equal(
-        pattern.indices, values.indices
-    ):
+    if np.array_equal(pattern.indptr, values.indptr) and np.array_equal(pattern.indices, values.indices):
         return np.asarray(values.data, dtype=np.float64)
     n = pattern.shape[1]
     want = np.repeat(np.arange(pattern.shape[0], dtype=np.int64), np.diff(pattern.indptr))

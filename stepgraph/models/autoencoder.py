@@ -125,9 +125,15 @@ class GraphAutoencoder(nn.Module):
         super().__init__()
         check_choice(conv, "conv", sorted(_CONVS))
         in_dim, hidden_dim, latent_dim, n_layers, batch_emb_dim = (
-            check_int(value, name, minimum=1) for name, value in (
-                ("in_dim", in_dim), ("hidden_dim", hidden_dim), ("latent_dim", latent_dim),
-                ("n_layers", n_layers), ("batch_emb_dim", batch_emb_dim)))
+            check_int(value, name, minimum=1)
+            for name, value in (
+                ("in_dim", in_dim),
+                ("hidden_dim", hidden_dim),
+                ("latent_dim", latent_dim),
+                ("n_layers", n_layers),
+                ("batch_emb_dim", batch_emb_dim),
+            )
+        )
         n_batches = check_int(n_batches, "n_batches", minimum=0)
         check_choice(activation, "activation", sorted(_ACTIVATIONS))
         dropout = check_number(dropout, "dropout", minimum=0, below=1)
@@ -140,8 +146,7 @@ class GraphAutoencoder(nn.Module):
         # GCN's normalisation is computed once per forward pass (in _hidden), not per layer
         options = {"normalize": False} if conv == "gcn" else {}
         dims = [in_dim] + [hidden_dim] * n_layers
-        self.convs = nn.ModuleList(conv_cls(a, b, **options)
-                                   for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.convs = nn.ModuleList(conv_cls(a, b, **options) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.mu = nn.Linear(hidden_dim, latent_dim)
         self.logvar = nn.Linear(hidden_dim, latent_dim) if variational else None
 
@@ -167,22 +172,25 @@ class GraphAutoencoder(nn.Module):
         if self.logvar is not None:
             yield from self.logvar.parameters()
 
-    def _hidden(self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None,
-                hops: tuple[list[int], list[int]] | None = None) -> Tensor:
+    def _hidden(
+        self,
+        x: Tensor,
+        edge_index: Tensor | None,
+        edge_weight: Tensor | None,
+        hops: tuple[list[int], list[int]] | None = None,
+    ) -> Tensor:
         if edge_index is None:
             # No graph: every node only sees itself (GCN's and GAT's self-loops, SAGE's
             # root term), i.e. an MLP.
             edge_index = torch.empty(2, 0, dtype=torch.long, device=x.device)
             edge_weight, hops = None, None
-        if hops is not None and (len(hops[1]) < len(self.convs)
-                                 or bool((edge_index[0] == edge_index[1]).any())):
+        if hops is not None and (len(hops[1]) < len(self.convs) or bool((edge_index[0] == edge_index[1]).any())):
             hops = None  # trimming would not be exact: compute everything
         if hops is not None:
             return self._hidden_trimmed(x, edge_index, edge_weight, *hops)
         if self.conv_type == "gcn":
             # GCN's normalisation with self-loops, once for all layers
-            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, x.size(0),
-                                               add_self_loops=True, dtype=x.dtype)
+            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, x.size(0), add_self_loops=True, dtype=x.dtype)
         for conv in self.convs:
             if self.conv_type == "gcn":
                 x = conv(x, edge_index, edge_weight)
@@ -191,8 +199,9 @@ class GraphAutoencoder(nn.Module):
             x = F.dropout(self._act(x), p=self.dropout, training=self.training)
         return x
 
-    def _hidden_trimmed(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None,
-                        nodes: list[int], edges: list[int]) -> Tensor:
+    def _hidden_trimmed(
+        self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None, nodes: list[int], edges: list[int]
+    ) -> Tensor:
         r"""The hidden state of the seed nodes, each layer computing only what
         the next one reads. Nodes and edges of a NeighborLoader batch are
         ordered by hop, so layer :math:`l` of :math:`L` reads the first
@@ -204,16 +213,19 @@ class GraphAutoencoder(nn.Module):
         if self.conv_type == "gcn":
             # gcn_norm over the whole sampled subgraph (self-loops of weight 1),
             # exactly as without trimming
-            weight = (torch.ones(src.numel(), dtype=x.dtype, device=x.device)
-                      if edge_weight is None else edge_weight.to(x.dtype))
+            weight = (
+                torch.ones(src.numel(), dtype=x.dtype, device=x.device)
+                if edge_weight is None
+                else edge_weight.to(x.dtype)
+            )
             deg = torch.ones(x.size(0), dtype=x.dtype, device=x.device).index_add_(0, dst, weight)
             inv_sqrt = deg.rsqrt()
             norm = inv_sqrt.index_select(0, src) * weight * inv_sqrt.index_select(0, dst)
             loop = inv_sqrt * inv_sqrt
         for layer, conv in enumerate(self.convs):
-            n_out = sum(nodes[:n_layers - layer])
-            x = x[:sum(nodes[:n_layers - layer + 1])]
-            m = sum(edges[:n_layers - layer])
+            n_out = sum(nodes[: n_layers - layer])
+            x = x[: sum(nodes[: n_layers - layer + 1])]
+            m = sum(edges[: n_layers - layer])
             if self.conv_type == "gcn":
                 # aggregate, then transform only the n_out rows: Â (X W) = (Â X) W
                 messages = x.index_select(0, src[:m]) * norm[:m].unsqueeze(1)
@@ -243,8 +255,13 @@ class GraphAutoencoder(nn.Module):
             if self.conv_type != "gcn":
                 return edge_index, edge_weight
             dtype = self.mu.weight.dtype
-            return gcn_norm(edge_index, None if edge_weight is None else edge_weight.to(dtype), num_nodes,
-                            add_self_loops=True, dtype=dtype)
+            return gcn_norm(
+                edge_index,
+                None if edge_weight is None else edge_weight.to(dtype),
+                num_nodes,
+                add_self_loops=True,
+                dtype=dtype,
+            )
 
         def head(h, batch_label):
             z = self.mu(h)
@@ -254,12 +271,15 @@ class GraphAutoencoder(nn.Module):
 
     def _layerwise_layer(self, conv) -> LayerwiseLayer:
         """One convolution as a node-wise transform and an aggregation over edges."""
+
         def finish(out, t, start, stop):
             return F.dropout(self._act(out), p=self.dropout, training=self.training)
 
         if self.conv_type == "gcn":  # Â (X W) + b, Â normalised with self-loops in graph()
+
             def aggregate(t, src, dst, weight, start, stop):
                 return finish(weighted_sum(src, dst, weight, stop - start, t) + conv.bias, t, start, stop)
+
             return LayerwiseLayer(conv.lin, aggregate)
 
         if self.conv_type == "sage":  # W_l mean_j x_j + b + W_r x_i, the maps applied first
@@ -273,6 +293,7 @@ class GraphAutoencoder(nn.Module):
                 mean = 1.0 / torch.bincount(dst, minlength=n_out).clamp_(min=1).index_select(0, dst)
                 total = weighted_sum(src, dst, mean, n_out, t[:, :width])
                 return finish(total + conv.lin_l.bias + t[start:stop, width:], t, start, stop)
+
             return LayerwiseLayer(transform, aggregate)
 
         heads, channels = conv.heads, conv.out_channels  # GAT: x W, then attention over the edges
@@ -287,9 +308,11 @@ class GraphAutoencoder(nn.Module):
             keep = src != dst + start  # self-loops: one per node instead, as GATConv has them
             src, dst = src.masked_select(keep), dst.masked_select(keep)
             own = t[start:stop]
-            logits = F.leaky_relu(t[:, width:width + heads].index_select(0, src)
-                                  + own[:, width + heads:].index_select(0, dst), conv.negative_slope)
-            loop = F.leaky_relu(own[:, width:width + heads] + own[:, width + heads:], conv.negative_slope)
+            logits = F.leaky_relu(
+                t[:, width : width + heads].index_select(0, src) + own[:, width + heads :].index_select(0, dst),
+                conv.negative_slope,
+            )
+            loop = F.leaky_relu(own[:, width : width + heads] + own[:, width + heads :], conv.negative_slope)
             # the softmax over each node's edges and its self-loop, then one sparse product per head
             top = loop.clone().scatter_reduce_(0, dst.unsqueeze(1).expand(-1, heads), logits, "amax")
             weights, loop = (logits - top.index_select(0, dst)).exp_(), (loop - top).exp_()
@@ -300,11 +323,16 @@ class GraphAutoencoder(nn.Module):
             out = out + loop.unsqueeze(-1) * own[:, :width].view(-1, heads, channels)
             out = out.reshape(n_out, width) if conv.concat else out.mean(dim=1)
             return finish(out if conv.bias is None else out + conv.bias, t, start, stop)
+
         return LayerwiseLayer(transform, aggregate)
 
     def _posterior(
-        self, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None,
-        rows: Tensor | None = None, hops: tuple[list[int], list[int]] | None = None,
+        self,
+        x: Tensor,
+        edge_index: Tensor | None,
+        edge_weight: Tensor | None,
+        rows: Tensor | None = None,
+        hops: tuple[list[int], list[int]] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         h = self._hidden(x, edge_index, edge_weight, hops)
         if rows is not None:
@@ -363,9 +391,7 @@ class GraphAutoencoder(nn.Module):
         """
         if self.batch_embedding is not None:
             if batch_label is None:
-                raise ValueError(
-                    f"'batch_label' is required: the model corrects for {self.n_batches} sections"
-                )
+                raise ValueError(f"'batch_label' is required: the model corrects for {self.n_batches} sections")
             z = torch.cat([z, self.batch_embedding(batch_label.long())], dim=-1)
         return self.decoder(z)
 
@@ -465,9 +491,15 @@ def _aggregates_inputs_first(conv: GATConv) -> bool:
     with less work: a plain GAT layer (shared linear map without bias, self-loops,
     no attention dropout, edge features or residual) that widens its input.
     """
-    return (getattr(conv, "lin", None) is not None and conv.lin.bias is None and conv.add_self_loops
-            and conv.dropout == 0 and conv.edge_dim is None and not getattr(conv, "residual", False)
-            and conv.in_channels < conv.heads * conv.out_channels)
+    return (
+        getattr(conv, "lin", None) is not None
+        and conv.lin.bias is None
+        and conv.add_self_loops
+        and conv.dropout == 0
+        and conv.edge_dim is None
+        and not getattr(conv, "residual", False)
+        and conv.in_channels < conv.heads * conv.out_channels
+    )
 
 
 def _gat_aggregating_inputs(conv: GATConv, x: Tensor, n_out: int, src: Tensor, dst: Tensor) -> Tensor:
@@ -485,8 +517,9 @@ def _gat_aggregating_inputs(conv: GATConv, x: Tensor, n_out: int, src: Tensor, d
     att_dst = torch.einsum("hc,hci->ih", conv.att_dst[0], weight)
     loops = torch.arange(n_out, device=x.device)
     src, dst = torch.cat([src, loops]), torch.cat([dst, loops])
-    logits = F.leaky_relu((x @ att_src).index_select(0, src) + (x[:n_out] @ att_dst).index_select(0, dst),
-                          conv.negative_slope)
+    logits = F.leaky_relu(
+        (x @ att_src).index_select(0, src) + (x[:n_out] @ att_dst).index_select(0, dst), conv.negative_slope
+    )
     alpha = softmax(logits, dst, num_nodes=n_out)  # (edges, heads): over each target's edges and self-loop
     messages = alpha.unsqueeze(-1) * x.index_select(0, src).unsqueeze(1)  # (edges, heads, in)
     total = messages.new_zeros(n_out, heads, x.size(1)).index_add_(0, dst, messages)
@@ -501,8 +534,9 @@ def _hops(nodes: list[int] | None, edges: list[int] | None) -> tuple[list[int], 
         return None
     nodes, edges = [int(n) for n in nodes], [int(e) for e in edges]
     if len(nodes) != len(edges) + 1:
-        raise ValueError(f"num_sampled_nodes_per_hop needs one entry more than "
-                         f"num_sampled_edges_per_hop (seeds, then one per hop); got "
-                         f"{len(nodes)} and {len(edges)}")
+        raise ValueError(
+            f"num_sampled_nodes_per_hop needs one entry more than "
+            f"num_sampled_edges_per_hop (seeds, then one per hop); got "
+            f"{len(nodes)} and {len(edges)}"
+        )
     return nodes, edges
-

@@ -33,8 +33,14 @@ def _pca_kmeans(matrix, n_domains: int, n_components: int, seed: int, return_emb
     return (labels, embedding) if return_embedding else labels
 
 
-def pca_kmeans_domains(adata, n_domains: int, seed: int = 0, n_components: int = 30,
-                       layer_key: str | None = None, return_embedding: bool = False):
+def pca_kmeans_domains(
+    adata,
+    n_domains: int,
+    seed: int = 0,
+    n_components: int = 30,
+    layer_key: str | None = None,
+    return_embedding: bool = False,
+):
     """Non-spatial baseline: log-CP10k, exact PCA to ``n_components``, k-means.
 
     Parameters
@@ -62,9 +68,18 @@ def pca_kmeans_domains(adata, n_domains: int, seed: int = 0, n_components: int =
     return _pca_kmeans(log_normalise(counts), n_domains, n_components, seed, return_embedding)
 
 
-def neighbor_mean_domains(adata, n_domains: int, seed: int = 0, n_neighbors: int = 6, n_hops: int = 2,
-                          n_components: int = 30, spatial_key: str = "spatial", batch_key: str | None = None,
-                          layer_key: str | None = None, return_embedding: bool = False):
+def neighbor_mean_domains(
+    adata,
+    n_domains: int,
+    seed: int = 0,
+    n_neighbors: int = 6,
+    n_hops: int = 2,
+    n_components: int = 30,
+    spatial_key: str = "spatial",
+    batch_key: str | None = None,
+    layer_key: str | None = None,
+    return_embedding: bool = False,
+):
     """Neighbour-mean baseline: log-CP10k averaged over each cell and its
     ``n_neighbors`` nearest neighbours (same section), ``n_hops`` times, then
     exact PCA to ``n_components`` and k-means.
@@ -91,14 +106,14 @@ def neighbor_mean_domains(adata, n_domains: int, seed: int = 0, n_neighbors: int
         (``copy=True``): ``adata`` is not modified.
     """
     counts = adata.X if layer_key is None else adata.layers[layer_key]
-    conn, _ = spatial_graph(adata, method="knn", n_neighbors=n_neighbors, spatial_key=spatial_key,
-                            batch_key=batch_key, copy=True)
+    conn, _ = spatial_graph(
+        adata, method="knn", n_neighbors=n_neighbors, spatial_key=spatial_key, batch_key=batch_key, copy=True
+    )
     smoothed = smooth_over_graph(log_normalise(counts), conn, n_hops)
     return _pca_kmeans(smoothed, n_domains, n_components, seed, return_embedding)
 
 
-def untrained_pipeline_domains(adata, n_domains: int, seed: int = 0, config=None,
-                               return_embedding: bool = False):
+def untrained_pipeline_domains(adata, n_domains: int, seed: int = 0, config=None, return_embedding: bool = False):
     """The pipeline without its model: its spatial graph and input features
     (:class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`, averaged
     over each neighbourhood ``config.feature_smooth`` times), averaged
@@ -140,9 +155,14 @@ def untrained_pipeline_domains(adata, n_domains: int, seed: int = 0, config=None
     config = config.resolved(counts.shape[1])
     # a shell that shares obs and coordinates: the graph goes into its obsp, not adata's
     shell = ad.AnnData(obs=adata.obs, obsm={config.spatial_key: adata.obsm[config.spatial_key]})
-    spatial_graph(shell, method=config.method, n_neighbors=config.n_neighbors,
-                  radius=_graph_radius(shell, config), spatial_key=config.spatial_key,
-                  batch_key=config.batch_key)
+    spatial_graph(
+        shell,
+        method=config.method,
+        n_neighbors=config.n_neighbors,
+        radius=_graph_radius(shell, config),
+        spatial_key=config.spatial_key,
+        batch_key=config.batch_key,
+    )
     dataset, _ = _model_input(shell, counts, config)
     graph = shell.obsp["spatial_connectivities"]
     smoothed = smooth_over_graph(np.asarray(dataset.X), graph, config.smooth)

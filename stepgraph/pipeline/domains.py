@@ -16,8 +16,16 @@ from stepgraph._validation import (
 )
 from stepgraph.graph.ops import adjacency_pattern
 
-__all__ = ["CLUSTER_METHODS", "cluster_domains", "kmeans_domains", "gmm_domains", "fit_gmm", "refine_domains",
-           "adjusted_rand_index", "normalized_mutual_info"]
+__all__ = [
+    "CLUSTER_METHODS",
+    "cluster_domains",
+    "kmeans_domains",
+    "gmm_domains",
+    "fit_gmm",
+    "refine_domains",
+    "adjusted_rand_index",
+    "normalized_mutual_info",
+]
 
 #: The clustering methods :func:`cluster_domains` knows.
 CLUSTER_METHODS = ("kmeans", "gmm")
@@ -27,8 +35,7 @@ def _check_embedding(embedding, n_clusters) -> np.ndarray:
     check_int(n_clusters, "n_clusters", minimum=1)
     x = np.asarray(embedding, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < n_clusters:
-        raise ValueError(f"embedding must be 2-D with at least n_clusters={n_clusters} rows, "
-                         f"got shape {x.shape}")
+        raise ValueError(f"embedding must be 2-D with at least n_clusters={n_clusters} rows, got shape {x.shape}")
     check_finite(x, "embedding")
     return x
 
@@ -59,9 +66,15 @@ def kmeans_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0, n_init
     return KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(x).astype(np.int64)
 
 
-def gmm_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0,
-                covariance_type: str = "tied", n_init: int = 10, max_fit_rows: int | None = 100_000,
-                tol: float | None = 1e-5) -> np.ndarray:
+def gmm_domains(
+    embedding: np.ndarray,
+    n_clusters: int,
+    seed: int = 0,
+    covariance_type: str = "tied",
+    n_init: int = 10,
+    max_fit_rows: int | None = 100_000,
+    tol: float | None = 1e-5,
+) -> np.ndarray:
     """Cluster the rows of ``embedding`` with a Gaussian mixture
     (:class:`sklearn.mixture.GaussianMixture`, k-means initialisation), as
     mclust does for STAGATE and GraphST.
@@ -99,13 +112,22 @@ def gmm_domains(embedding: np.ndarray, n_clusters: int, seed: int = 0,
         Most likely component per row, int64 in ``[0, n_clusters)``.
     """
     x = _check_embedding(embedding, n_clusters)
-    gmm = fit_gmm(x, n_clusters, seed=seed, covariance_type=covariance_type, n_init=n_init,
-                  max_fit_rows=max_fit_rows, tol=tol)
+    gmm = fit_gmm(
+        x, n_clusters, seed=seed, covariance_type=covariance_type, n_init=n_init, max_fit_rows=max_fit_rows, tol=tol
+    )
     return gmm.predict(x).astype(np.int64)
 
 
-def fit_gmm(embedding: np.ndarray, n_clusters: int, seed: int = 0, covariance_type: str = "tied",
-            n_init: int = 10, max_fit_rows: int | None = 100_000, tol: float | None = 1e-5, **init):
+def fit_gmm(
+    embedding: np.ndarray,
+    n_clusters: int,
+    seed: int = 0,
+    covariance_type: str = "tied",
+    n_init: int = 10,
+    max_fit_rows: int | None = 100_000,
+    tol: float | None = 1e-5,
+    **init,
+):
     """The Gaussian mixture that :func:`gmm_domains` fits, as a fitted
     :class:`sklearn.mixture.GaussianMixture` (for its likelihood, means and
     covariances); the arguments are those of :func:`gmm_domains`.
@@ -118,8 +140,9 @@ def fit_gmm(embedding: np.ndarray, n_clusters: int, seed: int = 0, covariance_ty
     x = _check_embedding(embedding, n_clusters)
     if tol is not None:
         tol = check_number(tol, "tol", positive=True)
-    gmm = GaussianMixture(n_clusters, covariance_type=covariance_type, n_init=n_init, random_state=seed,
-                          reg_covar=1e-5, **init)
+    gmm = GaussianMixture(
+        n_clusters, covariance_type=covariance_type, n_init=n_init, random_state=seed, reg_covar=1e-5, **init
+    )
     fit_rows = x
     if max_fit_rows is not None and len(x) > max_fit_rows:
         fit_rows = x[np.random.default_rng(seed).choice(len(x), max_fit_rows, replace=False)]
@@ -130,8 +153,9 @@ def fit_gmm(embedding: np.ndarray, n_clusters: int, seed: int = 0, covariance_ty
     return gmm
 
 
-def cluster_domains(embedding: np.ndarray, n_clusters: int, method: str = "kmeans", seed: int = 0,
-                    **options) -> np.ndarray:
+def cluster_domains(
+    embedding: np.ndarray, n_clusters: int, method: str = "kmeans", seed: int = 0, **options
+) -> np.ndarray:
     """Cluster the rows of ``embedding`` with ``method`` (one of :data:`CLUSTER_METHODS`).
 
     Parameters

@@ -38,7 +38,8 @@ def _matched_colours(truth: pd.Categorical, predicted: pd.Categorical, n_colours
     """Colour index per predicted domain: the colour of the true domain it
     overlaps most (Hungarian matching), so agreeing domains share a colour."""
     table = pd.crosstab(predicted.codes, truth.codes).reindex(
-        index=range(len(predicted.categories)), columns=range(len(truth.categories)), fill_value=0)
+        index=range(len(predicted.categories)), columns=range(len(truth.categories)), fill_value=0
+    )
     rows, cols = linear_sum_assignment(-table.to_numpy())
     colours = dict(zip(rows.tolist(), cols.tolist(), strict=True))
     spare = iter(range(len(truth.categories), n_colours + len(predicted.categories)))
@@ -56,28 +57,45 @@ def domain_palette(predicted, truth=None) -> tuple[list, dict, dict]:
     palette = list(plt.get_cmap("tab20" if n_colours > 10 else "tab10").colors)
     if truth is None:
         return palette, {}, {i: i for i in range(len(predicted.categories))}
-    return (palette, {i: i for i in range(len(truth.categories))},
-            _matched_colours(truth, predicted, n_colours))
+    return (palette, {i: i for i in range(len(truth.categories))}, _matched_colours(truth, predicted, n_colours))
 
 
 def _draw(ax, xy, codes, categories, colour_of, palette, size, title):
     for code, name in enumerate(categories):
         mask = codes == code
         if mask.any():
-            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=palette[colour_of[code] % len(palette)],
-                       linewidths=0, label=str(name))
+            ax.scatter(
+                xy[mask, 0],
+                xy[mask, 1],
+                s=size,
+                color=palette[colour_of[code] % len(palette)],
+                linewidths=0,
+                label=str(name),
+            )
     ax.set_title(title, fontsize=10)
     ax.set_aspect("equal")
     ax.invert_yaxis()  # image coordinates, as scanpy and squidpy draw them
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=7, markerscale=max(1.0, 4.0 / np.sqrt(size)), frameon=False,
-              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(
+        fontsize=7,
+        markerscale=max(1.0, 4.0 / np.sqrt(size)),
+        frameon=False,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+    )
 
 
-def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", batch_key: str | None = None,
-                       truth_key: str | None = None, domain_key: str = "stepgraph_domain",
-                       history: list[dict] | None = None, ari: float | None = None) -> bool:
+def save_domain_figure(
+    adata,
+    path: str | Path,
+    spatial_key: str = "spatial",
+    batch_key: str | None = None,
+    truth_key: str | None = None,
+    domain_key: str = "stepgraph_domain",
+    history: list[dict] | None = None,
+    ari: float | None = None,
+) -> bool:
     """Draw the domains of every section and save the figure to ``path``.
 
     One row per section (``batch_key``): the true domains (``truth_key``)
@@ -128,8 +146,9 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
     palette, truth_colours, pred_colours = domain_palette(predicted, truth)
 
     n_cols = (2 if truth is not None else 1) + (history is not None)
-    fig, axes = plt.subplots(len(names), n_cols, figsize=(n_cols * (_PANEL_INCHES + 1.4), len(names) * _PANEL_INCHES),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(names), n_cols, figsize=(n_cols * (_PANEL_INCHES + 1.4), len(names) * _PANEL_INCHES), squeeze=False
+    )
     for row, name in enumerate(names):
         mask = sections == row
         part = xy[mask]
@@ -139,19 +158,39 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
         label = "tissue" if batch_key is None else str(name)
         col = 0
         if truth is not None:
-            _draw(axes[row, 0], part, truth.codes[mask], truth.categories, truth_colours, palette, size,
-                  f"{label}: true domains")
+            _draw(
+                axes[row, 0],
+                part,
+                truth.codes[mask],
+                truth.categories,
+                truth_colours,
+                palette,
+                size,
+                f"{label}: true domains",
+            )
             col = 1
         score = f" (ARI {ari:.3f})" if ari is not None else ""
-        _draw(axes[row, col], part, predicted.codes[mask], predicted.categories, pred_colours, palette, size,
-              f"{label}: predicted domains{score}")
+        _draw(
+            axes[row, col],
+            part,
+            predicted.codes[mask],
+            predicted.categories,
+            pred_colours,
+            palette,
+            size,
+            f"{label}: predicted domains{score}",
+        )
         if history is not None:
             ax = axes[row, -1]
             if row == 0 and history:
                 epochs = [h["epoch"] for h in history]
                 for key in [k for k in history[0] if k not in ("epoch", "lr")]:
-                    ax.plot(epochs, [h.get(key, np.nan) for h in history], label=key,
-                            linestyle="--" if key.startswith("val_") else "-")
+                    ax.plot(
+                        epochs,
+                        [h.get(key, np.nan) for h in history],
+                        label=key,
+                        linestyle="--" if key.startswith("val_") else "-",
+                    )
                 ax.set_xlabel("epoch")
                 ax.set_ylabel("loss")
                 ax.set_title("training", fontsize=10)
@@ -161,8 +200,9 @@ def save_domain_figure(adata, path: str | Path, spatial_key: str = "spatial", ba
     return _save(fig, path)
 
 
-def save_embedding_figure(embedding, sections, section_names, domains, path: str | Path, seed: int = 0,
-                          truth=None) -> bool:
+def save_embedding_figure(
+    embedding, sections, section_names, domains, path: str | Path, seed: int = 0, truth=None
+) -> bool:
     """Draw the embedding of several sections in two dimensions, coloured by
     section (left) and by domain (right), and save it to ``path``.
 
@@ -208,9 +248,16 @@ def save_embedding_figure(embedding, sections, section_names, domains, path: str
     palette, _, domain_colours = domain_palette(domains, truth)
     note = "" if method == "UMAP" else " (umap-learn is not installed: pip install 'stepgraph[plot]')"
     for ax, codes, categories, colours, title, pal in (
-            (axes[0, 0], np.asarray(sections)[rows], [str(n) for n in section_names],
-             {i: i for i in range(len(section_names))}, "section", section_palette),
-            (axes[0, 1], domains.codes[rows], list(domains.categories), domain_colours, "domain", palette)):
+        (
+            axes[0, 0],
+            np.asarray(sections)[rows],
+            [str(n) for n in section_names],
+            {i: i for i in range(len(section_names))},
+            "section",
+            section_palette,
+        ),
+        (axes[0, 1], domains.codes[rows], list(domains.categories), domain_colours, "domain", palette),
+    ):
         _draw(ax, xy, codes, categories, colours, pal, size, f"{method} of the embedding, by {title}{note}")
         ax.set_aspect("auto")
         ax.invert_yaxis()  # _draw turns y for images; an embedding has no up or down

@@ -17,8 +17,16 @@ import numpy as np
 
 from stepgraph.pipeline.domains import cluster_domains
 
-__all__ = ["IntegrationWarning", "harmonize", "section_mixing", "domain_counts", "split_domains", "integration_report",
-           "cluster_per_section", "embedding_2d"]
+__all__ = [
+    "IntegrationWarning",
+    "harmonize",
+    "section_mixing",
+    "domain_counts",
+    "split_domains",
+    "integration_report",
+    "cluster_per_section",
+    "embedding_2d",
+]
 
 
 class IntegrationWarning(UserWarning):
@@ -28,13 +36,21 @@ class IntegrationWarning(UserWarning):
 def _section_codes(sections, n_obs: int, name: str = "sections") -> np.ndarray:
     codes = np.asarray(sections)
     if codes.shape != (n_obs,) or codes.dtype.kind not in "iu" or (n_obs and codes.min() < 0):
-        raise ValueError(f"{name} must hold one non-negative integer code per row ({n_obs}), "
-                         f"got an array of shape {codes.shape} and dtype {codes.dtype}")
+        raise ValueError(
+            f"{name} must hold one non-negative integer code per row ({n_obs}), "
+            f"got an array of shape {codes.shape} and dtype {codes.dtype}"
+        )
     return codes.astype(np.int64, copy=False)
 
 
-def harmonize(embedding: np.ndarray, sections: np.ndarray, seed: int = 0, theta: float = 2.0,
-              max_iter: int = 20, threads: int | None = None) -> np.ndarray:
+def harmonize(
+    embedding: np.ndarray,
+    sections: np.ndarray,
+    seed: int = 0,
+    theta: float = 2.0,
+    max_iter: int = 20,
+    threads: int | None = None,
+) -> np.ndarray:
     """The embedding with the sections' offsets removed by Harmony (Korsunsky
     et al. 2019), through :func:`harmonypy.run_harmony`.
 
@@ -80,8 +96,10 @@ def harmonize(embedding: np.ndarray, sections: np.ndarray, seed: int = 0, theta:
     try:
         import harmonypy
     except ImportError:
-        raise ImportError("the correction of several sections needs harmonypy: pip install harmonypy "
-                          "(or pip install 'stepgraph[integration]')") from None
+        raise ImportError(
+            "the correction of several sections needs harmonypy: pip install harmonypy "
+            "(or pip install 'stepgraph[integration]')"
+        ) from None
     if threads is None:
         import torch
 
@@ -91,9 +109,16 @@ def harmonize(embedding: np.ndarray, sections: np.ndarray, seed: int = 0, theta:
     level = logging.getLogger("harmonypy").level
     logging.getLogger("harmonypy").setLevel(logging.WARNING)
     try:
-        result = harmonypy.run_harmony(x, {"section": codes}, "section", theta=theta,
-                                       max_iter_harmony=max_iter, random_state=seed, verbose=False,
-                                       ncores=int(threads))
+        result = harmonypy.run_harmony(
+            x,
+            {"section": codes},
+            "section",
+            theta=theta,
+            max_iter_harmony=max_iter,
+            random_state=seed,
+            verbose=False,
+            ncores=int(threads),
+        )
     finally:
         logging.getLogger("harmonypy").setLevel(level)
     corrected = np.asarray(result.Z_corr)
@@ -102,8 +127,14 @@ def harmonize(embedding: np.ndarray, sections: np.ndarray, seed: int = 0, theta:
     return corrected.astype(np.float32)
 
 
-def section_mixing(embedding: np.ndarray, sections: np.ndarray, n_neighbors: int = 30,
-                   max_cells: int = 20_000, max_candidates: int = 200_000, seed: int = 0) -> float:
+def section_mixing(
+    embedding: np.ndarray,
+    sections: np.ndarray,
+    n_neighbors: int = 30,
+    max_cells: int = 20_000,
+    max_candidates: int = 200_000,
+    seed: int = 0,
+) -> float:
     """How well the sections mix in ``embedding``: the normalised entropy of
     the sections among each cell's nearest neighbours, averaged over cells.
 
@@ -188,8 +219,7 @@ def domain_counts(domains, sections, section_names=None) -> dict:
     sec = np.asarray(sections)
     if section_names is not None:
         sec = np.asarray([str(s) for s in section_names], dtype=object)[sec]
-    table = pd.crosstab(pd.Series(np.asarray(sec, dtype=str), name="section"),
-                        pd.Categorical(domains), dropna=False)
+    table = pd.crosstab(pd.Series(np.asarray(sec, dtype=str), name="section"), pd.Categorical(domains), dropna=False)
     return {str(s): {str(d): int(n) for d, n in row.items()} for s, row in table.iterrows()}
 
 
@@ -221,8 +251,9 @@ def split_domains(counts: dict, share: float = 0.95) -> dict:
     return out
 
 
-def integration_report(embedding: np.ndarray, domains, sections: np.ndarray, section_names,
-                       seed: int = 0, per_section: bool = False) -> dict:
+def integration_report(
+    embedding: np.ndarray, domains, sections: np.ndarray, section_names, seed: int = 0, per_section: bool = False
+) -> dict:
     """What the integration of several sections did, for ``summary.json``.
 
     Parameters
@@ -254,15 +285,20 @@ def integration_report(embedding: np.ndarray, domains, sections: np.ndarray, sec
     warning = None
     if split:
         where = ", ".join(f"{d} ({s})" for d, s in split.items())
-        warning = (f"{len(split)} of {len(set(np.asarray(domains)))} domains lie in one section only: {where}. "
-                   "The domains may follow the sections rather than the tissue; look at the mixing score "
-                   "and the embedding figure, or ask for domains per section (--domains-per-section).")
-    return {"mixing": section_mixing(embedding, sections, seed=seed), "domain_counts": counts,
-            "split_domains": split, "warning": warning}
+        warning = (
+            f"{len(split)} of {len(set(np.asarray(domains)))} domains lie in one section only: {where}. "
+            "The domains may follow the sections rather than the tissue; look at the mixing score "
+            "and the embedding figure, or ask for domains per section (--domains-per-section)."
+        )
+    return {
+        "mixing": section_mixing(embedding, sections, seed=seed),
+        "domain_counts": counts,
+        "split_domains": split,
+        "warning": warning,
+    }
 
 
-def cluster_per_section(embedding: np.ndarray, sections: np.ndarray, n_domains: int,
-                        **options) -> np.ndarray:
+def cluster_per_section(embedding: np.ndarray, sections: np.ndarray, n_domains: int, **options) -> np.ndarray:
     """Domains found within each section on its own.
 
     Each section's rows of ``embedding`` are clustered into ``n_domains``

@@ -29,9 +29,16 @@ def _unit_block(block: np.ndarray) -> np.ndarray:
     return block / np.sqrt(total) if total > 0 else block
 
 
-def neighborhood_features(expression: np.ndarray, coordinates: np.ndarray, sections: np.ndarray | None = None,
-                          n_neighbors: int = 15, lam: float = 0.8, gradient: bool = True,
-                          n_components: int | None = 30, seed: int = 0) -> np.ndarray:
+def neighborhood_features(
+    expression: np.ndarray,
+    coordinates: np.ndarray,
+    sections: np.ndarray | None = None,
+    n_neighbors: int = 15,
+    lam: float = 0.8,
+    gradient: bool = True,
+    n_components: int | None = 30,
+    seed: int = 0,
+) -> np.ndarray:
     """Each cell's own expression beside its neighbourhood's (BANKSY's features), in one matrix.
 
     Parameters
@@ -68,8 +75,9 @@ def neighborhood_features(expression: np.ndarray, coordinates: np.ndarray, secti
     """
     x = np.asarray(expression, dtype=np.float32)
     if x.ndim != 2 or len(x) != len(coordinates):
-        raise ValueError(f"expression must be (n_obs, n_dims) with one row per coordinate ({len(coordinates)}), "
-                         f"got shape {x.shape}")
+        raise ValueError(
+            f"expression must be (n_obs, n_dims) with one row per coordinate ({len(coordinates)}), got shape {x.shape}"
+        )
     check_int(n_neighbors, "n_neighbors", minimum=1)
     if not 0.0 <= lam < 1.0:
         raise ValueError(f"lam must be in [0, 1), got {lam!r}")

@@ -20,8 +20,21 @@ from typing import Any
 
 from stepgraph.train.checkpointing import atomic_write
 
-__all__ = ["ADATA", "HISTORY_CSV", "HISTORY_JSON", "FIGURE", "EMBEDDING_FIGURE", "SUMMARY", "CHECKPOINTS",
-           "LOCK", "OUTPUT_NAMES", "write_output", "save_history", "write_adata", "write_summary"]
+__all__ = [
+    "ADATA",
+    "HISTORY_CSV",
+    "HISTORY_JSON",
+    "FIGURE",
+    "EMBEDDING_FIGURE",
+    "SUMMARY",
+    "CHECKPOINTS",
+    "LOCK",
+    "OUTPUT_NAMES",
+    "write_output",
+    "save_history",
+    "write_adata",
+    "write_summary",
+]
 
 #: The annotated AnnData: the input with the graph, embedding and domains written in.
 ADATA = "adata.h5ad"
@@ -86,8 +99,12 @@ def write_adata(adata, path: Path) -> None:
     def write(tmp: Path) -> None:
         shutil.copyfile(adata.filename, tmp)
         with h5py.File(tmp, "r+") as f:
-            for key, value in (("obs", adata.obs), ("obsm", dict(adata.obsm)),
-                               ("obsp", dict(adata.obsp)), ("uns", dict(adata.uns))):
+            for key, value in (
+                ("obs", adata.obs),
+                ("obsm", dict(adata.obsm)),
+                ("obsp", dict(adata.obsp)),
+                ("uns", dict(adata.uns)),
+            ):
                 if key in f:
                     del f[key]
                 write_elem(f, key, value)

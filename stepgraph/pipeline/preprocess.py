@@ -113,8 +113,9 @@ def highly_variable_genes(log_matrix, n_top: int = 2000, n_bins: int = 20, secti
     if sections is None:
         return np.sort(np.argsort(-_normalised_dispersion(log_matrix, n_bins), kind="stable")[:n_top])
     codes = _section_codes(sections, log_matrix.shape[0])
-    norms = np.stack([_normalised_dispersion(log_matrix[codes == code], n_bins)
-                      for code in np.unique(codes)])  # a loop over sections
+    norms = np.stack(
+        [_normalised_dispersion(log_matrix[codes == code], n_bins) for code in np.unique(codes)]
+    )  # a loop over sections
     ranks = np.argsort(np.argsort(-norms, axis=1, kind="stable"), axis=1)
     in_top = (ranks < n_top).sum(axis=0)
     order = np.lexsort((-np.median(norms, axis=0), -in_top))  # the last key sorts first
@@ -154,8 +155,10 @@ def principal_components(matrix, n_components: int = 50, seed: int = 0) -> np.nd
 def _section_codes(sections, n_rows: int) -> np.ndarray:
     codes = np.asarray(sections)
     if codes.shape != (n_rows,) or codes.dtype.kind not in "iu" or (n_rows and codes.min() < 0):
-        raise ValueError(f"sections must hold one non-negative integer code per row ({n_rows}), got an "
-                         f"array of shape {codes.shape} and dtype {codes.dtype}")
+        raise ValueError(
+            f"sections must hold one non-negative integer code per row ({n_rows}), got an "
+            f"array of shape {codes.shape} and dtype {codes.dtype}"
+        )
     return codes
 
 
@@ -225,8 +228,15 @@ class ExpressionFeatures:
         Number of output features (components).
     """
 
-    def __init__(self, n_top_genes: int = 3000, n_components: int = 20, max_cells: int = 20_000,
-                 clip: float = 10.0, seed: int = 0, scaling: str = "auto"):
+    def __init__(
+        self,
+        n_top_genes: int = 3000,
+        n_components: int = 20,
+        max_cells: int = 20_000,
+        clip: float = 10.0,
+        seed: int = 0,
+        scaling: str = "auto",
+    ):
         self.n_top_genes = check_int(n_top_genes, "n_top_genes", minimum=1)
         self.scaling = check_choice(scaling, "scaling", SCALINGS)
         self.zscored_ = None
@@ -283,8 +293,9 @@ class ExpressionFeatures:
             subset = np.sort(np.random.default_rng(self.seed).choice(n_obs, self.max_cells, replace=False))
         if connectivities is not None:
             if connectivities.shape != (n_obs, n_obs):
-                raise ValueError(f"connectivities must be ({n_obs}, {n_obs}) for {n_obs} cells, "
-                                 f"got {connectivities.shape}")
+                raise ValueError(
+                    f"connectivities must be ({n_obs}, {n_obs}) for {n_obs} cells, got {connectivities.shape}"
+                )
             op = neighborhood_mean_operator(connectivities, rows=subset).tocsc()
             rows = np.flatnonzero(np.diff(op.indptr))  # the subset and its neighbours
             mean_over = op[:, rows].tocsr()
@@ -297,7 +308,8 @@ class ExpressionFeatures:
         in_subset = np.isin(rows, subset)
         codes = None if sections is None else _section_codes(sections, n_obs)
         self.genes = highly_variable_genes(  # per section: a sample effect is not a variable gene
-            logged[in_subset], self.n_top_genes, sections=None if codes is None else codes[rows[in_subset]])
+            logged[in_subset], self.n_top_genes, sections=None if codes is None else codes[rows[in_subset]]
+        )
         logged = logged[:, self.genes]
         self.zscored_ = self.scaling == "zscore" or (self.scaling == "auto" and n_vars <= self.n_top_genes)
         mean, var = _column_mean_var(logged[in_subset])
@@ -318,8 +330,9 @@ class ExpressionFeatures:
         z = self._standardised(logged, None if sections is None else codes[subset])
         k = int(min(self.n_components, z.shape[0] - 1, z.shape[1] - 1))
         if k < 1:
-            raise ValueError(f"the input features need at least 2 cells and 2 genes, got {n_obs} cells "
-                             f"and {len(self.genes)} genes")
+            raise ValueError(
+                f"the input features need at least 2 cells and 2 genes, got {n_obs} cells and {len(self.genes)} genes"
+            )
         pca = PCA(k, svd_solver="covariance_eigh", random_state=self.seed).fit(z)
         self.components_ = pca.components_.astype(np.float32)  # (k, genes)
         self.offset_ = (pca.mean_ @ pca.components_.T).astype(np.float32)
@@ -356,8 +369,10 @@ class ExpressionFeatures:
                 raise ValueError("these features were fitted per section: pass sections= (the code of each row)")
             codes = _section_codes(sections, z.shape[0])
             if codes.size and codes.max() >= len(self.section_mean_):
-                raise ValueError(f"sections holds code {codes.max()}, but the features were fitted on "
-                                 f"{len(self.section_mean_)} sections")
+                raise ValueError(
+                    f"sections holds code {codes.max()}, but the features were fitted on "
+                    f"{len(self.section_mean_)} sections"
+                )
             for code in np.unique(codes):  # a loop over sections
                 rows = codes == code
                 z[rows] = (z[rows] - self.section_mean_[code]) / self.section_scale_[code]
@@ -372,11 +387,11 @@ class ExpressionFeatures:
             raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
         out = np.empty((counts.shape[0], self.n_features_out), dtype=np.float32)
         for start in range(0, counts.shape[0], self.chunk_rows):
-            block = counts[start:start + self.chunk_rows]
+            block = counts[start : start + self.chunk_rows]
             check_counts(block, "matrix (the counts)", row_ids=np.arange(start, start + block.shape[0]))
             logged = log_normalise(block)[:, self.genes]
-            part = None if sections is None else np.asarray(sections)[start:start + self.chunk_rows]
-            out[start:start + self.chunk_rows] = self._standardised(logged, part) @ self.components_.T - self.offset_
+            part = None if sections is None else np.asarray(sections)[start : start + self.chunk_rows]
+            out[start : start + self.chunk_rows] = self._standardised(logged, part) @ self.components_.T - self.offset_
         return out
 
     def transform(self, matrix, sections=None) -> np.ndarray:
@@ -396,6 +411,7 @@ class ExpressionFeatures:
             block = reader.read_unique(rows)[1]
             check_counts(block, "matrix (the counts)", row_ids=rows)  # naming the row of the whole matrix
             return self(block, None if codes is None else codes[rows])
+
         return np.concatenate([features(rows) for rows in chunks] or [np.empty((0, self.n_features_out), np.float32)])
 
     def __repr__(self) -> str:

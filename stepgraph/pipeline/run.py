@@ -103,13 +103,21 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
     bad = first_nonfinite(x)  # an on-disk X is checked here, as it is read
     if bad is not None:
         source = "adata.X" if config.layer_key is None else f"adata.layers[{config.layer_key!r}]"
-        raise ValueError(f"{source} holds NaN or infinite values in {bad.n_rows} cell(s); the first is obs "
-                         f"{adata.obs_names[bad.row]!r} (row {bad.row})")
+        raise ValueError(
+            f"{source} holds NaN or infinite values in {bad.n_rows} cell(s); the first is obs "
+            f"{adata.obs_names[bad.row]!r} (row {bad.row})"
+        )
     x = smooth_over_graph(x, graph, config.feature_smooth).astype(np.float32)
     if config.features == "neighborhood":
-        x = neighborhood_features(x, get_coordinates(adata, config.spatial_key), section_codes(adata, config.batch_key)[0],
-                                  n_neighbors=config.neighborhood_k, lam=config.neighborhood_lambda,
-                                  n_components=config.neighborhood_components, seed=config.seed)
+        x = neighborhood_features(
+            x,
+            get_coordinates(adata, config.spatial_key),
+            section_codes(adata, config.batch_key)[0],
+            n_neighbors=config.neighborhood_k,
+            lam=config.neighborhood_lambda,
+            n_components=config.neighborhood_components,
+            seed=config.seed,
+        )
     # one section needs no section embedding, whether or not batch_key names it
     several = config.batch_key is not None and adata.obs[config.batch_key].nunique(dropna=False) > 1
     batch_key = config.batch_key if several else None
@@ -118,11 +126,38 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
 
 
 #: The settings that make a run the same run: a resume that changes one is refused (epochs may grow).
-IDENTITY_FIELDS = ("spatial_key", "batch_key", "layer_key", "scale_per_section", "scaling", "n_top_genes", "n_pcs",
-                   "feature_max_cells", "feature_clip", "feature_smooth", "features", "neighborhood_k",
-                   "neighborhood_lambda", "neighborhood_components", "method", "n_neighbors", "radius",
-                   "graph_scale", "batch_size", "fanout", "hidden_dim", "latent_dim", "conv", "activation", "lr",
-                   "split_rate", "patience", "delta", "seed", "backend")
+IDENTITY_FIELDS = (
+    "spatial_key",
+    "batch_key",
+    "layer_key",
+    "scale_per_section",
+    "scaling",
+    "n_top_genes",
+    "n_pcs",
+    "feature_max_cells",
+    "feature_clip",
+    "feature_smooth",
+    "features",
+    "neighborhood_k",
+    "neighborhood_lambda",
+    "neighborhood_components",
+    "method",
+    "n_neighbors",
+    "radius",
+    "graph_scale",
+    "batch_size",
+    "fanout",
+    "hidden_dim",
+    "latent_dim",
+    "conv",
+    "activation",
+    "lr",
+    "split_rate",
+    "patience",
+    "delta",
+    "seed",
+    "backend",
+)
 
 
 def run_identity(adata, config: PipelineConfig) -> dict:
@@ -152,8 +187,9 @@ def _graph_radius(adata, config: PipelineConfig) -> float | None:
     return config.graph_scale * median_neighbor_distance(coordinates, sections, k=config.n_neighbors)
 
 
-def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None,
-                 stages: StageLog | None = None) -> dict:
+def run_pipeline(
+    adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig | None = None, stages: StageLog | None = None
+) -> dict:
     """Train the reference model on ``adata`` and write every output to ``out_dir``.
 
     ``adata`` gains the documented keys only: the graph (``obsp``/``uns``
@@ -198,13 +234,21 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     counts = expression_matrix(adata, config.layer_key)  # numbers (finite in memory), cells and genes
     config = config.resolved(counts.shape[1])  # the input and encoder of a transcriptome or of a panel
     if config.backed and not (adata.isbacked or is_on_disk(counts)):
-        raise ValueError("config.backed=True needs a backed AnnData, e.g. "
-                         "anndata.read_h5ad(path, backed='r') or stepgraph.data.readers.read_anndata(zarr_path, "
-                         "backed=True); got one held in memory")
+        raise ValueError(
+            "config.backed=True needs a backed AnnData, e.g. "
+            "anndata.read_h5ad(path, backed='r') or stepgraph.data.readers.read_anndata(zarr_path, "
+            "backed=True); got one held in memory"
+        )
     with stages.stage("graph"):
-        spatial_graph(adata, method=config.method, n_neighbors=config.n_neighbors,
-                      radius=_graph_radius(adata, config), spatial_key=config.spatial_key,
-                      batch_key=config.batch_key, progress=config.progress)
+        spatial_graph(
+            adata,
+            method=config.method,
+            n_neighbors=config.n_neighbors,
+            radius=_graph_radius(adata, config),
+            spatial_key=config.spatial_key,
+            batch_key=config.batch_key,
+            progress=config.progress,
+        )
         # the loaders slice every attribute of the graph per batch: keep what the model reads
         # (edges; their weights for GCN), not the distances, coordinates or sections
         data = to_pyg(adata, pos=False, edge_weight="connectivities" if config.conv == "gcn" else None)
@@ -214,17 +258,35 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
 
     train_ind, valid_ind = random_split_indices(adata.n_obs, config.split_rate, seed=config.seed)
     train_loader, valid_loader = node_loaders(
-        data, config.fanout, batch_size=min(config.batch_size, len(train_ind)), train_ind=train_ind,
-        valid_ind=valid_ind if len(valid_ind) else None, seed=config.seed, backend=config.backend)
+        data,
+        config.fanout,
+        batch_size=min(config.batch_size, len(train_ind)),
+        train_ind=train_ind,
+        valid_ind=valid_ind if len(valid_ind) else None,
+        seed=config.seed,
+        backend=config.backend,
+    )
 
-    model = GraphAutoencoder(dataset.n_vars, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim,
-                             n_layers=len(config.fanout), conv=config.conv, n_batches=dataset.n_batches,
-                             activation=config.activation)
+    model = GraphAutoencoder(
+        dataset.n_vars,
+        hidden_dim=config.hidden_dim,
+        latent_dim=config.latent_dim,
+        n_layers=len(config.fanout),
+        conv=config.conv,
+        n_batches=dataset.n_batches,
+        activation=config.activation,
+    )
     if config.init_weights is not None:
         _initial_weights(model, config.init_weights, config.trust_checkpoint)
     init_distributed(timeout=config.dist_timeout)  # under torchrun: no rank waits forever for another
-    trainer = Trainer(model, device=config.device, checkpoint_dir=out_dir / CHECKPOINTS,
-                      seed=config.seed, progress=config.progress, precision=config.precision)
+    trainer = Trainer(
+        model,
+        device=config.device,
+        checkpoint_dir=out_dir / CHECKPOINTS,
+        seed=config.seed,
+        progress=config.progress,
+        precision=config.precision,
+    )
     trainer.run_identity = run_identity(adata, config)  # a resume with other settings is refused
     trainer.lossconfig = {}  # the pipeline's own patience for every loss, not STEP's per-loss table
     trainer.defualt_lcfg.update(patience=config.patience, delta=config.delta)
@@ -232,8 +294,13 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
     stages.start_epochs()  # the trainer's writer hook closes each epoch's stage
     with trusted_checkpoints(config.trust_checkpoint):
         epochs = config.epochs_for(len(train_ind))  # --epochs, or sized to the tissue
-        stopped = trainer.train_node_sampler(epochs=epochs, gloader=(train_loader, valid_loader),
-                                             dataset=dataset, resume_from=config.resume_from, writer=stages)
+        stopped = trainer.train_node_sampler(
+            epochs=epochs,
+            gloader=(train_loader, valid_loader),
+            dataset=dataset,
+            resume_from=config.resume_from,
+            writer=stages,
+        )
     if getattr(trainer, "interrupted", False):  # Ctrl-C: the state is saved, no outputs
         raise KeyboardInterrupt
 
@@ -266,8 +333,14 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         adata.obs[DOMAIN_KEY] = pd.Categorical.from_codes(labels, categories=categories)
         integration = None
         if several:  # what the integration did: mixing, domains per section, a warning
-            integration = integration_report(smoothed, adata.obs[DOMAIN_KEY], sections, names, seed=config.seed,
-                                             per_section=config.domains_per_section)
+            integration = integration_report(
+                smoothed,
+                adata.obs[DOMAIN_KEY],
+                sections,
+                names,
+                seed=config.seed,
+                per_section=config.domains_per_section,
+            )
             if integration["warning"]:
                 warnings.warn(integration["warning"], IntegrationWarning, stacklevel=2)
         truth = adata.obs[config.truth_key] if config.truth_key else None
@@ -279,13 +352,33 @@ def run_pipeline(adata: ad.AnnData, out_dir: str | Path, config: PipelineConfig 
         if main:
             save_history(trainer.history, out_dir)
             write_adata(adata, out_dir / ADATA)
-        figure = main and write_output(out_dir / FIGURE, lambda tmp: save_domain_figure(
-            adata, tmp, config.spatial_key, config.batch_key, config.truth_key, history=trainer.history,
-            ari=ari)) is not None
-        embedding_figure = main and several and write_output(out_dir / EMBEDDING_FIGURE, lambda tmp: (
-            save_embedding_figure(smoothed, sections, names, adata.obs[DOMAIN_KEY], tmp, seed=config.seed,
-                                  truth=adata.obs[config.truth_key] if config.truth_key else None))
-        ) is not None
+        figure = (
+            main
+            and write_output(
+                out_dir / FIGURE,
+                lambda tmp: save_domain_figure(
+                    adata, tmp, config.spatial_key, config.batch_key, config.truth_key, history=trainer.history, ari=ari
+                ),
+            )
+            is not None
+        )
+        embedding_figure = (
+            main
+            and several
+            and write_output(
+                out_dir / EMBEDDING_FIGURE,
+                lambda tmp: save_embedding_figure(
+                    smoothed,
+                    sections,
+                    names,
+                    adata.obs[DOMAIN_KEY],
+                    tmp,
+                    seed=config.seed,
+                    truth=adata.obs[config.truth_key] if config.truth_key else None,
+                ),
+            )
+            is not None
+        )
     best = trainer.best.path if trainer.best is not None and trainer.best.checkpoint_written else None
     summary = {
         "n_obs": adata.n_obs,

@@ -67,8 +67,9 @@ class StageLog:
         try:
             yield
         finally:
-            self.rows.append({"stage": name, "seconds": time.perf_counter() - start,
-                              "peak_rss_mb": peak_rss_mb(resettable)})
+            self.rows.append(
+                {"stage": name, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(resettable)}
+            )
 
     # --- epochs, through the Trainer's writer hook -------------------------
     def start_epochs(self) -> None:
@@ -82,8 +83,9 @@ class StageLog:
         if self._epoch_start is None or step == self._epoch:
             return
         now = time.perf_counter()
-        self.rows.append({"stage": f"epoch {step}", "seconds": now - self._epoch_start,
-                          "peak_rss_mb": peak_rss_mb(True)})
+        self.rows.append(
+            {"stage": f"epoch {step}", "seconds": now - self._epoch_start, "peak_rss_mb": peak_rss_mb(True)}
+        )
         self._epoch = step
         reset_peak_rss()
         self._epoch_start = time.perf_counter()

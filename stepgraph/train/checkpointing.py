@@ -39,8 +39,19 @@ from typing import Any, cast
 
 import torch
 
-__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "INTERRUPTED_CHECKPOINT", "atomic_write", "atomic_save",
-           "save_weights", "load_checkpoint", "trusted_checkpoints", "BestWeights", "TrainingCheckpoint", "Checkpointer"]
+__all__ = [
+    "BEST_CHECKPOINT",
+    "LAST_CHECKPOINT",
+    "INTERRUPTED_CHECKPOINT",
+    "atomic_write",
+    "atomic_save",
+    "save_weights",
+    "load_checkpoint",
+    "trusted_checkpoints",
+    "BestWeights",
+    "TrainingCheckpoint",
+    "Checkpointer",
+]
 
 #: File of the best weights (a model ``state_dict``) in a ``checkpoint_dir``.
 BEST_CHECKPOINT = "best.pt"
@@ -143,6 +154,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     pathlib.Path
         The path written. A failed write raises :func:`atomic_write`'s ``OSError``.
     """
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
@@ -154,9 +166,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def _write_error(err: OSError, path: Path, kind: str = "checkpoint") -> OSError:
     """The error of a failed write, in words (the errno is kept)."""
     reasons: dict[int | None, str] = {
-        errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
         errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }
     what = reasons.get(err.errno, err.strerror or type(err).__name__)
     kept = "the previous file is left intact" if path.is_file() else "no file was written"
     return OSError(err.errno, f"could not write {kind} {str(path)!r}: {what} ({kept})")
@@ -232,8 +247,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted:
             ) from None
         detail = " ".join(text.split())[:300]
         raise ValueError(
-            f"checkpoint path={str(path)!r} is not a readable torch checkpoint "
-            f"({type(err).__name__}: {detail})"
+            f"checkpoint path={str(path)!r} is not a readable torch checkpoint ({type(err).__name__}: {detail})"
         ) from err
 
 
@@ -250,8 +264,12 @@ def _check_unpacked_size(path: Path) -> None:
             declared = sum(info.file_size for info in archive.infolist())
     except (zipfile.BadZipFile, OSError, ValueError):  # not a zip archive: torch.load says what it is
         return
-    check_inflation(declared, path.stat().st_size, f"checkpoint path={str(path)!r}",
-                    hint="torch.save stores a checkpoint uncompressed")
+    check_inflation(
+        declared,
+        path.stat().st_size,
+        f"checkpoint path={str(path)!r}",
+        hint="torch.save stores a checkpoint uncompressed",
+    )
 
 
 def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> Path:
@@ -261,8 +279,10 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------- training state
 def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-            for k, v in state.items()}
+    return {
+        k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+        for k, v in state.items()
+    }
 
 
 class BestWeights:
@@ -324,21 +344,27 @@ class BestWeights:
     def restore(self, model: torch.nn.Module, map_location: Any = "cpu") -> None:
         """Load the best weights into ``model``."""
         # called when has_weights: not in memory, they were written to self.path
-        weights = (self._weights if self._weights is not None
-                   else load_checkpoint(cast(Path, self.path), map_location))
+        weights = self._weights if self._weights is not None else load_checkpoint(cast(Path, self.path), map_location)
         try:
             model.load_state_dict(weights)
         except (RuntimeError, TypeError, AttributeError) as err:  # another model's weights, or not weights
-            where = "the best weights kept in memory" if self._weights is not None else \
-                f"the best weights in {str(self.path)!r}"
+            where = (
+                "the best weights kept in memory"
+                if self._weights is not None
+                else f"the best weights in {str(self.path)!r}"
+            )
             detail = " ".join(str(err).split())[:300]
             raise ValueError(f"{where} do not fit this model ({type(err).__name__}: {detail})") from None
 
     def state_dict(self) -> dict[str, Any]:
         """Best value, file and whether it was written; the weights themselves when
         they are kept in memory (tensors and plain types only)."""
-        return {"best_score": self.best_score, "path": None if self.path is None else str(self.path),
-                "checkpoint_written": self.checkpoint_written, "weights": self._weights}
+        return {
+            "best_score": self.best_score,
+            "path": None if self.path is None else str(self.path),
+            "checkpoint_written": self.checkpoint_written,
+            "weights": self._weights,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state. Best weights saved in another file (a resumed run in a
@@ -391,8 +417,13 @@ class TrainingCheckpoint:
     #: Components every state must hold when this run has them.
     REQUIRED = ("model", "optimizer", "early_stopping", "best", "trainer")
 
-    def __init__(self, components: dict[str, Any], strategy, hints: dict[str, str] | None = None,
-                 identity: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        components: dict[str, Any],
+        strategy,
+        hints: dict[str, str] | None = None,
+        identity: dict[str, Any] | None = None,
+    ):
         self.components = components
         self.strategy = strategy
         self.hints = hints or {}
@@ -416,8 +447,13 @@ class TrainingCheckpoint:
         rng = self.strategy.gather(get_rng_state()) if collective else [get_rng_state()]
         if not self.strategy.is_main:
             return Path(path)
-        payload = {"format": self.FORMAT, "version": self.VERSION, "progress": dict(progress),
-                   "rng": rng, "identity": None if self.identity is None else dict(self.identity)}
+        payload = {
+            "format": self.FORMAT,
+            "version": self.VERSION,
+            "progress": dict(progress),
+            "rng": rng,
+            "identity": None if self.identity is None else dict(self.identity),
+        }
         for name, component in self.components.items():
             payload[name] = None if component is None else component.state_dict()
         best = payload.get("best")
@@ -439,11 +475,15 @@ class TrainingCheckpoint:
         source = f"resume_from={str(path)!r}"
         payload = load_checkpoint(path, map_location=map_location)
         if not isinstance(payload, dict) or payload.get("format") != self.FORMAT:
-            raise ValueError(f"{source} is not a stepgraph training state "
-                             "(expected last.pt or interrupted.pt written by the Trainer)")
+            raise ValueError(
+                f"{source} is not a stepgraph training state "
+                "(expected last.pt or interrupted.pt written by the Trainer)"
+            )
         if payload.get("version") != self.VERSION:
-            raise ValueError(f"{source} is a training state of format version {payload.get('version')}; "
-                             f"this stepgraph reads version {self.VERSION}")
+            raise ValueError(
+                f"{source} is a training state of format version {payload.get('version')}; "
+                f"this stepgraph reads version {self.VERSION}"
+            )
         # the whole state is checked before anything is restored
         self._check_identity(payload.get("identity"), source)
         progress = self._check_progress(payload, source)
@@ -451,23 +491,30 @@ class TrainingCheckpoint:
         for name, component in self.components.items():
             saved = payload.get(name)
             if component is not None and (name not in payload or (saved is None and name in self.REQUIRED)):
-                raise ValueError(f"{source} holds no {name} state: it is not a whole training state "
-                                 "(a damaged or edited file)")
+                raise ValueError(
+                    f"{source} holds no {name} state: it is not a whole training state (a damaged or edited file)"
+                )
             if saved is not None and component is None:
                 raise ValueError(f"{source} holds a {name} state but this run has none; {self.hints.get(name, '')}")
         for name, component in self.components.items():
             saved = payload.get(name)
             if saved is None:
                 continue
-            if name == "best" and isinstance(saved, dict) and saved.get("path") \
-                    and not os.path.isabs(str(saved["path"])):
+            if (
+                name == "best"
+                and isinstance(saved, dict)
+                and saved.get("path")
+                and not os.path.isabs(str(saved["path"]))
+            ):
                 saved = {**saved, "path": str(Path(path).parent / str(saved["path"]))}
             try:
                 component.load_state_dict(saved)
             except Exception as err:  # a state of another set-up, or ill-typed values
                 detail = " ".join(str(err).split())[:300]
-                raise ValueError(f"{source}: the saved {name} state does not fit ({type(err).__name__}: "
-                                 f"{detail}); {self.hints.get(name, '')}".rstrip("; ")) from None
+                raise ValueError(
+                    f"{source}: the saved {name} state does not fit ({type(err).__name__}: "
+                    f"{detail}); {self.hints.get(name, '')}".rstrip("; ")
+                ) from None
         from stepgraph.train.rng import set_rng_state
 
         set_rng_state(rng)
@@ -482,22 +529,31 @@ class TrainingCheckpoint:
         for key, value in self.identity.items():
             before = saved.get(key, "not recorded")
             if before != value:
-                raise ValueError(f"{source} belongs to another run: {key} was {before!r} when it was saved, "
-                                 f"now {value!r}; resume with the settings of that run (only the number of "
-                                 "epochs may grow), or start a new run in another folder")
+                raise ValueError(
+                    f"{source} belongs to another run: {key} was {before!r} when it was saved, "
+                    f"now {value!r}; resume with the settings of that run (only the number of "
+                    "epochs may grow), or start a new run in another folder"
+                )
 
     def _check_progress(self, payload: dict, source: str) -> dict[str, Any]:
         progress: Any = payload.get("progress")  # anything the file holds, checked here
-        ok = isinstance(progress, dict) and all(
-            isinstance(progress.get(k), int) and not isinstance(progress.get(k), bool) and progress[k] >= 0
-            for k in ("epoch", "step")) and isinstance(progress.get("stopped"), bool)
+        ok = (
+            isinstance(progress, dict)
+            and all(
+                isinstance(progress.get(k), int) and not isinstance(progress.get(k), bool) and progress[k] >= 0
+                for k in ("epoch", "step")
+            )
+            and isinstance(progress.get("stopped"), bool)
+        )
         record = payload.get("trainer")
         history = record.get("history") if isinstance(record, dict) else None
         if ok and isinstance(history, list) and progress["epoch"] > len(history):
             ok = False
         if not ok:
-            raise ValueError(f"{source}: its progress {progress!r} is out of range (completed epochs and steps "
-                             "are counts no larger than the saved history; a damaged or edited file)")
+            raise ValueError(
+                f"{source}: its progress {progress!r} is out of range (completed epochs and steps "
+                "are counts no larger than the saved history; a damaged or edited file)"
+            )
         return progress
 
     def _check_rng(self, rng, source: str) -> dict[str, Any]:
@@ -512,8 +568,9 @@ class TrainingCheckpoint:
             set_rng_state(state)
         except Exception as err:
             detail = " ".join(str(err).split())[:200]
-            raise ValueError(f"{source}: its RNG state is not valid ({type(err).__name__}: {detail}; a damaged "
-                             "or edited file)") from None
+            raise ValueError(
+                f"{source}: its RNG state is not valid ({type(err).__name__}: {detail}; a damaged or edited file)"
+            ) from None
         finally:
             set_rng_state(current)
         return state
@@ -555,16 +612,18 @@ class Checkpointer:
 
     best_path = property(lambda self: self.file(BEST_CHECKPOINT), doc="The best weights' file, or ``None``.")
     last_path = property(lambda self: self.file(LAST_CHECKPOINT), doc="The last training state's file, or ``None``.")
-    interrupted_path = property(lambda self: self.file(INTERRUPTED_CHECKPOINT),
-                                doc="The interrupted training state's file, or ``None``.")
+    interrupted_path = property(
+        lambda self: self.file(INTERRUPTED_CHECKPOINT), doc="The interrupted training state's file, or ``None``."
+    )
 
     def new_fit(self) -> BestWeights:
         """Forget the best weights of an earlier fit."""
         self.best = BestWeights(self.best_path, write=self.write)
         return self.best
 
-    def save(self, state: TrainingCheckpoint, path: str | os.PathLike, progress: dict[str, Any],
-             collective: bool = True) -> Path:
+    def save(
+        self, state: TrainingCheckpoint, path: str | os.PathLike, progress: dict[str, Any], collective: bool = True
+    ) -> Path:
         """Write the training state to ``path`` (see :meth:`TrainingCheckpoint.save`)."""
         return state.save(path, progress, collective=collective)
 

@@ -27,9 +27,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "is_main_process",
-           "shard_indices", "ShardSampler", "all_reduce_meter", "all_reduce_gradients", "broadcast_module",
-           "all_gather_objects", "LossForward", "destroy_owned_group"]
+__all__ = [
+    "init_distributed",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main_process",
+    "shard_indices",
+    "ShardSampler",
+    "all_reduce_meter",
+    "all_reduce_gradients",
+    "broadcast_module",
+    "all_gather_objects",
+    "LossForward",
+    "destroy_owned_group",
+]
 
 #: Whether this process's group was initialised by stepgraph (and so is ours to destroy).
 _OWNS_GROUP = False
@@ -125,8 +137,7 @@ def destroy_owned_group() -> bool:
     return True
 
 
-def shard_indices(indices: np.ndarray, epoch: int, seed: int, shuffle: bool = True,
-                  pad: bool = False) -> np.ndarray:
+def shard_indices(indices: np.ndarray, epoch: int, seed: int, shuffle: bool = True, pad: bool = False) -> np.ndarray:
     """This rank's share of ``indices`` for an epoch.
 
     All ranks draw the same permutation (seeded by ``seed`` and ``epoch``) and
@@ -153,7 +164,7 @@ def shard_indices(indices: np.ndarray, epoch: int, seed: int, shuffle: bool = Tr
     if pad and indices.size % world:
         extra = world - indices.size % world
         indices = np.concatenate([indices, np.resize(indices, extra)])
-    return indices[rank()::world]
+    return indices[rank() :: world]
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -177,8 +188,7 @@ class ShardSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        return iter(shard_indices(np.arange(self.n), self.epoch, self.seed, self.shuffle,
-                                  self.pad).tolist())
+        return iter(shard_indices(np.arange(self.n), self.epoch, self.seed, self.shuffle, self.pad).tolist())
 
     def __len__(self) -> int:
         if self.pad:
@@ -213,8 +223,9 @@ def all_reduce_meter(meter) -> None:
             packed[len(keys) + i] = weights[key]
     dist.all_reduce(packed)
     reduced = packed.cpu().tolist()
-    meter.load_state({k: reduced[i] for i, k in enumerate(keys)},
-                     {k: reduced[len(keys) + i] for i, k in enumerate(keys)})
+    meter.load_state(
+        {k: reduced[i] for i, k in enumerate(keys)}, {k: reduced[len(keys) + i] for i, k in enumerate(keys)}
+    )
 
 
 def all_reduce_gradients(module: torch.nn.Module) -> None:
@@ -233,7 +244,7 @@ def all_reduce_gradients(module: torch.nn.Module) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
 
 

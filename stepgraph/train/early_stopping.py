@@ -161,14 +161,15 @@ class EarlyStopping:
         state
             The dict :meth:`state_dict` returned.
         """
-        for key in ("patience", "delta", "mode", "path", "counter", "best_score", "early_stop",
-                    "checkpoint_written"):
+        for key in ("patience", "delta", "mode", "path", "counter", "best_score", "early_stop", "checkpoint_written"):
             if key in state:
                 setattr(self, key, state[key])
 
     def __repr__(self) -> str:
-        return (f"EarlyStopping(patience={self.patience}, delta={self.delta}, mode={self.mode!r}, "
-                f"counter={self.counter}, best_score={self.best_score})")
+        return (
+            f"EarlyStopping(patience={self.patience}, delta={self.delta}, mode={self.mode!r}, "
+            f"counter={self.counter}, best_score={self.best_score})"
+        )
 
 
 class EarlyStoppingGroup:
@@ -204,8 +205,13 @@ class EarlyStoppingGroup:
         self.stop_on = check_choice(stop_on, "stop_on", STOP_RULES)
         self.trace_func = trace_func
         self.lossconfig: dict[str, dict[str, Any]] = {}
-        self.default_config: dict[str, Any] = {"patience": 10, "delta": 0.0, "mode": "min",
-                                               "verbose": False, "path": None}
+        self.default_config: dict[str, Any] = {
+            "patience": 10,
+            "delta": 0.0,
+            "mode": "min",
+            "verbose": False,
+            "path": None,
+        }
         self.monitors: dict[str, EarlyStopping] = {}
         self.stop_code: str | None = None
         self.stop_reason: str | None = None
@@ -237,8 +243,7 @@ class EarlyStoppingGroup:
                 raise TypeError(f"invalid early-stopping settings for {key!r}: {cfg}: {err}") from None
         return self.monitors
 
-    def monitored(self, losses: Mapping[str, Any], loss_names: Iterable[str] = ()
-                  ) -> tuple[dict[str, float], float]:
+    def monitored(self, losses: Mapping[str, Any], loss_names: Iterable[str] = ()) -> tuple[dict[str, float], float]:
         """The validation values the monitors watch, and their total.
 
         Parameters
@@ -256,8 +261,7 @@ class EarlyStoppingGroup:
             ``stop_on="total"``) and the sum of the watched losses (NaN when none).
         """
         names = set(loss_names)
-        values = {k: float(v) for k, v in losses.items()
-                  if k.startswith("val_") and (not names or k[4:] in names)}
+        values = {k: float(v) for k, v in losses.items() if k.startswith("val_") and (not names or k[4:] in names)}
         total = float(sum(values[k] for k in sorted(values))) if values else math.nan
         if self.stop_on == "total" and values:
             values = {"val_total": total}
@@ -279,29 +283,33 @@ class EarlyStoppingGroup:
             self.setup(values)
         for key, monitor in self.monitors.items():
             if key not in values:
-                raise KeyError(f"validation loss {key!r} was monitored but is missing now; "
-                               f"got {sorted(values)}")
+                raise KeyError(f"validation loss {key!r} was monitored but is missing now; got {sorted(values)}")
             monitor(values[key], model)
         stalled = [k for k, m in self.monitors.items() if m.early_stop]
         stop = bool(stalled) and (len(stalled) == len(self.monitors) or self.stop_on == "any")
         if stop:
             self.stop_code = f"{self.stop_on}_stalled"
             self.stop_reason = "stopped on " + ", ".join(
-                f"{k} (best {self.monitors[k].best_score:.4g}, no improvement for "
-                f"{self.monitors[k].counter} checks)" for k in stalled)
+                f"{k} (best {self.monitors[k].best_score:.4g}, no improvement for {self.monitors[k].counter} checks)"
+                for k in stalled
+            )
         return stop
 
     def state_dict(self) -> dict[str, Any]:
         """Every monitor's state and the stop reason (plain types only)."""
-        return {"monitors": {k: m.state_dict() for k, m in self.monitors.items()},
-                "stop_code": self.stop_code, "stop_reason": self.stop_reason}
+        return {
+            "monitors": {k: m.state_dict() for k, m in self.monitors.items()},
+            "stop_code": self.stop_code,
+            "stop_reason": self.stop_reason,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Rebuild the monitors saved by :meth:`state_dict`."""
         self.monitors = {}
         for key, monitor_state in state["monitors"].items():
-            monitor = EarlyStopping(trace_func=self.trace_func,
-                                    **{k: monitor_state[k] for k in ("patience", "delta", "mode", "path")})
+            monitor = EarlyStopping(
+                trace_func=self.trace_func, **{k: monitor_state[k] for k in ("patience", "delta", "mode", "path")}
+            )
             monitor.load_state_dict(monitor_state)
             self.monitors[key] = monitor
         self.stop_code = state.get("stop_code")

@@ -66,8 +66,13 @@ def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Colle
 def _train_steps(hooks, state: LoopState, batches: Iterable, loss_call: Callable, meter: LossMeter) -> None:
     keys, last_shown = None, time.monotonic()
     total = len(cast(Sized, batches)) if hasattr(batches, "__len__") else None
-    with Progress(total, f"Epoch {state.epoch}/{state.epochs} steps", "batches",
-                  enabled=hooks.progress and total != 1, final_line=False) as progress:
+    with Progress(
+        total,
+        f"Epoch {state.epoch}/{state.epochs} steps",
+        "batches",
+        enabled=hooks.progress and total != 1,
+        final_line=False,
+    ) as progress:
         for step, batch in enumerate(batches):
             with hooks.autocast():  # the forward pass in the trainer's precision
                 out = loss_call(batch, step)
@@ -78,8 +83,10 @@ def _train_steps(hooks, state: LoopState, batches: Iterable, loss_call: Callable
             if keys is None:
                 keys = set(loss_dict)
             elif set(loss_dict) != keys:
-                raise ValueError(f"the loss dict's keys changed at epoch {state.epoch}, step {step}: "
-                                 f"{sorted(loss_dict)} instead of {sorted(keys)}")
+                raise ValueError(
+                    f"the loss dict's keys changed at epoch {state.epoch}, step {step}: "
+                    f"{sorted(loss_dict)} instead of {sorted(keys)}"
+                )
             if hooks.update_model_params(loss_dict, state.epoch, step) is None:
                 continue
             hooks.cum_loss(loss_dict, meter, weight=weight)
@@ -113,8 +120,7 @@ def evaluate(hooks, batches: Iterable, loss_call: Callable, meter: LossMeter | N
     return {f"val_{k}": v for k, v in meter.compute().items()}
 
 
-def end_epoch(hooks, state: LoopState, train_losses: dict, valid_losses: dict,
-              loss_names: Collection[str]) -> bool:
+def end_epoch(hooks, state: LoopState, train_losses: dict, valid_losses: dict, loss_names: Collection[str]) -> bool:
     """The end of an epoch: history, writer, early stopping and best weights
     (:meth:`~stepgraph.Trainer.check_early_stop`), the LR scheduler and the
     progress text. Returns whether early stopping fired."""

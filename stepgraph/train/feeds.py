@@ -37,11 +37,30 @@ from stepgraph._validation import as_index
 from stepgraph.data.dataset import MODES
 from stepgraph.data.loaders import derive_neighbor_loader, loader_seeds
 
-__all__ = ["Feed", "MatrixFeed", "TensorBatchFeed", "NodeSamplingFeed", "FullNeighbourhoodFeed", "LoaderFeed",
-           "for_loader", "is_neighbor_loader", "to_device", "batch_weight", "graph_batch_weight", "graph_inputs",
-           "matrix_loss_call", "tensor_loss_call", "graph_loss_call", "graph_call", "loader_call",
-           "loader_validation", "node_mask",
-           "split_loaders", "predict_nodes", "takes_per_hop"]
+__all__ = [
+    "Feed",
+    "MatrixFeed",
+    "TensorBatchFeed",
+    "NodeSamplingFeed",
+    "FullNeighbourhoodFeed",
+    "LoaderFeed",
+    "for_loader",
+    "is_neighbor_loader",
+    "to_device",
+    "batch_weight",
+    "graph_batch_weight",
+    "graph_inputs",
+    "matrix_loss_call",
+    "tensor_loss_call",
+    "graph_loss_call",
+    "graph_call",
+    "loader_call",
+    "loader_validation",
+    "node_mask",
+    "split_loaders",
+    "predict_nodes",
+    "takes_per_hop",
+]
 
 #: ``loss_call(batch, step) -> (loss_dict, weight)``, or ``None`` to skip the batch.
 LossCall = Callable[[Any, int], "tuple[Mapping[str, Any], float] | None"]
@@ -89,8 +108,7 @@ def batch_weight(batch) -> int:
 
 
 #: The per-hop counts a model's method may take, to trim each layer to what the next reads.
-PER_HOP_INPUTS = {"num_sampled_nodes_per_hop": "num_sampled_nodes",
-                  "num_sampled_edges_per_hop": "num_sampled_edges"}
+PER_HOP_INPUTS = {"num_sampled_nodes_per_hop": "num_sampled_nodes", "num_sampled_edges_per_hop": "num_sampled_edges"}
 
 
 @functools.lru_cache(maxsize=64)
@@ -134,10 +152,10 @@ def predict_nodes(model: torch.nn.Module, func: Callable, gloader, dataset, devi
             for batch in gloader:
                 inputs = graph_inputs(batch, dataset, device, per_hop=takes_per_hop(func))
                 pred = func(inputs.pop("x"), inputs.pop("edge_index"), **inputs)
-                pred = pred[:batch.batch_size].detach().cpu()
+                pred = pred[: batch.batch_size].detach().cpu()
                 if out is None:
                     out = torch.zeros((gloader.data.num_nodes, *pred.shape[1:]), dtype=pred.dtype)
-                out[batch.n_id[:batch.batch_size]] = pred
+                out[batch.n_id[: batch.batch_size]] = pred
     finally:
         model.train(was_training)
     return cast(torch.Tensor, out)  # None only when gloader has no batch
@@ -158,8 +176,9 @@ def split_loaders(loaders, name: str = "loaders"):
         if len(loaders) == 1:
             return loaders[0], None
         if len(loaders) != 2:
-            raise ValueError(f"{name} must be a loader or a (train_loader, valid_loader) pair, "
-                             f"got {len(loaders)} items")
+            raise ValueError(
+                f"{name} must be a loader or a (train_loader, valid_loader) pair, got {len(loaders)} items"
+            )
         return loaders[0], loaders[1]
     return loaders, None
 
@@ -168,22 +187,25 @@ def _check_disjoint(train_ind: torch.Tensor, valid_ind: torch.Tensor | None) -> 
     if valid_ind is not None:
         overlap = int(torch.isin(valid_ind, train_ind).sum())
         if overlap:
-            raise ValueError(f"train_ind and valid_ind must be disjoint, got an overlap of {overlap} "
-                             "positions")
+            raise ValueError(f"train_ind and valid_ind must be disjoint, got an overlap of {overlap} positions")
 
 
 # ------------------------------------------------------------------ loss calls
 def matrix_loss_call(X, call: Callable, kwargs: Mapping[str, Any], device) -> LossCall:
     """Loss of the full-matrix path on a batch of row positions."""
+
     def loss_call(ind, step):
         return call(X, ind=ind.to(device), **kwargs), ind.numel()
+
     return loss_call
 
 
 def tensor_loss_call(call: Callable) -> LossCall:
     """Loss of a tensor batch, weighted by its number of samples."""
+
     def loss_call(batch, step):
         return call(batch), batch_weight(batch)
+
     return loss_call
 
 
@@ -233,10 +255,12 @@ def loader_call(trainer, call_func: Callable | None, dataset, loader) -> Callabl
     if _steps_form(call):
         return lambda batch, ind, step: call(batch, dataset, ind, step)
     if call_func is None and getattr(call, "__func__", None) is Trainer.handle_ginput_tuple:
-        raise TypeError(f"gloader of type {type(loader).__name__} is not a torch_geometric NeighborLoader, "
-                        "whose batches the Trainer's own handle_ginput_tuple reads; override "
-                        "handle_ginput_tuple(self, input_tuple, dataset, ind, step) (STEP's form) in a "
-                        "subclass, or pass call_func=, to compute the loss of its batches")
+        raise TypeError(
+            f"gloader of type {type(loader).__name__} is not a torch_geometric NeighborLoader, "
+            "whose batches the Trainer's own handle_ginput_tuple reads; override "
+            "handle_ginput_tuple(self, input_tuple, dataset, ind, step) (STEP's form) in a "
+            "subclass, or pass call_func=, to compute the loss of its batches"
+        )
     return call
 
 
@@ -247,16 +271,18 @@ def graph_loss_call(trainer, mask: torch.Tensor | None, call: Callable) -> LossC
     whose ranks step in lockstep: there it contributes a zero loss of weight 0,
     so every rank runs the same synchronised backward passes.
     """
+
     def loss_call(batch, step):
         ind = torch.arange(batch.batch_size)
         if mask is not None:
-            ind = mask[batch.n_id[:batch.batch_size]].nonzero().flatten()
+            ind = mask[batch.n_id[: batch.batch_size]].nonzero().flatten()
             if ind.numel() == 0:
                 if not (trainer.strategy.lockstep and trainer.model.training):
                     return None
                 losses = call(batch, torch.zeros(1, dtype=torch.long), step)
                 return {k: v * 0 if isinstance(v, torch.Tensor) else v for k, v in losses.items()}, 0
         return call(batch, ind, step), ind.numel()
+
     return loss_call
 
 
@@ -295,8 +321,11 @@ class Feed:
         return self.trainer.seed or 0
 
     def _track(self, *loaders) -> None:
-        self.generators = [loader.generator for loader in loaders
-                           if loader is not None and getattr(loader, "generator", None) is not None]
+        self.generators = [
+            loader.generator
+            for loader in loaders
+            if loader is not None and getattr(loader, "generator", None) is not None
+        ]
 
     def train_batches(self, epoch: int) -> Iterable:
         """The batches of one training epoch (this rank's share)."""
@@ -314,9 +343,11 @@ class Feed:
         """Give the generators their saved states (same loaders as the saved run)."""
         saved = state["generators"]
         if len(saved) != len(self.generators):
-            raise ValueError(f"the checkpoint holds {len(saved)} loader generator state(s) but the "
-                             f"loaders given have {len(self.generators)}; resume with the same loaders "
-                             "(same shuffle settings) as the interrupted run")
+            raise ValueError(
+                f"the checkpoint holds {len(saved)} loader generator state(s) but the "
+                f"loaders given have {len(self.generators)}; resume with the same loaders "
+                "(same shuffle settings) as the interrupted run"
+            )
         for generator, generator_state in zip(self.generators, saved):
             generator.set_state(generator_state)
 
@@ -329,8 +360,7 @@ class MatrixFeed(Feed):
     other rows train.
     """
 
-    def __init__(self, trainer, X, train_ind=None, valid_ind=None, call_func: Callable | None = None,
-                 **kwargs):
+    def __init__(self, trainer, X, train_ind=None, valid_ind=None, call_func: Callable | None = None, **kwargs):
         super().__init__(trainer)
         self.X = to_device(torch.as_tensor(X), trainer.device)
         n = self.X.shape[0]
@@ -393,15 +423,20 @@ class _NeighborLoaderFeed(Feed):
         """Check that graph node ``i`` is dataset row ``i``; features come from the dataset."""
         dataset = _graph_dataset(self.trainer, dataset)
         if dataset is None:
-            raise TypeError("dataset must be the dataset whose row i is graph node i, got dataset=None "
-                            "and no trainer.graph_dataset to fall back on")
+            raise TypeError(
+                "dataset must be the dataset whose row i is graph node i, got dataset=None "
+                "and no trainer.graph_dataset to fall back on"
+            )
         if not hasattr(dataset, "features"):
-            raise TypeError(f"dataset must be a stepgraph BaseDataset (the Trainer's handle_ginput_tuple "
-                            f"reads its features), got dataset of type {type(dataset).__name__}")
+            raise TypeError(
+                f"dataset must be a stepgraph BaseDataset (the Trainer's handle_ginput_tuple "
+                f"reads its features), got dataset of type {type(dataset).__name__}"
+            )
         num_nodes = gloader.data.num_nodes
         if num_nodes != len(dataset):
-            raise ValueError(f"dataset must have one row per graph node, got {len(dataset)} rows; "
-                             f"the graph has {num_nodes} nodes")
+            raise ValueError(
+                f"dataset must have one row per graph node, got {len(dataset)} rows; the graph has {num_nodes} nodes"
+            )
         self.dataset = dataset
         return num_nodes
 
@@ -409,15 +444,12 @@ class _NeighborLoaderFeed(Feed):
         """The loaders, the loss call on the seeds in ``mask`` and the validation shard."""
         trainer = self.trainer
         self.train_loader, self.valid_loader, self.call_func = train_loader, valid_loader, call_func
-        self.loss = graph_loss_call(trainer, mask, graph_call(call_func or trainer.handle_ginput_tuple,
-                                                              self.dataset))
+        self.loss = graph_loss_call(trainer, mask, graph_call(call_func or trainer.handle_ginput_tuple, self.dataset))
         self._track(train_loader, valid_loader)
-        self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self.seed,
-                                                                   shuffle=False, pad=False)
+        self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self.seed, shuffle=False, pad=False)
 
     def train_batches(self, epoch: int):
-        return self.trainer.strategy.shard_neighbor_loader(self.train_loader, epoch, self.seed,
-                                                           shuffle=True, pad=True)
+        return self.trainer.strategy.shard_neighbor_loader(self.train_loader, epoch, self.seed, shuffle=True, pad=True)
 
     def validate(self, epoch: int) -> dict[str, float] | None:
         if self._valid_shard is None:
@@ -434,8 +466,9 @@ class NodeSamplingFeed(_NeighborLoaderFeed):
     loader's other seeds train.
     """
 
-    def __init__(self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None,
-                 call_func: Callable | None = None):
+    def __init__(
+        self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None, call_func: Callable | None = None
+    ):
         super().__init__(trainer)
         train_loader, valid_loader = split_loaders(gloader, "gloader")
         num_nodes = self._bind(train_loader, dataset)
@@ -463,8 +496,9 @@ class FullNeighbourhoodFeed(_NeighborLoaderFeed):
     ``valid_ind`` given, every other node trains.
     """
 
-    def __init__(self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None,
-                 call_func: Callable | None = None):
+    def __init__(
+        self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None, call_func: Callable | None = None
+    ):
         super().__init__(trainer)
         num_nodes = self._bind(gloader, dataset)
         train = None if train_ind is None else as_index(train_ind, "train_ind", num_nodes)
@@ -510,16 +544,19 @@ class LoaderFeed(Feed):
         The loss call (see above).
     """
 
-    def __init__(self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None,
-                 call_func: Callable | None = None):
+    def __init__(
+        self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None, call_func: Callable | None = None
+    ):
         super().__init__(trainer)
         train_loader, valid_loader = gloader if isinstance(gloader, tuple) and len(gloader) == 2 else (gloader, None)
         for name, loader in (("gloader", train_loader), ("the validation loader", valid_loader)):
             _check_reiterable(loader, name)
         if trainer.strategy.is_distributed:
-            raise ValueError(f"gloader of type {type(train_loader).__name__} cannot be sharded over ranks: "
-                             "in distributed training stepgraph shards only torch_geometric NeighborLoaders "
-                             "(stepgraph.node_loaders / stepgraph.graph_loader)")
+            raise ValueError(
+                f"gloader of type {type(train_loader).__name__} cannot be sharded over ranks: "
+                "in distributed training stepgraph shards only torch_geometric NeighborLoaders "
+                "(stepgraph.node_loaders / stepgraph.graph_loader)"
+            )
         self.dataset = _graph_dataset(trainer, dataset)
         n = len(self.dataset) if hasattr(self.dataset, "__len__") else None
         train, valid = _as_ids(train_ind, "train_ind", n), _as_ids(valid_ind, "valid_ind", n)
@@ -538,17 +575,20 @@ class LoaderFeed(Feed):
     def validate(self, epoch: int) -> dict[str, float] | None:
         if self.valid_loader is None:
             return None
-        return self.trainer.validate_gloader(self.valid_loader, valid_ind=self.valid_ind, dataset=self.dataset,
-                                             call_func=self.call_func)
+        return self.trainer.validate_gloader(
+            self.valid_loader, valid_ind=self.valid_ind, dataset=self.dataset, call_func=self.call_func
+        )
 
 
 def for_loader(neighbor_feed: type) -> Callable:
     """The feed factory of a graph method: ``neighbor_feed`` for a PyG ``NeighborLoader``
     (or a pair of them), :class:`LoaderFeed` for any other loader."""
+
     def build(trainer, gloader, *args, **kwargs) -> Feed:
         first = gloader[0] if isinstance(gloader, (tuple, list)) and gloader else gloader
         cls = neighbor_feed if is_neighbor_loader(first) else LoaderFeed
         return cls(trainer, gloader, *args, **kwargs)
+
     build.__name__ = build.__qualname__ = f"for_loader({neighbor_feed.__name__})"
     return build
 
@@ -564,6 +604,7 @@ def loader_validation(trainer, loader, valid_ind, call_func: Callable | None) ->
 def _loader_loss(call: Callable, ind: torch.Tensor | None) -> LossCall:
     def loss_call(batch, step):
         return call(batch, ind, step), graph_batch_weight(batch)
+
     return loss_call
 
 
@@ -576,12 +617,13 @@ def _check_reiterable(loader, name: str) -> None:
     if loader is None:
         return
     if isinstance(loader, Iterator):
-        raise TypeError(f"{name} must be iterable once per epoch, got a one-shot iterator of type "
-                        f"{type(loader).__name__}; pass a list, a loader, or a function returning a "
-                        "fresh generator each epoch")
+        raise TypeError(
+            f"{name} must be iterable once per epoch, got a one-shot iterator of type "
+            f"{type(loader).__name__}; pass a list, a loader, or a function returning a "
+            "fresh generator each epoch"
+        )
     if not (isinstance(loader, Iterable) or callable(loader)):
-        raise TypeError(f"{name} must be a loader (an iterable of batches), got {name} of type "
-                        f"{type(loader).__name__}")
+        raise TypeError(f"{name} must be a loader (an iterable of batches), got {name} of type {type(loader).__name__}")
 
 
 def _as_ids(ind, name: str, n: int | None) -> torch.Tensor | None:

@@ -33,8 +33,14 @@ from stepgraph.progress import Progress
 
 _Rows = TypeVar("_Rows")
 
-__all__ = ["LayerwiseLayer", "LayerwisePlan", "layerwise_plan", "predict_layerwise", "weighted_sum",
-           "DEFAULT_CHUNK_SIZE"]
+__all__ = [
+    "LayerwiseLayer",
+    "LayerwisePlan",
+    "layerwise_plan",
+    "predict_layerwise",
+    "weighted_sum",
+    "DEFAULT_CHUNK_SIZE",
+]
 
 #: Nodes whose outputs one step computes; the messages of one step are about
 #: ``mean degree`` times as many rows, so memory stays that of a few mini-batches.
@@ -131,8 +137,14 @@ def _by_target(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int):
     return src, dst, edge_weight, colptr
 
 
-def _rowwise(func: Callable[[_Rows], Tensor], rows: Callable[[int, int], _Rows], num_nodes: int,
-             chunks: range, chunk_size: int, bar) -> Tensor:
+def _rowwise(
+    func: Callable[[_Rows], Tensor],
+    rows: Callable[[int, int], _Rows],
+    num_nodes: int,
+    chunks: range,
+    chunk_size: int,
+    bar,
+) -> Tensor:
     """``func`` of every node's rows, chunk by chunk, into one tensor."""
     out = None
     for start in chunks:
@@ -145,9 +157,16 @@ def _rowwise(func: Callable[[_Rows], Tensor], rows: Callable[[int, int], _Rows],
     return cast(Tensor, out)  # None only when there are no chunks (a graph without nodes)
 
 
-def predict_layerwise(model: torch.nn.Module, plan: LayerwisePlan, data, dataset, device,
-                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False,
-                      non_blocking: bool = False) -> Tensor:
+def predict_layerwise(
+    model: torch.nn.Module,
+    plan: LayerwisePlan,
+    data,
+    dataset,
+    device,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool = False,
+    non_blocking: bool = False,
+) -> Tensor:
     """Run ``plan`` over the whole graph ``data``, one layer for every node at a time.
 
     Per layer, ``transform`` runs once over every node's rows (for the first
@@ -185,11 +204,13 @@ def predict_layerwise(model: torch.nn.Module, plan: LayerwisePlan, data, dataset
         raise ValueError("plan must hold at least one layer, got plan.layers=[]")
     num_nodes = int(data.num_nodes)
     if len(dataset) != num_nodes:
-        raise ValueError(f"dataset must have one row per graph node, got {len(dataset)} rows; "
-                         f"the graph has {num_nodes} nodes")
+        raise ValueError(
+            f"dataset must have one row per graph node, got {len(dataset)} rows; the graph has {num_nodes} nodes"
+        )
     edge_index, edge_weight = plan.graph(data.edge_index, getattr(data, "edge_weight", None), num_nodes)
-    src, dst, weight, colptr = _by_target(edge_index.cpu(), None if edge_weight is None else edge_weight.cpu(),
-                                          num_nodes)
+    src, dst, weight, colptr = _by_target(
+        edge_index.cpu(), None if edge_weight is None else edge_weight.cpu(), num_nodes
+    )
     src, dst = src.to(device), dst.to(device)
     weight = None if weight is None else weight.to(device)
     chunks = range(0, num_nodes, chunk_size)
@@ -202,29 +223,30 @@ def predict_layerwise(model: torch.nn.Module, plan: LayerwisePlan, data, dataset
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), Progress(len(chunks) * (2 * len(plan.layers) + 1), "embedding", "steps",
-                                       enabled=progress) as bar:
+        with (
+            torch.no_grad(),
+            Progress(len(chunks) * (2 * len(plan.layers) + 1), "embedding", "steps", enabled=progress) as bar,
+        ):
             h = None
             for layer in plan.layers:
                 # Callable[..., Tensor]: the lambda's default argument h does not fit [int, int]
-                rows: Callable[..., Tensor] = (features if h is None
-                                               else (lambda start, stop, h=h: h[start:stop]))
+                rows: Callable[..., Tensor] = features if h is None else (lambda start, stop, h=h: h[start:stop])
                 t = _rowwise(layer.transform, rows, num_nodes, chunks, chunk_size, bar)
                 del h, rows  # the previous layer's outputs are freed: two node-sized tensors at most
 
                 def aggregate(bounds, t=t, layer=layer):
                     start, stop = bounds
                     lo, hi = int(colptr[start]), int(colptr[stop])
-                    return layer.aggregate(t, src[lo:hi], dst[lo:hi] - start,
-                                           None if weight is None else weight[lo:hi], start, stop)
+                    return layer.aggregate(
+                        t, src[lo:hi], dst[lo:hi] - start, None if weight is None else weight[lo:hi], start, stop
+                    )
 
                 h = _rowwise(aggregate, lambda start, stop: (start, stop), num_nodes, chunks, chunk_size, bar)
                 del t
 
             def head(bounds):
                 start, stop = bounds
-                label = (dataset.labels("batch_label", torch.arange(start, stop)).to(device)
-                         if has_labels else None)
+                label = dataset.labels("batch_label", torch.arange(start, stop)).to(device) if has_labels else None
                 return plan.head(h[start:stop], label).cpu()
 
             return _rowwise(head, lambda start, stop: (start, stop), num_nodes, chunks, chunk_size, bar)

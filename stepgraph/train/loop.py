@@ -79,10 +79,12 @@ def train_loop_formatter(train_func: Callable | None = None, *, feed: Callable |
         return functools.partial(train_loop_formatter, feed=feed)
 
     @functools.wraps(train_func)
-    def loop(self, epochs: int, *args, writer=None, writer_every: str = "epoch", resume_from=None,
-             **kwargs) -> bool:
-        state = LoopState(epochs=cast(int, check_int(epochs, "epochs", minimum=1)), writer=writer,
-                          writer_every=check_choice(writer_every, "writer_every", WRITER_EVERY))
+    def loop(self, epochs: int, *args, writer=None, writer_every: str = "epoch", resume_from=None, **kwargs) -> bool:
+        state = LoopState(
+            epochs=cast(int, check_int(epochs, "epochs", minimum=1)),
+            writer=writer,
+            writer_every=check_choice(writer_every, "writer_every", WRITER_EVERY),
+        )
         try:
             return _fit(self, train_func, feed, state, resume_from, args, kwargs)
         finally:
@@ -90,26 +92,30 @@ def train_loop_formatter(train_func: Callable | None = None, *, feed: Callable |
 
     # the call's real signature: (self, epochs, <the method's own arguments>, writer, writer_every, resume_from)
     params = list(inspect.signature(train_func).parameters.values())
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-             for name, default in _LOOP_KEYWORDS]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default) for name, default in _LOOP_KEYWORDS
+    ]
     epochs_param = inspect.Parameter("epochs", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     wrapper: Any = loop  # the attributes set here are not declared by the wrapper's type
-    wrapper.__signature__ = inspect.Signature(sorted([params[0], epochs_param, *params[2:], *extra],
-                                                     key=lambda p: p.kind))
+    wrapper.__signature__ = inspect.Signature(
+        sorted([params[0], epochs_param, *params[2:], *extra], key=lambda p: p.kind)
+    )
     wrapper.__wrapped_epoch__ = train_func
     return loop
 
 
-def _fit(trainer, train_func: Callable, feed: Callable | None, state: LoopState, resume_from,
-         args: tuple, kwargs: dict) -> bool:
+def _fit(
+    trainer, train_func: Callable, feed: Callable | None, state: LoopState, resume_from, args: tuple, kwargs: dict
+) -> bool:
     epochs = state.epochs
     if resume_from is None:
         trainer.begin_fit()
     trainer.active_feed = None if feed is None else feed(trainer, *args, **kwargs)
     done, stopped = trainer.load_training_state(resume_from, state) if resume_from is not None else (0, False)
     completed, state.first_epoch = done, done + 1
-    state.tbar = Progress(epochs, f"Epoch {done + 1}/{epochs}", "epochs", enabled=trainer.progress,
-                          initial=done, leave=True)
+    state.tbar = Progress(
+        epochs, f"Epoch {done + 1}/{epochs}", "epochs", enabled=trainer.progress, initial=done, leave=True
+    )
     try:
         for epoch in range(done + 1, epochs + 1):
             if stopped:
@@ -119,21 +125,26 @@ def _fit(trainer, train_func: Callable, feed: Callable | None, state: LoopState,
             stopped = bool(train_func(trainer, state, *args, **kwargs))
             completed = epoch
             state.tbar.update()
-            trainer.checkpoints.epoch_end(trainer._training_checkpoint(),
-                                          trainer._training_progress(state, completed, stopped),
-                                          final=stopped or epoch == epochs)
+            trainer.checkpoints.epoch_end(
+                trainer._training_checkpoint(),
+                trainer._training_progress(state, completed, stopped),
+                final=stopped or epoch == epochs,
+            )
     except KeyboardInterrupt:
         state.tbar.close()
         trainer.interrupted = True
-        saved = trainer.checkpoints.interrupted(trainer._training_checkpoint(),
-                                                trainer._training_progress(state, completed, stopped))
-        where = (f"training state saved to {saved}. Resume with the same call plus "
-                 f"resume_from={str(saved)!r}: the interrupted epoch runs again from the weights it had "
-                 f"reached (close to, not bitwise equal to, an uninterrupted run); resume_from="
-                 f"{str(trainer.checkpoints.last_path)!r} continues exactly from the last checkpointed epoch."
-                 if saved is not None else
-                 "no training state was saved (no checkpoint_dir); give the Trainer a checkpoint_dir "
-                 "to make runs resumable.")
+        saved = trainer.checkpoints.interrupted(
+            trainer._training_checkpoint(), trainer._training_progress(state, completed, stopped)
+        )
+        where = (
+            f"training state saved to {saved}. Resume with the same call plus "
+            f"resume_from={str(saved)!r}: the interrupted epoch runs again from the weights it had "
+            f"reached (close to, not bitwise equal to, an uninterrupted run); resume_from="
+            f"{str(trainer.checkpoints.last_path)!r} continues exactly from the last checkpointed epoch."
+            if saved is not None
+            else "no training state was saved (no checkpoint_dir); give the Trainer a checkpoint_dir "
+            "to make runs resumable."
+        )
         trainer.trace_func(f"Interrupted after {completed} completed epoch(s) of {epochs}; {where}")
         return False
     finally:

@@ -20,8 +20,10 @@ def without_metadata(loss_dict: Mapping[str, object]) -> dict[str, object]:
     a loss call returns; the public accumulators apply it to what users pass them.
     Anything but a mapping is refused with a ``TypeError`` naming its type."""
     if not isinstance(loss_dict, Mapping):
-        raise TypeError(f"a loss call must return a dict of named losses, e.g. {{'recon_loss': tensor}}, "
-                        f"got {type(loss_dict).__name__}")
+        raise TypeError(
+            f"a loss call must return a dict of named losses, e.g. {{'recon_loss': tensor}}, "
+            f"got {type(loss_dict).__name__}"
+        )
     return {k: v for k, v in loss_dict.items() if k not in METADATA_KEYS}
 
 
@@ -72,9 +74,7 @@ class LossMeter:
         for key, value in without_metadata(loss_dict).items():
             if isinstance(value, torch.Tensor):
                 if value.numel() != 1:
-                    raise ValueError(
-                        f"loss {key!r} must be a scalar, got a tensor of shape {tuple(value.shape)}"
-                    )
+                    raise ValueError(f"loss {key!r} must be a scalar, got a tensor of shape {tuple(value.shape)}")
                 value = value.detach().reshape(()).to(torch.float64) * weight
             elif isinstance(value, Number) and not isinstance(value, bool):
                 value = float(cast(SupportsFloat, value)) * weight
@@ -89,8 +89,7 @@ class LossMeter:
 
     def compute(self) -> dict[str, float]:
         """The weighted mean of every loss seen, as Python floats."""
-        return {k: float(s) / w if (w := self._weights[k]) else float("nan")
-                for k, s in self._sums.items()}
+        return {k: float(s) / w if (w := self._weights[k]) else float("nan") for k, s in self._sums.items()}
 
     def state(self) -> tuple[dict[str, torch.Tensor | float], dict[str, float]]:
         """The weighted sums and total weights per loss (copies), e.g. to reduce them
@@ -108,8 +107,7 @@ class LossMeter:
             Total weight of each loss (its samples), with the same keys.
         """
         if set(sums) != set(weights):
-            raise ValueError(f"sums and weights must have the same keys, got {sorted(sums)} "
-                             f"and {sorted(weights)}")
+            raise ValueError(f"sums and weights must have the same keys, got {sorted(sums)} and {sorted(weights)}")
         self._sums = {k: float(v) for k, v in sums.items()}
         self._weights = {k: float(v) for k, v in weights.items()}
 
@@ -120,8 +118,7 @@ def running_mean_update(means: dict, loss_dict: Mapping[str, object], n_batch: i
     running mean, in which this batch weighs ``1 / (n_batch + 1)``. Values are
     detached 0-d tensors, as STEP returns them."""
     for key, value in without_metadata(loss_dict).items():
-        value = (value.detach() if isinstance(value, torch.Tensor)
-                 else torch.tensor(float(cast(SupportsFloat, value))))
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(cast(SupportsFloat, value)))
         if n_batch == 0 or key not in means:
             means[key] = value.clone()
         else:

@@ -15,8 +15,13 @@ __all__ = ["build_optimizer", "build_scheduler"]
 BATCH_EMBEDDING_NAMES = ("batch_embedding", "batch_readout")
 
 
-def build_optimizer(model: torch.nn.Module, lr: float = 0.001, tune_lr: float = 0.0001, stage: int = 1,
-                    tune_batch_embedding: bool = True) -> torch.optim.Adam:
+def build_optimizer(
+    model: torch.nn.Module,
+    lr: float = 0.001,
+    tune_lr: float = 0.0001,
+    stage: int = 1,
+    tune_batch_embedding: bool = True,
+) -> torch.optim.Adam:
     """Adam over ``model``'s trainable parameters, grouped by training stage.
 
     Stage 1 trains every parameter at ``lr``. Stage 2 fine-tunes a pretrained
@@ -59,17 +64,22 @@ def build_optimizer(model: torch.nn.Module, lr: float = 0.001, tune_lr: float = 
         elif isinstance(smoother, torch.nn.Module):
             fast = {id(p) for p in smoother.parameters()}
         else:
-            raise ValueError(f"stage=2 needs the model ({type(model).__name__}) to define "
-                             "backbone_parameters(), returning the pretrained parameters to fine-tune "
-                             "at tune_lr, or to have a `smoother` submodule (STEP's convention: the "
-                             "smoother at lr, the rest of the model at tune_lr)")
-    groups = [{"params": [p for p in params if id(p) in fast], "lr": lr},
-              {"params": [p for p in params if id(p) not in fast], "lr": tune_lr}]
+            raise ValueError(
+                f"stage=2 needs the model ({type(model).__name__}) to define "
+                "backbone_parameters(), returning the pretrained parameters to fine-tune "
+                "at tune_lr, or to have a `smoother` submodule (STEP's convention: the "
+                "smoother at lr, the rest of the model at tune_lr)"
+            )
+    groups = [
+        {"params": [p for p in params if id(p) in fast], "lr": lr},
+        {"params": [p for p in params if id(p) not in fast], "lr": tune_lr},
+    ]
     return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, lr_scheduler=None, gamma: float = 0.1,
-                    milestones: Iterable[int] = ()):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, lr_scheduler=None, gamma: float = 0.1, milestones: Iterable[int] = ()
+):
     """A learning-rate scheduler on ``optimizer``.
 
     ``lr_scheduler`` is a scheduler built on ``optimizer``, a callable taking the
@@ -78,13 +88,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, lr_scheduler=None, gamma: 
     """
     if lr_scheduler is None:
         lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=sorted(int(m) for m in milestones), gamma=gamma)
+            optimizer, milestones=sorted(int(m) for m in milestones), gamma=gamma
+        )
     elif callable(lr_scheduler) and not hasattr(lr_scheduler, "step"):
         lr_scheduler = lr_scheduler(optimizer)
     if not hasattr(lr_scheduler, "step"):
-        raise TypeError(f"lr_scheduler must be a torch scheduler or a callable building one, got "
-                        f"lr_scheduler of type {type(lr_scheduler).__name__}")
+        raise TypeError(
+            f"lr_scheduler must be a torch scheduler or a callable building one, got "
+            f"lr_scheduler of type {type(lr_scheduler).__name__}"
+        )
     if getattr(lr_scheduler, "optimizer", optimizer) is not optimizer:
-        raise ValueError("lr_scheduler must be built on trainer.optimizer, got one built on another "
-                         "optimizer")
+        raise ValueError("lr_scheduler must be built on trainer.optimizer, got one built on another optimizer")
     return lr_scheduler

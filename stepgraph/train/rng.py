@@ -45,12 +45,18 @@ def get_rng_state() -> dict[str, Any]:
         Only plain types and tensors, so it loads with ``weights_only=True``.
     """
     # numpy's stubs give the no-argument call the dict form; legacy=True (the default) is this tuple
-    name, key, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float],
-                                             np.random.get_state())
-    state = {"python": random.getstate(),
-             "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "torch": torch.get_rng_state()}
+    name, key, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": str(name),
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -66,8 +72,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((int(version), tuple(int(v) for v in internal), gauss))
     np_state = state["numpy"]
     if isinstance(np_state, dict):
-        np_state = (np_state["bit_generator"], np_state["key"], np_state["pos"], np_state["has_gauss"],
-                    np_state["cached_gaussian"])
+        np_state = (
+            np_state["bit_generator"],
+            np_state["key"],
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
     name, key, pos, has_gauss, cached = np_state
     key = key.cpu().numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
     np.random.set_state((str(name), key.astype(np.uint32), int(pos), int(has_gauss), float(cached)))

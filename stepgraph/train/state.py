@@ -55,8 +55,12 @@ class LoopState:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # STEP's derived keys, read-only
-    _STEP_KEYS = {"epoch": lambda s: f"{s.epoch}/{s.epochs}", "epoch_val": lambda s: s.epoch,
-                  "last_epoch": lambda s: s.epoch == s.epochs, "is_init": lambda s: s.epoch <= s.first_epoch}
+    _STEP_KEYS = {
+        "epoch": lambda s: f"{s.epoch}/{s.epochs}",
+        "epoch_val": lambda s: s.epoch,
+        "last_epoch": lambda s: s.epoch == s.epochs,
+        "is_init": lambda s: s.epoch <= s.first_epoch,
+    }
     first_epoch: int = 1
 
     def _is_field(self, key: str) -> bool:

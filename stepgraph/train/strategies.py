@@ -190,8 +190,9 @@ class DDPStrategy(Strategy):
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._wrapper = DistributedDataParallel(dist_utils.LossForward(model), device_ids=ids,
-                                                    find_unused_parameters=self.find_unused_parameters)
+            self._wrapper = DistributedDataParallel(
+                dist_utils.LossForward(model), device_ids=ids, find_unused_parameters=self.find_unused_parameters
+            )
             self._wrapped_params = trainable
         return self._wrapper
 
@@ -218,9 +219,14 @@ class DDPStrategy(Strategy):
         shuffle = isinstance(loader.sampler, RandomSampler)
         sampler = dist_utils.ShardSampler(len(loader.dataset), shuffle, seed=seed, pad=pad)
         sampler.set_epoch(epoch)
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          collate_fn=loader.collate_fn, num_workers=loader.num_workers,
-                          drop_last=loader.drop_last)
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=sampler,
+            collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers,
+            drop_last=loader.drop_last,
+        )
 
     def shard_neighbor_loader(self, loader, epoch, seed, shuffle, pad):
         from stepgraph.data.loaders import derive_neighbor_loader, loader_seeds
@@ -244,8 +250,12 @@ class DDPStrategy(Strategy):
         gc.collect()  # free the wrapper now, on every rank alike
 
 
-def make_strategy(distributed: bool | None, device: str | torch.device | None = None,
-                  model: torch.nn.Module | None = None, find_unused_parameters: bool = False) -> Strategy:
+def make_strategy(
+    distributed: bool | None,
+    device: str | torch.device | None = None,
+    model: torch.nn.Module | None = None,
+    find_unused_parameters: bool = False,
+) -> Strategy:
     """The strategy for ``Trainer(distributed=..., device=...)``.
 
     Parameters
@@ -265,8 +275,10 @@ def make_strategy(distributed: bool | None, device: str | torch.device | None = 
     cls: type[Strategy]
     if distributed is False or not dist_utils.init_distributed():
         if distributed:
-            raise ValueError("distributed=True but no torch.distributed process group with more than "
-                             "one process was found; launch with torchrun")
+            raise ValueError(
+                "distributed=True but no torch.distributed process group with more than "
+                "one process was found; launch with torchrun"
+            )
         cls, options = SingleDeviceStrategy, {}
     else:
         cls, options = DDPStrategy, {"find_unused_parameters": find_unused_parameters}

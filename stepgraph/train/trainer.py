@@ -42,15 +42,23 @@ __all__ = ["Trainer", "NonFiniteLossError"]
 
 #: Names given to the members of a tensor batch tuple by its length, in STEP's
 #: order (the batch label is always last); a dataset's mode names them exactly.
-INPUT_NAMES = {1: ("x",), 2: ("x", "batch_label"), 3: ("x", "class_label", "batch_label"),
-               4: ("x", "rep", "domains", "batch_label")}
+INPUT_NAMES = {
+    1: ("x",),
+    2: ("x", "batch_label"),
+    3: ("x", "class_label", "batch_label"),
+    4: ("x", "rep", "domains", "batch_label"),
+}
 NONFINITE_POLICIES = ("raise", "skip")
 #: The ``precision`` values (Lightning's names) and the one each stands for.
 PRECISIONS = {"32": "32", "32-true": "32", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed"}
 
 #: STEP's per-loss early-stopping settings (``Trainer.lossconfig``) and its default.
-STEP_LOSSCONFIG = {"recon_loss": {"patience": 30, "delta": 1e-2}, "kl_loss": {"patience": 10, "delta": 1e-3},
-                   "cl_loss": {"patience": 20, "delta": 1e-4}, "gate_loss": {"patience": 15, "delta": 1e-3}}
+STEP_LOSSCONFIG = {
+    "recon_loss": {"patience": 30, "delta": 1e-2},
+    "kl_loss": {"patience": 10, "delta": 1e-3},
+    "cl_loss": {"patience": 20, "delta": 1e-4},
+    "gate_loss": {"patience": 15, "delta": 1e-3},
+}
 STEP_DEFAULT_LCFG = {"patience": 15, "delta": 1e-3}
 
 
@@ -180,14 +188,25 @@ class Trainer:
     >>> trainer.train_batch(epochs=20, loaders=(train_loader, valid_loader))  # doctest: +SKIP
     """
 
-    def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
-                 checkpoint_dir: str | Path | None = None, seed: int | None = None,
-                 grad_clip: float | None = None, stop_on: str = "all", restore_best: bool | None = None,
-                 use_earlystop: bool = True,
-                 progress: bool = True, trace_func: Callable[[str], Any] = print,
-                 checkpoint_every: int = 1, on_nonfinite: str = "raise",
-                 distributed: bool | None = None, find_unused_parameters: bool = False,
-                 precision: str | int = "32"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device | None = None,
+        checkpoint_dir: str | Path | None = None,
+        seed: int | None = None,
+        grad_clip: float | None = None,
+        stop_on: str = "all",
+        restore_best: bool | None = None,
+        use_earlystop: bool = True,
+        progress: bool = True,
+        trace_func: Callable[[str], Any] = print,
+        checkpoint_every: int = 1,
+        on_nonfinite: str = "raise",
+        distributed: bool | None = None,
+        find_unused_parameters: bool = False,
+        precision: str | int = "32",
+    ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got model of type {type(model).__name__}")
         check_choice(on_nonfinite, "on_nonfinite", NONFINITE_POLICIES)
@@ -202,8 +221,10 @@ class Trainer:
         self.stopping.default_config.update(STEP_DEFAULT_LCFG)
         self.strategy: Strategy = make_strategy(distributed, device, model, find_unused_parameters)
         if self.strategy.lockstep and on_nonfinite == "skip":
-            raise ValueError("on_nonfinite must be 'raise' in distributed training (a batch skipped on "
-                             "one rank would leave the others waiting), got on_nonfinite='skip'")
+            raise ValueError(
+                "on_nonfinite must be 'raise' in distributed training (a batch skipped on "
+                "one rank would leave the others waiting), got on_nonfinite='skip'"
+            )
         self.device = self.strategy.device
         self.model = model.to(self.device)
         self._restore_best = restore_best
@@ -229,10 +250,12 @@ class Trainer:
         self._loss_names: set[str] = set()
 
     # ------------------------------------------------------------ settings
-    distributed = property(lambda self: self.strategy.is_distributed,
-                           doc="Whether training is data-parallel over several processes.")
-    net = property(lambda self: self.model,
-                   doc="The user's model (:attr:`model` is never wrapped; DDP wrapping is internal).")
+    distributed = property(
+        lambda self: self.strategy.is_distributed, doc="Whether training is data-parallel over several processes."
+    )
+    net = property(
+        lambda self: self.model, doc="The user's model (:attr:`model` is never wrapped; DDP wrapping is internal)."
+    )
     stop_on = property(lambda self: self.stopping.stop_on, doc="The early-stopping rule.")
 
     @property
@@ -244,8 +267,10 @@ class Trainer:
     @restore_best.setter
     def restore_best(self, value: bool | None) -> None:
         self._restore_best = value
-    stop_reason = property(lambda self: self.stopping.stop_reason,
-                           doc="Why the last run stopped early, in words (``None`` if it did not).")
+
+    stop_reason = property(
+        lambda self: self.stopping.stop_reason, doc="Why the last run stopped early, in words (``None`` if it did not)."
+    )
 
     @property
     def early_stopping(self) -> dict[str, EarlyStopping]:
@@ -276,11 +301,14 @@ class Trainer:
 
     default_lcfg = defualt_lcfg
 
-    checkpoint_dir = property(lambda self: self.checkpoints.dirpath,
-                              doc="Folder of ``best.pt``, ``last.pt`` and ``interrupted.pt``; ``None``: no files.")
-    best = property(lambda self: self.checkpoints.best,
-                    doc="The best weights of the current (or last) fit (a "
-                        ":class:`~stepgraph.train.checkpointing.BestWeights`).")
+    checkpoint_dir = property(
+        lambda self: self.checkpoints.dirpath,
+        doc="Folder of ``best.pt``, ``last.pt`` and ``interrupted.pt``; ``None``: no files.",
+    )
+    best = property(
+        lambda self: self.checkpoints.best,
+        doc="The best weights of the current (or last) fit (a :class:`~stepgraph.train.checkpointing.BestWeights`).",
+    )
 
     @property
     def checkpoint_every(self) -> int:
@@ -327,8 +355,9 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def init_optimizer(self, lr: float = 0.001, tune_lr: float = 0.0001, stage: int = 1,
-                       tune_batch_embedding: bool = True) -> torch.optim.Optimizer:
+    def init_optimizer(
+        self, lr: float = 0.001, tune_lr: float = 0.0001, stage: int = 1, tune_batch_embedding: bool = True
+    ) -> torch.optim.Optimizer:
         """Create the Adam optimizer; see :func:`~stepgraph.train.optim.build_optimizer`.
 
         Parameters
@@ -347,8 +376,9 @@ class Trainer:
         self.strategy.parameters_changed()
         return self.optimizer
 
-    def set_lr_scheduler(self, lr_scheduler=None, gamma: float = 0.1, *step_milestones: int,
-                         milestones: Iterable[int] = ()):
+    def set_lr_scheduler(
+        self, lr_scheduler=None, gamma: float = 0.1, *step_milestones: int, milestones: Iterable[int] = ()
+    ):
         """Set the learning-rate scheduler, stepped once per epoch.
 
         Parameters
@@ -367,13 +397,13 @@ class Trainer:
         if self.optimizer is None:
             self.init_optimizer()
         assert self.optimizer is not None  # set by init_optimizer
-        self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler, gamma,
-                                            [*step_milestones, *milestones])
+        self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler, gamma, [*step_milestones, *milestones])
         return self.lr_scheduler
 
     # ------------------------------------------------------------ the core
-    def update_model_params(self, loss_dict: Mapping[str, Any], epoch: int, step: int | None = None
-                            ) -> torch.Tensor | None:
+    def update_model_params(
+        self, loss_dict: Mapping[str, Any], epoch: int, step: int | None = None
+    ) -> torch.Tensor | None:
         """Sum the tensor losses, back-propagate, clip and step the optimizer.
 
         Returns the detached total, or ``None`` when a non-finite batch was skipped;
@@ -395,8 +425,10 @@ class Trainer:
         assert self.optimizer is not None  # set by init_optimizer
         losses = tensor_losses(loss_dict)
         if not losses:
-            raise TypeError(f"the loss dict holds no tensor to back-propagate; keys were {list(loss_dict)} "
-                            "(values must be scalar tensors)")
+            raise TypeError(
+                f"the loss dict holds no tensor to back-propagate; keys were {list(loss_dict)} "
+                "(values must be scalar tensors)"
+            )
         total = cast(torch.Tensor, sum(losses.values()))  # a tensor: losses is not empty
         if total.numel() != 1:
             raise ValueError(f"losses must be scalars, got a total of shape {tuple(total.shape)}")
@@ -408,8 +440,9 @@ class Trainer:
             where = f"epoch {epoch}" + ("" if step is None else f", step {step}")
             last = self.checkpoints.last_path
             kept = f" (the last good state is in {last} if it was written)" if last is not None else ""
-            raise NonFiniteLossError(f"non-finite training loss at {where}: {values}; the weights were "
-                                     f"not updated{kept}")
+            raise NonFiniteLossError(
+                f"non-finite training loss at {where}: {values}; the weights were not updated{kept}"
+            )
         self._loss_names.update(losses)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -419,8 +452,15 @@ class Trainer:
         self.optimizer.step()
         return total.detach()
 
-    def cum_loss(self, loss_dict: Mapping[str, Any], total_loss_dict, use_earlystop: bool = False,
-                 n_batch: int = -1, n_epoch: int = -1, weight: float = 1.0):
+    def cum_loss(
+        self,
+        loss_dict: Mapping[str, Any],
+        total_loss_dict,
+        use_earlystop: bool = False,
+        n_batch: int = -1,
+        n_epoch: int = -1,
+        weight: float = 1.0,
+    ):
         """Accumulate one batch's losses into the epoch's running means.
 
         Parameters
@@ -479,8 +519,11 @@ class Trainer:
         if not self.use_earlystop:
             self.stopping.monitors = {}
             return self.stopping.monitors
-        names = [k if k.startswith("val_") else f"val_{k}" for k, v in without_metadata(loss_dict).items()
-                 if k.startswith("val_") or isinstance(v, torch.Tensor)]
+        names = [
+            k if k.startswith("val_") else f"val_{k}"
+            for k, v in without_metadata(loss_dict).items()
+            if k.startswith("val_") or isinstance(v, torch.Tensor)
+        ]
         return self.stopping.setup(names)
 
     def check_early_stop(self, total_loss_dict: Mapping[str, float]) -> bool:
@@ -513,10 +556,13 @@ class Trainer:
             self.strategy.broadcast_module(self.model)
         return written
 
-    def format_loss_dict(self, loss_dict: Mapping[str, float],
-                         state: LoopState | MutableMapping[str, Any] | None,
-                         valid_loss_dict: Mapping[str, float] | None = None,
-                         endepoch: bool = False) -> str:
+    def format_loss_dict(
+        self,
+        loss_dict: Mapping[str, float],
+        state: LoopState | MutableMapping[str, Any] | None,
+        valid_loss_dict: Mapping[str, float] | None = None,
+        endepoch: bool = False,
+    ) -> str:
         """Progress-bar text: ``name=value`` per loss, validation as ``value/best``.
 
         Both of STEP's usages work: the text is written into ``state`` (training
@@ -534,8 +580,7 @@ class Trainer:
         endepoch
             Whether the epoch has ended (validation is only shown then).
         """
-        text = ", ".join(f"{k}={float(cast(SupportsFloat, v)):.4f}"
-                         for k, v in without_metadata(loss_dict).items())
+        text = ", ".join(f"{k}={float(cast(SupportsFloat, v)):.4f}" for k, v in without_metadata(loss_dict).items())
         validation = ""
         if valid_loss_dict and endepoch:
             parts = []
@@ -553,23 +598,30 @@ class Trainer:
     # ----------------------------------------------------- training state
     def _training_checkpoint(self) -> TrainingCheckpoint:
         # "path" is the feed's state (the key keeps files of format version 2 readable)
-        components = {"model": self.net, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
-                      "early_stopping": self.stopping, "best": self.best, "trainer": _RunRecord(self),
-                      "path": self.active_feed}
-        hints = {"model": "it was written for another model",
-                 "optimizer": "the optimizer differs from the saved one: call init_optimizer as in the "
-                              "interrupted run",
-                 "lr_scheduler": "call set_lr_scheduler as in the interrupted run before resuming",
-                 "path": "resume with the same training call and loaders"}
+        components = {
+            "model": self.net,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "early_stopping": self.stopping,
+            "best": self.best,
+            "trainer": _RunRecord(self),
+            "path": self.active_feed,
+        }
+        hints = {
+            "model": "it was written for another model",
+            "optimizer": "the optimizer differs from the saved one: call init_optimizer as in the interrupted run",
+            "lr_scheduler": "call set_lr_scheduler as in the interrupted run before resuming",
+            "path": "resume with the same training call and loaders",
+        }
         return TrainingCheckpoint(components, self.strategy, hints, identity=self.run_identity)
 
     @staticmethod
-    def _training_progress(state: LoopState | Mapping[str, Any], completed: int,
-                           stopped: bool) -> dict[str, Any]:
+    def _training_progress(state: LoopState | Mapping[str, Any], completed: int, stopped: bool) -> dict[str, Any]:
         return {"epoch": completed, "step": state["step"], "stopped": bool(stopped)}
 
-    def save_training_state(self, path, state: Mapping[str, Any], completed: int | None = None,
-                            stopped: bool = False, gather: bool = True) -> Path:
+    def save_training_state(
+        self, path, state: Mapping[str, Any], completed: int | None = None, stopped: bool = False, gather: bool = True
+    ) -> Path:
         """Write the whole training state to ``path`` atomically (see :class:`TrainingCheckpoint`).
 
         Parameters
@@ -674,8 +726,11 @@ class Trainer:
             return self.loss(batch)
         if isinstance(batch, Mapping):
             return self.loss(**batch)
-        names = self.input_names if self.input_names and len(self.input_names) == len(batch) \
+        names = (
+            self.input_names
+            if self.input_names and len(self.input_names) == len(batch)
             else INPUT_NAMES.get(len(batch))
+        )
         if names is None:
             raise ValueError(f"a batch tuple must hold 1 to {max(INPUT_NAMES)} items, got {len(batch)}")
         return self.loss(batch[0], **dict(zip(names[1:], batch[1:])))
@@ -702,12 +757,15 @@ class Trainer:
             Step within the epoch (for subclasses that schedule by step).
         """
         if self.graph_dataset is None:
-            raise RuntimeError("handle_ginput_tuple needs trainer.graph_dataset: the dataset given to "
-                               "train_node_sampler / train_graph_batch / validate_gloader")
+            raise RuntimeError(
+                "handle_ginput_tuple needs trainer.graph_dataset: the dataset given to "
+                "train_node_sampler / train_graph_batch / validate_gloader"
+            )
         if ind is None:
             ind = torch.arange(input_tuple.batch_size)
-        inputs = feeds.graph_inputs(input_tuple, self.graph_dataset, self.device,
-                                    per_hop=feeds.takes_per_hop(self.model.loss))
+        inputs = feeds.graph_inputs(
+            input_tuple, self.graph_dataset, self.device, per_hop=feeds.takes_per_hop(self.model.loss)
+        )
         return self.strategy.loss_forward(self.model, inputs.pop("x"), ind=ind.to(self.device), **inputs)
 
     # ------------------------------------------------------ training paths
@@ -731,8 +789,9 @@ class Trainer:
         return run_epoch(self, state, self.active_feed, LossMeter(), self._loss_names)
 
     @train_loop_formatter(feed=feeds.MatrixFeed)
-    def train(self, state: LoopState, X, train_ind=None, valid_ind=None, call_func: Callable | None = None,
-              **kwargs) -> bool:
+    def train(
+        self, state: LoopState, X, train_ind=None, valid_ind=None, call_func: Callable | None = None, **kwargs
+    ) -> bool:
         """Train one full-matrix step per epoch (call with ``epochs=``); see
         :class:`~stepgraph.train.feeds.MatrixFeed`.
 
@@ -758,8 +817,9 @@ class Trainer:
         return run_epoch(self, state, self.active_feed, LossMeter(), self._loss_names)
 
     @train_loop_formatter(feed=feeds.for_loader(feeds.NodeSamplingFeed))
-    def train_node_sampler(self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None,
-                           call_func: Callable | None = None) -> bool:
+    def train_node_sampler(
+        self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None, call_func: Callable | None = None
+    ) -> bool:
         """Train over sampled neighbourhoods (call with ``epochs=``); see
         :class:`~stepgraph.train.feeds.NodeSamplingFeed`; any other loader (a DGL
         loader, a list of subgraphs) is iterated as it is
@@ -792,8 +852,9 @@ class Trainer:
         return run_epoch(self, state, self.active_feed, LossMeter(), self._loss_names)
 
     @train_loop_formatter(feed=feeds.for_loader(feeds.FullNeighbourhoodFeed))
-    def train_graph_batch(self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None,
-                          call_func: Callable | None = None) -> bool:
+    def train_graph_batch(
+        self, state: LoopState, gloader, dataset=None, train_ind=None, valid_ind=None, call_func: Callable | None = None
+    ) -> bool:
         """Train over full neighbourhoods, losses masked to ``train_ind`` (call with
         ``epochs=``); see :class:`~stepgraph.train.feeds.FullNeighbourhoodFeed`; any
         other loader is iterated as it is (:class:`~stepgraph.train.feeds.LoaderFeed`).
@@ -837,8 +898,7 @@ class Trainer:
         """
         return _as_tensors(evaluate(self, loader, feeds.tensor_loss_call(call_func or self.handle_input_tuple)))
 
-    def validate_X(self, X, ind=None, call_func: Callable | None = None,
-                   **kwargs) -> dict[str, torch.Tensor]:
+    def validate_X(self, X, ind=None, call_func: Callable | None = None, **kwargs) -> dict[str, torch.Tensor]:
         """Losses of the full-matrix path on rows ``ind`` (all when ``None``) in eval mode:
         ``{"val_<name>": value}`` (0-d tensors). In a data-parallel run each rank computes
         its share.
@@ -860,8 +920,9 @@ class Trainer:
         call = feeds.matrix_loss_call(X, call_func or self.loss, kwargs, self.device)
         return _as_tensors(evaluate(self, [share] if share.numel() else [], call))
 
-    def validate_gloader(self, gloader, valid_ind=None, dataset=None,
-                         call_func: Callable | None = None) -> dict[str, torch.Tensor]:
+    def validate_gloader(
+        self, gloader, valid_ind=None, dataset=None, call_func: Callable | None = None
+    ) -> dict[str, torch.Tensor]:
         """Mean losses over a graph loader in eval mode without gradients.
 
         Parameters
@@ -923,8 +984,9 @@ class Trainer:
         with self.autocast():
             return _full_precision(feeds.predict_nodes(self.model, func, gloader, dataset, self.device))
 
-    def predict_layerwise(self, graph, dataset=None, method: str = "encode",
-                          chunk_size: int = layerwise.DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    def predict_layerwise(
+        self, graph, dataset=None, method: str = "encode", chunk_size: int = layerwise.DEFAULT_CHUNK_SIZE
+    ) -> torch.Tensor:
         """``model.<method>`` for every node of a graph, one layer for every node at a time.
 
         Each layer runs once over all nodes, in chunks of ``chunk_size`` nodes,
@@ -963,19 +1025,31 @@ class Trainer:
         loader = feeds.is_neighbor_loader(graph)
         if plan is None:
             if not loader:
-                raise TypeError(f"the model of type {type(self.net).__name__} has no layerwise({method!r}) "
-                                "plan: pass a full-neighbourhood NeighborLoader (stepgraph.graph_loader) "
-                                "as graph, which predict_gloader iterates")
+                raise TypeError(
+                    f"the model of type {type(self.net).__name__} has no layerwise({method!r}) "
+                    "plan: pass a full-neighbourhood NeighborLoader (stepgraph.graph_loader) "
+                    "as graph, which predict_gloader iterates"
+                )
             return self.predict_gloader(graph, dataset, method=method)
         data = graph.data if loader else graph
         with self.autocast():
-            return _full_precision(layerwise.predict_layerwise(self.model, plan, data, dataset, self.device,
-                                                               chunk_size, progress=self.progress,
-                                                               non_blocking=self.device.type == "cuda"))
+            return _full_precision(
+                layerwise.predict_layerwise(
+                    self.model,
+                    plan,
+                    data,
+                    dataset,
+                    self.device,
+                    chunk_size,
+                    progress=self.progress,
+                    non_blocking=self.device.type == "cuda",
+                )
+            )
 
     @staticmethod
-    def make_loaders(dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True,
-                     obs_key: str | None = None, **kwargs):
+    def make_loaders(
+        dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True, obs_key: str | None = None, **kwargs
+    ):
         """Training and validation loaders of tensor batches (a static method, as in STEP).
 
         Parameters
@@ -1004,8 +1078,7 @@ class _RunRecord:
 
     def state_dict(self) -> dict[str, Any]:
         t = self.trainer
-        return {"history": list(t.history), "loss_names": sorted(t._loss_names),
-                "skipped_batches": t.skipped_batches}
+        return {"history": list(t.history), "loss_names": sorted(t._loss_names), "skipped_batches": t.skipped_batches}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         t = self.trainer

@@ -11,8 +11,7 @@ from stepgraph.cli import build_parser, main
 def test_bench_tiny_writes_json_markdown_and_plot(tmp_path, capsys):
     # two scripts keep the test short: a scaling one (the plot, the squidpy
     # anchor) and the trainer's overhead (the bare-loop anchor)
-    status = main(["bench", "--size", "tiny", "--only", "graph_build,trainer_overhead",
-                   "--out", str(tmp_path)])
+    status = main(["bench", "--size", "tiny", "--only", "graph_build,trainer_overhead", "--out", str(tmp_path)])
     assert status == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "bench.json").read_text())
     env = report["environment"]

@@ -36,8 +36,9 @@ def test_panel_keys_come_from_the_manifest_then_the_options_then_the_file(tmp_pa
     assert a["batch_key"] == "cell_type"
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("missing", "does not exist"), ("empty", "holds no .h5ad"), ("manifest", "must map file names")])
+@pytest.mark.parametrize(
+    "bad, message", [("missing", "does not exist"), ("empty", "holds no .h5ad"), ("manifest", "must map file names")]
+)
 def test_panel_inputs_are_checked(tmp_path, bad, message):
     (tmp_path / "empty").mkdir()
     _write(tmp_path / "a.h5ad")
@@ -66,8 +67,10 @@ def _result(name, scores, sections=False):
 
 
 def test_ranking_counts_each_tissue_and_each_way_of_scoring_it():
-    results = [_result("one", {"a": 0.5, "b": 0.7, "c": 0.5}),
-               _result("two", {"a": (0.9, 0.2), "b": (0.1, 0.3), "c": (0.4, 0.1)}, sections=True)]
+    results = [
+        _result("one", {"a": 0.5, "b": 0.7, "c": 0.5}),
+        _result("two", {"a": (0.9, 0.2), "b": (0.1, 0.3), "c": (0.4, 0.1)}, sections=True),
+    ]
     ranking = rank_methods(results)
     # ranks: one: b 1, a 2, c 2 (tie); two joint: a 1, c 2, b 3; two per section: b 1, a 2, c 3
     assert ranking["a"]["mean_rank"] == pytest.approx((2 + 1 + 2) / 3)

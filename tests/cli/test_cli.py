@@ -16,8 +16,9 @@ from stepgraph.synthetic import synthetic_tissue
 
 def run_cli(*args, timeout=240):
     env = {**os.environ, "COLUMNS": "250"}  # keep argparse's help on one line per option
-    return subprocess.run([sys.executable, "-m", "stepgraph", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "stepgraph", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,26 @@ def tissue_file(tmp_path_factory):
 def test_train_writes_every_output_and_leaves_the_input_alone(tissue_file, tmp_path):
     before = tissue_file.read_bytes()
     out = tmp_path / "run"
-    result = run_cli("train", tissue_file, "--batch-key", "section", "--epochs", "3", "--batch-size", "128",
-                     "--fanout", "5,3", "--truth-key", "domain", "--out", out, "--quiet")
+    result = run_cli(
+        "train",
+        tissue_file,
+        "--batch-key",
+        "section",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "128",
+        "--fanout",
+        "5,3",
+        "--truth-key",
+        "domain",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     assert "adjusted Rand index" in result.stdout and str(out) in result.stdout
-    for name in ["adata.h5ad", "history.csv", "history.json", "figure.png", "summary.json",
-                 "checkpoints/best.pt"]:
+    for name in ["adata.h5ad", "history.csv", "history.json", "figure.png", "summary.json", "checkpoints/best.pt"]:
         assert (out / name).is_file(), name
     adata = ad.read_h5ad(out / "adata.h5ad")
     assert adata.obsm["X_stepgraph"].shape == (400, PipelineConfig().latent_dim)
@@ -49,10 +64,22 @@ def test_train_writes_every_output_and_leaves_the_input_alone(tissue_file, tmp_p
 
 def test_train_starts_from_the_weights_of_a_checkpoint(tissue_file, tmp_path):
     first = tmp_path / "first"
-    assert run_cli("train", tissue_file, "--epochs", "2", "--batch-size", "200", "--out", first,
-                   "--quiet").returncode == 0
-    again = run_cli("train", tissue_file, "--epochs", "1", "--batch-size", "200", "--out", tmp_path / "second",
-                    "--init-weights", first / "checkpoints" / "best.pt", "--quiet")
+    assert (
+        run_cli("train", tissue_file, "--epochs", "2", "--batch-size", "200", "--out", first, "--quiet").returncode == 0
+    )
+    again = run_cli(
+        "train",
+        tissue_file,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "200",
+        "--out",
+        tmp_path / "second",
+        "--init-weights",
+        first / "checkpoints" / "best.pt",
+        "--quiet",
+    )
     assert again.returncode == 0, again.stderr
     h1 = json.loads((first / "history.json").read_text())
     h2 = json.loads((tmp_path / "second" / "history.json").read_text())
@@ -77,8 +104,19 @@ def test_resume_continues_the_run_exactly(tissue_file, tmp_path, capsys):
 def test_interrupted_run_exits_130_and_resumes(tissue_file, tmp_path, capsys, monkeypatch):
     from stepgraph.train.trainer import Trainer
 
-    options = ["train", str(tissue_file), "--batch-size", "64", "--fanout", "3", "--quiet",
-               "--epochs", "3", "--out", str(tmp_path / "run")]
+    options = [
+        "train",
+        str(tissue_file),
+        "--batch-size",
+        "64",
+        "--fanout",
+        "3",
+        "--quiet",
+        "--epochs",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     real, calls = Trainer.handle_ginput_tuple, {"n": 0}
 
     def interrupting(self, *args, **kwargs):
@@ -118,8 +156,21 @@ def test_graph_writes_a_new_file_and_never_overwrites_silently(tissue_file, tmp_
 def test_help_documents_every_option_with_its_default():
     result = run_cli("train", "--help")
     assert result.returncode == 0
-    for option in ["--spatial-key", "--batch-key", "--method", "--n-neighbors", "--epochs", "--batch-size",
-                   "--fanout", "--out", "--resume", "--init-weights", "--trust-checkpoint", "--seed", "--device"]:
+    for option in [
+        "--spatial-key",
+        "--batch-key",
+        "--method",
+        "--n-neighbors",
+        "--epochs",
+        "--batch-size",
+        "--fanout",
+        "--out",
+        "--resume",
+        "--init-weights",
+        "--trust-checkpoint",
+        "--seed",
+        "--device",
+    ]:
         assert option in result.stdout
     assert "default: 10 for a transcriptome, 10,5 for a panel" in " ".join(result.stdout.split())
     assert "default: 1024" in result.stdout
@@ -140,8 +191,12 @@ def test_help_documents_every_option_with_its_default():
 def test_bad_input_is_one_line_and_exit_2(args, message, tissue_file, tmp_path, capsys):
     not_h5ad = tmp_path / "notes.h5ad"
     not_h5ad.write_text("not hdf5")
-    paths = {"missing": tmp_path / "missing.h5ad", "not_h5ad": not_h5ad, "tissue": tissue_file,
-             "out": tmp_path / "o.h5ad"}
+    paths = {
+        "missing": tmp_path / "missing.h5ad",
+        "not_h5ad": not_h5ad,
+        "tissue": tissue_file,
+        "out": tmp_path / "o.h5ad",
+    }
     argv = [a.format(**paths) for a in args] + (["--quiet", "--out", str(tmp_path)] if args[0] == "train" else [])
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -101,12 +101,15 @@ def _dataset_offset(path, name) -> tuple[int, int]:
         return chunk.byte_offset, chunk.size
 
 
-@pytest.mark.parametrize("target, pattern", [
-    ("superblock", "not a readable .h5ad file"),      # the HDF5 signature and root pointers
-    ("X/indices", "adata.X is a malformed CSR matrix"),  # would index outside the matrix
-    ("X/indptr", "adata.X is a malformed CSR matrix"),
-    ("obsm/spatial", "adata.obsm['spatial']"),           # garbage float64: NaN or beyond float32
-])
+@pytest.mark.parametrize(
+    "target, pattern",
+    [
+        ("superblock", "not a readable .h5ad file"),  # the HDF5 signature and root pointers
+        ("X/indices", "adata.X is a malformed CSR matrix"),  # would index outside the matrix
+        ("X/indptr", "adata.X is a malformed CSR matrix"),
+        ("obsm/spatial", "adata.obsm['spatial']"),  # garbage float64: NaN or beyond float32
+    ],
+)
 def test_random_byte_range_overwritten(target, pattern, good_file, tmp_path, capsys):
     path = tmp_path / "overwritten.h5ad"
     shutil.copy(good_file, path)
@@ -150,11 +153,14 @@ def test_random_byte_ranges_anywhere_never_crash(good_file, tmp_path):
     script = tmp_path / "fuzz.py"
     script.write_text(FUZZ)
     root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, str(script), str(good_file), str(tmp_path / "f.h5ad"),
-                             str(tmp_path / "out"), "12"], capture_output=True, text=True, env=env,
-                            timeout=300)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, str(script), str(good_file), str(tmp_path / "f.h5ad"), str(tmp_path / "out"), "12"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert len(rows) == 12, result.stdout
@@ -174,8 +180,7 @@ def test_string_expression_matrix(tmp_path, capsys):
     with h5py.File(path, "r+") as f:  # anndata refuses to write a string X; h5py does not
         attrs = dict(f["X"].attrs)
         del f["X"]
-        ds = f.create_dataset("X", data=np.full(adata.shape, "1.0", dtype=object),
-                              dtype=h5py.string_dtype())
+        ds = f.create_dataset("X", data=np.full(adata.shape, "1.0", dtype=object), dtype=h5py.string_dtype())
         ds.attrs.update(attrs)
     refused(train(path, tmp_path / "out"), path, capsys, "adata.X must hold numbers", "dtype object")
 
@@ -198,13 +203,17 @@ def _inf_at_5(xy):
     return xy
 
 
-@pytest.mark.parametrize("coords, patterns", [
-    (lambda xy: xy[:, :1], ["shape (n_obs, 2) or (n_obs, 3)", "(200, 1)"]),
-    (lambda xy: np.hstack([xy, xy]), ["shape (n_obs, 2) or (n_obs, 3)", "(200, 4)"]),
-    (lambda xy: xy.astype(str), ["must hold numbers", "dtype object"]),
-    (_nan_at_3, ["NaN or infinite coordinates", "1 of 200"]),
-    (_inf_at_5, ["NaN or infinite coordinates", "1 of 200"]),
-], ids=["1-column", "4-columns", "strings", "nan", "inf"])
+@pytest.mark.parametrize(
+    "coords, patterns",
+    [
+        (lambda xy: xy[:, :1], ["shape (n_obs, 2) or (n_obs, 3)", "(200, 1)"]),
+        (lambda xy: np.hstack([xy, xy]), ["shape (n_obs, 2) or (n_obs, 3)", "(200, 4)"]),
+        (lambda xy: xy.astype(str), ["must hold numbers", "dtype object"]),
+        (_nan_at_3, ["NaN or infinite coordinates", "1 of 200"]),
+        (_inf_at_5, ["NaN or infinite coordinates", "1 of 200"]),
+    ],
+    ids=["1-column", "4-columns", "strings", "nan", "inf"],
+)
 def test_bad_coordinates(coords, patterns, tmp_path, capsys):
     path = _with_coordinates(tmp_path, coords)
     refused(train(path, tmp_path / "out"), path, capsys, "adata.obsm['spatial']", *patterns)
@@ -219,12 +228,18 @@ def test_section_column_with_missing_values(tmp_path, capsys):
     section.iloc[[4, 9]] = np.nan
     adata.obs["section"] = pd.Categorical(section)
     adata.write_h5ad(path)
-    refused(train(path, tmp_path / "out", "--batch-key", "section"), path, capsys,
-            "'section'", "must have no missing values, got 2 missing")
+    refused(
+        train(path, tmp_path / "out", "--batch-key", "section"),
+        path,
+        capsys,
+        "'section'",
+        "must have no missing values, got 2 missing",
+    )
 
 
-@pytest.mark.parametrize("shape, pattern", [((0, 20), "no observations (n_obs == 0)"),
-                                            ((50, 0), "no variables (n_vars == 0)")])
+@pytest.mark.parametrize(
+    "shape, pattern", [((0, 20), "no observations (n_obs == 0)"), ((50, 0), "no variables (n_vars == 0)")]
+)
 def test_no_cells_or_no_genes(shape, pattern, tmp_path, capsys):
     path = tmp_path / "empty_matrix.h5ad"
     rng = np.random.default_rng(0)
@@ -241,9 +256,14 @@ def test_section_smaller_than_the_neighbourhood(tmp_path, capsys):
     adata.obs["section"] = pd.Categorical(section)
     adata.write_h5ad(path)
     # a radius graph (the default) has room for a small section; k nearest neighbours do not
-    refused(train(path, tmp_path / "out", "--batch-key", "section", "--method", "knn", "--n-neighbors", "6"),
-            path, capsys,
-            "n_neighbors=6", "section 'tiny'", "has only 4")
+    refused(
+        train(path, tmp_path / "out", "--batch-key", "section", "--method", "knn", "--n-neighbors", "6"),
+        path,
+        capsys,
+        "n_neighbors=6",
+        "section 'tiny'",
+        "has only 4",
+    )
 
 
 # --------------------------------------------------------- output folder
@@ -281,8 +301,10 @@ def unwritable_folder(tmp_path):
         yield folder
         folder.chmod(0o700)
         return
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)],
-                                                        capture_output=True).returncode != 0:
+    if (
+        shutil.which("chattr") is None
+        or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0
+    ):
         pytest.skip("running as root, where chmod does not stop writes, and chattr +i is unavailable")
     try:
         yield folder
@@ -312,8 +334,15 @@ def test_disk_full_during_the_checkpoint_write(good_file, tmp_path, capsys, monk
     last = out / "checkpoints" / "last.pt"
     before = digest(last)
     monkeypatch.setattr(torch, "save", disk_full_save(_training_state))
-    line = refused(options + ["--epochs", "4", "--resume"], good_file, capsys,
-                   "could not write checkpoint", "the disk is full", str(last), "previous file is left intact")
+    line = refused(
+        options + ["--epochs", "4", "--resume"],
+        good_file,
+        capsys,
+        "could not write checkpoint",
+        "the disk is full",
+        str(last),
+        "previous file is left intact",
+    )
     assert "No space left" not in line or "disk is full" in line
     monkeypatch.undo()
     assert digest(last) == before
@@ -363,8 +392,12 @@ def test_truncated_file_through_a_subprocess(good_file, tmp_path):
     path = tmp_path / "cut.h5ad"
     path.write_bytes(good_file.read_bytes()[:4096])
     before = digest(path)
-    result = subprocess.run([sys.executable, "-m", "stepgraph", "train", str(path), "--out",
-                             str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "stepgraph", "train", str(path), "--out", str(tmp_path / "out"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a readable .h5ad file" in lines[0] and "Traceback" not in result.stderr
@@ -398,8 +431,7 @@ def _external_storage(path, tmp_path):
     secret = tmp_path / "passwd"
     secret.write_bytes(SECRET)
     with h5py.File(path, "r+") as f:
-        f["uns"].create_dataset("passwd", shape=(len(SECRET),), dtype="u1",
-                                external=[(str(secret), 0, len(SECRET))])
+        f["uns"].create_dataset("passwd", shape=(len(SECRET),), dtype="u1", external=[(str(secret), 0, len(SECRET))])
     return ["'/uns/passwd'", "external storage", "passwd"]
 
 
@@ -418,11 +450,12 @@ def _gzip_bomb(path, tmp_path):
     """128 MiB of zeros that gzip keeps in about 130 KB."""
     chunk = 1 << 20
     with h5py.File(path, "r+") as f:
-        ds = f["uns"].create_dataset("bomb", shape=(32 * chunk,), dtype="f4", chunks=(chunk,),
-                                     compression="gzip", compression_opts=9)
+        ds = f["uns"].create_dataset(
+            "bomb", shape=(32 * chunk,), dtype="f4", chunks=(chunk,), compression="gzip", compression_opts=9
+        )
         zeros = np.zeros(chunk, np.float32)
         for i in range(32):
-            ds[i * chunk:(i + 1) * chunk] = zeros
+            ds[i * chunk : (i + 1) * chunk] = zeros
     assert path.stat().st_size < 1 << 20
     return ["declares 128.", "'/uns/bomb' alone", "compression bomb", "--max-inflation"]
 
@@ -435,10 +468,8 @@ def _unwritten_giant(path, tmp_path):
 
 
 @pytest.mark.parametrize("backed", [False, True], ids=["memory", "backed"])
-@pytest.mark.parametrize("build", [_external_link, _external_storage, _virtual_dataset, _gzip_bomb,
-                                   _unwritten_giant])
-def test_files_that_point_outside_or_inflate_are_refused_before_reading(build, backed, good_file, tmp_path,
-                                                                         capsys):
+@pytest.mark.parametrize("build", [_external_link, _external_storage, _virtual_dataset, _gzip_bomb, _unwritten_giant])
+def test_files_that_point_outside_or_inflate_are_refused_before_reading(build, backed, good_file, tmp_path, capsys):
     path = _copy(good_file, tmp_path)
     patterns = build(path, tmp_path)
     before = digest(path)
@@ -476,19 +507,23 @@ def _decreasing_indptr(f):
 
 
 @pytest.mark.parametrize("backed", [False, True], ids=["memory", "backed"])
-@pytest.mark.parametrize("damage, pattern", [
-    (_bad_indices, "its indices must lie in [0, 20), got [0, 1000000]"),
-    (_indptr_past_the_data, "not a non-decreasing sequence within the stored values"),
-    (_huge_declared_shape, "its shape is (200, 1000000000000), but the file's cells and genes make it (200, 20)"),
-    (_decreasing_indptr, "not a non-decreasing sequence"),
-])
+@pytest.mark.parametrize(
+    "damage, pattern",
+    [
+        (_bad_indices, "its indices must lie in [0, 20), got [0, 1000000]"),
+        (_indptr_past_the_data, "not a non-decreasing sequence within the stored values"),
+        (_huge_declared_shape, "its shape is (200, 1000000000000), but the file's cells and genes make it (200, 20)"),
+        (_decreasing_indptr, "not a non-decreasing sequence"),
+    ],
+)
 def test_malformed_csr_is_one_line_in_memory_and_backed(damage, pattern, backed, good_file, tmp_path, capsys):
     path = _copy(good_file, tmp_path)
     with h5py.File(path, "r+") as f:
         damage(f)
     out = tmp_path / "out"
-    refused(train(path, out, *(["--backed"] if backed else [])), path, capsys,
-            "adata.X is a malformed CSR matrix", pattern)
+    refused(
+        train(path, out, *(["--backed"] if backed else [])), path, capsys, "adata.X is a malformed CSR matrix", pattern
+    )
     _nothing_written(out)
 
 
@@ -504,8 +539,15 @@ def test_checkpoint_that_inflates_is_refused_before_torch_load(good_file, tmp_pa
             dst.writestr(info.filename, src.read(info.filename))
     assert bomb.stat().st_size < 1 << 20
     out = tmp_path / "out"
-    refused(train(good_file, out, "--init-weights", bomb), good_file, capsys,
-            "checkpoint path=", "bomb.pt", "declares 80.0 MB", "refused before reading it")
+    refused(
+        train(good_file, out, "--init-weights", bomb),
+        good_file,
+        capsys,
+        "checkpoint path=",
+        "bomb.pt",
+        "declares 80.0 MB",
+        "refused before reading it",
+    )
     with pytest.raises(ValueError, match="compression bomb"):
         load_checkpoint(bomb)
     _nothing_written(out)
@@ -519,8 +561,13 @@ def test_negative_counts_name_how_many_cells(good_file, tmp_path, capsys):
     adata.X[[3, 7, 9], 0] = -1.0
     adata.write_h5ad(path)
     for backed in ([], ["--backed"]):
-        refused(train(path, tmp_path / "out", *backed), path, capsys,
-                "adata.X holds negative values in 3 of 200 cells", f"obs {adata.obs_names[3]!r}")
+        refused(
+            train(path, tmp_path / "out", *backed),
+            path,
+            capsys,
+            "adata.X holds negative values in 3 of 200 cells",
+            f"obs {adata.obs_names[3]!r}",
+        )
     everything = tmp_path / "all_negative.h5ad"
     adata.X = -np.abs(adata.X) - 1
     adata.write_h5ad(everything)
@@ -528,14 +575,17 @@ def test_negative_counts_name_how_many_cells(good_file, tmp_path, capsys):
     _nothing_written(tmp_path / "out")
 
 
-@pytest.mark.parametrize("option, pattern", [
-    (["--device", "foo"], "--device 'foo' is not a device"),
-    (["--device", "cuda:99"], "--device 'cuda:99'"),
-    (["--radius", "0"], "--radius: expected a positive number, got '0'"),
-    (["--radius", "-1"], "--radius: expected a positive number"),
-    (["--graph-scale", "0"], "--graph-scale: expected a positive number, got '0'"),
-    (["--dist-timeout", "0"], "--dist-timeout: expected a positive number"),
-])
+@pytest.mark.parametrize(
+    "option, pattern",
+    [
+        (["--device", "foo"], "--device 'foo' is not a device"),
+        (["--device", "cuda:99"], "--device 'cuda:99'"),
+        (["--radius", "0"], "--radius: expected a positive number, got '0'"),
+        (["--radius", "-1"], "--radius: expected a positive number"),
+        (["--graph-scale", "0"], "--graph-scale: expected a positive number, got '0'"),
+        (["--dist-timeout", "0"], "--dist-timeout: expected a positive number"),
+    ],
+)
 def test_bad_options_are_one_line_before_any_work(option, pattern, good_file, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:  # argparse's own errors exit 2 too
@@ -550,8 +600,13 @@ def test_bad_options_are_one_line_before_any_work(option, pattern, good_file, tm
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_one_line(good_file, tmp_path, capsys):
-    refused(train(good_file, tmp_path / "out", "--device", "cuda"), good_file, capsys,
-            "--device 'cuda': CUDA is not available on this machine", "use --device cpu")
+    refused(
+        train(good_file, tmp_path / "out", "--device", "cuda"),
+        good_file,
+        capsys,
+        "--device 'cuda': CUDA is not available on this machine",
+        "use --device cpu",
+    )
     _nothing_written(tmp_path / "out")
 
 
@@ -562,9 +617,15 @@ def test_duplicate_coordinates_cannot_make_the_radius_graph_quadratic(tmp_path, 
     adata.obsm["spatial"][:50] = np.random.default_rng(0).random((50, 2)) * 100
     adata.write_h5ad(path)
     output = tmp_path / "graph.h5ad"
-    refused(["graph", path, "--method", "radius", "--radius", "1", "--output", output], path, capsys,
-            "2.23e+08 edges", "more than the bound of 256", "14950 cells share their coordinates",
-            "Remove duplicate coordinates")
+    refused(
+        ["graph", path, "--method", "radius", "--radius", "1", "--output", output],
+        path,
+        capsys,
+        "2.23e+08 edges",
+        "more than the bound of 256",
+        "14950 cells share their coordinates",
+        "Remove duplicate coordinates",
+    )
     assert not output.exists()
 
 
@@ -631,8 +692,14 @@ def test_links_that_lead_out_of_out_are_refused(good_file, tmp_path, capsys):
     last = out / "checkpoints" / "last.pt"
     shutil.move(last, elsewhere / "last.pt")
     last.symlink_to(elsewhere / "last.pt")
-    refused(train(path, out, "--epochs", "2", "--resume"), path, capsys, "last.pt", "is a symbolic link",
-            "read only from files inside --out")
+    refused(
+        train(path, out, "--epochs", "2", "--resume"),
+        path,
+        capsys,
+        "last.pt",
+        "is a symbolic link",
+        "read only from files inside --out",
+    )
 
 
 def test_graph_output_that_is_another_name_for_the_input_is_refused(good_file, tmp_path, capsys):
@@ -640,8 +707,12 @@ def test_graph_output_that_is_another_name_for_the_input_is_refused(good_file, t
     os.link(path, tmp_path / "hard.h5ad")
     (tmp_path / "soft.h5ad").symlink_to(path)
     for other in ("hard.h5ad", "soft.h5ad"):
-        refused(["graph", path, "--output", tmp_path / other, "--overwrite"], path, capsys,
-                "is another name (a hard or symbolic link) for the input")
+        refused(
+            ["graph", path, "--output", tmp_path / other, "--overwrite"],
+            path,
+            capsys,
+            "is another name (a hard or symbolic link) for the input",
+        )
     assert main(["graph", str(path), "--output", str(path), "--overwrite"]) == 0  # into INPUT, on purpose
     assert "spatial_connectivities" in ad.read_h5ad(path).obsp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.h5ad", "input.h5ad", "soft.h5ad"]
@@ -678,18 +749,22 @@ def _progress(epoch):
     return lambda state: state["progress"].__setitem__("epoch", epoch)
 
 
-@pytest.mark.parametrize("edit, pattern", [
-    (_drop("model"), "holds no model state"),
-    (_drop("optimizer"), "holds no optimizer state"),
-    (_set("model", None), "holds no model state"),
-    (_set("rng", []), "its RNG state is missing or empty"),
-    (_set("rng", [{"python": "garbage"}]), "its RNG state is not valid"),
-    (_progress(-5), "is out of range"),
-    (_progress(10**9), "is out of range"),
-    (_set("early_stopping", "not a state"), "the saved early_stopping state does not fit"),
-])
-def test_tampered_training_state_is_one_line_and_changes_nothing(edit, pattern, good_file, finished_run,
-                                                                 tmp_path, capsys):
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (_drop("model"), "holds no model state"),
+        (_drop("optimizer"), "holds no optimizer state"),
+        (_set("model", None), "holds no model state"),
+        (_set("rng", []), "its RNG state is missing or empty"),
+        (_set("rng", [{"python": "garbage"}]), "its RNG state is not valid"),
+        (_progress(-5), "is out of range"),
+        (_progress(10**9), "is out of range"),
+        (_set("early_stopping", "not a state"), "the saved early_stopping state does not fit"),
+    ],
+)
+def test_tampered_training_state_is_one_line_and_changes_nothing(
+    edit, pattern, good_file, finished_run, tmp_path, capsys
+):
     out = _tampered(finished_run, tmp_path, edit)
     before = {p: digest(p) for p in out.rglob("*") if p.is_file()}
     refused(train(good_file, out, "--epochs", "3", "--resume"), good_file, capsys, "resume_from=", pattern)
@@ -703,26 +778,41 @@ def test_wrong_shaped_best_weights_are_one_line(good_file, finished_run, tmp_pat
 
     out = _tampered(finished_run, tmp_path, shrink, name="best.pt")
     # no epoch left to run: the end of training restores best.pt
-    refused(train(good_file, out, "--epochs", "2", "--resume"), good_file, capsys,
-            "best weights in", "best.pt", "do not fit this model")
+    refused(
+        train(good_file, out, "--epochs", "2", "--resume"),
+        good_file,
+        capsys,
+        "best weights in",
+        "best.pt",
+        "do not fit this model",
+    )
     assert not (out / "adata.h5ad").exists() or digest(out / "adata.h5ad") == digest(finished_run / "adata.h5ad")
 
 
-@pytest.mark.parametrize("change, pattern", [
-    (["--lr", "0.1"], "lr was 0.003 when it was saved, now 0.1"),
-    (["--seed", "4"], "seed was 0 when it was saved, now 4"),
-    (["--batch-size", "32"], "batch_size was 64 when it was saved, now 32"),
-    (["--fanout", "4"], "fanout was [3] when it was saved, now [4]"),
-    (["--n-neighbors", "5"], "n_neighbors was 6 when it was saved, now 5"),
-    (["--patience", "9"], "patience was 5 when it was saved, now 9"),
-    (["--split-rate", "0.2"], "split_rate was 0.1 when it was saved, now 0.2"),
-])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (["--lr", "0.1"], "lr was 0.003 when it was saved, now 0.1"),
+        (["--seed", "4"], "seed was 0 when it was saved, now 4"),
+        (["--batch-size", "32"], "batch_size was 64 when it was saved, now 32"),
+        (["--fanout", "4"], "fanout was [3] when it was saved, now [4]"),
+        (["--n-neighbors", "5"], "n_neighbors was 6 when it was saved, now 5"),
+        (["--patience", "9"], "patience was 5 when it was saved, now 9"),
+        (["--split-rate", "0.2"], "split_rate was 0.1 when it was saved, now 0.2"),
+    ],
+)
 def test_resume_with_other_settings_names_the_setting(change, pattern, good_file, finished_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     before = {p: digest(p) for p in out.rglob("*") if p.is_file()}
-    refused(train(good_file, out, "--epochs", "3", "--resume", *change), good_file, capsys,
-            "belongs to another run", pattern, "only the number of epochs may grow")
+    refused(
+        train(good_file, out, "--epochs", "3", "--resume", *change),
+        good_file,
+        capsys,
+        "belongs to another run",
+        pattern,
+        "only the number of epochs may grow",
+    )
     assert {p: digest(p) for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -731,18 +821,27 @@ def test_resume_on_another_tissue_is_refused(finished_run, tmp_path, capsys):
     tissue(seed=4, n_cells=210).write_h5ad(other)
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
-    refused(train(other, out, "--epochs", "3", "--resume"), other, capsys,
-            "belongs to another run", "input_shape was [200, 20] when it was saved, now [210, 20]")
+    refused(
+        train(other, out, "--epochs", "3", "--resume"),
+        other,
+        capsys,
+        "belongs to another run",
+        "input_shape was [200, 20] when it was saved, now [210, 20]",
+    )
     same_shape = tmp_path / "same_shape.h5ad"
     renamed = tissue()
     renamed.obs_names = [f"other{i}" for i in range(renamed.n_obs)]
     renamed.write_h5ad(same_shape)
-    refused(train(same_shape, out, "--epochs", "3", "--resume"), same_shape, capsys,
-            "belongs to another run", "input_names was")
+    refused(
+        train(same_shape, out, "--epochs", "3", "--resume"),
+        same_shape,
+        capsys,
+        "belongs to another run",
+        "input_names was",
+    )
 
 
-def test_resume_from_another_working_directory_keeps_this_runs_best_weights(good_file, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_resume_from_another_working_directory_keeps_this_runs_best_weights(good_file, tmp_path, capsys, monkeypatch):
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()

@@ -27,8 +27,7 @@ from stepgraph.train.checkpointing import load_checkpoint
 
 FAST = ["--batch-size", "64", "--fanout", "3", "--quiet"]
 ROOT = str(Path(__file__).resolve().parents[2])
-ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-       "PYTHONWARNINGS": "ignore"}
+ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONWARNINGS": "ignore"}
 
 
 def digest(path) -> str:
@@ -36,8 +35,13 @@ def digest(path) -> str:
 
 
 def child(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stepgraph", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stepgraph", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 def one_line(err: str) -> str:
@@ -62,8 +66,15 @@ def tissue_file(tmp_path_factory):
     return path
 
 
-FINAL = ["adata.h5ad", "history.csv", "history.json", "figure.png", "summary.json", "checkpoints/best.pt",
-         "checkpoints/last.pt"]
+FINAL = [
+    "adata.h5ad",
+    "history.csv",
+    "history.json",
+    "figure.png",
+    "summary.json",
+    "checkpoints/best.pt",
+    "checkpoints/last.pt",
+]
 
 
 def assert_complete(out: Path, n_obs: int) -> None:
@@ -98,14 +109,14 @@ def test_a_busy_folder_names_its_holder_and_sigterm_saves_a_resumable_state(tiss
         running.kill()
     assert running.returncode == 143
     line = one_line(stderr)
-    assert line == "stepgraph train: terminated (SIGTERM); rerun with --resume to continue from the last " \
-                   "completed epoch"
+    assert (
+        line == "stepgraph train: terminated (SIGTERM); rerun with --resume to continue from the last completed epoch"
+    )
     interrupted = load_checkpoint(out / "checkpoints" / "interrupted.pt")
     assert interrupted["format"] == "stepgraph-training-state" and "Interrupted after" in stdout
     assert not (out / "adata.h5ad").exists()  # no outputs of a half-trained model
     done = load_checkpoint(out / "checkpoints" / "last.pt")["progress"]["epoch"]
-    assert main(["train", str(tissue_file), "--out", str(out), "--epochs", str(done + 1), "--resume",
-                 *options]) == 0
+    assert main(["train", str(tissue_file), "--out", str(out), "--epochs", str(done + 1), "--resume", *options]) == 0
     history = json.loads((out / "history.json").read_text())
     assert [row["epoch"] for row in history] == list(range(1, done + 2))
     assert digest(tissue_file) == before
@@ -148,8 +159,11 @@ def test_sigkill_during_the_writes_leaves_whole_files(resume, tissue_file, tmp_p
     capsys.readouterr()
     assert_complete(out, 300)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".stepgraph.lock"]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "interrupted.pt", "last.pt"] \
-        if (out / "checkpoints" / "interrupted.pt").exists() else ["best.pt", "last.pt"]
+    assert (
+        sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "interrupted.pt", "last.pt"]
+        if (out / "checkpoints" / "interrupted.pt").exists()
+        else ["best.pt", "last.pt"]
+    )
 
 
 def test_sigkill_of_graph_overwrite_keeps_the_input(tmp_path):
@@ -168,8 +182,13 @@ def test_sigkill_of_graph_overwrite_keeps_the_input(tmp_path):
             break
     assert _temporary_in(tmp_path), "no kill landed in the write in 5 attempts"
     assert digest(path) == original  # killed before the rename: the input as it was, byte for byte
-    finished = subprocess.run([sys.executable, "-m", "stepgraph", "graph", str(path), "--output", str(path),
-                               "--overwrite"], capture_output=True, text=True, env=ENV, timeout=120)
+    finished = subprocess.run(
+        [sys.executable, "-m", "stepgraph", "graph", str(path), "--output", str(path), "--overwrite"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert finished.returncode == 0, finished.stderr
     assert "spatial_connectivities" in ad.read_h5ad(path).obsp
 
@@ -208,19 +227,43 @@ def test_a_frozen_rank_ends_the_job_within_dist_timeout(tissue_file, tmp_path):
     out = tmp_path / "run"
     env = {**ENV, "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m",
-         "stepgraph", "train", str(tissue_file), "--out", str(out), "--dist-timeout", "4", "--epochs", "500",
-         "--patience", "500", *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--standalone",
+            "-m",
+            "stepgraph",
+            "train",
+            str(tissue_file),
+            "--out",
+            str(out),
+            "--dist-timeout",
+            "4",
+            "--epochs",
+            "500",
+            "--patience",
+            "500",
+            *FAST,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     frozen = None
     try:
-        assert wait_for(lambda: (out / "checkpoints" / "last.pt").is_file() or launcher.poll() is not None,
-                        timeout=120)
+        assert wait_for(lambda: (out / "checkpoints" / "last.pt").is_file() or launcher.poll() is not None, timeout=120)
         rank0, frozen = _rank_pid(launcher.pid, 0), _rank_pid(launcher.pid, 1)
         assert rank0 and frozen, "no torchrun workers found"
         os.kill(frozen, signal.SIGSTOP)
         stopped_at = time.monotonic()
-        assert wait_for(lambda: not Path(f"/proc/{rank0}").exists()
-                        or (Path(f"/proc/{rank0}/stat").read_text().split()[2] == "Z"), timeout=60)
+        assert wait_for(
+            lambda: not Path(f"/proc/{rank0}").exists() or (Path(f"/proc/{rank0}/stat").read_text().split()[2] == "Z"),
+            timeout=60,
+        )
         waited = time.monotonic() - stopped_at
         os.kill(frozen, signal.SIGKILL)  # torchrun would wait 30 s for a stopped process to end
         _, stderr = launcher.communicate(timeout=60)

@@ -59,8 +59,7 @@ def test_batches_read_from_disk_equal_the_in_memory_rows(tmp_path, adata, source
     assert ondisk.reader.rows_read == np.unique(ROWS).size
     # a subset reads through its parent's reader
     sub = ondisk.subset("s2", col="section", exclude=False)
-    assert torch.equal(sub.features([0, 5, 0]),
-                       memory.subset("s2", col="section", exclude=False).features([0, 5, 0]))
+    assert torch.equal(sub.features([0, 5, 0]), memory.subset("s2", col="section", exclude=False).features([0, 5, 0]))
 
 
 def test_chunked_reads_with_small_gaps_are_exact(h5ad_file, adata):
@@ -114,8 +113,16 @@ def test_backed_pipeline_equals_in_memory_and_keeps_x_on_disk(tmp_path):
     summaries = {}
     for backed in (False, True):
         adata = ad.read_h5ad(path, backed="r" if backed else None)
-        config = PipelineConfig(batch_key="section", epochs=2, batch_size=128, hidden_dim=16,
-                                latent_dim=4, n_domains=3, progress=False, backed=backed)
+        config = PipelineConfig(
+            batch_key="section",
+            epochs=2,
+            batch_size=128,
+            hidden_dim=16,
+            latent_dim=4,
+            n_domains=3,
+            progress=False,
+            backed=backed,
+        )
         summaries[backed] = run_pipeline(adata, tmp_path / f"out{backed}", config)
         if backed:
             assert adata.isbacked  # X never loaded into the object
@@ -138,8 +145,22 @@ def test_train_backed_from_the_command_line(tmp_path, capsys):
     tissue = make_adata(n_obs=300)
     tissue.X = sp.csr_matrix(np.expm1(tissue.X.toarray()).round())  # counts
     tissue.write_h5ad(tmp_path / "in.h5ad")
-    status = main(["train", str(tmp_path / "in.h5ad"), "--backed", "--epochs", "1", "--quiet",
-                   "--batch-key", "section", "--n-domains", "2", "--out", str(tmp_path / "out")])
+    status = main(
+        [
+            "train",
+            str(tmp_path / "in.h5ad"),
+            "--backed",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--batch-key",
+            "section",
+            "--n-domains",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     out = ad.read_h5ad(tmp_path / "out" / "adata.h5ad")
     assert out.obsm["X_stepgraph"].shape[0] == 300

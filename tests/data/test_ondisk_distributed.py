@@ -1,6 +1,5 @@
 """On-disk features under DDP: two real gloo processes, each reading its own rows."""
 
-
 import anndata as ad
 import numpy as np
 import pytest
@@ -39,8 +38,7 @@ def _worker(rank, init_file, path, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        result = {"backed": train(path, True, f"{out_dir}/b{rank}"),
-                  "memory": train(path, False, f"{out_dir}/m{rank}")}
+        result = {"backed": train(path, True, f"{out_dir}/b{rank}"), "memory": train(path, False, f"{out_dir}/m{rank}")}
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -54,8 +52,7 @@ def tissue_file(tmp_path_factory):
 
 
 def test_backed_features_under_ddp(tissue_file, tmp_path):
-    results = run_ranks(_worker, (str(tmp_path / "init"), str(tissue_file), str(tmp_path)), tmp_path,
-                        WORLD, TIMEOUT_S)
+    results = run_ranks(_worker, (str(tmp_path / "init"), str(tissue_file), str(tmp_path)), tmp_path, WORLD, TIMEOUT_S)
 
     for r in range(WORLD):
         (h_disk, w_disk, _), (h_mem, w_mem, _) = results[r]["backed"], results[r]["memory"]

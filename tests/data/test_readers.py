@@ -35,8 +35,7 @@ def test_anndata_zarr_in_memory_and_lazily(tissue, tmp_path):
     np.testing.assert_array_equal(lazy.obsm["spatial"], tissue.obsm["spatial"])
     assert list(lazy.obs["domain"]) == list(tissue.obs["domain"])
     rows = np.array([5, 3, 599, 3])
-    np.testing.assert_array_equal(BaseDataset(lazy).features(rows).numpy(),
-                                  tissue.X[rows].toarray().astype(np.float32))
+    np.testing.assert_array_equal(BaseDataset(lazy).features(rows).numpy(), tissue.X[rows].toarray().astype(np.float32))
 
 
 def test_a_dense_zarr_x_is_read_by_rows(tissue, tmp_path):
@@ -58,8 +57,19 @@ def test_a_folder_that_is_no_store_is_refused(tmp_path):
 def test_train_reads_a_zarr_store(tissue, tmp_path, backed):
     path = _write_zarr(tissue, tmp_path / "t.zarr")
     out = tmp_path / "out"
-    argv = ["train", str(path), "--batch-key", "section", "--truth-key", "domain", "--epochs", "1",
-            "--quiet", "--out", str(out)] + (["--backed"] if backed else [])
+    argv = [
+        "train",
+        str(path),
+        "--batch-key",
+        "section",
+        "--truth-key",
+        "domain",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ] + (["--backed"] if backed else [])
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_obs"] == tissue.n_obs and summary["ari"] is not None
@@ -103,6 +113,23 @@ def test_spatialdata_table(tissue, tmp_path, with_coordinates):
 def test_train_reads_a_spatialdata_table(tissue, tmp_path):
     path = _spatialdata_store(tissue, tmp_path / "s.zarr", with_coordinates=False)
     out = tmp_path / "out"
-    assert main(["train", str(path), "--table-key", "table", "--batch-key", "section", "--epochs", "1",
-                 "--quiet", "--backed", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "--table-key",
+                "table",
+                "--batch-key",
+                "section",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--backed",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["n_obs"] == tissue.n_obs

@@ -41,8 +41,9 @@ def graph() -> Data:
 
 
 def loader_for(data, num_neighbors, **kwargs):
-    sampler = BuiltinNeighborSampler(data, num_neighbors, **{
-        k: kwargs.pop(k) for k in ("replace", "subgraph_type") if k in kwargs})
+    sampler = BuiltinNeighborSampler(
+        data, num_neighbors, **{k: kwargs.pop(k) for k in ("replace", "subgraph_type") if k in kwargs}
+    )
     return NeighborLoader(data, num_neighbors, neighbor_sampler=sampler, **kwargs)
 
 
@@ -54,8 +55,10 @@ def hop_slices(batch):
     """Per hop: (local ids of the nodes that sampled, slice of its edges)."""
     node_ofs = np.cumsum([0] + list(batch.num_sampled_nodes))
     edge_ofs = np.cumsum([0] + list(batch.num_sampled_edges))
-    return [(torch.arange(node_ofs[h], node_ofs[h + 1]), slice(edge_ofs[h], edge_ofs[h + 1]))
-            for h in range(len(batch.num_sampled_edges))]
+    return [
+        (torch.arange(node_ofs[h], node_ofs[h + 1]), slice(edge_ofs[h], edge_ofs[h + 1]))
+        for h in range(len(batch.num_sampled_edges))
+    ]
 
 
 def batches_as_tuples(loader):
@@ -123,11 +126,8 @@ def test_same_seed_same_batches_other_seed_differs(graph):
         return batches_as_tuples(loader_for(graph, [3, 2], batch_size=40, shuffle=True))
 
     first, again, other = run(7), run(7), run(8)
-    assert all(torch.equal(a, b) for x, y in zip(first, again, strict=True)
-               for a, b in zip(x, y, strict=True))
-    assert not all(
-        x[0].shape == y[0].shape and torch.equal(x[0], y[0]) for x, y in zip(first, other, strict=True)
-    )
+    assert all(torch.equal(a, b) for x, y in zip(first, again, strict=True) for a, b in zip(x, y, strict=True))
+    assert not all(x[0].shape == y[0].shape and torch.equal(x[0], y[0]) for x, y in zip(first, other, strict=True))
 
 
 def test_sampling_is_random_within_seeds(graph):
@@ -143,8 +143,7 @@ def test_neighbours_are_uniform(degree, k):
     # The seed is repeated in one batch: every copy samples on its own, as in PyG.
     edge_index = torch.stack([torch.arange(1, degree + 1), torch.zeros(degree, dtype=torch.long)])
     data = Data(edge_index=edge_index, num_nodes=degree + 1)
-    loader = loader_for(data, [k], input_nodes=torch.zeros(3000, dtype=torch.long),
-                        batch_size=3000)
+    loader = loader_for(data, [k], input_nodes=torch.zeros(3000, dtype=torch.long), batch_size=3000)
     torch.manual_seed(0)
     batch = next(iter(loader))
     col = batch.edge_index[1]
@@ -163,22 +162,20 @@ def test_subsets_are_uniform():
     # All 10 pairs out of 5 neighbours are equally likely (Floyd's algorithm).
     edge_index = torch.stack([torch.arange(1, 6), torch.zeros(5, dtype=torch.long)])
     data = Data(edge_index=edge_index, num_nodes=6)
-    loader = loader_for(data, [2], input_nodes=torch.zeros(5000, dtype=torch.long),
-                        batch_size=5000)
+    loader = loader_for(data, [2], input_nodes=torch.zeros(5000, dtype=torch.long), batch_size=5000)
     torch.manual_seed(0)
     batch = next(iter(loader))
     pairs = batch.e_id.view(5000, 2).sort(dim=1).values
     counts = torch.bincount(pairs[:, 0] * 5 + pairs[:, 1], minlength=25).double()
     counts = counts[counts > 0]
     assert counts.numel() == 10
-    assert ((counts - 500).abs() < 5 * 500 ** 0.5).all(), counts
+    assert ((counts - 500).abs() < 5 * 500**0.5).all(), counts
 
 
 def test_never_crosses_disconnected_sections():
     rng = np.random.default_rng(1)
     n = 300
-    edge_index = torch.cat([knn_graph(rng.random((n, 2)), 5),
-                            knn_graph(rng.random((n, 2)) + 5.0, 5, offset=n)], dim=1)
+    edge_index = torch.cat([knn_graph(rng.random((n, 2)), 5), knn_graph(rng.random((n, 2)) + 5.0, 5, offset=n)], dim=1)
     data = Data(x=torch.randn(2 * n, 3), edge_index=edge_index, num_nodes=2 * n)
     section = torch.arange(2 * n) >= n
     for num_neighbors in ([5, 5, 5], [-1, -1]):
@@ -215,8 +212,7 @@ def test_replace_draws_exactly_k(graph):
     loader = loader_for(graph, [3, 2], batch_size=64, replace=True)
     for batch in loader:
         for (targets, edges), k in zip(hop_slices(batch), [3, 2], strict=True):
-            counts = torch.bincount(batch.edge_index[1, edges] - targets[0],
-                                    minlength=targets.numel())
+            counts = torch.bincount(batch.edge_index[1, edges] - targets[0], minlength=targets.numel())
             assert bool((counts == k).all())
         assert torch.equal(batch.n_id[batch.edge_index], graph.edge_index[:, batch.e_id])
 
@@ -231,8 +227,7 @@ def test_bidirectional_subgraph(graph):
 def test_isolated_seed_and_empty_frontier():
     edge_index = torch.tensor([[1], [0]])
     data = Data(edge_index=edge_index, num_nodes=4)
-    loader = NeighborLoader(data, [2, 2], batch_size=4,
-                            neighbor_sampler=BuiltinNeighborSampler(data, [2, 2]))
+    loader = NeighborLoader(data, [2, 2], batch_size=4, neighbor_sampler=BuiltinNeighborSampler(data, [2, 2]))
     batch = next(iter(loader))
     assert batch.n_id.tolist() == [0, 1, 2, 3]
     assert batch.edge_index.tolist() == [[1], [0]]
@@ -256,13 +251,11 @@ def test_seed_embedding_matches_full_graph_with_full_fanout(graph):
     loader = loader_for(graph, [-1, -1], batch_size=50)
     for batch in loader:
         out = conv2(conv1(batch.x, batch.edge_index).relu(), batch.edge_index)
-        torch.testing.assert_close(out[: batch.batch_size],
-                                   full[batch.n_id[: batch.batch_size]])
+        torch.testing.assert_close(out[: batch.batch_size], full[batch.n_id[: batch.batch_size]])
 
 
 def test_factory_backends(graph, monkeypatch):
-    assert isinstance(make_neighbor_sampler(graph, [2], backend="builtin"),
-                      BuiltinNeighborSampler)
+    assert isinstance(make_neighbor_sampler(graph, [2], backend="builtin"), BuiltinNeighborSampler)
     monkeypatch.setattr(torch_geometric.typing, "WITH_PYG_LIB", False)
     monkeypatch.setattr(torch_geometric.typing, "WITH_TORCH_SPARSE", False)
     assert isinstance(make_neighbor_sampler(graph, [2]), BuiltinNeighborSampler)
@@ -297,8 +290,9 @@ def test_matches_torch_sparse():
     seeds = torch.randperm(n)[:100]
 
     def first_batch(sampler, num_neighbors):
-        return next(iter(NeighborLoader(data, num_neighbors, input_nodes=seeds,
-                                        batch_size=100, neighbor_sampler=sampler)))
+        return next(
+            iter(NeighborLoader(data, num_neighbors, input_nodes=seeds, batch_size=100, neighbor_sampler=sampler))
+        )
 
     # All neighbours: deterministic, so both give the very same subgraph.
     ours = first_batch(BuiltinNeighborSampler(data, [-1, -1]), [-1, -1])
@@ -311,8 +305,7 @@ def test_matches_torch_sparse():
     deg = in_degree(data)
     for num_neighbors in ([4, 3], [10, 5]):
         ours = first_batch(BuiltinNeighborSampler(data, num_neighbors), num_neighbors)
-        theirs = first_batch(make_neighbor_sampler(data, num_neighbors, backend="pyg"),
-                            num_neighbors)
+        theirs = first_batch(make_neighbor_sampler(data, num_neighbors, backend="pyg"), num_neighbors)
         assert torch.equal(ours.n_id[:100], theirs.n_id[:100])
         for b in (ours, theirs):
             row, col = b.edge_index
@@ -327,8 +320,7 @@ def test_matches_torch_sparse():
 
 def test_dataloader_workers(graph):
     # Each worker process samples with its own copy (lookup table included).
-    loader = loader_for(graph, [3, 2], batch_size=100, num_workers=2,
-                        multiprocessing_context="fork")
+    loader = loader_for(graph, [3, 2], batch_size=100, num_workers=2, multiprocessing_context="fork")
     seeds = []
     for batch in loader:
         assert torch.equal(batch.n_id[batch.edge_index], graph.edge_index[:, batch.e_id])
@@ -357,13 +349,13 @@ def _slot_p_values(sampler, data, n_seeds, degree, fanout):
     """Chi-square p-value of the slot counts in hop 1 and hop 2 (uniform: all equal)."""
     from scipy.stats import chisquare
 
-    loader = NeighborLoader(data, [fanout, fanout], input_nodes=torch.arange(n_seeds),
-                            batch_size=n_seeds, neighbor_sampler=sampler)
+    loader = NeighborLoader(
+        data, [fanout, fanout], input_nodes=torch.arange(n_seeds), batch_size=n_seeds, neighbor_sampler=sampler
+    )
     torch.manual_seed(0)
     e_id = next(iter(loader)).e_id
     hop1 = e_id < n_seeds * degree
-    return [chisquare(torch.bincount(e_id[mask] % degree, minlength=degree).numpy()).pvalue
-            for mask in (hop1, ~hop1)]
+    return [chisquare(torch.bincount(e_id[mask] % degree, minlength=degree).numpy()).pvalue for mask in (hop1, ~hop1)]
 
 
 def _floyd_from_half_open_range(deg, k):
@@ -385,14 +377,12 @@ def test_default_sampler_is_uniform(monkeypatch):
     # Seeded, so the outcome is fixed; the threshold is loose on purpose.
     n_seeds, degree, fanout = 2000, 8, 3
     data = _two_level_tree(n_seeds, degree)
-    p_values = _slot_p_values(make_neighbor_sampler(data, [fanout, fanout]), data,
-                              n_seeds, degree, fanout)
+    p_values = _slot_p_values(make_neighbor_sampler(data, [fanout, fanout]), data, n_seeds, degree, fanout)
     assert min(p_values) > 1e-3, p_values
 
     # The same test rejects a sampler with torch-sparse's off-by-one bias.
     import stepgraph.data.sampler as sampler_module
 
     monkeypatch.setattr(sampler_module, "_choose_k", _floyd_from_half_open_range)
-    p_values = _slot_p_values(BuiltinNeighborSampler(data, [fanout, fanout]), data,
-                              n_seeds, degree, fanout)
+    p_values = _slot_p_values(BuiltinNeighborSampler(data, [fanout, fanout]), data, n_seeds, degree, fanout)
     assert max(p_values) < 1e-6, p_values

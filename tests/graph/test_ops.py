@@ -25,15 +25,16 @@ def test_pattern_ignores_weights_explicit_zeros_and_the_diagonal():
     assert np.array_equal(with_loops, pattern.toarray() + np.eye(4))
     sub = adjacency_pattern(graph, self_loops=True, rows=np.array([3, 1]))
     assert sub.toarray().tolist() == [[0, 0, 0, 1], [1, 1, 1, 0]]
-    assert np.array_equal(adjacency_pattern(graph, rows=np.array([False, True, False, True])).toarray(),
-                          pattern.toarray()[[1, 3]])
+    assert np.array_equal(
+        adjacency_pattern(graph, rows=np.array([False, True, False, True])).toarray(), pattern.toarray()[[1, 3]]
+    )
     assert (graph != before).nnz == 0  # the caller's matrix is untouched
 
 
 def test_neighbourhood_mean_and_smoothing():
     graph = weighted_graph()
     op = neighborhood_mean_operator(graph)
-    assert np.allclose(op.toarray(), [[.5, .5, 0, 0], [1 / 3, 1 / 3, 1 / 3, 0], [0, .5, .5, 0], [0, 0, 0, 1]])
+    assert np.allclose(op.toarray(), [[0.5, 0.5, 0, 0], [1 / 3, 1 / 3, 1 / 3, 0], [0, 0.5, 0.5, 0], [0, 0, 0, 1]])
     values = np.array([[0.0], [3.0], [6.0], [9.0]])
     assert np.allclose(smooth_over_graph(values, graph, 1), op @ values)
     assert np.allclose(smooth_over_graph(values, graph, 2), op @ (op @ values))
@@ -51,7 +52,7 @@ def test_gaussian_knn_kernel_weights_each_neighbour_by_its_distance_within_its_s
     sections = np.array([0, 0, 0, 0, 1, 1])
     kernel = gaussian_knn_kernel(xy, sections, k=3).toarray()
     d = np.array([1.0, 2.0, 3.0])
-    expected = np.exp(-(d / 2.0) ** 2)  # the median of cell 0's three distances is 2
+    expected = np.exp(-((d / 2.0) ** 2))  # the median of cell 0's three distances is 2
     np.testing.assert_allclose(kernel[0, 1:4], expected / expected.sum())
     assert kernel[0, 0] == 0 and not kernel[0, 4:].any()  # not itself, not the other section
     np.testing.assert_allclose(kernel.sum(axis=1), 1.0)

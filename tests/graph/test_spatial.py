@@ -123,9 +123,7 @@ def test_pruned_by_radius(method, seed, radius):
     assert 0 < len(expected) < dist.nnz
 
 
-@pytest.mark.parametrize(
-    "method,kwargs", [("knn", {}), ("radius", {"radius": 1.5}), ("delaunay", {})]
-)
+@pytest.mark.parametrize("method,kwargs", [("knn", {}), ("radius", {"radius": 1.5}), ("delaunay", {})])
 def test_percentile_prunes_long_edges(method, kwargs):
     adata = make_adata(seed=50)
     _, full = spatial_graph(adata, method=method, copy=True, **kwargs)
@@ -133,9 +131,7 @@ def test_percentile_prunes_long_edges(method, kwargs):
     # documented rule (squidpy's): percentile over edge lengths plus one zero per cell
     threshold = np.percentile(np.concatenate([full.data, np.zeros(N)]), 75)
     coo = full.tocoo()
-    expected = {
-        (r, c) for r, c, v in zip(coo.row, coo.col, coo.data, strict=True) if v <= threshold
-    }
+    expected = {(r, c) for r, c, v in zip(coo.row, coo.col, coo.data, strict=True) if v <= threshold}
     assert edge_set(conn) == expected
     assert dist.max() <= threshold
     assert conn.nnz < full.nnz
@@ -225,9 +221,7 @@ def test_obsp_uns_layout_and_dtypes():
     adata = make_adata(sections=["a", "b"])
     before_obs = adata.obs.copy()
     before_coords = adata.obsm["spatial"].copy()
-    out = spatial_graph(
-        adata, method="radius", radius=(0.2, 1.5), batch_key="section", key_added="niche"
-    )
+    out = spatial_graph(adata, method="radius", radius=(0.2, 1.5), batch_key="section", key_added="niche")
     assert out is None
     assert set(adata.obsp.keys()) == {"niche_connectivities", "niche_distances"}
     conn = adata.obsp["niche_connectivities"]
@@ -369,9 +363,7 @@ def test_to_pyg_matches_obsp():
     src, dst = data.edge_index.numpy()
     # edge j -> i for every stored (i, j): target = row, source = neighbour
     assert set(zip(dst.tolist(), src.tolist(), strict=True)) == edge_set(conn)
-    np.testing.assert_allclose(
-        data.edge_attr[:, 0].numpy(), np.asarray(dist[dst, src]).ravel(), rtol=1e-6
-    )
+    np.testing.assert_allclose(data.edge_attr[:, 0].numpy(), np.asarray(dist[dst, src]).ravel(), rtol=1e-6)
     # edge_weight holds the connectivities by default, the distances on request
     np.testing.assert_array_equal(data.edge_weight.numpy(), np.asarray(conn[dst, src]).ravel())
     by_distance = to_pyg(adata, batch_key="section", edge_weight="distances")

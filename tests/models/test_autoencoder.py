@@ -24,9 +24,13 @@ def tissue(n=400, n_genes=30, n_domains=4, seed=0):
     src = torch.from_numpy(idx[:, 1:].reshape(-1)).long()
     dst = torch.arange(n).repeat_interleave(6)
     edge_index = torch.unique(torch.stack([torch.cat([src, dst]), torch.cat([dst, src])]), dim=1)
-    return Data(x=torch.tensor(x, dtype=torch.float32), edge_index=edge_index,
-                edge_weight=torch.rand(edge_index.size(1)) + 0.5,
-                section=torch.from_numpy(pos[:, 1] > 0.5).long(), num_nodes=n)
+    return Data(
+        x=torch.tensor(x, dtype=torch.float32),
+        edge_index=edge_index,
+        edge_weight=torch.rand(edge_index.size(1)) + 0.5,
+        section=torch.from_numpy(pos[:, 1] > 0.5).long(),
+        num_nodes=n,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +42,14 @@ def data():
 @pytest.mark.parametrize("variational", [False, True])
 def test_shapes_and_losses(data, conv, variational):
     torch.manual_seed(0)
-    model = GraphAutoencoder(30, hidden_dim=16, latent_dim=4, conv=conv,
-                             variational=variational, n_batches=2)
+    model = GraphAutoencoder(30, hidden_dim=16, latent_dim=4, conv=conv, variational=variational, n_batches=2)
     z = model.encode(data.x, data.edge_index, data.edge_weight)
     assert z.shape == (400, 4)
     assert model(data.x, data.edge_index, batch_label=data.section).shape == (400, 30)
 
-    losses = model.loss(data.x, ind=torch.arange(50), edge_index=data.edge_index,
-                        edge_weight=data.edge_weight, batch_label=data.section)
+    losses = model.loss(
+        data.x, ind=torch.arange(50), edge_index=data.edge_index, edge_weight=data.edge_weight, batch_label=data.section
+    )
     assert set(losses) == ({"recon_loss", "kl_loss"} if variational else {"recon_loss"})
     for value in losses.values():
         assert value.dim() == 0 and torch.isfinite(value) and value.requires_grad
@@ -56,8 +60,7 @@ def test_shapes_and_losses(data, conv, variational):
 
 @pytest.mark.parametrize("variational", [False, True])
 def test_loss_over_ind_equals_loss_on_subset_without_graph(data, variational):
-    model = GraphAutoencoder(30, hidden_dim=16, latent_dim=4, variational=variational,
-                             n_batches=2)
+    model = GraphAutoencoder(30, hidden_dim=16, latent_dim=4, variational=variational, n_batches=2)
     ind = torch.randperm(400)[:37]
     # Same RNG state: the posterior sample of the subset is drawn the same way.
     torch.manual_seed(1)
@@ -72,7 +75,8 @@ def test_loss_over_ind_equals_loss_on_subset_without_graph(data, variational):
     model.eval()
     torch.testing.assert_close(
         model.loss(data.x, ind=mask, batch_label=data.section)["recon_loss"],
-        model.loss(data.x[mask], batch_label=data.section[mask])["recon_loss"])
+        model.loss(data.x[mask], batch_label=data.section[mask])["recon_loss"],
+    )
 
 
 def test_loss_over_ind_uses_neighbours_and_averages_over_ind(data):
@@ -100,8 +104,7 @@ def test_kl_only_when_variational(data):
     assert kl >= 0
     # In eval mode the embedding is the posterior mean: deterministic.
     vae.eval()
-    torch.testing.assert_close(vae.encode(data.x, data.edge_index),
-                               vae.encode(data.x, data.edge_index))
+    torch.testing.assert_close(vae.encode(data.x, data.edge_index), vae.encode(data.x, data.edge_index))
 
 
 def test_batch_embedding_and_parameter_groups(data):
@@ -135,8 +138,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("conv,variational", [("gcn", False), ("sage", True), ("gat", False)])
 def test_training_reduces_recon_loss(data, conv, variational):
     torch.manual_seed(0)
-    model = GraphAutoencoder(30, hidden_dim=32, latent_dim=8, conv=conv,
-                             variational=variational)
+    model = GraphAutoencoder(30, hidden_dim=32, latent_dim=8, conv=conv, variational=variational)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
 
     def recon():
@@ -165,8 +167,9 @@ def test_trains_on_sampled_minibatches(data):
         total, n = 0.0, 0
         for batch in loader:
             ind = torch.arange(batch.batch_size)
-            losses = model.loss(batch.x, ind=ind, edge_index=batch.edge_index,
-                                edge_weight=batch.edge_weight, batch_label=batch.section)
+            losses = model.loss(
+                batch.x, ind=ind, edge_index=batch.edge_index, edge_weight=batch.edge_weight, batch_label=batch.section
+            )
             if train:
                 optimizer.zero_grad()
                 sum(losses.values()).backward()
@@ -187,8 +190,7 @@ def test_seed_embeddings_match_full_graph_with_all_neighbours(data):
     # SAGE on a full-fan-out sampled subgraph is exact for the seed nodes.
     model = GraphAutoencoder(30, hidden_dim=16, latent_dim=4, conv="sage").eval()
     full = model.encode(data.x, data.edge_index)
-    loader = NeighborLoader(data, [-1, -1], batch_size=100,
-                            neighbor_sampler=BuiltinNeighborSampler(data, [-1, -1]))
+    loader = NeighborLoader(data, [-1, -1], batch_size=100, neighbor_sampler=BuiltinNeighborSampler(data, [-1, -1]))
     for batch in loader:
         z = model.encode(batch.x, batch.edge_index)[: batch.batch_size]
         torch.testing.assert_close(z, full[batch.n_id[: batch.batch_size]])
@@ -200,8 +202,7 @@ def test_seed_embeddings_match_full_graph_with_all_neighbours(data):
 
 
 def _hop_counts(batch):
-    return {"num_sampled_nodes_per_hop": batch.num_sampled_nodes,
-            "num_sampled_edges_per_hop": batch.num_sampled_edges}
+    return {"num_sampled_nodes_per_hop": batch.num_sampled_nodes, "num_sampled_edges_per_hop": batch.num_sampled_edges}
 
 
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
@@ -209,15 +210,16 @@ def _hop_counts(batch):
 @pytest.mark.parametrize("hidden", [16, 48])  # 48 > 30 inputs: GAT's first layer aggregates its inputs first
 def test_trimmed_losses_and_gradients_equal_untrimmed(data, conv, fanout, hidden):
     torch.manual_seed(0)
-    model = GraphAutoencoder(30, hidden_dim=hidden, latent_dim=4, conv=conv, n_layers=2,
-                             variational=True, n_batches=2).eval()  # eval: no sampling noise
-    loader = NeighborLoader(data, fanout, batch_size=64, shuffle=True,
-                            neighbor_sampler=BuiltinNeighborSampler(data, fanout))
+    model = GraphAutoencoder(
+        30, hidden_dim=hidden, latent_dim=4, conv=conv, n_layers=2, variational=True, n_batches=2
+    ).eval()  # eval: no sampling noise
+    loader = NeighborLoader(
+        data, fanout, batch_size=64, shuffle=True, neighbor_sampler=BuiltinNeighborSampler(data, fanout)
+    )
     assert _aggregates_inputs_first(model.convs[0]) == (conv == "gat" and hidden > 30)
     batch = next(iter(loader))
     ind = torch.arange(batch.batch_size)
-    args = dict(ind=ind, edge_index=batch.edge_index, edge_weight=batch.edge_weight,
-                batch_label=batch.section)
+    args = dict(ind=ind, edge_index=batch.edge_index, edge_weight=batch.edge_weight, batch_label=batch.section)
     full = model.loss(batch.x, **args)
     trimmed = model.loss(batch.x, **args, **_hop_counts(batch))
     params = list(model.parameters())
@@ -231,23 +233,29 @@ def test_trimmed_losses_and_gradients_equal_untrimmed(data, conv, fanout, hidden
     # encode: only the seeds, the same embeddings
     seeds = model.encode(batch.x, batch.edge_index, batch.edge_weight, **_hop_counts(batch))
     assert seeds.shape == (batch.batch_size, 4)
-    torch.testing.assert_close(seeds, model.encode(batch.x, batch.edge_index,
-                                                   batch.edge_weight)[:batch.batch_size])
+    torch.testing.assert_close(seeds, model.encode(batch.x, batch.edge_index, batch.edge_weight)[: batch.batch_size])
 
 
 def test_trimming_is_skipped_where_it_would_not_be_exact(data):
     torch.manual_seed(0)
     model = GraphAutoencoder(30, hidden_dim=8, latent_dim=4)
-    batch = next(iter(NeighborLoader(data, [4, 3], batch_size=32,
-                                     neighbor_sampler=BuiltinNeighborSampler(data, [4, 3]))))
+    batch = next(
+        iter(NeighborLoader(data, [4, 3], batch_size=32, neighbor_sampler=BuiltinNeighborSampler(data, [4, 3])))
+    )
     # losses of non-seed nodes: computed untrimmed, so still right
     ind = torch.arange(batch.batch_size + 20)
     loss = model.loss(batch.x, ind=ind, edge_index=batch.edge_index, **_hop_counts(batch))
-    torch.testing.assert_close(loss["recon_loss"],
-                               model.loss(batch.x, ind=ind, edge_index=batch.edge_index)["recon_loss"])
+    torch.testing.assert_close(
+        loss["recon_loss"], model.loss(batch.x, ind=ind, edge_index=batch.edge_index)["recon_loss"]
+    )
     with pytest.raises(ValueError, match="one entry more"):
-        model.loss(batch.x, ind=ind, edge_index=batch.edge_index,
-                   num_sampled_nodes_per_hop=[32, 10], num_sampled_edges_per_hop=[5, 5])
+        model.loss(
+            batch.x,
+            ind=ind,
+            edge_index=batch.edge_index,
+            num_sampled_nodes_per_hop=[32, 10],
+            num_sampled_edges_per_hop=[5, 5],
+        )
 
 
 def test_gcn_normalised_once_equals_pyg_gcnconv(data):

@@ -76,32 +76,87 @@ def test_help_shows_every_default_and_passing_it_gives_the_default(capsys, monke
 
 
 def test_the_command_line_keeps_its_option_names(capsys, monkeypatch):
-    options = {"--spatial-key", "--batch-key", "--layer", "--backed", "--n-top-genes", "--n-pcs", "--method",
-               "--n-neighbors", "--radius", "--graph-scale", "--epochs", "--batch-size", "--fanout", "--conv",
-               "--lr", "--split-rate", "--patience", "--cluster", "--refine", "--n-domains", "--truth-key",
-               "--seed", "--device", "--quiet", "--init-weights", "--trust-checkpoint", "--resume", "--out"}
+    options = {
+        "--spatial-key",
+        "--batch-key",
+        "--layer",
+        "--backed",
+        "--n-top-genes",
+        "--n-pcs",
+        "--method",
+        "--n-neighbors",
+        "--radius",
+        "--graph-scale",
+        "--epochs",
+        "--batch-size",
+        "--fanout",
+        "--conv",
+        "--lr",
+        "--split-rate",
+        "--patience",
+        "--cluster",
+        "--refine",
+        "--n-domains",
+        "--truth-key",
+        "--seed",
+        "--device",
+        "--quiet",
+        "--init-weights",
+        "--trust-checkpoint",
+        "--resume",
+        "--out",
+    }
     assert options <= set(help_entries(capsys, monkeypatch, "train"))  # new fields may add options
-    assert set(help_entries(capsys, monkeypatch, "demo")) == {"-h", "--n-cells", "--epochs", "--seed",
-                                                               "--device", "--threads", "--quiet", "--out"}
+    assert set(help_entries(capsys, monkeypatch, "demo")) == {
+        "-h",
+        "--n-cells",
+        "--epochs",
+        "--seed",
+        "--device",
+        "--threads",
+        "--quiet",
+        "--out",
+    }
 
 
 def test_options_map_to_their_fields():
-    config = train_config("--quiet", "--layer", "raw", "--fanout", "3,-1", "--refine", "--n-domains", "4",
-                          "--init-weights", "w.pt", "--trust-checkpoint", "--backed", "--method", "knn")
+    config = train_config(
+        "--quiet",
+        "--layer",
+        "raw",
+        "--fanout",
+        "3,-1",
+        "--refine",
+        "--n-domains",
+        "4",
+        "--init-weights",
+        "w.pt",
+        "--trust-checkpoint",
+        "--backed",
+        "--method",
+        "knn",
+    )
     assert (config.progress, config.layer_key, config.fanout, config.refine, config.n_domains) == (
-        False, "raw", [3, -1], True, 4)
-    assert (config.init_weights, config.trust_checkpoint, config.backed, config.method) == (
-        "w.pt", True, True, "knn")
+        False,
+        "raw",
+        [3, -1],
+        True,
+        4,
+    )
+    assert (config.init_weights, config.trust_checkpoint, config.backed, config.method) == ("w.pt", True, True, "knn")
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--fanout", "10,x"], "--fanout must be integers separated by commas, got '10,x'"),
-    (["--fanout", "0"], "--fanout must be positive integers (or -1), got '0'"),
-    (["--epochs", "0"], "expected a positive integer, got '0'"),
-    (["--n-neighbors", "two"], "expected a positive integer, got 'two'"),
-    (["--method", "ring"], "invalid choice: 'ring'"),
-    (["--lr", "fast"], "invalid float value: 'fast'"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--fanout", "10,x"], "--fanout must be integers separated by commas, got '10,x'"),
+        (["--fanout", "0"], "--fanout must be positive integers (or -1), got '0'"),
+        (["--epochs", "0"], "expected a positive integer, got '0'"),
+        (["--n-neighbors", "two"], "expected a positive integer, got 'two'"),
+        (["--method", "ring"], "invalid choice: 'ring'"),
+        (["--lr", "fast"], "invalid float value: 'fast'"),
+    ],
+)
 def test_bad_options_are_refused_with_their_message(options, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["train", "in.h5ad", *options])
@@ -119,10 +174,39 @@ def test_graph_command_keeps_the_defaults_of_spatial_graph():
 def test_positional_fields_keep_their_order():
     # fields added later are keyword-only, so PipelineConfig(...) by position means what it did
     assert [f.name for f in FIELDS if not f.kw_only] == [
-        "spatial_key", "batch_key", "layer_key", "n_top_genes", "n_pcs", "method", "n_neighbors", "radius",
-        "graph_scale", "epochs", "batch_size", "fanout", "hidden_dim", "latent_dim", "conv", "activation",
-        "lr", "split_rate", "patience", "smooth", "cluster", "refine", "n_domains", "truth_key", "seed",
-        "device", "backend", "progress", "init_weights", "resume_from", "trust_checkpoint", "backed"]
+        "spatial_key",
+        "batch_key",
+        "layer_key",
+        "n_top_genes",
+        "n_pcs",
+        "method",
+        "n_neighbors",
+        "radius",
+        "graph_scale",
+        "epochs",
+        "batch_size",
+        "fanout",
+        "hidden_dim",
+        "latent_dim",
+        "conv",
+        "activation",
+        "lr",
+        "split_rate",
+        "patience",
+        "smooth",
+        "cluster",
+        "refine",
+        "n_domains",
+        "truth_key",
+        "seed",
+        "device",
+        "backend",
+        "progress",
+        "init_weights",
+        "resume_from",
+        "trust_checkpoint",
+        "backed",
+    ]
 
 
 def _defaulted(function) -> set[str]:
@@ -144,12 +228,18 @@ def test_the_pipeline_passes_every_option_of_its_stages_explicitly():
 
 def test_the_gene_set_picks_the_input_and_encoder_of_fields_left_unset():
     config = PipelineConfig(n_top_genes=100)
-    with pytest.raises(ValueError, match=r"n_pcs, feature_smooth, fanout, hidden_dim .* left to the gene set.*resolved\(n_genes\)"):
+    with pytest.raises(
+        ValueError, match=r"n_pcs, feature_smooth, fanout, hidden_dim .* left to the gene set.*resolved\(n_genes\)"
+    ):
         config.feature_options()
     panel, transcriptome = config.resolved(100), config.resolved(101)
     assert (panel.n_pcs, panel.feature_smooth, panel.fanout, panel.hidden_dim) == (20, 1, [10, 5], 64)
-    assert (transcriptome.n_pcs, transcriptome.feature_smooth, transcriptome.fanout,
-            transcriptome.hidden_dim) == (200, 0, [10], 256)
+    assert (transcriptome.n_pcs, transcriptome.feature_smooth, transcriptome.fanout, transcriptome.hidden_dim) == (
+        200,
+        0,
+        [10],
+        256,
+    )
     assert config.n_pcs is None and config.fanout is None  # resolved returns a copy
     transcriptome.fanout.append(3)
     assert config.resolved(101).fanout == [10]  # the recipe's list is not shared
@@ -163,8 +253,7 @@ def test_the_gene_set_picks_the_input_and_encoder_of_fields_left_unset():
 
 def test_a_transcriptome_run_records_the_recipe_it_used(tmp_path):
     adata = synthetic_tissue(n_cells=300, n_genes=60, seed=2)
-    summary = run_pipeline(adata, tmp_path, PipelineConfig(n_top_genes=40, epochs=1, batch_size=128,
-                                                           progress=False))
+    summary = run_pipeline(adata, tmp_path, PipelineConfig(n_top_genes=40, epochs=1, batch_size=128, progress=False))
     used = summary["config"]
     assert (used["n_pcs"], used["feature_smooth"], used["fanout"], used["hidden_dim"]) == (200, 0, [10], 256)
     # 200 components asked, 39 possible (40 genes kept, minus one)
@@ -173,8 +262,9 @@ def test_a_transcriptome_run_records_the_recipe_it_used(tmp_path):
 
 def test_run_pipeline_reads_its_fallbacks_from_the_config(tmp_path):
     adata = synthetic_tissue(n_cells=300, n_genes=30, seed=1)
-    config = PipelineConfig(epochs=1, batch_size=128, progress=False, n_domains_default=3,
-                            feature_max_cells=200, cluster_max_rows=150)
+    config = PipelineConfig(
+        epochs=1, batch_size=128, progress=False, n_domains_default=3, feature_max_cells=200, cluster_max_rows=150
+    )
     summary = run_pipeline(adata, tmp_path, config)
     assert summary["n_domains"] == 3 and len(adata.obs["stepgraph_domain"].cat.categories) == 3
     assert summary["config"]["n_domains_default"] == 3 and summary["config"]["delta"] == config.delta
@@ -184,7 +274,8 @@ def test_the_user_guide_shows_the_defaults_table():
     guide = GUIDE.read_text(encoding="utf-8")
     assert defaults_table() in guide, (
         "docs/user-guide.md's defaults table differs from PipelineConfig; paste the output of "
-        "python -c 'from stepgraph.pipeline.config import defaults_table; print(defaults_table())'")
+        "python -c 'from stepgraph.pipeline.config import defaults_table; print(defaults_table())'"
+    )
 
 
 def test_no_help_or_reason_narrates_development_history(capsys):

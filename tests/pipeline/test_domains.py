@@ -69,12 +69,15 @@ def test_scores_of_independent_labellings_are_near_zero_and_labels_any_hashable(
     assert adjusted_rand_index(["x", "x", "y"], [2, 2, 7]) == 1.0
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: kmeans_domains(np.zeros((2, 2)), 3), "at least n_clusters=3 rows"),
-    (lambda: gmm_domains(np.full((5, 2), np.nan), 2), "NaN"),
-    (lambda: cluster_domains(np.zeros((5, 2)), 2, method="dbscan"), "method must be one of"),
-    (lambda: adjusted_rand_index([1, 2], [1]), "differ in length"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: kmeans_domains(np.zeros((2, 2)), 3), "at least n_clusters=3 rows"),
+        (lambda: gmm_domains(np.full((5, 2), np.nan), 2), "NaN"),
+        (lambda: cluster_domains(np.zeros((5, 2)), 2, method="dbscan"), "method must be one of"),
+        (lambda: adjusted_rand_index([1, 2], [1]), "differ in length"),
+    ],
+)
 def test_bad_clustering_input_names_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -241,8 +244,9 @@ def test_centred_genes_of_several_sections_lose_each_sections_overall_scale_only
         own = logged[codes == code]
         np.testing.assert_allclose(standardised[codes == code].mean(0), 0, atol=1e-4)
         np.testing.assert_allclose(standardised[codes == code].var(0).mean(), pooled.mean(), rtol=1e-3)
-        np.testing.assert_allclose(standardised[codes == code].var(0), own.var(0) * pooled.mean() / own.var(0).mean(),
-                                   rtol=1e-3, atol=1e-6)  # the relative variances are the section's own
+        np.testing.assert_allclose(
+            standardised[codes == code].var(0), own.var(0) * pooled.mean() / own.var(0).mean(), rtol=1e-3, atol=1e-6
+        )  # the relative variances are the section's own
 
 
 def test_negative_counts_are_refused_by_the_python_api_naming_the_row(tmp_path):
@@ -314,7 +318,10 @@ def test_pipeline_beats_the_neighbour_mean_baseline_on_real_visium_dlpfc(tmp_pat
     adata = ad.read_h5ad(DLPFC)
     n = adata.obs["domain"].nunique()
     baseline = adjusted_rand_index(adata.obs["domain"], neighbor_mean_domains(adata, n, seed=0))
-    scores = [run_pipeline(ad.read_h5ad(DLPFC), tmp_path / str(seed),
-                           PipelineConfig(truth_key="domain", seed=seed, progress=False))["ari"]
-              for seed in range(3)]
+    scores = [
+        run_pipeline(
+            ad.read_h5ad(DLPFC), tmp_path / str(seed), PipelineConfig(truth_key="domain", seed=seed, progress=False)
+        )["ari"]
+        for seed in range(3)
+    ]
     assert np.median(scores) >= baseline + 0.05, (scores, baseline)

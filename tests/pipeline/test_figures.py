@@ -27,6 +27,7 @@ def test_the_embedding_figure_is_written_with_the_truth(tmp_path):
     rng = np.random.default_rng(0)
     embedding = rng.normal(size=(60, 4))
     truth = np.repeat(["a", "b", "c"], 20)
-    assert save_embedding_figure(embedding, np.repeat([0, 1], 30), ["s0", "s1"], truth[::-1], tmp_path / "e.png",
-                                 truth=truth)
+    assert save_embedding_figure(
+        embedding, np.repeat([0, 1], 30), ["s0", "s1"], truth[::-1], tmp_path / "e.png", truth=truth
+    )
     assert (tmp_path / "e.png").stat().st_size > 0

@@ -55,8 +55,12 @@ def test_domain_counts_and_split_domains_name_the_domains_of_one_section():
     report = integration_report(np.random.default_rng(0).normal(size=(7, 2)), domains, sections, ["s0", "s1"])
     assert report["split_domains"] == {"c": "s0"} and "c (s0)" in report["warning"]
     assert "--domains-per-section" in report["warning"]
-    joined = integration_report(np.zeros((6, 2)) + np.arange(6)[:, None], ["a", "b", "a", "b", "a", "b"],
-                                np.array([0, 0, 0, 1, 1, 1]), ["s0", "s1"])
+    joined = integration_report(
+        np.zeros((6, 2)) + np.arange(6)[:, None],
+        ["a", "b", "a", "b", "a", "b"],
+        np.array([0, 0, 0, 1, 1, 1]),
+        ["s0", "s1"],
+    )
     assert joined["warning"] is None and 0 <= joined["mixing"] <= 1.5
 
 
@@ -118,9 +122,16 @@ def test_features_standardised_per_section_remove_the_sections_offsets(tmp_path)
 
 def _per_section_ari(adata) -> float:
     sections = adata.obs["section"]
-    return float(np.mean([adjusted_rand_index(adata.obs["domain"][sections == name],
-                                              adata.obs["stepgraph_domain"][sections == name])
-                          for name in pd.unique(sections)]))
+    return float(
+        np.mean(
+            [
+                adjusted_rand_index(
+                    adata.obs["domain"][sections == name], adata.obs["stepgraph_domain"][sections == name]
+                )
+                for name in pd.unique(sections)
+            ]
+        )
+    )
 
 
 def test_joint_domains_of_sections_that_differ_score_as_well_as_each_section_alone(tmp_path):
@@ -148,8 +159,9 @@ def test_joint_domains_of_sections_that_differ_score_as_well_as_each_section_alo
     assert sum(sum(c.values()) for c in report["domain_counts"].values()) == adata.n_obs
 
     with pytest.warns(IntegrationWarning, match="lie in one section only"):
-        pooled = run_pipeline(adata, tmp_path / "pooled",
-                              PipelineConfig(batch_key="section", scale_per_section=False, **options))
+        pooled = run_pipeline(
+            adata, tmp_path / "pooled", PipelineConfig(batch_key="section", scale_per_section=False, **options)
+        )
     assert _per_section_ari(adata) < joint - 0.2
     assert pooled["integration"]["mixing"] < report["mixing"] and pooled["integration"]["split_domains"]
 
@@ -163,8 +175,22 @@ def test_train_prints_the_mixing_and_domains_per_section_on_request(tmp_path, ca
     path = tmp_path / "tissue.h5ad"
     synthetic_tissue(n_cells=600, n_sections=2, n_genes=40, seed=2, section_effect=0.5).write_h5ad(path)
     out = tmp_path / "run"
-    status = main(["train", str(path), "--batch-key", "section", "--truth-key", "domain", "--epochs", "2",
-                   "--domains-per-section", "--out", str(out), "--quiet"])
+    status = main(
+        [
+            "train",
+            str(path),
+            "--batch-key",
+            "section",
+            "--truth-key",
+            "domain",
+            "--epochs",
+            "2",
+            "--domains-per-section",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert status == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -192,8 +218,11 @@ def test_four_dlpfc_sections_keep_their_floor(tmp_path):
     joint, per_section, mixing = [], [], []
     for seed in range(3):
         adata = ad.read_h5ad(DLPFC4)
-        summary = run_pipeline(adata, tmp_path / str(seed), PipelineConfig(
-            batch_key="section", truth_key="domain", seed=seed, progress=False))
+        summary = run_pipeline(
+            adata,
+            tmp_path / str(seed),
+            PipelineConfig(batch_key="section", truth_key="domain", seed=seed, progress=False),
+        )
         known = adata.obs["domain"].notna().to_numpy()
         joint.append(summary["ari"])
         per_section.append(_per_section_ari(adata[known]))
@@ -208,8 +237,9 @@ def test_bench_domains_reports_joint_per_section_and_mixing_side_by_side(tmp_pat
 
     path = tmp_path / "tissue.h5ad"
     synthetic_tissue(n_cells=600, n_sections=2, n_genes=40, seed=3, section_effect=1.0).write_h5ad(path)
-    result = run_domain_benchmark(path, "domain", batch_key="section", seeds=(0,),
-                                  methods=["neighbor_mean", "pca_kmeans", "untrained"])
+    result = run_domain_benchmark(
+        path, "domain", batch_key="section", seeds=(0,), methods=["neighbor_mean", "pca_kmeans", "untrained"]
+    )
     for run in result["runs"]:
         assert set(run["ari_sections"]) == {"section0", "section1"}
         assert run["ari_per_section"] == pytest.approx(np.mean(list(run["ari_sections"].values())))

@@ -14,11 +14,11 @@ def _direct(x, xy, k):
     for i in range(len(xy)):
         d, j = tree.query(xy[i], k=k + 1)
         d, j = d[1:], j[1:]
-        w = np.exp(-(d / np.median(d)) ** 2)
+        w = np.exp(-((d / np.median(d)) ** 2))
         mean.append((w / w.sum()) @ x[j])
         d2, j2 = tree.query(xy[i], k=2 * k + 1)
         d2, j2 = d2[1:], j2[1:]
-        w2 = np.exp(-(d2 / np.median(d2)) ** 2)
+        w2 = np.exp(-((d2 / np.median(d2)) ** 2))
         theta = np.arctan2(xy[j2, 1] - xy[i, 1], xy[j2, 0] - xy[i, 0])
         phase = w2 / w2.sum() * np.exp(1j * theta)
         grad.append(np.abs(phase @ (x[j2] - x[j2].mean(axis=0))))
@@ -28,7 +28,7 @@ def _direct(x, xy, k):
 
 def _unit(block):
     block = block - block.mean(axis=0)
-    return block / np.sqrt((block ** 2).mean())
+    return block / np.sqrt((block**2).mean())
 
 
 def test_blocks_match_their_definition_and_lambda_weighs_them():
@@ -58,8 +58,10 @@ def test_the_gradient_block_sees_a_ramp_and_not_a_constant_and_components_are_re
     assert out.shape == (400, 3) and out.dtype == np.float32
 
 
-@pytest.mark.parametrize("kwargs, message", [({"lam": 1.0}, "lam"), ({"n_neighbors": 0}, "n_neighbors"),
-                                             ({"expression": np.zeros((3, 2))}, "expression")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"lam": 1.0}, "lam"), ({"n_neighbors": 0}, "n_neighbors"), ({"expression": np.zeros((3, 2))}, "expression")],
+)
 def test_bad_arguments_are_named(kwargs, message):
     args = {"expression": np.zeros((5, 2)), "coordinates": np.random.default_rng(0).normal(size=(5, 2))}
     args.update(kwargs)
@@ -74,8 +76,9 @@ def test_the_pipeline_and_its_untrained_baseline_read_neighbourhood_features(tmp
     from stepgraph.synthetic import synthetic_tissue
 
     adata = synthetic_tissue(n_cells=800, n_sections=2, n_genes=40, seed=4)
-    config = PipelineConfig(features="neighborhood", batch_key="section", truth_key="domain", epochs=3,
-                            batch_size=256, progress=False)
+    config = PipelineConfig(
+        features="neighborhood", batch_key="section", truth_key="domain", epochs=3, batch_size=256, progress=False
+    )
     summary = run_pipeline(adata, tmp_path, config)
     used = summary["config"]
     assert (used["features"], used["n_pcs"], used["feature_smooth"]) == ("neighborhood", 50, 0)

@@ -23,8 +23,7 @@ def small_tissue():
     adata = synthetic_tissue(n_cells=500, n_genes=30, seed=5)
     spatial_graph(adata, n_neighbors=5, batch_key="section")
     data = to_pyg(adata, batch_key="section", edge_weight="connectivities")
-    dataset = BaseDataset(ad.AnnData(X=log_normalise(adata.X), obs=adata.obs[["section"]]),
-                          batch_key="section")
+    dataset = BaseDataset(ad.AnnData(X=log_normalise(adata.X), obs=adata.obs[["section"]]), batch_key="section")
     return adata, data, dataset
 
 
@@ -35,10 +34,8 @@ def run_path(path, tissue, epochs, checkpoint_dir, seed=0, resume_from=None):
     if path in ("train", "train_batch"):
         model = TinyAutoencoder(dataset.n_vars)
     else:
-        model = GraphAutoencoder(dataset.n_vars, hidden_dim=16, latent_dim=4, dropout=0.1,
-                                 n_batches=dataset.n_batches)
-    trainer = Trainer(model, progress=False, trace_func=lambda m: None, seed=seed,
-                      checkpoint_dir=checkpoint_dir)
+        model = GraphAutoencoder(dataset.n_vars, hidden_dim=16, latent_dim=4, dropout=0.1, n_batches=dataset.n_batches)
+    trainer = Trainer(model, progress=False, trace_func=lambda m: None, seed=seed, checkpoint_dir=checkpoint_dir)
     trainer.init_optimizer(lr=0.01)
     perm = np.random.default_rng(seed).permutation(adata.n_obs)
     train_ind, valid_ind = np.sort(perm[100:]), np.sort(perm[:100])
@@ -49,11 +46,16 @@ def run_path(path, tissue, epochs, checkpoint_dir, seed=0, resume_from=None):
         loaders = Trainer.make_loaders(dataset, 64, split_rate=0.2, seed=seed)
         trainer.train_batch(epochs=epochs, loaders=loaders, resume_from=resume_from)
     elif path == "node_sampler":
-        loaders = node_loaders(data, [4, 3], 64, train_ind=train_ind, valid_ind=valid_ind,
-                               seed=seed, backend="builtin")
+        loaders = node_loaders(data, [4, 3], 64, train_ind=train_ind, valid_ind=valid_ind, seed=seed, backend="builtin")
         trainer.train_node_sampler(epochs=epochs, gloader=loaders, dataset=dataset, resume_from=resume_from)
     else:
         loader = graph_loader(data, 2, 128, shuffle=True, seed=seed, backend="builtin")
-        trainer.train_graph_batch(epochs=epochs, gloader=loader, dataset=dataset, train_ind=train_ind,
-                                  valid_ind=valid_ind, resume_from=resume_from)
+        trainer.train_graph_batch(
+            epochs=epochs,
+            gloader=loader,
+            dataset=dataset,
+            train_ind=train_ind,
+            valid_ind=valid_ind,
+            resume_from=resume_from,
+        )
     return trainer

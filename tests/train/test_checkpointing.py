@@ -75,10 +75,10 @@ def assert_refused(err, marker):
 
 def train_tiny(checkpoint_dir, epochs=2, resume_from=None):
     dataset = BaseDataset(make_adata(n_obs=200))
-    trainer = Trainer(TinyAutoencoder(dataset.n_vars), progress=False, checkpoint_dir=checkpoint_dir,
-                      trace_func=lambda message: None)
-    trainer.train_batch(epochs=epochs, loaders=Trainer.make_loaders(dataset, 50, seed=0),
-                        resume_from=resume_from)
+    trainer = Trainer(
+        TinyAutoencoder(dataset.n_vars), progress=False, checkpoint_dir=checkpoint_dir, trace_func=lambda message: None
+    )
+    trainer.train_batch(epochs=epochs, loaders=Trainer.make_loaders(dataset, 50, seed=0), resume_from=resume_from)
     return trainer
 
 
@@ -183,14 +183,28 @@ def test_cli_init_weights_and_resume_refuse_code(tissue_file, tmp_path, marker, 
         torch.load(path, weights_only=True)
     evil_weights = tmp_path / "weights.pt"
     poison(evil_weights, load_checkpoint(best), marker)
-    cli_refuses(["train", tissue_file, "--out", tmp_path / "second", "--init-weights", evil_weights, *CLI],
-                marker, capsys)
+    cli_refuses(
+        ["train", tissue_file, "--out", tmp_path / "second", "--init-weights", evil_weights, *CLI], marker, capsys
+    )
     poison(last, load_checkpoint(last), marker)
     cli_refuses(["train", tissue_file, "--out", run, "--resume", *CLI[2:], "--epochs", "2"], marker, capsys)
     # the flag opts in: the payload runs (that is what trusting a file means), then
     # its extra key is refused as not a weight of the model
-    assert main(["train", str(tissue_file), "--out", str(tmp_path / "third"), "--init-weights",
-                 str(evil_weights), "--trust-checkpoint", *CLI]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(tissue_file),
+                "--out",
+                str(tmp_path / "third"),
+                "--init-weights",
+                str(evil_weights),
+                "--trust-checkpoint",
+                *CLI,
+            ]
+        )
+        == 2
+    )
     assert marker.exists()
     assert "Unexpected key(s)" in capsys.readouterr().err
 
@@ -198,8 +212,9 @@ def test_cli_init_weights_and_resume_refuse_code(tissue_file, tmp_path, marker, 
 # --------------------------------------------------- what stepgraph writes
 def test_interrupted_and_last_states_load_weights_only(tmp_path):
     dataset = BaseDataset(make_adata(n_obs=200))
-    trainer = Trainer(TinyAutoencoder(dataset.n_vars), progress=False, checkpoint_dir=tmp_path,
-                      trace_func=lambda message: None)
+    trainer = Trainer(
+        TinyAutoencoder(dataset.n_vars), progress=False, checkpoint_dir=tmp_path, trace_func=lambda message: None
+    )
     calls = {"n": 0}
 
     def interrupting(batch):
@@ -255,8 +270,10 @@ def test_atomic_save_that_fails_keeps_the_previous_file(failing, tmp_path, monke
     if failing == "save":
         monkeypatch.setattr(torch, "save", disk_full_save())
     else:
+
         def fsync(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
+
         monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(OSError, match=r"could not write checkpoint .*state\.pt.*disk is full.*left intact") as info:
         atomic_save({"w": torch.arange(1000)}, path)
@@ -288,8 +305,11 @@ def test_atomic_save_keeps_the_previous_file_when_pickling_fails(tmp_path):
 
 
 def test_one_module_writes_every_checkpoint_file():
-    writers = sorted(str(path.relative_to(STEPGRAPH)) for path in STEPGRAPH.rglob("*.py")
-                     if any(call in path.read_text(encoding="utf-8") for call in ("atomic_save(", "torch.save(")))
+    writers = sorted(
+        str(path.relative_to(STEPGRAPH))
+        for path in STEPGRAPH.rglob("*.py")
+        if any(call in path.read_text(encoding="utf-8") for call in ("atomic_save(", "torch.save("))
+    )
     assert writers == ["train/checkpointing.py"]
     assert (BEST_CHECKPOINT, LAST_CHECKPOINT, INTERRUPTED_CHECKPOINT) == ("best.pt", "last.pt", "interrupted.pt")
 
@@ -340,7 +360,7 @@ class ScriptedModel(torch.nn.Module):
 
     def loss(self, x, ind=None):
         if self.training:
-            return {"loss": (self.w ** 2).sum()}
+            return {"loss": (self.w**2).sum()}
         self.seen.append(self.w.detach().clone())
         return {"loss": torch.tensor(self.script.pop(0)) + 0 * self.w.sum()}
 
@@ -401,8 +421,9 @@ def test_resumed_run_equals_straight_run_bitwise(path, small_tissue, tmp_path):
 def test_keyboard_interrupt_saves_a_resumable_state(small_tissue, tmp_path):
     adata, data, dataset = small_tissue
     messages = []
-    trainer = Trainer(TinyAutoencoder(dataset.n_vars), progress=False, trace_func=messages.append,
-                      checkpoint_dir=tmp_path)
+    trainer = Trainer(
+        TinyAutoencoder(dataset.n_vars), progress=False, trace_func=messages.append, checkpoint_dir=tmp_path
+    )
     loaders = Trainer.make_loaders(dataset, 64)
     calls = {"n": 0}
 
@@ -417,8 +438,7 @@ def test_keyboard_interrupt_saves_a_resumable_state(small_tissue, tmp_path):
     assert (tmp_path / "interrupted.pt").is_file()
     assert any("resume_from=" in m and "interrupted.pt" in m for m in messages)
     assert load_checkpoint(tmp_path / "interrupted.pt")["progress"]["epoch"] == 2
-    trainer.train_batch(epochs=5, loaders=Trainer.make_loaders(dataset, 64),
-                        resume_from=tmp_path / "interrupted.pt")
+    trainer.train_batch(epochs=5, loaders=Trainer.make_loaders(dataset, 64), resume_from=tmp_path / "interrupted.pt")
     assert [h["epoch"] for h in trainer.history] == [1, 2, 3, 4, 5]
 
 
@@ -442,8 +462,7 @@ def test_killed_process_always_leaves_a_readable_checkpoint(tmp_path):
     rng = random.Random(0)
     epochs_seen = []
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 60
             start_mtime = last.stat().st_mtime_ns if last.exists() else None
@@ -480,12 +499,15 @@ def test_checkpoint_of_another_model_or_corrupt_file(small_tissue, tmp_path):
 
 def test_resume_into_another_folder_brings_the_best_weights(adata, tmp_path):
     X = torch.from_numpy(adata.X.toarray())
-    first = Trainer(TinyAutoencoder(adata.n_vars), progress=False, trace_func=lambda m: None,
-                    checkpoint_dir=tmp_path / "a")
+    first = Trainer(
+        TinyAutoencoder(adata.n_vars), progress=False, trace_func=lambda m: None, checkpoint_dir=tmp_path / "a"
+    )
     first.train(epochs=2, X=X, train_ind=np.arange(300), valid_ind=np.arange(300, 400))
-    second = Trainer(TinyAutoencoder(adata.n_vars), progress=False, trace_func=lambda m: None,
-                     checkpoint_dir=tmp_path / "b")
-    second.train(epochs=3, X=X, train_ind=np.arange(300), valid_ind=np.arange(300, 400),
-                 resume_from=tmp_path / "a" / "last.pt")
+    second = Trainer(
+        TinyAutoencoder(adata.n_vars), progress=False, trace_func=lambda m: None, checkpoint_dir=tmp_path / "b"
+    )
+    second.train(
+        epochs=3, X=X, train_ind=np.arange(300), valid_ind=np.arange(300, 400), resume_from=tmp_path / "a" / "last.pt"
+    )
     assert (tmp_path / "b" / "best.pt").is_file() and second.best.path == tmp_path / "b" / "best.pt"
     assert [h["epoch"] for h in second.history] == [1, 2, 3]

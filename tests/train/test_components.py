@@ -30,8 +30,7 @@ def tissue():
     adata = synthetic_tissue(n_cells=300, n_genes=20, seed=3)
     spatial_graph(adata, n_neighbors=4, batch_key="section")
     data = to_pyg(adata, batch_key="section")
-    dataset = BaseDataset(ad.AnnData(X=log_normalise(adata.X), obs=adata.obs[["section"]]),
-                          batch_key="section")
+    dataset = BaseDataset(ad.AnnData(X=log_normalise(adata.X), obs=adata.obs[["section"]]), batch_key="section")
     return data, dataset
 
 
@@ -58,16 +57,25 @@ class CountingTrainer(Trainer):
         return self._marked("validate_gloader", super().validate_gloader(gloader, valid_ind, dataset, call_func))
 
 
-@pytest.mark.parametrize("path, hook", [("train", "validate_X"), ("train_batch", "validate_loader"),
-                                        ("train_node_sampler", "validate_gloader"),
-                                        ("train_graph_batch", "validate_gloader")])
+@pytest.mark.parametrize(
+    "path, hook",
+    [
+        ("train", "validate_X"),
+        ("train_batch", "validate_loader"),
+        ("train_node_sampler", "validate_gloader"),
+        ("train_graph_batch", "validate_gloader"),
+    ],
+)
 def test_every_path_validates_through_its_public_hook(path, hook, tissue, tmp_path):
     data, dataset = tissue
     n = len(dataset)
     train_ind, valid_ind = np.arange(0, n - 60), np.arange(n - 60, n)
     graph = path in ("train_node_sampler", "train_graph_batch")
-    model = (GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2) if graph
-             else TinyAutoencoder(dataset.n_vars))
+    model = (
+        GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2)
+        if graph
+        else TinyAutoencoder(dataset.n_vars)
+    )
     trainer = CountingTrainer(model, checkpoint_dir=tmp_path)
     if path == "train":
         trainer.train(epochs=3, X=dataset.features(np.arange(n)), train_ind=train_ind, valid_ind=valid_ind)
@@ -77,8 +85,13 @@ def test_every_path_validates_through_its_public_hook(path, hook, tissue, tmp_pa
         loaders = node_loaders(data, [3, 2], 64, train_ind=train_ind, valid_ind=valid_ind, backend="builtin")
         trainer.train_node_sampler(epochs=3, gloader=loaders, dataset=dataset)
     else:
-        trainer.train_graph_batch(epochs=3, gloader=graph_loader(data, 2, 64, backend="builtin"),
-                                  dataset=dataset, train_ind=train_ind, valid_ind=valid_ind)
+        trainer.train_graph_batch(
+            epochs=3,
+            gloader=graph_loader(data, 2, 64, backend="builtin"),
+            dataset=dataset,
+            train_ind=train_ind,
+            valid_ind=valid_ind,
+        )
     assert trainer.calls[hook] == 3
     assert sum(trainer.calls.values()) == 3
     # the override's values are what the run recorded and monitored
@@ -88,18 +101,25 @@ def test_every_path_validates_through_its_public_hook(path, hook, tissue, tmp_pa
 
 def test_a_path_checks_its_arguments_before_the_first_epoch(tissue, tmp_path):
     data, dataset = tissue
-    trainer = CountingTrainer(GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2),
-                              checkpoint_dir=tmp_path)
+    trainer = CountingTrainer(
+        GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2), checkpoint_dir=tmp_path
+    )
     with pytest.raises(ValueError, match="disjoint"):
-        trainer.train_graph_batch(epochs=2, gloader=graph_loader(data, 2, 64, backend="builtin"),
-                                  dataset=dataset, train_ind=[0, 1, 2], valid_ind=[2, 3])
+        trainer.train_graph_batch(
+            epochs=2,
+            gloader=graph_loader(data, 2, 64, backend="builtin"),
+            dataset=dataset,
+            train_ind=[0, 1, 2],
+            valid_ind=[2, 3],
+        )
     assert trainer.history == [] and not (tmp_path / "last.pt").exists()
 
 
 def test_the_active_feed_holds_the_derived_loaders_and_its_dataset(tissue, tmp_path):
     data, dataset = tissue
-    trainer = CountingTrainer(GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2),
-                              checkpoint_dir=tmp_path)
+    trainer = CountingTrainer(
+        GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2), checkpoint_dir=tmp_path
+    )
     loader = node_loaders(data, [3], 50, backend="builtin")[0]
     trainer.train_node_sampler(epochs=1, gloader=loader, dataset=dataset, valid_ind=np.arange(40))
     feed = trainer.active_feed
@@ -226,11 +246,20 @@ def test_per_hop_counts_reach_only_models_that_name_them(tissue, tmp_path):
     seen = []
 
     class Trimming(GraphAutoencoder):
-        def loss(self, x, ind=None, edge_index=None, edge_weight=None, batch_label=None,
-                 num_sampled_nodes_per_hop=None, num_sampled_edges_per_hop=None):
+        def loss(
+            self,
+            x,
+            ind=None,
+            edge_index=None,
+            edge_weight=None,
+            batch_label=None,
+            num_sampled_nodes_per_hop=None,
+            num_sampled_edges_per_hop=None,
+        ):
             seen.append((num_sampled_nodes_per_hop, num_sampled_edges_per_hop, x.shape[0]))
-            return super().loss(x, ind, edge_index, edge_weight, batch_label,
-                                num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
+            return super().loss(
+                x, ind, edge_index, edge_weight, batch_label, num_sampled_nodes_per_hop, num_sampled_edges_per_hop
+            )
 
     class Plain(torch.nn.Module):  # a strict signature: an unexpected keyword would raise
         def __init__(self):
@@ -242,9 +271,9 @@ def test_per_hop_counts_reach_only_models_that_name_them(tissue, tmp_path):
 
     loader = node_loaders(data, [3, 2], 64, backend="builtin")[0]
     model = Trimming(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2)
-    CountingTrainer(model, checkpoint_dir=tmp_path / "a").train_node_sampler(epochs=1, gloader=loader,
-                                                                             dataset=dataset)
+    CountingTrainer(model, checkpoint_dir=tmp_path / "a").train_node_sampler(epochs=1, gloader=loader, dataset=dataset)
     nodes, edges, n = seen[0]
     assert len(nodes) == 3 and len(edges) == 2 and sum(nodes) == n and nodes[0] <= 64
-    CountingTrainer(Plain(), checkpoint_dir=tmp_path / "b").train_node_sampler(epochs=1, gloader=loader,
-                                                                               dataset=dataset)
+    CountingTrainer(Plain(), checkpoint_dir=tmp_path / "b").train_node_sampler(
+        epochs=1, gloader=loader, dataset=dataset
+    )

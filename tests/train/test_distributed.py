@@ -49,8 +49,7 @@ def graph_scenarios(ckpt_dir):
     adata = synthetic_tissue(n_cells=600, n_genes=30, seed=4)
     spatial_graph(adata, n_neighbors=5, batch_key="section")
     data = to_pyg(adata, batch_key="section")
-    dataset = BaseDataset(ad.AnnData(X=log_normalise(adata.X), obs=adata.obs[["section"]]),
-                          batch_key="section")
+    dataset = BaseDataset(ad.AnnData(X=log_normalise(adata.X), obs=adata.obs[["section"]]), batch_key="section")
     perm = np.random.default_rng(0).permutation(600)
     train_ind, valid_ind = np.sort(perm[:481]), np.sort(perm[481:])  # odd sizes: uneven shards
     out = {}
@@ -64,14 +63,16 @@ def graph_scenarios(ckpt_dir):
             trainer.train_node_sampler(epochs=4, gloader=loaders, dataset=dataset)
         else:
             loader = graph_loader(data, 2, 70, shuffle=True, backend="builtin")
-            trainer.train_graph_batch(epochs=4, gloader=loader, dataset=dataset, train_ind=train_ind,
-                                      valid_ind=valid_ind)
+            trainer.train_graph_batch(
+                epochs=4, gloader=loader, dataset=dataset, train_ind=train_ind, valid_ind=valid_ind
+            )
         out[path] = (trainer.history, {k: v.clone() for k, v in model.state_dict().items()})
 
     # early stopping on a plateau: weights barely move, the validation loss is flat
     torch.manual_seed(0)
-    trainer = quiet(GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2),
-                    checkpoint_dir=f"{ckpt_dir}/stop")
+    trainer = quiet(
+        GraphAutoencoder(dataset.n_vars, hidden_dim=8, latent_dim=4, n_batches=2), checkpoint_dir=f"{ckpt_dir}/stop"
+    )
     trainer.init_optimizer(lr=1e-12)
     trainer.lossconfig["recon_loss"] = {"patience": 2, "delta": 0.05}  # sampling noise stays below delta
     loaders = node_loaders(data, [3], 64, train_ind=train_ind, valid_ind=valid_ind, backend="builtin")
@@ -91,8 +92,7 @@ def edge_scenarios(ckpt_dir):
     dataset = BaseDataset(make_adata(n_obs=120))
     out = {}
     torch.manual_seed(rank_seed())  # different initial weights per rank: DDP must align them
-    trainer = quiet(TinyAutoencoder(dataset.n_vars), checkpoint_dir=f"{ckpt_dir}/callfunc",
-                    restore_best=False)
+    trainer = quiet(TinyAutoencoder(dataset.n_vars), checkpoint_dir=f"{ckpt_dir}/callfunc", restore_best=False)
     trainer.init_optimizer(lr=0.01)
     direct = lambda batch: trainer.model.loss(batch[0])  # noqa: E731
     trainer.train_batch(epochs=2, loaders=Trainer.make_loaders(dataset, 20, split_rate=0), call_func=direct)
@@ -103,7 +103,8 @@ def edge_scenarios(ckpt_dir):
     out["small_valid"] = trainer.history
     try:  # a loader stepgraph cannot shard (a list of subgraphs) is refused, naming it
         quiet(TinyAutoencoder(dataset.n_vars)).train_node_sampler(
-            epochs=1, gloader=[X[:10], X[10:20]], call_func=lambda batch, ind, step: {})
+            epochs=1, gloader=[X[:10], X[10:20]], call_func=lambda batch, ind, step: {}
+        )
     except ValueError as err:
         out["foreign_loader"] = str(err)
     return out
@@ -117,9 +118,11 @@ def _worker(rank, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        result = {"tensor": tensor_scenarios(f"{out_dir}/ckpt{rank}", batch_size=32),
-                  "graph": graph_scenarios(f"{out_dir}/ckpt{rank}"),
-                  "edge": edge_scenarios(f"{out_dir}/ckpt{rank}")}
+        result = {
+            "tensor": tensor_scenarios(f"{out_dir}/ckpt{rank}", batch_size=32),
+            "graph": graph_scenarios(f"{out_dir}/ckpt{rank}"),
+            "edge": edge_scenarios(f"{out_dir}/ckpt{rank}"),
+        }
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -136,9 +139,16 @@ def _assert_same_params(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("kind, path", [("tensor", "train"), ("tensor", "train_batch"),
-                                        ("graph", "node_sampler"), ("graph", "graph_batch"),
-                                        ("graph", "uneven")])
+@pytest.mark.parametrize(
+    "kind, path",
+    [
+        ("tensor", "train"),
+        ("tensor", "train_batch"),
+        ("graph", "node_sampler"),
+        ("graph", "graph_batch"),
+        ("graph", "uneven"),
+    ],
+)
 def test_every_path_ends_with_identical_parameters_and_losses_on_both_ranks(ranks, kind, path):
     results, _ = ranks
     (h0, p0), (h1, p1) = results[0][kind][path], results[1][kind][path]

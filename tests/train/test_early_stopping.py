@@ -37,7 +37,13 @@ def test_stops_at_the_right_check(values, kwargs, expected):
 def test_documented_defaults():
     es = EarlyStopping()
     assert (es.patience, es.verbose, es.delta, es.path, es.trace_func, es.mode) == (
-        7, False, 0, "checkpoint.pt", print, "min")
+        7,
+        False,
+        0,
+        "checkpoint.pt",
+        print,
+        "min",
+    )
 
 
 def test_writes_best_weights_atomically(tmp_path):

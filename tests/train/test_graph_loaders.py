@@ -63,8 +63,7 @@ class StSmoother(Trainer):
         node_ids = input_tuple.node_ids
         x = dataset.gene_expr[node_ids].to(self.device)
         local = None if ind is None else torch.isin(node_ids, ind).nonzero().flatten()
-        self.seen.append((self.model.training, torch.is_grad_enabled(),
-                          node_ids if local is None else node_ids[local]))
+        self.seen.append((self.model.training, torch.is_grad_enabled(), node_ids if local is None else node_ids[local]))
         out = self.loss(x, edge_index=input_tuple.edge_index, ind=local)
         out["graph_ids"] = [0]  # STEP's metadata key
         return out
@@ -108,8 +107,10 @@ def test_train_graph_batch_takes_a_function_yielding_subgraphs_and_steps_call_fu
 def test_validation_means_are_per_node_not_per_batch():
     """Subgraphs of 10 and 30 nodes with constant losses 1 and 3: the per-node mean is
     (10 * 1 + 30 * 3) / 40 = 2.5, where STEP's mean of batch means would say 2."""
-    batches = [Data(edge_index=torch.zeros(2, 0, dtype=torch.long), num_nodes=n, level=float(level))
-               for n, level in ((10, 1.0), (30, 3.0))]
+    batches = [
+        Data(edge_index=torch.zeros(2, 0, dtype=torch.long), num_nodes=n, level=float(level))
+        for n, level in ((10, 1.0), (30, 3.0))
+    ]
     model = Smoother()
     trainer = Trainer(model, progress=False)
 
@@ -121,8 +122,11 @@ def test_validation_means_are_per_node_not_per_batch():
 
 def test_a_foreign_loader_needs_a_loss_call_and_says_so():
     trainer = Trainer(Smoother(), progress=False)
-    with pytest.raises(TypeError, match=r"list is not a torch_geometric NeighborLoader.*handle_ginput_tuple\("
-                                        r"self, input_tuple, dataset, ind, step\).*call_func="):
+    with pytest.raises(
+        TypeError,
+        match=r"list is not a torch_geometric NeighborLoader.*handle_ginput_tuple\("
+        r"self, input_tuple, dataset, ind, step\).*call_func=",
+    ):
         trainer.train_node_sampler(epochs=1, gloader=subgraphs(), dataset=StDataset())
     with pytest.raises(TypeError, match="gloader must be a loader"):
         trainer.train_node_sampler(epochs=1, gloader=3, dataset=StDataset(), call_func=lambda b, i, s: {})

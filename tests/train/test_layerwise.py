@@ -22,8 +22,9 @@ def tissue():
 
 def _model(conv, n_batches=0):
     torch.manual_seed(1)
-    model = GraphAutoencoder(12, hidden_dim=16, latent_dim=5, n_layers=2, conv=conv, n_batches=n_batches,
-                             activation="elu")
+    model = GraphAutoencoder(
+        12, hidden_dim=16, latent_dim=5, n_layers=2, conv=conv, n_batches=n_batches, activation="elu"
+    )
     with torch.no_grad():  # GCN's and SAGE's biases start at zero: make them count
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -33,14 +33,22 @@ def _fit(graph, device="cpu", **options):
     torch.manual_seed(0)
     model = Recording(12, hidden_dim=16, latent_dim=4, conv="gat", n_batches=2)
     trainer = Trainer(model, device=device, progress=False, seed=0, **options)
-    loaders = node_loaders(data, [5, 3], batch_size=64, train_ind=torch.arange(240),
-                           valid_ind=torch.arange(240, 300), seed=0, backend="builtin")
+    loaders = node_loaders(
+        data,
+        [5, 3],
+        batch_size=64,
+        train_ind=torch.arange(240),
+        valid_ind=torch.arange(240, 300),
+        seed=0,
+        backend="builtin",
+    )
     trainer.train_node_sampler(epochs=2, gloader=loaders, dataset=dataset)
     return trainer, model
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("32", torch.float32), (32, torch.float32),
-                                                  ("bf16-mixed", torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("32", torch.float32), (32, torch.float32), ("bf16-mixed", torch.bfloat16)]
+)
 def test_the_forward_pass_runs_in_the_precision_asked(graph, precision, dtype):
     trainer, model = _fit(graph, precision=precision)
     assert model.seen == dtype  # training and validation ran under it

@@ -54,9 +54,22 @@ assert trainer.distributed
 
 def launch(script, out_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--standalone", str(script), str(out_dir)],
-                          capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--standalone",
+            str(script),
+            str(out_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env=env,
+    )
 
 
 def write_script(tmp_path, setup="", teardown=""):
@@ -79,10 +92,12 @@ def test_a_torchrun_script_that_never_destroys_the_group_exits_cleanly_every_tim
 
 def test_a_group_the_user_initialised_is_left_to_the_user(tmp_path):
     setup = 'dist.init_process_group("gloo")'
-    teardown = ('assert dist.is_initialized()\n'
-                'from stepgraph.train.distributed import destroy_owned_group\n'
-                'assert destroy_owned_group() is False and dist.is_initialized()\n'
-                'dist.destroy_process_group()')
+    teardown = (
+        "assert dist.is_initialized()\n"
+        "from stepgraph.train.distributed import destroy_owned_group\n"
+        "assert destroy_owned_group() is False and dist.is_initialized()\n"
+        "dist.destroy_process_group()"
+    )
     out = tmp_path / "run"
     out.mkdir()
     result = launch(write_script(tmp_path, setup, teardown), out)
@@ -94,11 +109,33 @@ def test_the_cli_under_torchrun_exits_cleanly(tmp_path):
 
     synthetic_tissue(n_cells=400, n_genes=20, seed=1).write_h5ad(tmp_path / "tissue.h5ad")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--standalone", "-m", "stepgraph", "train", str(tmp_path / "tissue.h5ad"),
-                             "--batch-key", "section", "--epochs", "2", "--batch-size", "64",
-                             "--out", str(tmp_path / "out"), "--quiet"],
-                            capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--standalone",
+            "-m",
+            "stepgraph",
+            "train",
+            str(tmp_path / "tissue.h5ad"),
+            "--batch-key",
+            "section",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "terminate called" not in result.stderr
     assert (tmp_path / "out" / "adata.h5ad").is_file()  # rank 0 wrote the outputs

@@ -136,7 +136,8 @@ def test_loss_keys_changing_between_steps():
 
     with pytest.raises(ValueError, match=r"keys changed at epoch 1, step 2"):
         Trainer(Changing(ds.n_vars), progress=False).train_batch(
-            epochs=1, loaders=Trainer.make_loaders(ds, 50, split_rate=0))
+            epochs=1, loaders=Trainer.make_loaders(ds, 50, split_rate=0)
+        )
 
 
 def test_validation_index_checks_and_batch_size(small_tissue):
@@ -149,7 +150,12 @@ def test_validation_index_checks_and_batch_size(small_tissue):
         trainer.train(epochs=1, X=X, train_ind=[0, 1], valid_ind=[3, 3])
     with pytest.raises(ValueError, match="overlap"):
         node_loaders(data, [3], 16, backend="builtin")  # fine
-        trainer.train_node_sampler(epochs=1, gloader=node_loaders(data, [3], 16, backend="builtin")[0],
-                                   dataset=dataset, train_ind=[1, 2, 3], valid_ind=[3, 4])
+        trainer.train_node_sampler(
+            epochs=1,
+            gloader=node_loaders(data, [3], 16, backend="builtin")[0],
+            dataset=dataset,
+            train_ind=[1, 2, 3],
+            valid_ind=[3, 4],
+        )
     with pytest.raises(ValueError, match="batch_size"):
         Trainer.make_loaders(dataset, -3)

@@ -40,7 +40,7 @@ def test_cum_loss_takes_steps_zero_based_index_and_gives_the_arithmetic_mean():
     total = {}
     for i, value in enumerate(values):  # STEP: cum_loss(loss_dict, total, n_batch=i)
         total = trainer.cum_loss({"recon_loss": torch.tensor(value, requires_grad=True)}, total, n_batch=i)
-        assert total["recon_loss"].item() == pytest.approx(np.mean(values[:i + 1]))
+        assert total["recon_loss"].item() == pytest.approx(np.mean(values[: i + 1]))
     assert not total["recon_loss"].requires_grad
     with pytest.raises(ValueError, match="n_batch"):
         trainer.cum_loss({"recon_loss": torch.tensor(1.0)}, {}, n_batch=-1)
@@ -190,8 +190,9 @@ def test_steps_lossconfig_defaults_ship_and_edit_in_place():
     assert trainer.lossconfig["gate_loss"] == {"patience": 15, "delta": 1e-3}
     assert (trainer.defualt_lcfg["patience"], trainer.defualt_lcfg["delta"]) == (15, 1e-3)
     trainer.lossconfig["kl_loss"]["patience"] = 1
-    monitors = trainer.setup_early_stopping({"recon_loss": torch.tensor(1.0), "kl_loss": torch.tensor(2.0),
-                                             "other": torch.tensor(0.0), "logged": 3.0})
+    monitors = trainer.setup_early_stopping(
+        {"recon_loss": torch.tensor(1.0), "kl_loss": torch.tensor(2.0), "other": torch.tensor(0.0), "logged": 3.0}
+    )
     assert sorted(monitors) == ["val_kl_loss", "val_other", "val_recon_loss"]  # training keys, STEP's form
     assert monitors["val_kl_loss"].patience == 1 and monitors["val_recon_loss"].delta == 1e-2
     assert monitors["val_other"].patience == 15
@@ -220,8 +221,15 @@ def test_a_step_style_epoch_function_reads_steps_state_keys():
     class Custom(Trainer):
         @train_loop_formatter
         def my_train(self, state, X):
-            seen.append((state["epoch"], state["epoch_val"], state["last_epoch"], state["is_init"],
-                         isinstance(state["start_time"], float)))
+            seen.append(
+                (
+                    state["epoch"],
+                    state["epoch_val"],
+                    state["last_epoch"],
+                    state["is_init"],
+                    isinstance(state["start_time"], float),
+                )
+            )
             losses = self.loss(X)
             self.update_model_params(losses, state["epoch_val"])
             return False
@@ -279,6 +287,7 @@ def test_steps_train_graph_batch_call_without_a_dataset_uses_the_last_one():
     with pytest.raises(TypeError, match="dataset"):
         trainer.train_graph_batch(1, graph_loader(data, 2, 64, backend="builtin"), train_ind=np.arange(150))
     trainer.validate_gloader(graph_loader(data, 2, 64, backend="builtin"), dataset=dataset)  # sets it
-    trainer.train_graph_batch(2, graph_loader(data, 2, 64, backend="builtin"), train_ind=np.arange(150),
-                              valid_ind=np.arange(150, 200))  # STEP's call shape
+    trainer.train_graph_batch(
+        2, graph_loader(data, 2, 64, backend="builtin"), train_ind=np.arange(150), valid_ind=np.arange(150, 200)
+    )  # STEP's call shape
     assert len(trainer.history) == 2 and "val_recon_loss" in trainer.history[-1]

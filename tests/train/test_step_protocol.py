@@ -60,10 +60,16 @@ class StepScDataset(Dataset):
     def __init__(self, adata, batch_key=None, class_key=None):
         self.adata, self.batch_key, self.class_key = adata, batch_key, class_key
         self.gene_expr = torch.from_numpy(adata.X.toarray()).float()
-        self.batch_label = (torch.tensor(adata.obs[batch_key].cat.codes.to_numpy(), dtype=torch.long)
-                            if batch_key else torch.ones(adata.n_obs))
-        self.class_label = (torch.tensor(adata.obs[class_key].cat.codes.to_numpy(), dtype=torch.long)
-                            if class_key else torch.ones(adata.n_obs))
+        self.batch_label = (
+            torch.tensor(adata.obs[batch_key].cat.codes.to_numpy(), dtype=torch.long)
+            if batch_key
+            else torch.ones(adata.n_obs)
+        )
+        self.class_label = (
+            torch.tensor(adata.obs[class_key].cat.codes.to_numpy(), dtype=torch.long)
+            if class_key
+            else torch.ones(adata.n_obs)
+        )
         self.mode = ScMode.multi_batches if batch_key else ScMode.single_batch
 
     def set_mode(self, mode=ScMode.multi_batches_with_ct):

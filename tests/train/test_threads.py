@@ -37,9 +37,11 @@ def test_a_bad_request_names_the_argument(bad):
 def test_the_command_line_sets_the_threads_before_the_run(tmp_path):
     """``--threads 1`` reaches torch in a real process, over the user's OMP_NUM_THREADS=2 (the
     demo's runner is replaced by one that prints torch's thread count)."""
-    script = ("import torch, stepgraph.cli as cli\n"
-              "cli._run_demo = lambda args: print('threads', torch.get_num_threads()) or 0\n"
-              "raise SystemExit(cli.main(['demo', '--threads', '1', '--out', r'%s']))\n" % (tmp_path / "o"))
+    script = (
+        "import torch, stepgraph.cli as cli\n"
+        "cli._run_demo = lambda args: print('threads', torch.get_num_threads()) or 0\n"
+        "raise SystemExit(cli.main(['demo', '--threads', '1', '--out', r'%s']))\n" % (tmp_path / "o")
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -32,7 +32,7 @@ class ScriptedModel(torch.nn.Module):
 
     def loss(self, x, ind=None, **kwargs):
         if self.training:
-            base = (self.w ** 2).sum()
+            base = (self.w**2).sum()
             return {k: base for k in self.val_script}
         self.seen_w.append(self.w.detach().clone())
         return {k: torch.tensor(v.pop(0)) + 0 * self.w.sum() for k, v in self.val_script.items()}
@@ -242,8 +242,7 @@ def test_init_optimizer_stages_and_batch_embedding():
 
     opt = trainer.init_optimizer(lr=1e-3, tune_lr=1e-5, stage=2, tune_batch_embedding=True)
     assert model.batch_embedding.weight.requires_grad
-    assert id(model.batch_embedding.weight) in {id(p) for g in opt.param_groups
-                                                if g["lr"] == 1e-3 for p in g["params"]}
+    assert id(model.batch_embedding.weight) in {id(p) for g in opt.param_groups if g["lr"] == 1e-3 for p in g["params"]}
 
 
 def test_init_optimizer_bad_input():
