@@ -33,46 +33,61 @@ __all__ = ["SIZES", "run_benchmarks", "installed_benchmarks"]
 SIZES: dict[str, dict[str, list[list[str]]]] = {
     "tiny": {  # for tests: seconds per script
         "graph_build": [["--sizes", "2000,4000", "--sections", "1", "--methods", "knn"]],
-        "node_sampling": [["--n-nodes", str(n), "--phases", "dense", "trim", "--repeats", "1",
-                           "--train-epochs", "1"] for n in (2000, 4000)],
-        "trainer_overhead": [["--n-obs", "1000", "--n-vars", "50", "--batch-size", "128",
-                              "--hidden", "32", "--repeats", "1"]],
-        "ddp_scaling": [["--n-cells", "2000", "--n-genes", "20", "--batch-size", "256",
-                         "--epochs", "1"]],
-        "end_to_end": [["--n-cells", str(n), "--n-genes", "50", "--epochs", "1"]
-                       for n in (2000, 4000)],
+        "node_sampling": [
+            ["--n-nodes", str(n), "--phases", "dense", "trim", "--repeats", "1", "--train-epochs", "1"]
+            for n in (2000, 4000)
+        ],
+        "trainer_overhead": [
+            ["--n-obs", "1000", "--n-vars", "50", "--batch-size", "128", "--hidden", "32", "--repeats", "1"]
+        ],
+        "ddp_scaling": [["--n-cells", "2000", "--n-genes", "20", "--batch-size", "256", "--epochs", "1"]],
+        "end_to_end": [["--n-cells", str(n), "--n-genes", "50", "--epochs", "1"] for n in (2000, 4000)],
     },
     "small": {  # under 5 minutes on the 2-core development machine
         "graph_build": [["--sizes", "20000,100000", "--sections", "1", "--methods", "knn,radius"]],
-        "node_sampling": [["--n-nodes", str(n), "--phases", "dense", "trim", "--repeats", "1",
-                           "--train-epochs", "1"] for n in (20_000, 100_000)],
+        "node_sampling": [
+            ["--n-nodes", str(n), "--phases", "dense", "trim", "--repeats", "1", "--train-epochs", "1"]
+            for n in (20_000, 100_000)
+        ],
         "trainer_overhead": [["--n-obs", "5000", "--repeats", "3"]],
         "ddp_scaling": [["--n-cells", "20000", "--epochs", "2"]],
-        "end_to_end": [["--n-cells", str(n), "--n-genes", "500", "--epochs", "1"]
-                       for n in (10_000, 30_000)],
+        "end_to_end": [["--n-cells", str(n), "--n-genes", "500", "--epochs", "1"] for n in (10_000, 30_000)],
     },
     "medium": {
         "graph_build": [["--sizes", "100000,300000,1000000", "--sections", "1,3"]],
-        "node_sampling": [["--n-nodes", str(n), "--phases", "dense", "trim", "--repeats", "1",
-                           "--train-epochs", "1"] for n in (100_000, 300_000, 1_000_000)],
+        "node_sampling": [
+            ["--n-nodes", str(n), "--phases", "dense", "trim", "--repeats", "1", "--train-epochs", "1"]
+            for n in (100_000, 300_000, 1_000_000)
+        ],
         "trainer_overhead": [["--repeats", "5"]],
         "ddp_scaling": [["--n-cells", "100000", "--epochs", "3"]],
-        "end_to_end": [["--n-cells", str(n), "--n-genes", "2000", "--epochs", "1"]
-                       for n in (30_000, 100_000, 300_000)],
+        "end_to_end": [["--n-cells", str(n), "--n-genes", "2000", "--epochs", "1"] for n in (30_000, 100_000, 300_000)],
     },
     "large": {  # the figures of docs/benchmarks.md (issue 21: the 1M-cell rows)
         "graph_build": [["--sizes", "100000,1000000", "--sections", "1,3"]],
-        "node_sampling": [["--n-nodes", "1000000", "--train-epochs", "3"],
-                          # the pipeline's model: GAT, 20 input features, ELU
-                          ["--n-nodes", "1000000", "--phases", "trim", "--conv", "gat", "--dense-dim", "20",
-                           "--activation", "elu", "--train-epochs", "2"]],
+        "node_sampling": [
+            ["--n-nodes", "1000000", "--train-epochs", "3"],
+            # the pipeline's model: GAT, 20 input features, ELU
+            [
+                "--n-nodes",
+                "1000000",
+                "--phases",
+                "trim",
+                "--conv",
+                "gat",
+                "--dense-dim",
+                "20",
+                "--activation",
+                "elu",
+                "--train-epochs",
+                "2",
+            ],
+        ],
         "trainer_overhead": [["--repeats", "7", "--progress"]],
         "ddp_scaling": [["--n-cells", "100000", "--epochs", "3"]],
-        "end_to_end": [["--n-cells", str(n), "--n-genes", "2000", "--epochs", "1"]
-                       for n in (100_000, 1_000_000)]
-                      # one epoch at 500 genes (embedding against epoch), then the default length
-                      + [["--n-cells", "1000000", "--n-genes", "500", "--density", "0.1", "--epochs", str(e)]
-                         for e in (1, 0)],
+        "end_to_end": [["--n-cells", str(n), "--n-genes", "2000", "--epochs", "1"] for n in (100_000, 1_000_000)]
+        # one epoch at 500 genes (embedding against epoch), then the default length
+        + [["--n-cells", "1000000", "--n-genes", "500", "--density", "0.1", "--epochs", str(e)] for e in (1, 0)],
     },
 }
 
@@ -97,17 +112,25 @@ def _tables(stdout: str) -> list[str]:
 
 
 def _run_one(script: Path, args: list[str], out_json: Path, threads: int, timeout: float) -> dict:
+    out_json = out_json.resolve()  # the script runs in its own folder
     cmd = [sys.executable, str(script), *args, "--out", str(out_json)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    root = str(script.parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    root = script.parents[1]
+    if (root / "stepgraph").is_dir():  # a source checkout: its stepgraph, not an installed one
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=script.parent, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd, cwd=script.parent, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
-        return {"command": " ".join(cmd[1:]), "status": f"timed out after {timeout:.0f} s",
-                "seconds": time.perf_counter() - start, "tables": [], "results": None}
+        return {
+            "command": " ".join(cmd[1:]),
+            "status": f"timed out after {timeout:.0f} s",
+            "seconds": time.perf_counter() - start,
+            "tables": [],
+            "results": None,
+        }
     seconds = time.perf_counter() - start
     ok = proc.returncode == 0 and out_json.is_file()
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
@@ -133,10 +156,15 @@ def installed_benchmarks() -> Path:
     return Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def run_benchmarks(size: str = "small", out_dir: str | Path = "stepgraph_out/bench",
-                   bench_dir: str | Path | None = None, threads: int = 1,
-                   only: list[str] | None = None, timeout: float = 3600,
-                   log=print) -> dict:
+def run_benchmarks(
+    size: str = "small",
+    out_dir: str | Path = "stepgraph_out/bench",
+    bench_dir: str | Path | None = None,
+    threads: int = 1,
+    only: list[str] | None = None,
+    timeout: float = 3600,
+    log=print,
+) -> dict:
     """Run every benchmark script at ``size`` and write the JSON, markdown and PNG report.
 
     Parameters
@@ -170,8 +198,10 @@ def run_benchmarks(size: str = "small", out_dir: str | Path = "stepgraph_out/ben
         raise ValueError(f"threads must be a positive int, got threads={threads!r}")
     bench_dir = Path(bench_dir) if bench_dir else installed_benchmarks()
     if not (bench_dir / "_common.py").is_file():
-        raise FileNotFoundError(f"bench_dir={str(bench_dir)!r} is not stepgraph's benchmarks/ folder "
-                                "(pass the benchmarks/ folder of a source checkout)")
+        raise FileNotFoundError(
+            f"bench_dir={str(bench_dir)!r} is not stepgraph's benchmarks/ folder "
+            "(pass the benchmarks/ folder of a source checkout)"
+        )
     names = list(SIZES[size])
     if only:
         unknown = sorted(set(only) - set(names))
@@ -186,8 +216,7 @@ def run_benchmarks(size: str = "small", out_dir: str | Path = "stepgraph_out/ben
     for name in names:
         runs = []
         for i, args in enumerate(SIZES[size][name]):
-            run = _run_one(bench_dir / f"{name}.py", args, out_dir / "raw" / f"{name}_{i}.json",
-                           threads, timeout)
+            run = _run_one(bench_dir / f"{name}.py", args, out_dir / "raw" / f"{name}_{i}.json", threads, timeout)
             log(f"{name} [{i + 1}/{len(SIZES[size][name])}]: {run['status']} in {run['seconds']:.1f} s")
             runs.append(run)
         report["benchmarks"][name] = runs
@@ -205,8 +234,11 @@ def _anchors(report: dict) -> dict:
         if name not in report["benchmarks"]:
             continue
         installed = module is None or importlib.util.find_spec(module) is not None
-        out[label] = {"benchmark": name, "what": what,
-                      "status": "measured in this run" if installed else "not installed"}
+        out[label] = {
+            "benchmark": name,
+            "what": what,
+            "status": "measured in this run" if installed else "not installed",
+        }
     return out
 
 
@@ -220,19 +252,22 @@ def _series(report: dict) -> dict[str, list[tuple[int, float, float]]]:
                 if res and "error" not in res and row["sections"] == 1:
                     # graph_build's memory is the growth during the build, not the process's
                     series.setdefault(f"graph {row['method']} ({impl}; memory: growth)", []).append(
-                        (row["cells"], res["wall_s"], res["peak_mb"]))
+                        (row["cells"], res["wall_s"], res["peak_mb"])
+                    )
     for run in report["benchmarks"].get("node_sampling", []):
         res = run["results"]
         if res:
             for row in res["rows"]:
                 series.setdefault(f"sampling {row['phase']} {row['backend']}", []).append(
-                    (res["args"]["n_nodes"], row["s/epoch (best)"], row["peak RSS MiB"]))
+                    (res["args"]["n_nodes"], row["s/epoch (best)"], row["peak RSS MiB"])
+                )
     for run in report["benchmarks"].get("end_to_end", []):
         res = run["results"]
         if res:
             for mode, r in res["results"].items():
                 series.setdefault(f"end to end ({mode})", []).append(
-                    (res["args"]["n_cells"], r["wall_s"], r["peak_rss_mb"]))
+                    (res["args"]["n_cells"], r["wall_s"], r["peak_rss_mb"])
+                )
     return {k: sorted(v) for k, v in series.items()}
 
 
@@ -270,15 +305,21 @@ def _plot(report: dict, path: Path) -> bool:
 
 def _markdown(report: dict, plotted: bool) -> str:
     env = report["environment"]
-    lines = [f"# stepgraph bench --size {report['size']}", "",
-             f"{env['usable_cores']} usable cores ({env['cpu_count']} CPUs), torch threads "
-             f"{env['torch_threads']}, Python {env['python']}, {env['platform']}; "
-             f"{report['seconds']:.0f} s in all.", "",
-             "| package | version |", "|---|---|"]
+    lines = [
+        f"# stepgraph bench --size {report['size']}",
+        "",
+        f"{env['usable_cores']} usable cores ({env['cpu_count']} CPUs), torch threads "
+        f"{env['torch_threads']}, Python {env['python']}, {env['platform']}; "
+        f"{report['seconds']:.0f} s in all.",
+        "",
+        "| package | version |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in env["versions"].items()]
     lines += ["", "## Anchors", "", "| anchor | measured beside | status |", "|---|---|---|"]
-    lines += [f"| {label} | `{a['benchmark']}`: {a['what']} | {a['status']} |"
-              for label, a in report["anchors"].items()]
+    lines += [
+        f"| {label} | `{a['benchmark']}`: {a['what']} | {a['status']} |" for label, a in report["anchors"].items()
+    ]
     if plotted:
         lines += ["", "![time and memory against size](bench.png)"]
     for name, runs in report["benchmarks"].items():

@@ -199,7 +199,8 @@ class BuiltinNeighborSampler(NeighborSampler):
             out = self._sample_hops(seed, table)
         finally:
             table.index_fill_(0, seed, -1)  # later nodes are reset in _sample_hops
-        if self.sample_direction == "backward":
+        # PyG >= 2.6 may sample backwards (edges from the seeds outwards); 2.5 only forwards
+        if getattr(self, "sample_direction", "forward") == "backward":
             out.row, out.col = out.col, out.row
         return out
 
