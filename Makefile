@@ -73,14 +73,14 @@ test-oldest: $(OLDEST)/.installed
 
 # Build the wheel and the sdist, install the wheel in a fresh venv and run what a user runs first.
 wheel-smoke: $(STAMP)
-	rm -rf dist build/wheel-smoke
+	rm -rf dist build/wheel-smoke build/wheel-demo build/wheel-bench
 	$(PY) -m build -q --outdir dist . >/dev/null
 	$(PYTHON) -m venv build/wheel-smoke
 	build/wheel-smoke/bin/python -m pip install -q $(TORCH_PIN)
 	echo "$(TORCH_PIN)" > build/wheel-smoke/torch-pin.txt
 	build/wheel-smoke/bin/python -m pip install -q -c build/wheel-smoke/torch-pin.txt dist/*.whl
 	cd build && wheel-smoke/bin/stepgraph info && wheel-smoke/bin/stepgraph demo --quiet --out wheel-demo
-	cd build && wheel-smoke/bin/stepgraph bench --size small --out wheel-bench --only graph_build
+	cd build && wheel-smoke/bin/stepgraph bench --size small --out wheel-bench
 
 clean:
 	rm -rf $(VENV) $(OLDEST) build dist *.egg-info .pytest_cache
