@@ -108,6 +108,8 @@ _positive_float = _positive(float, "number")
 
 
 #: The options that ``stepgraph demo`` shares with ``stepgraph train``.
+#: The pipeline settings that ``stepgraph bench domains`` passes to the stepgraph and untrained runs.
+BENCH_PIPELINE_FIELDS = ("features", "neighborhood_k", "neighborhood_lambda")
 RUN_FIELDS = ("epochs", "seed", "device", "threads", "progress")
 #: The options of ``stepgraph graph``: ``train``'s graph options, with the defaults of
 #: :func:`~stepgraph.graph.spatial_graph` (squidpy's ``knn``, not the pipeline's radius).
@@ -289,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs at a time, each in a fresh process with --threads threads (default: the usable "
         "cores divided by --threads; 1 for timings free of each other's load)",
     )
+    _add_config_options(domains, BENCH_PIPELINE_FIELDS)  # the pipeline's input, for stepgraph and untrained
     domains.add_argument(
         "--epochs", type=_positive_int, default=None, help="maximum epochs of the pipeline (default: the pipeline's)"
     )
@@ -728,7 +731,8 @@ def _run_bench_domains(args) -> int:
             methods=methods,
             threads=args.threads,
             jobs=args.jobs or max(1, usable_cores() // args.threads),
-            pipeline_options={"epochs": args.epochs} if args.epochs else None,
+            pipeline_options={name: getattr(args, name) for name in BENCH_PIPELINE_FIELDS}
+            | ({"epochs": args.epochs} if args.epochs else {}),
             log=lambda line: print(line, flush=True),
         )
     except ValueError as err:

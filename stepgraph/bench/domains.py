@@ -46,7 +46,7 @@ DOMAIN_METHODS = {
     "neighbor_mean": "neighbour-mean baseline (6-NN, 2 hops, PCA 30, k-means)",
     "pca_kmeans": "non-spatial baseline (PCA 30, k-means)",
     "banksy": "BANKSY (pybanksy; lambda 0.8, 15 neighbours, AGF, PCA 20, Gaussian mixture)",
-    "cellcharter": "CellCharter (PCA 50, 3 layers of neighbours, Gaussian mixture)",
+    "cellcharter": "CellCharter (PCA 10, 3 rings of Delaunay neighbours, its Gaussian mixture)",
 }
 
 #: Methods of other packages -> the module they import and the distribution that provides it.
@@ -574,7 +574,8 @@ def panel_report(result: dict) -> str:
     for line in result.get("skipped", []):
         parts.append(f"- {line}")
     for tissue in result["tissues"]:
-        sections = f", sections from obs[{tissue['batch_key']!r}]" if tissue["batch_key"] else ""
+        several = "mixing" in next(iter(tissue["summary"].values()))
+        sections = f", sections from obs[{tissue['batch_key']!r}]" if several else ", one section"
         parts.append(
             f"\n### {Path(tissue['file']).name}\n\n{tissue['shape'][0]:,} cells x "
             f"{tissue['shape'][1]:,} genes, truth obs[{tissue['truth_key']!r}]{sections}\n\n"

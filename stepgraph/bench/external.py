@@ -123,7 +123,7 @@ def banksy_domains(
             values = np.asarray(block.X, dtype=np.float64)
             matrix[rows] = np.where(np.isfinite(values), values, 0.0)
         embedding = PCA(
-            min(pca_dims, matrix.shape[1], matrix.shape[0] - 1), svd_solver="full", random_state=seed
+            min(pca_dims, matrix.shape[1], matrix.shape[0] - 1), svd_solver="covariance_eigh", random_state=seed
         ).fit_transform(matrix)
     labels = cluster_domains(embedding, n_domains, method="gmm", seed=seed, covariance_type="tied", n_init=10, tol=1e-5)
     return np.asarray(labels, dtype=np.int64), embedding.astype(np.float32)

@@ -28,7 +28,9 @@ def _pca_kmeans(matrix, n_domains: int, n_components: int, seed: int, return_emb
 
     x = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
     k = min(n_components, min(x.shape) - 1)
-    embedding = PCA(k, svd_solver="full", random_state=seed).fit_transform(x)
+    # exact either way: the genes' covariance when it is small, else a full SVD of the cells
+    solver = "covariance_eigh" if x.shape[1] <= 5000 else "full"
+    embedding = PCA(k, svd_solver=solver, random_state=seed).fit_transform(x)
     labels = kmeans_domains(embedding, n_domains, seed=seed)
     return (labels, embedding) if return_embedding else labels
 

@@ -80,7 +80,7 @@ def neighborhood_features(
         )
     check_int(n_neighbors, "n_neighbors", minimum=1)
     if not 0.0 <= lam < 1.0:
-        raise ValueError(f"lam must be in [0, 1), got {lam!r}")
+        raise ValueError(f"lam (the pipeline's neighborhood_lambda) must be in [0, 1), got {lam!r}")
     mean = gaussian_knn_kernel(coordinates, sections, n_neighbors).astype(np.float32) @ x
     blocks = [np.sqrt(1.0 - lam) * _unit_block(x)]
     if gradient:
