@@ -42,7 +42,8 @@ __all__ = [
 class ArgumentTypeError(TypeError, ValueError):
     """An argument of the wrong type. It is both a ``TypeError`` and a
     ``ValueError``, so code catching either (as STEP's callers and earlier
-    stepgraph versions did) still catches it."""
+    stepgraph versions did) still catches it.
+    """
 
 
 def _fail(name: str, expected: str, value: Any, error: type[Exception] = ValueError):
@@ -157,7 +158,8 @@ def check_choice(value: Any, name: str, choices: Collection[Any]) -> Any:
 
 def check_instance(value: Any, name: str, types: type | tuple[type, ...], expected: str) -> Any:
     """``value`` when it is an instance of ``types``; otherwise a ``TypeError``
-    saying what was ``expected`` and naming the type that came instead."""
+    saying what was ``expected`` and naming the type that came instead.
+    """
     if not isinstance(value, types):
         raise ArgumentTypeError(f"{name} must be {expected}, got {type(value).__name__}")
     return value

@@ -51,7 +51,8 @@ class UserError(Exception):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so that it ends as Ctrl-C does (the
-    trainer saves ``interrupted.pt``); the exit status is 143."""
+    trainer saves ``interrupted.pt``); the exit status is 143.
+    """
 
 
 def _int_list(flag: str):
@@ -135,7 +136,8 @@ def _add_config_options(p: argparse.ArgumentParser, names=None, defaults=None, h
     per field of ``names``: its name, type, default, choices and help all come
     from the field; ``defaults`` and ``helps`` replace some of them by field name.
     A boolean field is a flag that turns its default around (``--quiet`` for
-    ``progress``); its value is stored under the field's name."""
+    ``progress``); its value is stored under the field's name.
+    """
     hints, config = typing.get_type_hints(PipelineConfig), PipelineConfig()
     for f in dataclasses.fields(PipelineConfig):
         flag = cli_option(f)
@@ -176,7 +178,8 @@ def _add_config_options(p: argparse.ArgumentParser, names=None, defaults=None, h
 def config_from_args(args: argparse.Namespace, **overrides) -> PipelineConfig:
     """The :class:`~stepgraph.pipeline.PipelineConfig` of the parsed ``args`` of
     ``stepgraph train`` or ``demo``: every field the command has an option for,
-    then ``overrides``; the other fields keep their defaults."""
+    then ``overrides``; the other fields keep their defaults.
+    """
     values = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(PipelineConfig)
@@ -323,7 +326,8 @@ def _add_max_inflation(p: argparse.ArgumentParser) -> None:
 
 def _add_bench_parser(sub) -> argparse._SubParsersAction:
     """``stepgraph bench [--size ...]``; returns its (optional) sub-commands, so that
-    ``stepgraph bench <name>`` commands can be added beside the benchmark suite."""
+    ``stepgraph bench <name>`` commands can be added beside the benchmark suite.
+    """
     from stepgraph.bench.suite import SIZES
 
     bench = sub.add_parser(
@@ -401,7 +405,8 @@ def _check_out_name(out: Path, input_path: str | None = None) -> None:
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
     """Whether ``a`` and ``b`` are one file by identity (device and inode: a hard
-    link, or a symbolic link to it, counts)."""
+    link, or a symbolic link to it, counts).
+    """
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist
@@ -411,7 +416,8 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 def _check_targets(out: Path, input_path: str | None, reads_checkpoints: bool) -> None:
     """Refuse when a file the run writes in ``out`` is the input by identity, when
     ``out/checkpoints`` is a link (its files would be written outside ``out``), or
-    when a checkpoint the run reads is a link (it would be read from outside)."""
+    when a checkpoint the run reads is a link (it would be read from outside).
+    """
     folder = out / CHECKPOINTS
     if folder.is_symlink():
         raise UserError(
@@ -436,7 +442,8 @@ def _check_targets(out: Path, input_path: str | None, reads_checkpoints: bool) -
 def _locked(out: Path):
     """Hold an exclusive lock on ``out`` (``fcntl.flock`` on ``out/.stepgraph.lock``)
     for the block; a folder that another run holds is refused, naming its process.
-    Under ``torchrun`` rank 0 takes it for the job."""
+    Under ``torchrun`` rank 0 takes it for the job.
+    """
     if int(os.environ.get("RANK", "0") or 0) != 0:
         yield
         return
@@ -474,7 +481,8 @@ def _locked(out: Path):
 
 def _remove_temporaries(out: Path) -> None:
     """Remove the temporary files that a killed run left beside its outputs and
-    checkpoints (``.<name>.<random>.tmp<suffix>``); the final files are untouched."""
+    checkpoints (``.<name>.<random>.tmp<suffix>``); the final files are untouched.
+    """
     names = {*OUTPUT_NAMES, BEST_CHECKPOINT, LAST_CHECKPOINT, INTERRUPTED_CHECKPOINT}
     pattern = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp(\.\w+)?")
     for folder in (out, out / CHECKPOINTS):
@@ -528,7 +536,8 @@ def _check_counts(adata, layer_key: str | None) -> None:
 
 def _prepare_out(out: Path) -> bool:
     """Create ``--out`` when missing and check that files can be written in it;
-    return whether it was created."""
+    return whether it was created.
+    """
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -594,7 +603,8 @@ def _run_demo(args) -> int:
 def _holding(out: Path, input_path: str | None, reads_checkpoints: bool, created: bool):
     """The run's hold on ``out``: its lock, then the checks of what it writes
     (:func:`_check_targets`); a folder this run created is removed again when the
-    run fails before writing anything in it."""
+    run fails before writing anything in it.
+    """
     try:
         with _locked(out):
             _check_targets(out, input_path, reads_checkpoints)
@@ -808,7 +818,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _lost_rank(err: RuntimeError) -> bool:
     """Whether ``err`` says that another rank stopped answering (a collective timed
-    out, or its connection closed) under ``torchrun``."""
+    out, or its connection closed) under ``torchrun``.
+    """
     import torch.distributed as dist
 
     if type(err).__module__ == "torch.distributed":  # DistBackendError, DistNetworkError...
@@ -825,7 +836,8 @@ def _handle_signals(received: list) -> dict:
     """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM :class:`Terminated` (one of
     them), so that SIGTERM ends a run as Ctrl-C does; each signal is recorded in
     ``received``. Returns the handlers to restore. Only the main thread can set
-    handlers: elsewhere, none are set."""
+    handlers: elsewhere, none are set.
+    """
     import threading
 
     if threading.current_thread() is not threading.main_thread():

@@ -146,7 +146,8 @@ def track(
     stream=None,
 ) -> Iterator:
     """Iterate over ``iterable`` (once, as the caller would), counting one unit per item
-    (see :class:`Progress`)."""
+    (see :class:`Progress`).
+    """
     with Progress(total, desc, unit, enabled, interval, stream) as progress:
         for item in iterable:
             yield item
@@ -155,7 +156,8 @@ def track(
 
 class TrackedLoader:
     """A loader whose iteration is tracked; every other attribute is the loader's own
-    (so :meth:`~stepgraph.Trainer.predict_gloader` can read ``data``)."""
+    (so :meth:`~stepgraph.Trainer.predict_gloader` can read ``data``).
+    """
 
     def __init__(self, loader, desc: str, enabled: bool = True, interval: float = 10.0):
         self._loader, self._desc, self._enabled, self._interval = loader, desc, enabled, interval

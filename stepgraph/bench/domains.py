@@ -63,7 +63,8 @@ FILE_KEYS = {"truth_key": "domain", "batch_key": "section", "spatial_key": "spat
 
 def missing_method_packages(methods) -> dict[str, str]:
     """The methods of ``methods`` whose package is not importable, each with a line saying
-    what to install."""
+    what to install.
+    """
     from importlib.util import find_spec
 
     missing = {}
@@ -82,7 +83,8 @@ def _labels_and_embedding(
     method: str, adata, n_domains: int, seed: int, batch_key: str | None, spatial_key: str, pipeline_options: dict
 ):
     """Run ``method`` on ``adata``: its domain codes, the embedding it clustered and, for the
-    pipeline, the mixing score it reported (else ``None``)."""
+    pipeline, the mixing score it reported (else ``None``).
+    """
     import tempfile
 
     from stepgraph.pipeline import (
@@ -214,7 +216,8 @@ def _check_keys(path, truth_key: str, batch_key: str | None, spatial_key: str) -
 
 def _run_all(jobs_list: list[tuple], jobs: int) -> list[dict]:
     """Run every ``_one_run`` argument tuple of ``jobs_list``, each in a fresh process, at most ``jobs``
-    at a time; the records in the order of ``jobs_list``."""
+    at a time; the records in the order of ``jobs_list``.
+    """
     context = get_context("spawn")
     if jobs <= 1:
         records = []
@@ -510,7 +513,8 @@ def run_panel_benchmark(
 
 def _contests(result: dict) -> dict[str, dict]:
     """The scores a tissue ranks methods by: the (joint) ARI, and with several sections also the
-    per-section ARI; each a median over seeds per method."""
+    per-section ARI; each a median over seeds per method.
+    """
     name = Path(result["file"]).stem
     summary = result["summary"]
     if "ari_per_section" in next(iter(summary.values())):
@@ -525,7 +529,8 @@ def rank_methods(results: list[dict]) -> dict:
     """Per method, over the contests of every tissue (its ARI; with several sections the joint and
     the per-section ARI, each a median over seeds): ``mean_rank`` (1 is best; ties share the best
     rank), ``leads`` (the contests it wins) and ``margin`` (per contest, its score minus the best
-    other method's)."""
+    other method's).
+    """
     ranking: dict[str, dict] = {}
     for result in results:
         for contest, scores in _contests(result).items():
@@ -569,7 +574,8 @@ def domain_table(result: dict) -> str:
 
 def panel_report(result: dict) -> str:
     """The panel as markdown: one table per tissue, then one line per method (its mean rank and
-    the contests it leads), best rank first."""
+    the contests it leads), best rank first.
+    """
     parts = []
     for line in result.get("skipped", []):
         parts.append(f"- {line}")
@@ -590,7 +596,8 @@ def panel_report(result: dict) -> str:
 
 def write_results(result: dict, out: str | Path) -> tuple[Path, Path]:
     """Write ``result`` (of one tissue or of a panel) as ``<out>.json`` and its tables as ``<out>.md``;
-    return both paths."""
+    return both paths.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")

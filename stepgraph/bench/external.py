@@ -38,7 +38,8 @@ def _quiet():
 
 def _copy(adata, spatial_key: str, batch_key: str | None, section_column: str):
     """A new AnnData with the counts (CSR float64), the 2-D coordinates in ``obsm["spatial"]`` and the
-    sections as a categorical ``obs[section_column]`` (one section when ``batch_key`` is ``None``)."""
+    sections as a categorical ``obs[section_column]`` (one section when ``batch_key`` is ``None``).
+    """
     import anndata as ad
     import pandas as pd
 
@@ -52,7 +53,8 @@ def _copy(adata, spatial_key: str, batch_key: str | None, section_column: str):
 
 def _variable_genes(adata, n_top: int = 2000):
     """``adata`` restricted to scanpy's ``seurat`` highly variable genes of its log-normalised counts
-    when it has more than ``n_top`` genes (both packages' tutorials), else ``adata`` itself."""
+    when it has more than ``n_top`` genes (both packages' tutorials), else ``adata`` itself.
+    """
     import scanpy as sc
 
     if adata.n_vars <= n_top:

@@ -145,7 +145,8 @@ def _run_one(script: Path, args: list[str], out_json: Path, threads: int, timeou
 
 def installed_benchmarks() -> Path:
     """The ``benchmarks/`` folder: the one installed with the package (``stepgraph._benchmarks``, the
-    checkout's own folder in an editable install), else the one beside this source tree."""
+    checkout's own folder in an editable install), else the one beside this source tree.
+    """
     from importlib.util import find_spec
 
     spec = find_spec("stepgraph._benchmarks")

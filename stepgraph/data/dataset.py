@@ -424,7 +424,8 @@ def expression_matrix(adata, layer_key: str | None = None):
 def _check_compressed(matrix, source: str) -> None:
     """Raise if a CSR/CSC matrix's index arrays are inconsistent (read-only, unlike
     scipy's ``check_format``, which may rewrite them); the check is
-    :func:`~stepgraph.data.safe_read.compressed_problem`, the one that reading a file also uses."""
+    :func:`~stepgraph.data.safe_read.compressed_problem`, the one that reading a file also uses.
+    """
     from stepgraph.data.safe_read import compressed_problem
 
     n_major, n_minor = matrix.shape if matrix.format == "csr" else matrix.shape[::-1]

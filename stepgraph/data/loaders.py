@@ -27,14 +27,16 @@ CLASS_MODE = "multi_batches_with_ct"
 def collate_batch(batch):
     """Collate function for stepgraph datasets, whose ``__getitems__`` already
     returns a whole batch: a tuple of stacked tensors, as torch's default collate
-    stacks per-sample tuples."""
+    stacks per-sample tuples.
+    """
     return batch
 
 
 def per_sample_collate(collate_fn):
     """Adapt a user's ``collate_fn``, written for a list of per-sample items (as
     STEP's are), to stepgraph datasets, whose ``__getitems__`` returns a whole batch
-    ``(x, label, ...)``: the batch is split into per-sample tuples first."""
+    ``(x, label, ...)``: the batch is split into per-sample tuples first.
+    """
 
     def collate(batch):
         if isinstance(batch, torch.Tensor):
@@ -45,8 +47,9 @@ def per_sample_collate(collate_fn):
 
 
 def _collate_for(dataset, user_collate):
-    """stepgraph's datasets fetch whole batches (:func:`collate_batch`); any other dataset
-    gets torch's default collate (``None``); a user's ``collate_fn`` always wins."""
+    """Stepgraph's datasets fetch whole batches (:func:`collate_batch`); any other dataset
+    gets torch's default collate (``None``); a user's ``collate_fn`` always wins.
+    """
     if isinstance(dataset, BaseDataset):
         return collate_batch if user_collate is None else per_sample_collate(user_collate)
     return user_collate
@@ -279,6 +282,7 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
 
 def loader_seeds(loader) -> torch.Tensor:
     """The seed nodes a ``NeighborLoader`` visits (all nodes when it was built without
-    ``input_nodes``), as an ``int64`` tensor."""
+    ``input_nodes``), as an ``int64`` tensor.
+    """
     nodes = loader.input_data.node
     return torch.arange(loader.data.num_nodes) if nodes is None else nodes

@@ -34,7 +34,8 @@ DEFAULT_MAX_GAP = 8192
 
 def is_on_disk(matrix) -> bool:
     """Whether ``matrix`` is an on-disk matrix :class:`RowReader` reads from:
-    an anndata backed sparse dataset, or a 2-D h5py / zarr array."""
+    an anndata backed sparse dataset, or a 2-D h5py / zarr array.
+    """
     if isinstance(matrix, np.ndarray) or sp.issparse(matrix):
         return False
     if getattr(matrix, "format", None) in ("csr", "csc") and hasattr(matrix, "group"):

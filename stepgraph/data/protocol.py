@@ -97,7 +97,8 @@ def check_dataset(dataset: Any, name: str = "dataset") -> Any:
 
 def dataset_obs(dataset: Any):
     """``adata.obs`` of a dataset, one row per item (stepgraph's datasets give it without
-    building an AnnData view)."""
+    building an AnnData view).
+    """
     obs = getattr(dataset, "obs", None)
     return obs if obs is not None and hasattr(obs, "columns") else dataset.adata.obs
 

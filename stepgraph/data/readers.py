@@ -53,7 +53,8 @@ def _attrs(folder: Path) -> dict:
 
 def store_kind(path: str | Path) -> str | None:
     """``"h5ad"`` for a file, ``"anndata-zarr"`` or ``"spatialdata"`` for a zarr
-    store of that kind, ``None`` for a folder that is neither."""
+    store of that kind, ``None`` for a folder that is neither.
+    """
     path = Path(path)
     if not path.is_dir():
         return "h5ad"

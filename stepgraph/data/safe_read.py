@@ -52,13 +52,15 @@ _SPARSE = {"csr_matrix": "csr", "csc_matrix": "csc"}
 
 class UnsafeFileError(ValueError):
     """A file that stepgraph refuses to read: it points outside itself, declares
-    far more data than it holds, or its structure is inconsistent."""
+    far more data than it holds, or its structure is inconsistent.
+    """
 
 
 @dataclass(frozen=True)
 class H5adLayout:
     """What :func:`check_h5ad` found: the file's cells and genes and the bytes its
-    datasets declare."""
+    datasets declare.
+    """
 
     n_obs: int | None
     n_vars: int | None
@@ -68,7 +70,8 @@ class H5adLayout:
 
 def inflation_bound(file_bytes: int, max_inflation: float = MAX_INFLATION) -> int:
     """The most bytes a file of ``file_bytes`` may declare: ``max_inflation`` times
-    its size, and at least :data:`INFLATION_FLOOR`."""
+    its size, and at least :data:`INFLATION_FLOOR`.
+    """
     return int(max(max_inflation * file_bytes, INFLATION_FLOOR))
 
 

@@ -508,7 +508,8 @@ def _radius_graph(x: np.ndarray, settings: _Settings, section: str):
 
 def _check_radius_edges(x: np.ndarray, tree: cKDTree, radius: float, section: str) -> None:
     """Refuse a radius graph whose edge count (counted by the tree, none built) is beyond
-    :data:`MAX_RADIUS_DEGREE` per cell: it would be quadratic in the cells."""
+    :data:`MAX_RADIUS_DEGREE` per cell: it would be quadratic in the cells.
+    """
     n = len(x)
     edges = int(tree.count_neighbors(tree, radius)) - n  # ordered pairs, without each cell itself
     bound = max(MAX_RADIUS_DEGREE * n, MAX_RADIUS_EDGES_FLOOR)
@@ -552,7 +553,8 @@ def _delaunay_graph(x: np.ndarray, settings: _Settings, section: str):
 
 def _grid_graph(x: np.ndarray, settings: _Settings, section: str):
     """Lattice rings: the nearest spots closer than 1.3 median spacings, then
-    ``n_rings - 1`` further rings; the "distance" of an edge is its ring."""
+    ``n_rings - 1`` further rings; the "distance" of an edge is its ring.
+    """
     n, k = len(x), settings.n_neighbors
     _check_section_size(n, k, section)
     dist, index = _knn_query(x, k)
@@ -566,7 +568,8 @@ def _grid_graph(x: np.ndarray, settings: _Settings, section: str):
 
 def _rings(rows, cols, n: int, n_rings: int):
     """Breadth-first rings over the (directed) first-ring graph with self loops:
-    ring ``r`` holds the cells first reached in ``r`` steps; its distance is ``r``."""
+    ring ``r`` holds the cells first reached in ``r`` steps; its distance is ``r``.
+    """
     step = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)) + sp.eye(n, format="csr")
     reached = step.copy()
     frontier = step

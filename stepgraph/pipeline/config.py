@@ -35,7 +35,8 @@ RECIPES = {
 def gene_set_kind(n_genes: int, n_top_genes: int) -> str:
     """``"panel"`` when the ``n_genes`` genes are kept whole (at most ``n_top_genes``: a targeted
     panel, chosen by hand), ``"transcriptome"`` when highly variable genes are selected from more.
-    :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`' ``scaling="auto"`` follows the same rule."""
+    :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`' ``scaling="auto"`` follows the same rule.
+    """
     return "panel" if n_genes <= n_top_genes else "transcriptome"
 
 
@@ -499,7 +500,8 @@ class PipelineConfig:
 
     def epochs_for(self, n_train: int) -> int:
         """The epochs of a run with ``n_train`` training cells: :attr:`epochs` when set,
-        else ``min(max_epochs, ceil(train_budget / n_train))`` (at least 1)."""
+        else ``min(max_epochs, ceil(train_budget / n_train))`` (at least 1).
+        """
         if self.epochs is not None:
             return self.epochs
         return max(1, min(self.max_epochs, -(-self.train_budget // max(1, n_train))))
@@ -508,7 +510,8 @@ class PipelineConfig:
         """This config for an input of ``n_genes`` genes: a copy whose fields left at ``None``
         (``n_pcs``, ``feature_smooth``, ``fanout``, ``hidden_dim``) hold the values of the
         :data:`RECIPES` entry of :func:`gene_set_kind` (with ``features="neighborhood"``, ``n_pcs`` 50
-        per-cell components, not averaged); the fields set explicitly are kept."""
+        per-cell components, not averaged); the fields set explicitly are kept.
+        """
         recipe = dict(RECIPES[gene_set_kind(n_genes, self.n_top_genes)])
         if self.features == "neighborhood":  # per-cell components feed the neighbourhood blocks
             recipe.update(n_pcs=50, feature_smooth=0)
@@ -529,7 +532,8 @@ class PipelineConfig:
 
     def feature_options(self) -> dict:
         """Every argument of :class:`~stepgraph.pipeline.preprocess.ExpressionFeatures`, from this
-        config (a :meth:`resolved` one)."""
+        config (a :meth:`resolved` one).
+        """
         self._check_resolved()
         return {
             "n_top_genes": self.n_top_genes,
@@ -542,7 +546,8 @@ class PipelineConfig:
 
     def cluster_options(self) -> dict:
         """Every argument of :func:`~stepgraph.pipeline.domains.cluster_domains` but the embedding
-        and the number of domains, the options of its ``method`` included."""
+        and the number of domains, the options of its ``method`` included.
+        """
         options = {"method": self.cluster, "seed": self.seed}
         if self.cluster == "gmm":
             options.update(
@@ -563,7 +568,8 @@ def _default(f):
 def cli_option(f) -> str | None:
     """The option of ``stepgraph train`` that sets field ``f`` of
     :class:`PipelineConfig` (``--n-top-genes`` for ``n_top_genes``), or
-    ``None`` for a field that is not on the command line."""
+    ``None`` for a field that is not on the command line.
+    """
     if not f.metadata.get("cli", True):
         return None
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -572,7 +578,8 @@ def cli_option(f) -> str | None:
 def defaults_table() -> str:
     """The defaults of :class:`PipelineConfig` and their reasons, a markdown
     table (one row per field: setting and option, default, what it sets,
-    why this default); the user guide shows it."""
+    why this default); the user guide shows it.
+    """
     rows = ["| setting | default | what it sets | why this default |", "| --- | --- | --- | --- |"]
     for f in fields(PipelineConfig):
         option = cli_option(f)

@@ -1,6 +1,7 @@
 """Domains from embeddings: clustering (scikit-learn), neighbour-majority
 refinement and agreement scores (ARI, NMI). Smoothing over the graph is in
-:mod:`stepgraph.graph.ops`."""
+:mod:`stepgraph.graph.ops`.
+"""
 
 from __future__ import annotations
 

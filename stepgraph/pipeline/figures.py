@@ -14,7 +14,7 @@ _PANEL_INCHES = 4.2
 
 
 def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend; ``None`` without matplotlib."""
+    """Matplotlib's pyplot on the file-only Agg backend; ``None`` without matplotlib."""
     try:
         import matplotlib
 
@@ -36,7 +36,8 @@ def _save(fig, path) -> bool:
 
 def _matched_colours(truth: pd.Categorical, predicted: pd.Categorical, n_colours: int) -> dict:
     """Colour index per predicted domain: the colour of the true domain it
-    overlaps most (Hungarian matching), so agreeing domains share a colour."""
+    overlaps most (Hungarian matching), so agreeing domains share a colour.
+    """
     table = pd.crosstab(predicted.codes, truth.codes).reindex(
         index=range(len(predicted.categories)), columns=range(len(truth.categories)), fill_value=0
     )
@@ -49,7 +50,8 @@ def _matched_colours(truth: pd.Categorical, predicted: pd.Categorical, n_colours
 def domain_palette(predicted, truth=None) -> tuple[list, dict, dict]:
     """The one palette of both figures: ``(palette, colour of each true domain code, colour of each
     predicted domain code)``. With ``truth``, a predicted domain takes the colour of the true domain it
-    overlaps most (:func:`_matched_colours`); the rest take colours no true domain uses."""
+    overlaps most (:func:`_matched_colours`); the rest take colours no true domain uses.
+    """
     plt = _pyplot()
     predicted = pd.Categorical(predicted)
     truth = None if truth is None else pd.Categorical(truth)

@@ -9,7 +9,8 @@ corrects the embedding with Harmony (:func:`harmonize`, through `harmonypy
 (:func:`cluster_per_section`). After clustering it reports how well the
 sections mix in the embedding (:func:`section_mixing`), how many cells of each
 domain every section holds, and which domains lie in one section only
-(:func:`integration_report`)."""
+(:func:`integration_report`).
+"""
 
 from __future__ import annotations
 

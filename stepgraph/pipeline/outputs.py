@@ -61,7 +61,8 @@ def write_output(path: str | Path, write: Callable[[Path], Any]) -> Path | None:
     """Write one output file atomically: ``write(tmp)`` fills a temporary file
     beside ``path``, which then replaces ``path`` (see
     :func:`~stepgraph.train.checkpointing.atomic_write`); ``write`` returning
-    ``False`` writes nothing. Returns the path written, or ``None``."""
+    ``False`` writes nothing. Returns the path written, or ``None``.
+    """
     return atomic_write(path, write, what="output")
 
 
@@ -85,7 +86,8 @@ def save_history(history: list[dict], out_dir: Path) -> None:
 
 def write_adata(adata, path: Path) -> None:
     """``adata`` to ``path``, atomically; a backed one without loading ``X``: the
-    input file is copied and everything but ``X`` is written into the copy."""
+    input file is copied and everything but ``X`` is written into the copy.
+    """
     if not adata.isbacked:
         write_output(path, adata.write_h5ad)
         return

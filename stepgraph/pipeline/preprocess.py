@@ -60,7 +60,8 @@ def _column_mean_var(matrix) -> tuple[np.ndarray, np.ndarray]:
 def _normalised_dispersion(log_matrix, n_bins: int) -> np.ndarray:
     """Each gene's dispersion (variance over mean of the de-logged expression),
     z-scored within ``n_bins`` equal-width bins of log mean expression (scanpy's
-    ``flavor="seurat"``)."""
+    ``flavor="seurat"``).
+    """
     expm1 = log_matrix.expm1() if sp.issparse(log_matrix) else np.expm1(np.asarray(log_matrix, np.float64))
     mean, var = _column_mean_var(expm1)
     mean = np.where(mean == 0, 1e-12, mean)
@@ -345,7 +346,8 @@ class ExpressionFeatures:
         all the genes, the root mean variance of ``var`` over that of
         ``pooled_var`` (1 for the pooled cells), which takes out a section's
         own overall scale of the log values and keeps the genes' relative
-        variances."""
+        variances.
+        """
         if self.zscored_:
             return np.where(var > 0, np.sqrt(var), 1.0).astype(np.float32)
         ratio = np.sqrt(var.mean() / pooled_var.mean()) if var.mean() > 0 and pooled_var.mean() > 0 else 1.0
@@ -382,7 +384,8 @@ class ExpressionFeatures:
         """The features of a block of count rows (any rows, each on its own):
         a float32 array ``(n_rows, n_features_out)``. Rows are densified
         ``chunk_rows`` at a time, so the block may be large. ``sections``
-        (the section code of each row) is needed when fitted with sections."""
+        (the section code of each row) is needed when fitted with sections.
+        """
         if self.genes is None:
             raise RuntimeError("ExpressionFeatures is not fitted: call fit(matrix) first")
         out = np.empty((counts.shape[0], self.n_features_out), dtype=np.float32)
@@ -397,7 +400,8 @@ class ExpressionFeatures:
     def transform(self, matrix, sections=None) -> np.ndarray:
         """The features of every row of ``matrix``, in memory or on disk (read
         ``chunk_rows`` rows at a time, so the whole matrix is never loaded);
-        ``sections`` as in :meth:`fit`."""
+        ``sections`` as in :meth:`fit`.
+        """
         from stepgraph.data.ondisk import RowReader, is_on_disk
 
         if not is_on_disk(matrix):

@@ -164,7 +164,8 @@ def run_identity(adata, config: PipelineConfig) -> dict:
     """What makes a pipeline run the same run: the input's shape and a hash of its
     ``obs_names`` and ``var_names``, and every setting of :data:`IDENTITY_FIELDS`
     (graph, features, split, seed, batch size, model, optimiser, early
-    stopping). Plain values, saved in every training state."""
+    stopping). Plain values, saved in every training state.
+    """
     import hashlib
 
     digest = hashlib.sha256()
@@ -179,7 +180,8 @@ def _graph_radius(adata, config: PipelineConfig) -> float | None:
     """The radius of the spatial graph: ``config.radius``, or, for
     ``method="radius"``, ``config.graph_scale`` times the median distance from
     a cell to its ``config.n_neighbors``-th nearest neighbour (see
-    :class:`PipelineConfig`)."""
+    :class:`PipelineConfig`).
+    """
     if config.radius is not None or config.method != "radius":
         return config.radius
     coordinates = get_coordinates(adata, config.spatial_key)  # checked: finite, 2-D or 3-D

@@ -27,7 +27,8 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_mb(resettable: bool) -> float:
     """This process's peak resident memory in MiB: since the last :func:`reset_peak_rss`
-    when ``resettable`` (Linux's ``VmHWM``), else since the process started."""
+    when ``resettable`` (Linux's ``VmHWM``), else since the process started.
+    """
     if resettable:
         try:
             with open("/proc/self/status") as fh:

@@ -254,7 +254,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted:
 def _check_unpacked_size(path: Path) -> None:
     """Refuse a checkpoint whose archive would unpack to far more than the file's
     size (the bound of :func:`~stepgraph.data.safe_read.check_inflation`), before
-    :func:`torch.load` allocates it; ``torch.save`` stores its records uncompressed."""
+    :func:`torch.load` allocates it; ``torch.save`` stores its records uncompressed.
+    """
     import zipfile
 
     from stepgraph.data.safe_read import check_inflation
@@ -286,12 +287,12 @@ def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
 
 
 class BestWeights:
-    """The weights of the best check so far, in a file or in memory.
+    r"""The weights of the best check so far, in a file or in memory.
 
     A value is better when it is lower than the best seen (any finite value is
     better than none). With a ``path`` the weights are written there
     atomically; without one a copy of the ``state_dict`` is kept on the CPU
-    and nothing is written. Only a process that ``write``\\ s keeps them; in a
+    and nothing is written. Only a process that ``write``\ s keeps them; in a
     data-parallel run that is rank 0.
 
     Parameters
@@ -358,7 +359,8 @@ class BestWeights:
 
     def state_dict(self) -> dict[str, Any]:
         """Best value, file and whether it was written; the weights themselves when
-        they are kept in memory (tensors and plain types only)."""
+        they are kept in memory (tensors and plain types only).
+        """
         return {
             "best_score": self.best_score,
             "path": None if self.path is None else str(self.path),
@@ -368,7 +370,8 @@ class BestWeights:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state. Best weights saved in another file (a resumed run in a
-        new folder) or in memory are copied to :attr:`path`, or into memory."""
+        new folder) or in memory are copied to :attr:`path`, or into memory.
+        """
         self.best_score = state["best_score"]
         old = Path(state["path"]) if state.get("path") else None
         weights, written = state.get("weights"), bool(state["checkpoint_written"])
@@ -629,7 +632,8 @@ class Checkpointer:
 
     def epoch_end(self, state: TrainingCheckpoint, progress: dict[str, Any], final: bool) -> Path | None:
         """Write :data:`LAST_CHECKPOINT` when one is due (every :attr:`every` epochs, and at the
-        ``final`` epoch of a fit); return its path, or ``None`` when nothing was written."""
+        ``final`` epoch of a fit); return its path, or ``None`` when nothing was written.
+        """
         due = self.every and (progress["epoch"] % self.every == 0 or final)
         if self.dirpath is None or not due:
             return None
@@ -637,7 +641,8 @@ class Checkpointer:
 
     def interrupted(self, state: TrainingCheckpoint, progress: dict[str, Any]) -> Path | None:
         """Write :data:`INTERRUPTED_CHECKPOINT` (this rank's RNG state only: ranks are not in
-        step after an interrupt); ``None`` without a ``dirpath``."""
+        step after an interrupt); ``None`` without a ``dirpath``.
+        """
         if self.dirpath is None:
             return None
         return self.save(state, self.interrupted_path, progress, collective=False)

@@ -260,7 +260,8 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
 class LossForward(torch.nn.Module):
     """Routes a call of one of the model's methods (``loss``) through ``forward``,
     so that :class:`~torch.nn.parallel.DistributedDataParallel` sees it and
-    synchronises the gradients of its backward pass."""
+    synchronises the gradients of its backward pass.
+    """
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()

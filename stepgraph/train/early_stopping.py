@@ -223,7 +223,8 @@ class EarlyStoppingGroup:
 
     def config_for(self, key: str) -> dict[str, Any]:
         """Settings of the monitor of ``key`` (``val_<loss>``): ``lossconfig`` by loss name,
-        then by ``key``, over :attr:`default_config`."""
+        then by ``key``, over :attr:`default_config`.
+        """
         name = key[4:] if key.startswith("val_") else key
         cfg = {**self.default_config, **self.lossconfig.get(name, {}), **self.lossconfig.get(key, {})}
         cfg.setdefault("trace_func", self.trace_func)

@@ -123,7 +123,8 @@ def evaluate(hooks, batches: Iterable, loss_call: Callable, meter: LossMeter | N
 def end_epoch(hooks, state: LoopState, train_losses: dict, valid_losses: dict, loss_names: Collection[str]) -> bool:
     """The end of an epoch: history, writer, early stopping and best weights
     (:meth:`~stepgraph.Trainer.check_early_stop`), the LR scheduler and the
-    progress text. Returns whether early stopping fired."""
+    progress text. Returns whether early stopping fired.
+    """
     lr = hooks.optimizer.param_groups[0]["lr"] if hooks.optimizer is not None else math.nan
     hooks.history.append({"epoch": state.epoch, **train_losses, **valid_losses, "lr": lr})
     if state.writer is not None and hooks.strategy.is_main:

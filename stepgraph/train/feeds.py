@@ -71,7 +71,8 @@ def to_device(obj, device):
     """``obj`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``.
 
     To a CUDA device, a CPU tensor is first copied to pinned (page-locked) memory,
-    so that the copy is asynchronous (``non_blocking``) and overlaps the GPU's work."""
+    so that the copy is asynchronous (``non_blocking``) and overlaps the GPU's work.
+    """
     if isinstance(obj, torch.Tensor):
         if obj.device.type == "cpu" and torch.device(device).type == "cuda":
             obj = obj.pin_memory()
@@ -87,7 +88,8 @@ def graph_batch_weight(batch) -> int:
     """Samples in a batch of a non-PyG graph loader, for the per-sample means: the
     output nodes of a DGL block batch ``(input_nodes, output_nodes, blocks)``, else
     its number of nodes (``num_nodes``: an attribute in PyG, a method in DGL), else 1
-    (each batch then weighs the same, as in STEP)."""
+    (each batch then weighs the same, as in STEP).
+    """
     if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[1], torch.Tensor):
         return batch[1].numel()
     nodes = getattr(batch, "num_nodes", None)
@@ -121,7 +123,8 @@ def _takes_per_hop(func) -> bool:
 
 def takes_per_hop(method: Callable) -> bool:
     """Whether a model's method opts in to layer-wise trimming by naming the
-    parameters ``num_sampled_nodes_per_hop`` and ``num_sampled_edges_per_hop``."""
+    parameters ``num_sampled_nodes_per_hop`` and ``num_sampled_edges_per_hop``.
+    """
     return _takes_per_hop(getattr(method, "__func__", method))
 
 
@@ -129,7 +132,8 @@ def graph_inputs(batch, dataset, device, per_hop: bool = False) -> dict[str, Any
     """Model inputs of a ``NeighborLoader`` batch: features of ``batch.n_id`` from
     ``dataset`` (sparse rows densified here), edges, edge weights and batch labels;
     with ``per_hop``, the batch's per-hop node and edge counts too (see
-    :func:`takes_per_hop`)."""
+    :func:`takes_per_hop`).
+    """
     n_id = batch.n_id
     inputs = {"x": to_device(dataset.features(n_id), device), "edge_index": to_device(batch.edge_index, device)}
     if getattr(batch, "edge_weight", None) is not None:
@@ -144,7 +148,8 @@ def graph_inputs(batch, dataset, device, per_hop: bool = False) -> dict[str, Any
 def predict_nodes(model: torch.nn.Module, func: Callable, gloader, dataset, device) -> torch.Tensor:
     """``func(x, edge_index, **inputs)`` for the seed nodes of every batch of ``gloader``,
     in eval mode without gradients: one row per graph node, on the CPU (zero for a
-    node never a seed)."""
+    node never a seed).
+    """
     was_training, out = model.training, None
     model.eval()
     try:
@@ -218,7 +223,8 @@ def is_neighbor_loader(loader) -> bool:
 
 def _steps_form(call: Callable) -> bool:
     """Whether ``call`` has STEP's form ``(input_tuple, dataset, ind, step)``: its
-    second parameter is named ``dataset``."""
+    second parameter is named ``dataset``.
+    """
     try:
         names = list(inspect.signature(call).parameters)
     except (TypeError, ValueError):  # a builtin or C callable: stepgraph's form
@@ -412,7 +418,8 @@ class TensorBatchFeed(Feed):
 
 def _graph_dataset(trainer, dataset):
     """``dataset``, or the trainer's :attr:`~stepgraph.Trainer.graph_dataset` (the last one
-    used) when ``None``, as STEP's ``train_graph_batch`` may be called without one."""
+    used) when ``None``, as STEP's ``train_graph_batch`` may be called without one.
+    """
     return dataset if dataset is not None else trainer.graph_dataset
 
 
@@ -582,7 +589,8 @@ class LoaderFeed(Feed):
 
 def for_loader(neighbor_feed: type) -> Callable:
     """The feed factory of a graph method: ``neighbor_feed`` for a PyG ``NeighborLoader``
-    (or a pair of them), :class:`LoaderFeed` for any other loader."""
+    (or a pair of them), :class:`LoaderFeed` for any other loader.
+    """
 
     def build(trainer, gloader, *args, **kwargs) -> Feed:
         first = gloader[0] if isinstance(gloader, (tuple, list)) and gloader else gloader
@@ -595,7 +603,8 @@ def for_loader(neighbor_feed: type) -> Callable:
 
 def loader_validation(trainer, loader, valid_ind, call_func: Callable | None) -> tuple[Iterable, LossCall]:
     """The batches and loss call with which :meth:`~stepgraph.Trainer.validate_gloader`
-    evaluates a non-PyG loader: every batch, ``ind`` the global ids of ``valid_ind``."""
+    evaluates a non-PyG loader: every batch, ``ind`` the global ids of ``valid_ind``.
+    """
     dataset = trainer.graph_dataset
     ind = _as_ids(valid_ind, "valid_ind", len(dataset) if hasattr(dataset, "__len__") else None)
     return _batches(loader), _loader_loss(loader_call(trainer, call_func, dataset, loader), ind)

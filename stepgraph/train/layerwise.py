@@ -1,4 +1,4 @@
-"""Layer-wise inference: each layer of a message-passing model for every node before the next.
+r"""Layer-wise inference: each layer of a message-passing model for every node before the next.
 
 Embedding a whole tissue through a full-neighbourhood ``NeighborLoader``
 (:meth:`~stepgraph.Trainer.predict_gloader`) computes, for every batch of
@@ -7,7 +7,7 @@ radius graph at two layers, and the hidden states of a node shared by many
 batches are computed again in each. Layer-wise inference computes layer
 :math:`l` for every node, chunk of nodes by chunk of nodes, from the outputs
 of layer :math:`l - 1` for every node: each layer reads each edge once
-(:math:`O(\\text{edges})` per layer), as PyG's examples compute full-graph
+(:math:`O(\text{edges})` per layer), as PyG's examples compute full-graph
 embeddings (``GraphSAGE.inference``). Its result is that of the model run on
 the whole graph at once.
 
@@ -104,7 +104,8 @@ class LayerwisePlan:
 def weighted_sum(src: Tensor, dst: Tensor, values: Tensor | None, n_out: int, x: Tensor) -> Tensor:
     """``out[i] = sum of values[e] * x[src[e]]`` over the edges ``e`` with ``dst[e] == i``
     (``values`` ``None``: all ones), for ``dst`` sorted, as one sparse (CSR) product:
-    several times faster on a CPU than gathering one row per edge and adding them up."""
+    several times faster on a CPU than gathering one row per edge and adding them up.
+    """
     crow = torch.zeros(n_out + 1, dtype=torch.long, device=dst.device)
     torch.cumsum(torch.bincount(dst, minlength=n_out), 0, out=crow[1:])
     if x.dtype in (torch.bfloat16, torch.float16):
@@ -119,14 +120,16 @@ def weighted_sum(src: Tensor, dst: Tensor, values: Tensor | None, n_out: int, x:
 
 def layerwise_plan(model: torch.nn.Module, method: str = "encode") -> LayerwisePlan | None:
     """The model's :class:`LayerwisePlan` for ``method``, or ``None`` when it has none
-    (no ``layerwise`` method, or one that returns ``None`` for ``method``)."""
+    (no ``layerwise`` method, or one that returns ``None`` for ``method``).
+    """
     make = getattr(model, "layerwise", None)
     return make(method) if callable(make) else None
 
 
 def _by_target(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int):
     """Sources, targets, weights and the CSC pointer of the edges, sorted by target
-    (kept as they are when they already are, as :func:`~stepgraph.graph.to_pyg` writes them)."""
+    (kept as they are when they already are, as :func:`~stepgraph.graph.to_pyg` writes them).
+    """
     src, dst = edge_index[0], edge_index[1]
     if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
         dst, order = torch.sort(dst, stable=True)

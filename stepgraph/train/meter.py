@@ -18,7 +18,8 @@ def without_metadata(loss_dict: Mapping[str, object]) -> dict[str, object]:
     """``loss_dict`` without its metadata keys (:data:`METADATA_KEYS`): the one place
     where ``graph_ids`` is dropped. The training core applies it to every loss dict
     a loss call returns; the public accumulators apply it to what users pass them.
-    Anything but a mapping is refused with a ``TypeError`` naming its type."""
+    Anything but a mapping is refused with a ``TypeError`` naming its type.
+    """
     if not isinstance(loss_dict, Mapping):
         raise TypeError(
             f"a loss call must return a dict of named losses, e.g. {{'recon_loss': tensor}}, "
@@ -93,7 +94,8 @@ class LossMeter:
 
     def state(self) -> tuple[dict[str, torch.Tensor | float], dict[str, float]]:
         """The weighted sums and total weights per loss (copies), e.g. to reduce them
-        over processes; :meth:`load_state` puts reduced ones back."""
+        over processes; :meth:`load_state` puts reduced ones back.
+        """
         return dict(self._sums), dict(self._weights)
 
     def load_state(self, sums: Mapping[str, float], weights: Mapping[str, float]) -> None:
@@ -116,7 +118,8 @@ def running_mean_update(means: dict, loss_dict: Mapping[str, object], n_batch: i
     """STEP's plain-dict accumulation, in place: for ``n_batch == 0`` (the 0-based
     index of the batch) ``means`` becomes this batch's losses; otherwise the
     running mean, in which this batch weighs ``1 / (n_batch + 1)``. Values are
-    detached 0-d tensors, as STEP returns them."""
+    detached 0-d tensors, as STEP returns them.
+    """
     for key, value in without_metadata(loss_dict).items():
         value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(cast(SupportsFloat, value)))
         if n_batch == 0 or key not in means:

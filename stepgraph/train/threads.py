@@ -80,7 +80,8 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
 
 def apply_thread_policy(requested: int | None = None) -> ThreadChoice:
     """:func:`choose_threads`, then set the choice for torch; returns the
-    :class:`ThreadChoice` that was set."""
+    :class:`ThreadChoice` that was set.
+    """
     choice = choose_threads(requested)
     import torch
 

@@ -261,7 +261,8 @@ class Trainer:
     @property
     def restore_best(self) -> bool:
         """Whether the best weights are loaded at the end of training (by default
-        when :attr:`use_earlystop` is on)."""
+        when :attr:`use_earlystop` is on).
+        """
         return self.use_earlystop if self._restore_best is None else bool(self._restore_best)
 
     @restore_best.setter
@@ -335,13 +336,15 @@ class Trainer:
     def graph_dataset(self):
         """The dataset serving node features to :meth:`handle_ginput_tuple`: that of the
         current (or last) graph fit, or the one last given to :meth:`validate_gloader` /
-        :meth:`predict_gloader`."""
+        :meth:`predict_gloader`.
+        """
         return self._graph_dataset
 
     @property
     def input_names(self) -> tuple[str, ...] | None:
         """Names of the members of a tensor batch tuple, from the dataset mode of the current
-        (or last) :meth:`train_batch`; ``None``: named by the tuple's length."""
+        (or last) :meth:`train_batch`; ``None``: named by the tuple's length.
+        """
         return getattr(self._active_feed, "input_names", None)
 
     def mode_switch_to_train(self) -> None:
@@ -350,7 +353,8 @@ class Trainer:
 
     def autocast(self):
         """The context of every forward pass: :func:`torch.autocast` to bfloat16 on
-        :attr:`device` under ``precision="bf16-mixed"``, nothing under ``"32"``."""
+        :attr:`device` under ``precision="bf16-mixed"``, nothing under ``"32"``.
+        """
         if self.precision == "bf16-mixed":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -499,7 +503,8 @@ class Trainer:
     # ------------------------------------------------------ early stopping
     def begin_fit(self) -> None:
         """Start a new run: align the ranks' weights, seed the generators (when
-        :attr:`seed` is set) and reset the monitors, history and stop reason."""
+        :attr:`seed` is set) and reset the monitors, history and stop reason.
+        """
         self.strategy.begin_fit(self.model)
         if self.seed is not None:
             seed_everything(self.seed)
@@ -548,7 +553,8 @@ class Trainer:
 
     def restore_best_weights(self) -> bool:
         """Load the best weights of the last run (rank 0's, on every rank); return whether
-        there were any."""
+        there were any.
+        """
         written = self.strategy.gather(self.best.has_weights)[0]
         if written and self.strategy.is_main:
             self.best.restore(self.model, map_location=self.device)
