@@ -95,8 +95,8 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
     whole. Needs the spatial graph in ``adata.obsp``.
     """
     graph = adata.obsp["spatial_connectivities"]
-    sections, names = section_codes(adata, config.batch_key)
-    sections = sections if len(names) > 1 and config.scale_per_section else None  # centred (scaled) per section
+    codes, names = section_codes(adata, config.batch_key)
+    sections = codes if len(names) > 1 and config.scale_per_section else None  # centred (scaled) per section
     fit_over = None if config.features == "neighborhood" else graph  # components of the cells themselves
     features = ExpressionFeatures(**config.feature_options()).fit(counts, fit_over, sections)
     x = features.transform(counts, sections)
@@ -112,7 +112,7 @@ def _model_input(adata, counts, config: PipelineConfig) -> tuple[BaseDataset, Ex
         x = neighborhood_features(
             x,
             get_coordinates(adata, config.spatial_key),
-            section_codes(adata, config.batch_key)[0],
+            codes,
             n_neighbors=config.neighborhood_k,
             lam=config.neighborhood_lambda,
             n_components=config.neighborhood_components,
