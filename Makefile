@@ -65,7 +65,7 @@ $(OLDEST)/.installed: pyproject.toml setup.cfg
 	$(OLDEST)/bin/python -m pip install -q $(TORCH_PIN)
 	$(OLDEST)/bin/python -c "import torch_scatter" 2>/dev/null || $(OLDEST)/bin/python -m pip install -q --no-build-isolation torch-scatter
 	echo "$(TORCH_PIN)" > $(OLDEST)/torch-pin.txt
-	$(OLDEST)/bin/python -m pip install -q -c $(OLDEST)/torch-pin.txt -e ".[test,plot,scatter]" "$(PYG_OLDEST)"
+	$(OLDEST)/bin/python -m pip install -q -c $(OLDEST)/torch-pin.txt -e ".[test,plot,scatter,docs]" "$(PYG_OLDEST)"
 	touch $@
 
 test-oldest: $(OLDEST)/.installed
