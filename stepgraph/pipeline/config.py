@@ -174,9 +174,9 @@ class PipelineConfig:
         "the model's input: expression (components of the cells' own expression, or of their "
         "neighbourhood means for a panel; see n_pcs) or neighborhood (BANKSY's features: each cell's components "
         "beside the Gaussian-weighted mean and the gradient of its --neighborhood-k nearest neighbours)",
-        "expression keeps the model that leads on the DLPFC files; neighborhood leads on the panel's "
-        "single-cell and legacy-ST tissues but loses on DLPFC (docs/benchmarks.md, the panel table): neither "
-        "holds on every tissue yet, so the default stays as it was",
+        "expression leads on the panel's Visium tissues and on STARmap; neighborhood on osmFISH and her2st "
+        "(docs/benchmarks.md, the development panel): neither holds on every tissue, so the default stays. "
+        "Compare both on an annotated section of your own (stepgraph bench domains --features neighborhood)",
         choices=("expression", "neighborhood"),
         kw_only=True,
     )
