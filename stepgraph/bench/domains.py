@@ -218,17 +218,16 @@ def _run_all(jobs_list: list[tuple], jobs: int) -> list[dict]:
     """Run every ``_one_run`` argument tuple of ``jobs_list``, each in a fresh process, at most ``jobs``
     at a time; the records in the order of ``jobs_list``.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     context = get_context("spawn")
-    if jobs <= 1:
-        records = []
-        for args in jobs_list:
-            with ProcessPoolExecutor(1, mp_context=context) as pool:
-                records.append(pool.submit(_one_run, *args).result())
-        return records
-    # max_tasks_per_child=1: every run still gets a fresh process
-    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(_one_run, *args) for args in jobs_list]
-        return [future.result() for future in futures]
+
+    def fresh(args: tuple) -> dict:  # a process of its own for every run: its peak memory is its own
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            return pool.submit(_one_run, *args).result()
+
+    with ThreadPoolExecutor(max(1, jobs)) as threads:
+        return list(threads.map(fresh, jobs_list))
 
 
 def _tissue_result(
