@@ -248,7 +248,8 @@ def save_embedding_figure(
     domains = pd.Categorical(domains)
     section_palette = list(plt.get_cmap("tab20" if len(section_names) > 10 else "tab10").colors)
     palette, _, domain_colours = domain_palette(domains, truth)
-    note = "" if method == "UMAP" else " (umap-learn is not installed: pip install 'stepgraph[plot]')"
+    if method != "UMAP":  # said once, under the panels
+        fig.text(0.01, 0.01, "PCA: umap-learn is not installed (pip install 'stepgraph[integration]')", fontsize=8)
     for ax, codes, categories, colours, title, pal in (
         (
             axes[0, 0],
@@ -260,7 +261,7 @@ def save_embedding_figure(
         ),
         (axes[0, 1], domains.codes[rows], list(domains.categories), domain_colours, "domain", palette),
     ):
-        _draw(ax, xy, codes, categories, colours, pal, size, f"{method} of the embedding, by {title}{note}")
+        _draw(ax, xy, codes, categories, colours, pal, size, f"{method} of the embedding, by {title}")
         ax.set_aspect("auto")
         ax.invert_yaxis()  # _draw turns y for images; an embedding has no up or down
     return _save(fig, path)
