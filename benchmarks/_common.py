@@ -40,3 +40,13 @@ def write_json(path: str | None, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": environment(), **payload}, indent=2))
     print(f"wrote {path}")
+
+
+def report_rows(out: str, rows: list[dict], columns: list[str], payload: dict) -> None:
+    """Print ``rows`` as a markdown table and write ``<out>.json`` (``payload`` plus the rows and the
+    machine) and ``<out>.md`` (the table)."""
+    table = markdown_table(rows, columns)
+    print(table)
+    write_json(out + ".json", {**payload, "rows": rows})
+    with open(out + ".md", "w") as handle:
+        handle.write(table + "\n")

@@ -33,7 +33,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import torch
-from _common import RESULTS, markdown_table, write_json
+from _common import RESULTS, report_rows
 from threadpoolctl import threadpool_limits
 
 from stepgraph.graph.ops import smooth_over_graph
@@ -109,14 +109,12 @@ def main(argv=None) -> None:
     with threadpool_limits(args.threads):
         for seed in (int(s) for s in args.seeds.split(",")):
             rows += headroom(ad.read_h5ad(args.input), args.truth_key, args.batch_key, seed)
-    table = markdown_table(rows, ["seed", "method", "ari", "log-likelihood"])
-    print(table)
-    write_json(
-        args.out + ".json",
-        {"input": args.input, "threads": args.threads, "rows": rows, "seconds": time.perf_counter() - start},
+    report_rows(
+        args.out,
+        rows,
+        ["seed", "method", "ari", "log-likelihood"],
+        {"input": args.input, "threads": args.threads, "seconds": time.perf_counter() - start},
     )
-    with open(args.out + ".md", "w") as handle:
-        handle.write(table + "\n")
 
 
 if __name__ == "__main__":

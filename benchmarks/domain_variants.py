@@ -31,7 +31,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import torch
-from _common import RESULTS, markdown_table, write_json
+from _common import RESULTS, report_rows
 from threadpoolctl import threadpool_limits
 
 from stepgraph.bench.domains import panel_tissues
@@ -122,14 +122,12 @@ def main(argv=None) -> None:
         for tissue in panel_tissues(args.inputs):
             for seed in (int(s) for s in args.seeds.split(",")):
                 rows += variants(tissue, seed)
-    table = markdown_table(rows, ["tissue", "seed", "variant", "ari", "per-section ari"])
-    print(table)
-    write_json(
-        args.out + ".json",
-        {"inputs": args.inputs, "threads": args.threads, "rows": rows, "seconds": time.perf_counter() - start},
+    report_rows(
+        args.out,
+        rows,
+        ["tissue", "seed", "variant", "ari", "per-section ari"],
+        {"inputs": args.inputs, "threads": args.threads, "seconds": time.perf_counter() - start},
     )
-    with open(args.out + ".md", "w") as handle:
-        handle.write(table + "\n")
 
 
 if __name__ == "__main__":
