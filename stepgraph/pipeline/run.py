@@ -288,12 +288,12 @@ def run_pipeline(
         seed=config.seed,
         progress=config.progress,
         precision=config.precision,
+        callbacks=[stages.epoch_timer()],  # one stage row per training epoch
     )
     trainer.run_identity = run_identity(adata, config)  # a resume with other settings is refused
     trainer.lossconfig = {}  # the pipeline's own patience for every loss, not STEP's per-loss table
     trainer.defualt_lcfg.update(patience=config.patience, delta=config.delta)
     trainer.init_optimizer(lr=config.lr)
-    stages.start_epochs()  # the trainer's writer hook closes each epoch's stage
     with trusted_checkpoints(config.trust_checkpoint):
         epochs = config.epochs_for(len(train_ind))  # --epochs, or sized to the tissue
         stopped = trainer.train_node_sampler(
@@ -301,7 +301,6 @@ def run_pipeline(
             gloader=(train_loader, valid_loader),
             dataset=dataset,
             resume_from=config.resume_from,
-            writer=stages,
         )
     if getattr(trainer, "interrupted", False):  # Ctrl-C: the state is saved, no outputs
         raise KeyboardInterrupt

@@ -12,7 +12,9 @@ import resource
 import time
 from contextlib import contextmanager
 
-__all__ = ["StageLog", "reset_peak_rss", "peak_rss_mb"]
+from stepgraph.train.callbacks import Callback
+
+__all__ = ["StageLog", "EpochTimer", "reset_peak_rss", "peak_rss_mb"]
 
 
 def reset_peak_rss() -> bool:
@@ -58,7 +60,6 @@ class StageLog:
 
     def __init__(self):
         self.rows: list[dict] = []
-        self._epoch_start: float | None = None
 
     @contextmanager
     def stage(self, name: str):
@@ -72,21 +73,36 @@ class StageLog:
                 {"stage": name, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(resettable)}
             )
 
-    # --- epochs, through the Trainer's writer hook -------------------------
-    def start_epochs(self) -> None:
-        """Start the clock of the first epoch (then pass this log as ``writer=``)."""
-        reset_peak_rss()
-        self._epoch_start = time.perf_counter()
-        self._epoch = None
+    def epoch_timer(self) -> EpochTimer:
+        """A Trainer callback that records each training epoch as a stage ``"epoch N"``."""
+        return EpochTimer(self)
 
-    def add_scalar(self, tag: str, value, step: int) -> None:
-        """The Trainer's end-of-epoch hook: the first call of an epoch closes it."""
-        if self._epoch_start is None or step == self._epoch:
-            return
-        now = time.perf_counter()
-        self.rows.append(
-            {"stage": f"epoch {step}", "seconds": now - self._epoch_start, "peak_rss_mb": peak_rss_mb(True)}
+
+class EpochTimer(Callback):
+    """Trainer callback: each epoch's seconds and peak memory, as rows of a :class:`StageLog`.
+
+    Parameters
+    ----------
+    log
+        The log that receives one row per epoch.
+    """
+
+    def __init__(self, log: StageLog):
+        self.log = log
+        self._resettable = False
+        self._start = time.perf_counter()
+
+    def _restart(self) -> None:
+        self._resettable = reset_peak_rss()
+        self._start = time.perf_counter()
+
+    def on_fit_start(self, trainer) -> None:
+        self._restart()
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        seconds = time.perf_counter() - self._start
+        epoch = int(metrics.get("epoch", len(self.log.rows)))
+        self.log.rows.append(
+            {"stage": f"epoch {epoch}", "seconds": seconds, "peak_rss_mb": peak_rss_mb(self._resettable)}
         )
-        self._epoch = step
-        reset_peak_rss()
-        self._epoch_start = time.perf_counter()
+        self._restart()

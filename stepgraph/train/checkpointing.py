@@ -1,10 +1,10 @@
 """The one owner of checkpoint files: their names, atomic writes and safe loads.
 
-:class:`Checkpointer` is the Trainer's checkpoint component (Lightning's
-``ModelCheckpoint`` is the model): it names the files of a
+:class:`ModelCheckpoint` is the Trainer's checkpoint component and a
+callback (Lightning's ``ModelCheckpoint`` is the model): it names the files of a
 ``checkpoint_dir`` (:data:`BEST_CHECKPOINT`, :data:`LAST_CHECKPOINT`,
-:data:`INTERRUPTED_CHECKPOINT`), decides when each is written, and keeps the
-best weights (:class:`BestWeights`), in ``best.pt`` or, without a
+:data:`INTERRUPTED_CHECKPOINT`), decides when each is written, ranks the epochs by a monitored value (min or
+max, top k), and keeps the best weights (:class:`BestWeights`), in ``best.pt`` or, without a
 ``checkpoint_dir``, in memory. :class:`TrainingCheckpoint` is the whole
 training state in one file; :func:`save_weights` writes a model's weights to
 a path a user named (``EarlyStopping(path=...)``). Every write in stepgraph
@@ -39,6 +39,8 @@ from typing import Any, cast
 
 import torch
 
+from stepgraph.train.callbacks import Callback
+
 __all__ = [
     "BEST_CHECKPOINT",
     "LAST_CHECKPOINT",
@@ -50,6 +52,7 @@ __all__ = [
     "trusted_checkpoints",
     "BestWeights",
     "TrainingCheckpoint",
+    "ModelCheckpoint",
     "Checkpointer",
 ]
 
@@ -289,8 +292,8 @@ def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
 class BestWeights:
     r"""The weights of the best check so far, in a file or in memory.
 
-    A value is better when it is lower than the best seen (any finite value is
-    better than none). With a ``path`` the weights are written there
+    A value is better when it is lower than the best seen (higher with
+    ``mode="max"``); any finite value is better than none. With a ``path`` the weights are written there
     atomically; without one a copy of the ``state_dict`` is kept on the CPU
     and nothing is written. Only a process that ``write``\ s keeps them; in a
     data-parallel run that is rank 0.
@@ -302,6 +305,8 @@ class BestWeights:
         keeps them in memory.
     write
         Whether this process keeps the weights.
+    mode
+        ``"min"`` (lower is better) or ``"max"``.
 
     Attributes
     ----------
@@ -311,9 +316,10 @@ class BestWeights:
         Whether ``path`` holds the weights of :attr:`best_score`.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, write: bool = True):
+    def __init__(self, path: str | os.PathLike | None = None, write: bool = True, mode: str = "min"):
         self.path = None if path is None else Path(path)
         self.write = write
+        self.mode = mode
         self.best_score: float | None = None
         self.checkpoint_written = False
         self._weights: dict[str, Any] | None = None
@@ -327,7 +333,9 @@ class BestWeights:
         """Record one check; keep ``model``'s weights when ``value`` is the best yet."""
         if not math.isfinite(value):  # NaN or infinite: never best
             return False
-        if self.best_score is not None and not value < self.best_score:
+        if self.best_score is not None and not (
+            value < self.best_score if self.mode == "min" else value > self.best_score
+        ):
             return False
         self.best_score = float(value)
         self._keep(model.state_dict())
@@ -419,6 +427,8 @@ class TrainingCheckpoint:
     VERSION = 2
     #: Components every state must hold when this run has them.
     REQUIRED = ("model", "optimizer", "early_stopping", "best", "trainer")
+    #: Components a state written by an earlier stepgraph may lack (restored as new).
+    OPTIONAL = ("callbacks",)
 
     def __init__(
         self,
@@ -493,7 +503,8 @@ class TrainingCheckpoint:
         rng = self._check_rng(payload.get("rng"), source)
         for name, component in self.components.items():
             saved = payload.get(name)
-            if component is not None and (name not in payload or (saved is None and name in self.REQUIRED)):
+            missing = name not in payload and name not in self.OPTIONAL
+            if component is not None and (missing or (saved is None and name in self.REQUIRED)):
                 raise ValueError(
                     f"{source} holds no {name} state: it is not a whole training state (a damaged or edited file)"
                 )
@@ -579,15 +590,23 @@ class TrainingCheckpoint:
         return state
 
 
-class Checkpointer:
-    """The one owner of the Trainer's checkpoint files.
+class ModelCheckpoint(Callback):
+    """The one owner of the Trainer's checkpoint files (Lightning's ``ModelCheckpoint``).
 
-    With a ``dirpath`` it writes, there, :data:`BEST_CHECKPOINT` whenever the
-    total validation loss improves, :data:`LAST_CHECKPOINT` every ``every``
-    epochs and at the end of a fit, and :data:`INTERRUPTED_CHECKPOINT` at a
-    ``KeyboardInterrupt``. Without one it writes nothing: the best weights are
-    kept in memory and no training state is saved (a user can still save one
-    to a path of their choosing with :meth:`save`).
+    With a ``dirpath`` it writes, there:
+
+    - :data:`BEST_CHECKPOINT`, the weights of the best epoch by ``monitor``;
+    - with ``save_top_k > 1``, the weights of each of the ``save_top_k`` best
+      epochs as ``epoch=NNNN.pt`` (a file leaving the top k is removed);
+    - :data:`LAST_CHECKPOINT`, the whole training state, every ``every`` epochs
+      and at the end of a fit (``save_last``);
+    - :data:`INTERRUPTED_CHECKPOINT` at a ``KeyboardInterrupt``.
+
+    Without a ``dirpath`` it writes nothing: the best weights are kept in
+    memory and no training state is saved (a user can still save one to a path
+    of their choosing with :meth:`save`). Every write is atomic. Give one to the
+    Trainer's ``callbacks`` to replace its default (the lowest ``val_total``,
+    in the Trainer's ``checkpoint_dir``).
 
     Parameters
     ----------
@@ -597,16 +616,54 @@ class Checkpointer:
         Write :data:`LAST_CHECKPOINT` every this many epochs (0: never).
     write
         Whether this process writes (rank 0 in a data-parallel run).
+    monitor
+        The metric that ranks epochs: any ``val_`` key of the history (a loss or
+        a metric the model logs, e.g. ``"val_accuracy"``), a training key, or
+        ``"val_total"``, the sum of the validation losses. An epoch without
+        the key (a fit without validation) is not ranked.
+    mode
+        ``"min"`` (lower is better) or ``"max"``.
+    save_top_k
+        How many best epochs keep their weights in files (at least 1; more than
+        one needs a ``dirpath``).
+    save_last
+        Write :data:`LAST_CHECKPOINT` (the state ``resume_from`` reads).
 
     Attributes
     ----------
     best : BestWeights
         The best weights of the current fit.
+    top_k : list[dict]
+        The ranked epochs with files: ``{"epoch", "score", "path"}`` (the file's
+        name in ``dirpath``), best first.
+
+    Examples
+    --------
+    >>> trainer = Trainer(model, callbacks=[ModelCheckpoint("ckpt", monitor="val_accuracy",
+    ...                                                     mode="max", save_top_k=3)])  # doctest: +SKIP
     """
 
-    def __init__(self, dirpath: str | os.PathLike | None = None, every: int = 1, write: bool = True):
+    def __init__(
+        self,
+        dirpath: str | os.PathLike | None = None,
+        every: int = 1,
+        write: bool = True,
+        monitor: str = "val_total",
+        mode: str = "min",
+        save_top_k: int = 1,
+        save_last: bool = True,
+    ):
+        from stepgraph._validation import check_choice, check_int
+
+        if not isinstance(monitor, str) or not monitor:
+            raise TypeError(f"monitor must be the name of a logged value, got monitor={monitor!r}")
+        self.mode = check_choice(mode, "mode", ("min", "max"))
+        self.save_top_k = cast(int, check_int(save_top_k, "save_top_k", minimum=1))
+        if self.save_top_k > 1 and dirpath is None:
+            raise ValueError(f"save_top_k={save_top_k} keeps files, so it needs a dirpath (checkpoint_dir)")
         self.dirpath = None if dirpath is None else Path(dirpath)
-        self.every, self.write = every, write
+        self.every = cast(int, check_int(every, "every", minimum=0))
+        self.write, self.monitor, self.save_last = write, monitor, bool(save_last)
         self.new_fit()
 
     def file(self, name: str) -> Path | None:
@@ -620,9 +677,41 @@ class Checkpointer:
     )
 
     def new_fit(self) -> BestWeights:
-        """Forget the best weights of an earlier fit."""
-        self.best = BestWeights(self.best_path, write=self.write)
+        """Forget the best weights and the top k of an earlier fit."""
+        self.best = BestWeights(self.best_path, write=self.write, mode=self.mode)
+        self.top_k: list[dict[str, Any]] = []
         return self.best
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        """Rank the epoch by :attr:`monitor`: keep the best weights and the top-k files."""
+        value = metrics.get(self.monitor)
+        if value is None:
+            if any(k.startswith("val_") for k in metrics) and self.monitor != "val_total":
+                raise KeyError(
+                    f"ModelCheckpoint monitor {self.monitor!r} is not among the logged values {sorted(metrics)}"
+                )
+            return
+        self.update(float(value), trainer.net, int(metrics.get("epoch", len(trainer.history))))
+
+    def update(self, value: float, model: torch.nn.Module, epoch: int) -> bool:
+        """Record ``epoch``'s ``value``; return whether it is the best so far."""
+        improved = self.best.update(value, model)
+        if self.save_top_k > 1 and math.isfinite(value) and self.write:
+            ranked = sorted(
+                [*self.top_k, {"epoch": epoch, "score": value, "path": None}],
+                key=lambda r: r["score"] if self.mode == "min" else -r["score"],
+            )
+            kept, dropped = ranked[: self.save_top_k], ranked[self.save_top_k :]
+            for row in kept:
+                if row["path"] is None:
+                    row["path"] = f"epoch={epoch:04d}.pt"
+                    atomic_save(model.state_dict(), cast(Path, self.file(row["path"])))
+            for row in dropped:
+                if row["path"] is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(cast(Path, self.file(row["path"])))
+            self.top_k = kept
+        return improved
 
     def save(
         self, state: TrainingCheckpoint, path: str | os.PathLike, progress: dict[str, Any], collective: bool = True
@@ -634,10 +723,10 @@ class Checkpointer:
         """Write :data:`LAST_CHECKPOINT` when one is due (every :attr:`every` epochs, and at the
         ``final`` epoch of a fit); return its path, or ``None`` when nothing was written.
         """
-        due = self.every and (progress["epoch"] % self.every == 0 or final)
+        due = self.save_last and self.every and (progress["epoch"] % self.every == 0 or final)
         if self.dirpath is None or not due:
             return None
-        return self.save(state, self.last_path, progress)
+        return self.save(state, cast(Path, self.last_path), progress)
 
     def interrupted(self, state: TrainingCheckpoint, progress: dict[str, Any]) -> Path | None:
         """Write :data:`INTERRUPTED_CHECKPOINT` (this rank's RNG state only: ranks are not in
@@ -645,4 +734,23 @@ class Checkpointer:
         """
         if self.dirpath is None:
             return None
-        return self.save(state, self.interrupted_path, progress, collective=False)
+        return self.save(state, cast(Path, self.interrupted_path), progress, collective=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The top-k ranking (the best weights are the training state's ``best`` component)."""
+        return {"monitor": self.monitor, "mode": self.mode, "top_k": [dict(r) for r in self.top_k]}
+
+    def load_state_dict(self, state) -> None:
+        """Restore the ranking of the files still in :attr:`dirpath`."""
+        if state.get("monitor", self.monitor) != self.monitor or state.get("mode", self.mode) != self.mode:
+            raise ValueError(
+                f"the saved run ranked checkpoints by {state.get('monitor')!r} ({state.get('mode')}), "
+                f"this one by {self.monitor!r} ({self.mode})"
+            )
+        self.top_k = [
+            dict(r) for r in state.get("top_k", []) if r.get("path") and cast(Path, self.file(r["path"])).is_file()
+        ]
+
+
+#: The earlier name of :class:`ModelCheckpoint`.
+Checkpointer = ModelCheckpoint

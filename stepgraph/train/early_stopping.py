@@ -16,15 +16,18 @@ from typing import Any, cast
 import torch
 
 from stepgraph._validation import check_choice, check_int, check_number
+from stepgraph.train.callbacks import Callback
 from stepgraph.train.checkpointing import save_weights
 
 __all__ = ["EarlyStopping", "EarlyStoppingGroup", "STOP_RULES"]
+
+_SETTINGS = ("monitor", "stopping_threshold", "divergence_threshold", "check_finite")
 
 #: How the monitors' verdicts combine: every loss stalled, one stalled, or the sum stalled.
 STOP_RULES = ("all", "any", "total")
 
 
-class EarlyStopping:
+class EarlyStopping(Callback):
     """Stop training when a monitored value stops improving.
 
     A value *improves* when it is better than the best seen so far by more than
@@ -37,6 +40,14 @@ class EarlyStopping:
     :class:`~stepgraph.Trainer` the monitors have no ``path`` unless
     :attr:`~stepgraph.Trainer.lossconfig` gives one; the Trainer's own best
     weights are kept by its checkpoint component.
+
+    It also stops at once, whatever the patience, when the value is NaN or
+    infinite (``check_finite``), reaches ``stopping_threshold`` (good enough)
+    or passes ``divergence_threshold`` (hopeless); :attr:`stop_reason` says
+    which. Given a ``monitor`` and passed in the Trainer's ``callbacks``, it is
+    a callback: it watches that key of every epoch's metrics (any logged value,
+    e.g. ``monitor="val_accuracy", mode="max"``) and stops the fit with its
+    reason; the per-loss monitors of STEP's ``lossconfig`` still decide too.
 
     Parameters
     ----------
@@ -53,6 +64,21 @@ class EarlyStopping:
         Function that receives the verbose messages.
     mode
         ``"min"`` (lower is better, for losses) or ``"max"``.
+    monitor
+        As a callback: the key of the epoch's metrics to watch (``None``: the
+        Trainer feeds it, as one of its per-loss monitors).
+    stopping_threshold
+        Stop as soon as the value is at least this good (``<=`` in ``min``
+        mode, ``>=`` in ``max`` mode). ``None``: no such stop.
+    divergence_threshold
+        Stop as soon as the value is worse than this. ``None``: no such stop.
+    check_finite
+        Stop as soon as the value is NaN or infinite.
+
+    Attributes
+    ----------
+    stop_reason : str or None
+        Why :attr:`early_stop` is set, in words (``None`` while it is not).
 
     Examples
     --------
@@ -71,6 +97,10 @@ class EarlyStopping:
         path: str | os.PathLike | None = "checkpoint.pt",
         trace_func: Callable[[str], Any] = print,
         mode: str = "min",
+        monitor: str | None = None,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_finite: bool = True,
     ):
         if not (isinstance(patience, (int, float)) and not isinstance(patience, bool)):
             check_int(patience, "patience", minimum=1)  # raises, naming the type
@@ -83,9 +113,16 @@ class EarlyStopping:
         self.path = path
         self.trace_func = trace_func
         self.mode = mode
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise TypeError(f"monitor must be the name of a logged value or None, got monitor={monitor!r}")
+        self.monitor = monitor
+        self.stopping_threshold = check_number(stopping_threshold, "stopping_threshold", allow_none=True)
+        self.divergence_threshold = check_number(divergence_threshold, "divergence_threshold", allow_none=True)
+        self.check_finite = bool(check_finite)
         self.counter = 0
         self.best_score: float | None = None
         self.early_stop = False
+        self.stop_reason: str | None = None
         self.checkpoint_written = False
 
     @property
@@ -128,17 +165,53 @@ class EarlyStopping:
                 )
             self.best_score = value
             self.counter = 0
-            self.early_stop = False  # an improvement revokes an earlier stop signal
+            self.early_stop, self.stop_reason = False, None  # an improvement revokes an earlier stop signal
             if model is not None and self.path is not None:
                 save_weights(model, self.path)  # the checkpointing module does every write
                 self.checkpoint_written = True
+            self._check_thresholds(value)
             return True
         self.counter += 1
         if self.verbose:
             self.trace_func(f"EarlyStopping counter: {self.counter} out of {self.patience}")
-        if self.counter >= self.patience:
+        if self.counter >= self.patience and not self.early_stop:
             self.early_stop = True
+            self.stop_reason = f"best {self.val_loss_min:.4g}, no improvement for {self.counter} checks"
+        self._check_thresholds(value)
         return False
+
+    def _check_thresholds(self, value: float) -> None:
+        better = (lambda a, b: a <= b) if self.mode == "min" else (lambda a, b: a >= b)
+        if self.check_finite and not math.isfinite(value):
+            reason = f"the value is {value} (not finite)"
+        elif self.stopping_threshold is not None and better(value, self.stopping_threshold):
+            reason = f"{value:.4g} reached the stopping threshold {self.stopping_threshold:.4g}"
+        elif self.divergence_threshold is not None and not better(value, self.divergence_threshold):
+            reason = f"{value:.4g} is past the divergence threshold {self.divergence_threshold:.4g}"
+        else:
+            return
+        self.early_stop, self.stop_reason = True, reason
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        """As a callback (with a :attr:`monitor`): check the epoch's value, and stop the fit when told."""
+        if self.monitor is None:
+            raise ValueError(
+                "an EarlyStopping passed in callbacks needs monitor=, the logged value to watch (e.g. 'val_loss')"
+            )
+        if self.monitor not in metrics:
+            if any(k.startswith("val_") for k in metrics) or not self.monitor.startswith("val_"):
+                raise KeyError(
+                    f"EarlyStopping monitor {self.monitor!r} is not among the logged values {sorted(metrics)}"
+                )
+            return  # no validation in this fit: nothing to watch
+        self(metrics[self.monitor])
+        if self.early_stop:
+            trainer.request_stop(f"{self.monitor}: {self.stop_reason}")
+
+    @property
+    def state_key(self) -> str:
+        """``EarlyStopping[<monitor>]``: one state per monitored key in ``last.pt``."""
+        return f"EarlyStopping[{self.monitor}]"
 
     def state_dict(self) -> dict[str, Any]:
         """The state needed to resume: counter, best value, stop flag and settings."""
@@ -150,7 +223,12 @@ class EarlyStopping:
             "counter": self.counter,
             "best_score": self.best_score,
             "early_stop": self.early_stop,
+            "stop_reason": self.stop_reason,
             "checkpoint_written": self.checkpoint_written,
+            "monitor": self.monitor,
+            "stopping_threshold": self.stopping_threshold,
+            "divergence_threshold": self.divergence_threshold,
+            "check_finite": self.check_finite,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -161,7 +239,8 @@ class EarlyStopping:
         state
             The dict :meth:`state_dict` returned.
         """
-        for key in ("patience", "delta", "mode", "path", "counter", "best_score", "early_stop", "checkpoint_written"):
+        keys = ("patience", "delta", "mode", "path", "counter", "best_score", "early_stop", "checkpoint_written")
+        for key in (*keys, "stop_reason", *_SETTINGS):
             if key in state:
                 setattr(self, key, state[key])
 
@@ -268,6 +347,15 @@ class EarlyStoppingGroup:
             values = {"val_total": total}
         return values, total
 
+    @staticmethod
+    def total(losses: Mapping[str, Any], loss_names: Iterable[str] = ()) -> float:
+        """The sum of ``losses`` (with or without the ``val_`` prefix) whose names are
+        in ``loss_names`` (every value when it is empty); NaN when none.
+        """
+        names = set(loss_names)
+        values = [float(v) for k, v in sorted(losses.items()) if not names or k.removeprefix("val_") in names]
+        return float(sum(values)) if values else math.nan
+
     def step(self, values: Mapping[str, float], model: torch.nn.Module | None = None) -> bool:
         """Feed one check's values to the monitors; return whether the rule says stop.
 
@@ -290,10 +378,7 @@ class EarlyStoppingGroup:
         stop = bool(stalled) and (len(stalled) == len(self.monitors) or self.stop_on == "any")
         if stop:
             self.stop_code = f"{self.stop_on}_stalled"
-            self.stop_reason = "stopped on " + ", ".join(
-                f"{k} (best {self.monitors[k].best_score:.4g}, no improvement for {self.monitors[k].counter} checks)"
-                for k in stalled
-            )
+            self.stop_reason = "stopped on " + ", ".join(f"{k} ({self.monitors[k].stop_reason})" for k in stalled)
         return stop
 
     def state_dict(self) -> dict[str, Any]:
@@ -309,7 +394,9 @@ class EarlyStoppingGroup:
         self.monitors = {}
         for key, monitor_state in state["monitors"].items():
             monitor = EarlyStopping(
-                trace_func=self.trace_func, **{k: monitor_state[k] for k in ("patience", "delta", "mode", "path")}
+                trace_func=self.trace_func,
+                **{k: monitor_state[k] for k in ("patience", "delta", "mode", "path")},
+                **{k: monitor_state[k] for k in _SETTINGS if k in monitor_state},
             )
             monitor.load_state_dict(monitor_state)
             self.monitors[key] = monitor

@@ -19,7 +19,7 @@ from typing import cast
 import torch
 
 from stepgraph.progress import Progress
-from stepgraph.train.meter import LossMeter, tensor_losses, without_metadata
+from stepgraph.train.meter import LossMeter, without_metadata
 from stepgraph.train.state import LoopState
 
 __all__ = ["run_epoch", "evaluate", "end_epoch"]
@@ -65,6 +65,8 @@ def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Colle
 
 def _train_steps(hooks, state: LoopState, batches: Iterable, loss_call: Callable, meter: LossMeter) -> None:
     keys, last_shown = None, time.monotonic()
+    callbacks = _callbacks(hooks, state)
+    batch_hook = callbacks.wants("on_train_batch_end")
     total = len(cast(Sized, batches)) if hasattr(batches, "__len__") else None
     with Progress(
         total,
@@ -91,9 +93,9 @@ def _train_steps(hooks, state: LoopState, batches: Iterable, loss_call: Callable
                 continue
             hooks.cum_loss(loss_dict, meter, weight=weight)
             state.step += 1
-            if state.writer is not None and state.writer_every == "step" and hooks.strategy.is_main:
-                for key, value in tensor_losses(loss_dict).items():
-                    state.writer.add_scalar(key, float(value.detach()), state.step)
+            if batch_hook:
+                detached = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in loss_dict.items()}
+                callbacks.call("on_train_batch_end", hooks, detached, step)
             if progress.enabled and time.monotonic() - last_shown > 1.0:
                 progress.set_postfix(hooks.format_loss_dict(meter.compute(), state))
                 last_shown = time.monotonic()
@@ -120,24 +122,36 @@ def evaluate(hooks, batches: Iterable, loss_call: Callable, meter: LossMeter | N
     return {f"val_{k}": v for k, v in meter.compute().items()}
 
 
+def _callbacks(hooks, state: LoopState):
+    if state.callbacks is None:  # an epoch run outside a training call
+        state.callbacks = hooks.fit_callbacks(state.writer, state.writer_every)
+    return state.callbacks
+
+
 def end_epoch(hooks, state: LoopState, train_losses: dict, valid_losses: dict, loss_names: Collection[str]) -> bool:
-    """The end of an epoch: history, writer, early stopping and best weights
-    (:meth:`~stepgraph.Trainer.check_early_stop`), the LR scheduler and the
-    progress text. Returns whether early stopping fired.
+    """The end of an epoch: the history row, the early-stopping monitors
+    (:meth:`~stepgraph.Trainer.check_early_stop`), the callbacks
+    (``on_validation_end``, then ``on_epoch_end``: loggers, the user's, checkpoints
+    and best weights, the LR scheduler) and the progress text. Returns whether
+    the run stops (the monitors' rule, or a callback's
+    :meth:`~stepgraph.Trainer.request_stop`).
+
+    The callbacks' metrics are the history row plus ``total`` and ``val_total``:
+    the sums of the training and validation losses (values a model only logs
+    are not summed), unless the model logs values of those names itself.
     """
+    callbacks = _callbacks(hooks, state)
     lr = hooks.optimizer.param_groups[0]["lr"] if hooks.optimizer is not None else math.nan
-    hooks.history.append({"epoch": state.epoch, **train_losses, **valid_losses, "lr": lr})
-    if state.writer is not None and hooks.strategy.is_main:
-        logged = {**train_losses, **valid_losses} if state.writer_every == "epoch" else valid_losses
-        for key, value in logged.items():
-            state.writer.add_scalar(key, value, state.epoch if state.writer_every == "epoch" else state.step)
+    row = {"epoch": state.epoch, **train_losses, **valid_losses, "lr": lr}
+    hooks.history.append(row)
+    callbacks.call("on_validation_end", hooks, dict(valid_losses))
     stop = hooks.check_early_stop(valid_losses) if valid_losses else False
-    if isinstance(hooks.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        watched = valid_losses or {f"val_{k}": v for k, v in train_losses.items()}
-        _, total = hooks.stopping.monitored(watched, loss_names)
-        hooks.lr_scheduler.step(total)
-    elif hooks.lr_scheduler is not None:
-        hooks.lr_scheduler.step()
+    metrics = dict(row)
+    metrics.setdefault("total", hooks.stopping.total(train_losses, loss_names))
+    if valid_losses:
+        metrics.setdefault("val_total", hooks.stopping.total(valid_losses, loss_names))
+    state.metrics = metrics
+    callbacks.call("on_epoch_end", hooks, metrics)
     if state.tbar is not None:
         state.tbar.set_postfix(hooks.format_loss_dict(train_losses, state, valid_losses, endepoch=True))
-    return stop
+    return bool(stop) or hooks.stop_requested

@@ -255,12 +255,10 @@ def loader_call(trainer, call_func: Callable | None, dataset, loader) -> Callabl
     Trainer's own ``handle_ginput_tuple`` reads ``NeighborLoader`` batches only:
     a clear ``TypeError`` says what to do instead.
     """
-    from stepgraph.train.trainer import Trainer
-
     call = call_func or trainer.handle_ginput_tuple
     if _steps_form(call):
         return lambda batch, ind, step: call(batch, dataset, ind, step)
-    if call_func is None and getattr(call, "__func__", None) is Trainer.handle_ginput_tuple:
+    if call_func is None and getattr(call, "reads_neighbor_batches_only", False):  # the Trainer's own
         raise TypeError(
             f"gloader of type {type(loader).__name__} is not a torch_geometric NeighborLoader, "
             "whose batches the Trainer's own handle_ginput_tuple reads; override "

@@ -1,6 +1,7 @@
 """The loop skeleton: :func:`train_loop_formatter` turns a per-epoch method into a training loop.
 
-The loop owns the epochs, the epoch progress, resuming, the periodic and
+The loop owns the epochs, the epoch progress, resuming, the callbacks' fit
+hooks (``on_fit_start``, ``on_exception``, ``on_fit_end``), the periodic and
 interrupt checkpoints (written by the trainer's checkpoint component), the
 early-stopping message, the best-weights restore and the strategy's
 teardown. One epoch is the decorated method's business; the built-in ones run
@@ -108,8 +109,10 @@ def _fit(
     trainer, train_func: Callable, feed: Callable | None, state: LoopState, resume_from, args: tuple, kwargs: dict
 ) -> bool:
     epochs = state.epochs
+    callbacks = state.callbacks = trainer._fit_callback_list = trainer.fit_callbacks(state.writer, state.writer_every)
+    trainer.loop_state = state
     if resume_from is None:
-        trainer.begin_fit()
+        trainer.begin_fit()  # a resumed run gets its stop request, if any, from the file
     trainer.active_feed = None if feed is None else feed(trainer, *args, **kwargs)
     done, stopped = trainer.load_training_state(resume_from, state) if resume_from is not None else (0, False)
     completed, state.first_epoch = done, done + 1
@@ -117,6 +120,7 @@ def _fit(
         epochs, f"Epoch {done + 1}/{epochs}", "epochs", enabled=trainer.progress, initial=done, leave=True
     )
     try:
+        callbacks.call("on_fit_start", trainer)
         for epoch in range(done + 1, epochs + 1):
             if stopped:
                 break
@@ -130,9 +134,10 @@ def _fit(
                 trainer._training_progress(state, completed, stopped),
                 final=stopped or epoch == epochs,
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         state.tbar.close()
         trainer.interrupted = True
+        callbacks.call("on_exception", trainer, err)
         saved = trainer.checkpoints.interrupted(
             trainer._training_checkpoint(), trainer._training_progress(state, completed, stopped)
         )
@@ -147,10 +152,14 @@ def _fit(
         )
         trainer.trace_func(f"Interrupted after {completed} completed epoch(s) of {epochs}; {where}")
         return False
+    except BaseException as err:
+        callbacks.call("on_exception", trainer, err)
+        raise
     finally:
         state.tbar.close()
     if stopped and trainer.stop_reason:
         trainer.trace_func(f"Early stopping at epoch {len(trainer.history)}/{epochs}: {trainer.stop_reason}")
     if trainer.restore_best:
         trainer.restore_best_weights()
+    callbacks.call("on_fit_end", trainer)
     return stopped

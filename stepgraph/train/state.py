@@ -39,6 +39,10 @@ class LoopState:
         ``"epoch"``: epoch means against the epoch number; ``"step"``: every
         training step's losses against the global step (as STEP's writer), and
         validation at the end of each epoch against the same step.
+    callbacks : stepgraph.train.callbacks.CallbackList or None
+        The callbacks of this fit (:meth:`~stepgraph.Trainer.fit_callbacks`).
+    metrics : dict
+        The last ended epoch's metrics, as the callbacks received them.
     start_time : float
         ``time.time()`` when the loop started.
     extra : dict
@@ -51,6 +55,8 @@ class LoopState:
     tbar: Any = None
     writer: Any = None
     writer_every: str = "epoch"
+    callbacks: Any = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     start_time: float = dataclasses.field(default_factory=time.time)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 

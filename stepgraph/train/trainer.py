@@ -9,9 +9,11 @@ optimizer step (:meth:`Trainer.update_model_params`), the
 :class:`~stepgraph.LossMeter`, validation through the public ``validate_*``
 hooks, then the epoch's end: history, writer, early stopping
 (:class:`~stepgraph.train.early_stopping.EarlyStoppingGroup`), best weights and
-the LR scheduler. Data parallelism is the strategy's business
-(:mod:`stepgraph.train.strategies`); every checkpoint file is the
-:class:`~stepgraph.train.checkpointing.Checkpointer`'s.
+the callbacks (:mod:`stepgraph.train.callbacks`: the LR scheduler, the
+loggers, the user's own, and the
+:class:`~stepgraph.train.checkpointing.ModelCheckpoint`, which owns every
+checkpoint file). Data parallelism is the strategy's business
+(:mod:`stepgraph.train.strategies`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from stepgraph._validation import as_index, check_choice, check_int, check_numbe
 from stepgraph.data.loaders import make_loaders as _make_loaders
 from stepgraph.data.split import random_split_indices
 from stepgraph.train import feeds, layerwise
-from stepgraph.train.checkpointing import Checkpointer, TrainingCheckpoint
+from stepgraph.train.callbacks import CallbackList, LRSchedulerStep
+from stepgraph.train.checkpointing import ModelCheckpoint, TrainingCheckpoint
 from stepgraph.train.early_stopping import EarlyStopping, EarlyStoppingGroup
 from stepgraph.train.epoch import evaluate, run_epoch
 from stepgraph.train.loop import train_loop_formatter
@@ -108,7 +111,8 @@ class Trainer:
         ``"all"`` (stop when every validation loss stalled, STEP's rule), ``"any"``
         (when one has) or ``"total"`` (one monitor on their sum).
     restore_best
-        Load the best weights (lowest total validation loss) at the end of training;
+        Load the best weights (by the checkpoint's ``monitor``: the lowest total
+        validation loss by default) at the end of training;
         ``None`` (default): when :attr:`use_earlystop` is on. STEP keeps the last
         weights: ``restore_best=False`` does the same.
     use_earlystop
@@ -138,6 +142,12 @@ class Trainer:
         ``"raise"`` stops at a NaN or infinite training loss with
         :class:`NonFiniteLossError`; ``"skip"`` skips such batches, counted in
         :attr:`skipped_batches`.
+    callbacks
+        :class:`~stepgraph.train.callbacks.Callback` instances called at fixed
+        points of every fit (their states are saved in ``last.pt``). A
+        :class:`~stepgraph.train.checkpointing.ModelCheckpoint` among them
+        replaces the default one (lowest ``val_total`` in ``checkpoint_dir``);
+        an :class:`EarlyStopping` with a ``monitor`` stops on that value.
 
     Attributes
     ----------
@@ -150,8 +160,13 @@ class Trainer:
     stopping : EarlyStoppingGroup
         Decides when to stop; :attr:`early_stopping`, :attr:`lossconfig` and
         :attr:`defualt_lcfg` are its monitors and settings.
-    checkpoints : Checkpointer
-        The owner of the checkpoint files (their names, every write).
+    checkpoints : ModelCheckpoint
+        The owner of the checkpoint files (their names, every write) and of
+        the best weights.
+    callbacks : list
+        The callbacks given to the constructor (a list you may extend).
+    loop_state : LoopState or None
+        The progress of the current (or last) fit: ``epoch``, ``epochs``, ``step``.
     strategy : Strategy
         How the run is spread over processes
         (:class:`~stepgraph.train.strategies.SingleDeviceStrategy` or
@@ -206,6 +221,7 @@ class Trainer:
         distributed: bool | None = None,
         find_unused_parameters: bool = False,
         precision: str | int = "32",
+        callbacks: Iterable[Any] = (),
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got model of type {type(model).__name__}")
@@ -233,7 +249,24 @@ class Trainer:
         self.trace_func = trace_func if self.strategy.is_main else (lambda message: None)
         self.stopping.trace_func = self.trace_func
         self.on_nonfinite = on_nonfinite
-        self.checkpoints = Checkpointer(checkpoint_dir, every=checkpoint_every, write=self.strategy.is_main)
+        self.callbacks = list(CallbackList(callbacks))  # checks each item
+        given = [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
+        if len(given) > 1:
+            raise ValueError(f"callbacks holds {len(given)} ModelCheckpoint objects; the one owner of files is one")
+        if given:
+            if checkpoint_dir is not None and given[0].dirpath != Path(checkpoint_dir):
+                raise ValueError(
+                    f"checkpoint_dir={str(checkpoint_dir)!r} and the ModelCheckpoint's dirpath "
+                    f"{str(given[0].dirpath)!r} differ; give one of them"
+                )
+            self.callbacks.remove(given[0])
+            self.checkpoints = given[0]
+            self.checkpoints.write = self.strategy.is_main
+        else:
+            self.checkpoints = ModelCheckpoint(checkpoint_dir, every=checkpoint_every, write=self.strategy.is_main)
+        self.loop_state: LoopState | None = None
+        self._stop_request: str | None = None
+        self._fit_callback_list: CallbackList | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler = None
         self._graph_dataset = None
@@ -242,6 +275,7 @@ class Trainer:
         self._reset_run()
 
     def _reset_run(self) -> None:
+        self._stop_request = None
         self.skipped_batches = 0
         self.interrupted = False
         self.history: list[dict[str, float]] = []
@@ -270,8 +304,44 @@ class Trainer:
         self._restore_best = value
 
     stop_reason = property(
-        lambda self: self.stopping.stop_reason, doc="Why the last run stopped early, in words (``None`` if it did not)."
+        lambda self: self._stop_request or self.stopping.stop_reason,
+        doc="Why the last run stopped early, in words (``None`` if it did not).",
     )
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the fit at the end of this epoch (for callbacks), saying why in :attr:`stop_reason`.
+
+        Parameters
+        ----------
+        reason
+            Why, in words; the trainer reports it when the fit stops.
+        """
+        if not isinstance(reason, str) or not reason:
+            raise TypeError(f"reason must be a non-empty string, got reason={reason!r}")
+        if self._stop_request is None:
+            self._stop_request = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a callback asked the current fit to stop (:meth:`request_stop`)."""
+        return self._stop_request is not None
+
+    def fit_callbacks(self, writer=None, writer_every: str = "epoch") -> CallbackList:
+        """The callbacks of one fit, in the order they run: the ``writer``'s
+        :class:`~stepgraph.train.loggers.ScalarWriter`, the user's :attr:`callbacks`,
+        the checkpoints (:attr:`checkpoints`) and the LR scheduler's step.
+
+        Parameters
+        ----------
+        writer
+            Anything with ``add_scalar(tag, value, step)``, or ``None``.
+        writer_every
+            ``"epoch"`` or ``"step"`` (see :class:`~stepgraph.train.loggers.ScalarWriter`).
+        """
+        from stepgraph.train.loggers import ScalarWriter
+
+        front = [] if writer is None else [ScalarWriter(writer, writer_every)]
+        return CallbackList([*front, *self.callbacks, self.checkpoints, LRSchedulerStep()])
 
     @property
     def early_stopping(self) -> dict[str, EarlyStopping]:
@@ -532,7 +602,9 @@ class Trainer:
         return self.stopping.setup(names)
 
     def check_early_stop(self, total_loss_dict: Mapping[str, float]) -> bool:
-        """Feed the validation losses to the monitors and the best weights (:attr:`best`).
+        """Feed the validation losses to the early-stopping monitors (:attr:`stopping`).
+
+        The best weights are the checkpoint callback's (:attr:`checkpoints`), at the epoch's end.
 
         Parameters
         ----------
@@ -544,12 +616,10 @@ class Trainer:
         bool
             ``True`` when the :attr:`stop_on` rule is met.
         """
-        values, total = self.stopping.monitored(total_loss_dict, self._loss_names)
+        values, _ = self.stopping.monitored(total_loss_dict, self._loss_names)
         if not values:
             return False
-        stop = self.use_earlystop and self.stopping.step(values, self.model if self.strategy.is_main else None)
-        self.best.update(total, self.model)
-        return stop
+        return self.use_earlystop and self.stopping.step(values, self.model if self.strategy.is_main else None)
 
     def restore_best_weights(self) -> bool:
         """Load the best weights of the last run (rank 0's, on every rank); return whether
@@ -612,12 +682,14 @@ class Trainer:
             "best": self.best,
             "trainer": _RunRecord(self),
             "path": self.active_feed,
+            "callbacks": self._fit_callback_list,
         }
         hints = {
             "model": "it was written for another model",
             "optimizer": "the optimizer differs from the saved one: call init_optimizer as in the interrupted run",
             "lr_scheduler": "call set_lr_scheduler as in the interrupted run before resuming",
             "path": "resume with the same training call and loaders",
+            "callbacks": "resume with the same callbacks",
         }
         return TrainingCheckpoint(components, self.strategy, hints, identity=self.run_identity)
 
@@ -773,6 +845,8 @@ class Trainer:
             input_tuple, self.graph_dataset, self.device, per_hop=feeds.takes_per_hop(self.model.loss)
         )
         return self.strategy.loss_forward(self.model, inputs.pop("x"), ind=ind.to(self.device), **inputs)
+
+    handle_ginput_tuple.reads_neighbor_batches_only = True  # type: ignore[attr-defined]  # see feeds.graph_call
 
     # ------------------------------------------------------ training paths
     @train_loop_formatter(feed=feeds.TensorBatchFeed)
@@ -1084,9 +1158,15 @@ class _RunRecord:
 
     def state_dict(self) -> dict[str, Any]:
         t = self.trainer
-        return {"history": list(t.history), "loss_names": sorted(t._loss_names), "skipped_batches": t.skipped_batches}
+        return {
+            "history": list(t.history),
+            "loss_names": sorted(t._loss_names),
+            "skipped_batches": t.skipped_batches,
+            "stop_request": t._stop_request,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         t = self.trainer
         t.history, t._loss_names = list(state["history"]), set(state["loss_names"])
         t.skipped_batches = state["skipped_batches"]
+        t._stop_request = state.get("stop_request")

@@ -1,0 +1,204 @@
+"""Callbacks: code that runs at fixed points of a fit, without editing the loop (Lightning's model).
+
+A :class:`Callback` overrides any of the hooks below; each receives the
+:class:`~stepgraph.Trainer` (its ``model``, ``optimizer``, ``history``,
+``loop_state`` with the epoch and step, and :meth:`~stepgraph.Trainer.request_stop`):
+
+=========================  ==============================================================
+hook                       when
+=========================  ==============================================================
+``on_fit_start``           a training call starts (after a ``resume_from`` state is loaded)
+``on_train_batch_end``     after each optimizer step, with the batch's losses (detached tensors)
+``on_validation_end``      after the epoch's validation, with the ``val_`` values
+``on_epoch_end``           after each epoch, with its metrics (the history row, plus
+                           ``val_total``: the sum of the validation losses)
+``on_exception``           the fit raised (``KeyboardInterrupt`` included)
+``on_fit_end``             the fit ended normally (after the best weights are restored)
+=========================  ==============================================================
+
+Each callback has a :meth:`~Callback.state_dict`; the Trainer saves the states in
+``last.pt`` and restores them on ``resume_from``, so a resumed run continues
+where the callback left off. Callbacks run on every process of a data-parallel
+run; those that write files (loggers, checkpoints) write on rank 0 only.
+
+The engine's own end-of-epoch work is made of callbacks too:
+:class:`~stepgraph.train.checkpointing.ModelCheckpoint` (best, top-k and last
+files), :class:`~stepgraph.train.early_stopping.EarlyStopping` given a
+``monitor``, :class:`LRSchedulerStep`, and the loggers of
+:mod:`stepgraph.train.loggers` (:class:`~stepgraph.train.loggers.ScalarWriter` is the
+``writer=`` argument of a training call).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["Callback", "CallbackList", "LRSchedulerStep"]
+
+HOOKS = (
+    "on_fit_start",
+    "on_train_batch_end",
+    "on_validation_end",
+    "on_epoch_end",
+    "on_exception",
+    "on_fit_end",
+)
+
+
+class Callback:
+    """Base class of callbacks: every hook does nothing; override the ones you need.
+
+    Examples
+    --------
+    >>> class StopAtAccuracy(Callback):
+    ...     def on_epoch_end(self, trainer, metrics):
+    ...         if metrics.get("val_accuracy", 0.0) > 0.95:
+    ...             trainer.request_stop("validation accuracy above 0.95")
+    """
+
+    def on_fit_start(self, trainer) -> None:
+        """A training call starts (a resumed one after its state was loaded)."""
+
+    def on_train_batch_end(self, trainer, losses: Mapping[str, torch.Tensor], step: int) -> None:
+        """One optimizer step was taken.
+
+        Parameters
+        ----------
+        trainer
+            The :class:`~stepgraph.Trainer`.
+        losses
+            The batch's losses as the model returned them, tensors detached
+            (reading a value with ``float()`` waits for the device).
+        step
+            The batch's index in the epoch (``trainer.loop_state.step`` counts
+            optimizer steps over the run).
+        """
+
+    def on_validation_end(self, trainer, metrics: Mapping[str, float]) -> None:
+        """The epoch's validation ended; ``metrics`` holds its ``val_`` values (empty without one)."""
+
+    def on_epoch_end(self, trainer, metrics: Mapping[str, float]) -> None:
+        """An epoch ended; ``metrics`` is its history row plus ``val_total`` (with a validation)."""
+
+    def on_exception(self, trainer, exception: BaseException) -> None:
+        """The fit raised ``exception`` (it is raised again after every callback ran)."""
+
+    def on_fit_end(self, trainer) -> None:
+        """The fit ended without an exception."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue (plain types and tensors); empty by default."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state returned by :meth:`state_dict`."""
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in ``last.pt`` (the class name by default)."""
+        return type(self).__qualname__
+
+
+class CallbackList:
+    """The callbacks of one fit, called in order; also the ``callbacks`` component of ``last.pt``.
+
+    Parameters
+    ----------
+    callbacks
+        :class:`Callback` instances (anything with the hooks it needs; missing
+        hooks are skipped).
+
+    Raises
+    ------
+    TypeError
+        When an item is a class rather than an instance, or has none of the hooks.
+    """
+
+    def __init__(self, callbacks: Iterable[Any] = ()):
+        self.callbacks = list(callbacks)
+        for i, callback in enumerate(self.callbacks):
+            if isinstance(callback, type):
+                raise TypeError(f"callbacks[{i}] is the class {callback.__name__}; pass an instance")
+            if not any(callable(getattr(callback, hook, None)) for hook in HOOKS):
+                raise TypeError(
+                    f"callbacks[{i}] of type {type(callback).__name__} has none of the hooks {', '.join(HOOKS)}"
+                )
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+    def wants(self, hook: str) -> bool:
+        """Whether any callback implements ``hook`` (the base class's no-op does not count)."""
+        for callback in self.callbacks:
+            method = getattr(type(callback), hook, None)
+            if method is not None and method is not getattr(Callback, hook):
+                return True
+        return False
+
+    def call(self, hook: str, *args) -> None:
+        """Call ``hook(*args)`` on every callback that has it, in order."""
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(*args)
+
+    def _keys(self) -> list[str]:
+        keys, seen = [], {}
+        for callback in self.callbacks:
+            key = getattr(callback, "state_key", type(callback).__qualname__)
+            seen[key] = seen.get(key, 0) + 1
+            keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+        return keys
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{state_key: state}`` of every callback with a ``state_dict`` (a repeated key gets ``#2``, ...)."""
+        return {
+            key: callback.state_dict()
+            for key, callback in zip(self._keys(), self.callbacks)
+            if callable(getattr(callback, "state_dict", None))
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Give each callback its saved state; a callback without one starts afresh.
+
+        Raises
+        ------
+        ValueError
+            When the file holds the state of a callback this fit does not have.
+        """
+        keys = self._keys()
+        unknown = sorted(set(state) - set(keys))
+        if unknown:
+            raise ValueError(
+                f"the saved run had callbacks {unknown} that this call does not; pass the same callbacks to resume"
+            )
+        for key, callback in zip(keys, self.callbacks):
+            if key in state and callable(getattr(callback, "load_state_dict", None)):
+                callback.load_state_dict(state[key])
+
+
+class LRSchedulerStep(Callback):
+    """Step the Trainer's ``lr_scheduler`` once per epoch (the Trainer adds this one itself).
+
+    A ``ReduceLROnPlateau`` is stepped with ``val_total`` (the training total
+    without a validation).
+    """
+
+    def on_epoch_end(self, trainer, metrics):
+        scheduler = trainer.lr_scheduler
+        if scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            value = metrics.get("val_total")
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                value = metrics.get("total", math.nan)
+            scheduler.step(value)
+        else:
+            scheduler.step()
