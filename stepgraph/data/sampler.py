@@ -22,8 +22,7 @@ import torch
 import torch_geometric.typing
 from torch import Tensor
 from torch_geometric.data import Data
-from torch_geometric.sampler import NeighborSampler, SamplerOutput
-from torch_geometric.sampler.base import NumNeighbors, SubgraphType
+from torch_geometric.sampler import BaseSampler, NeighborSampler, NodeSamplerInput, NumNeighbors, SamplerOutput
 
 from stepgraph._validation import check_choice, check_instance
 
@@ -50,7 +49,7 @@ def has_native_sampler() -> bool:
     return bool(torch_geometric.typing.WITH_PYG_LIB or torch_geometric.typing.WITH_TORCH_SPARSE)
 
 
-class BuiltinNeighborSampler(NeighborSampler):
+class BuiltinNeighborSampler(BaseSampler):
     r"""A pure-torch neighbour sampler for
     :class:`~torch_geometric.loader.NeighborLoader` on homogeneous graphs.
 
@@ -135,7 +134,7 @@ class BuiltinNeighborSampler(NeighborSampler):
         self,
         data: Data,
         num_neighbors: NumNeighbors | Sequence[int],
-        subgraph_type: SubgraphType | str = "directional",
+        subgraph_type: str = "directional",
         replace: bool = False,
         is_sorted: bool = False,
         share_memory: bool = False,
@@ -143,31 +142,44 @@ class BuiltinNeighborSampler(NeighborSampler):
     ):
         check_instance(data, "data", Data, "a torch_geometric.data.Data (a homogeneous graph)")
         # "induced" is PyG's third kind; this sampler does not build induced subgraphs
-        check_choice(SubgraphType(subgraph_type).value, "subgraph_type", ("directional", "bidirectional"))
+        self.subgraph_type = check_choice(
+            str(getattr(subgraph_type, "value", subgraph_type)), "subgraph_type", ("directional", "bidirectional")
+        )
         for name, default in (("disjoint", False), ("time_attr", None), ("weight_attr", None)):
-            if kwargs.get(name, default) != default:
+            value = kwargs.pop(name, default)
+            if value != default:
                 raise ValueError(
-                    f"BuiltinNeighborSampler does not support {name}={kwargs[name]!r}; "
+                    f"BuiltinNeighborSampler does not support {name}={value!r}; "
                     f"use PyG's NeighborSampler with pyg-lib for it"
                 )
-        with warnings.catch_warnings():
-            # PyG warns that sampling without pyg-lib is deprecated; the
-            # warning is about its own fallback, not this sampler.
-            warnings.filterwarnings("ignore", message=".*pyg-lib.*")
-            super().__init__(
-                data,
-                num_neighbors=num_neighbors,
-                subgraph_type=subgraph_type,
-                replace=replace,
-                is_sorted=is_sorted,
-                share_memory=share_memory,
-                **kwargs,
-            )
-        if isinstance(self.num_neighbors.values, dict):
+        kwargs.pop("directed", None)  # PyG's deprecated switch; edges are always directed here
+        kwargs.pop("temporal_strategy", None)  # no temporal sampling: nothing to choose
+        if kwargs:
+            raise TypeError(f"BuiltinNeighborSampler got unexpected arguments {sorted(kwargs)}")
+        fanout = num_neighbors.values if isinstance(num_neighbors, NumNeighbors) else num_neighbors
+        if isinstance(fanout, dict):
             raise ValueError("'num_neighbors' must be a list of ints for a homogeneous graph")
-        self.colptr: Tensor = self.colptr.to(torch.long)
-        self.row: Tensor = self.row.to(torch.long)
+        self.num_neighbors = NumNeighbors([int(k) for k in fanout])
+        self.replace = bool(replace)
+        self.num_nodes = int(data.num_nodes)
+        # the CSC layout: incoming edges of each node, contiguous; ``perm`` maps a slot to its edge id
+        src, dst = data.edge_index[0].to(torch.long), data.edge_index[1].to(torch.long)
+        self.perm: Tensor | None = None if is_sorted else torch.argsort(dst, stable=True)
+        if self.perm is not None:
+            src, dst = src.index_select(0, self.perm), dst.index_select(0, self.perm)
+        self.row = src
+        self.colptr = torch.zeros(self.num_nodes + 1, dtype=torch.long)
+        torch.cumsum(torch.bincount(dst, minlength=self.num_nodes), 0, out=self.colptr[1:])
+        if share_memory:
+            for tensor in (self.row, self.colptr, self.perm):
+                if tensor is not None:
+                    tensor.share_memory_()
         self._local = threading.local()
+
+    @property
+    def edge_permutation(self) -> Tensor | None:
+        """Edge ids of the CSC slots (``None`` when ``edge_index`` came sorted by target)."""
+        return self.perm
 
     def __getstate__(self):
         # The per-thread lookup table is rebuilt lazily in each process.
@@ -187,22 +199,29 @@ class BuiltinNeighborSampler(NeighborSampler):
             self._local.table = table
         return table
 
-    def _sample(self, seed, seed_time=None, **kwargs) -> SamplerOutput:
-        if isinstance(seed, dict):
+    def sample_from_nodes(self, index: NodeSamplerInput, **kwargs) -> SamplerOutput:
+        """Sample the neighbourhoods of ``index.node`` (PyG's public sampler interface)."""
+        if index.input_type is not None:
             raise TypeError("BuiltinNeighborSampler supports homogeneous graphs only")
-        if seed_time is not None:
+        if index.time is not None:
             raise ValueError("BuiltinNeighborSampler does not support temporal sampling")
-
-        seed = seed.to(torch.long)
+        seed = index.node.to(torch.long)
         table = self._lookup_table()
         try:
             out = self._sample_hops(seed, table)
         finally:
             table.index_fill_(0, seed, -1)  # later nodes are reset in _sample_hops
-        # PyG >= 2.6 may sample backwards (edges from the seeds outwards); 2.5 only forwards
-        if getattr(self, "sample_direction", "forward") == "backward":
-            out.row, out.col = out.col, out.row
+        out.metadata = (index.input_id, index.time)
+        if self.subgraph_type == "bidirectional":
+            out = out.to_bidirectional()
         return out
+
+    def sample_from_edges(self, index, neg_sampling=None) -> SamplerOutput:
+        """Not supported: link-level loaders need PyG's ``NeighborSampler`` (pyg-lib or torch-sparse)."""
+        raise NotImplementedError(
+            "BuiltinNeighborSampler samples from nodes only; LinkNeighborLoader needs PyG's NeighborSampler "
+            "(install pyg-lib or torch-sparse)"
+        )
 
     def _sample_hops(self, seed: Tensor, table: Tensor) -> SamplerOutput:
         colptr, row = self.colptr, self.row
@@ -343,7 +362,7 @@ def make_neighbor_sampler(
     num_neighbors: Sequence[int],
     backend: Literal["auto", "builtin", "pyg"] = "auto",
     **kwargs,
-) -> NeighborSampler:
+) -> BaseSampler:
     r"""Creates the neighbour sampler that a
     :class:`~torch_geometric.loader.NeighborLoader` should use.
 

@@ -157,6 +157,14 @@ class PipelineConfig:
         choices=SCALINGS,
         kw_only=True,
     )
+    target_sum: float | str = _setting(
+        1e4,
+        "each cell's counts are scaled to this total before the log: a number, or median (the median "
+        "total of the cells)",
+        "log-CP10k, the convention of scanpy's tutorials, STAGATE and SpaGCN",
+        cli=False,
+        kw_only=True,
+    )
     n_pcs: int | None = _setting(
         None,
         "principal components of the model input (centred or scaled genes, see scaling; fitted on neighbourhood means)",
@@ -542,6 +550,7 @@ class PipelineConfig:
             "max_cells": self.feature_max_cells,
             "clip": self.feature_clip,
             "seed": self.seed,
+            "target_sum": self.target_sum,
         }
 
     def cluster_options(self) -> dict:

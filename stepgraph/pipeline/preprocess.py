@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from stepgraph._validation import check_choice, check_counts, check_finite, check_int
+from stepgraph._validation import check_choice, check_counts, check_finite, check_int, check_number
 from stepgraph.graph.ops import neighborhood_mean_operator
 
 __all__ = ["log_normalise", "highly_variable_genes", "principal_components", "ExpressionFeatures", "SCALINGS"]
@@ -46,6 +46,12 @@ def log_normalise(matrix, target_sum: float = 1e4) -> sp.csr_matrix | np.ndarray
     totals = out.sum(axis=1, keepdims=True)
     scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
     return np.log1p(out * scale)
+
+
+def _median_total(totals: np.ndarray) -> float:
+    """The median count total of the cells that have counts (1 when none has)."""
+    totals = totals[totals > 0]
+    return float(np.median(totals)) if totals.size else 1.0
 
 
 def _column_mean_var(matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +217,12 @@ class ExpressionFeatures:
         Centred (and scaled) values are clipped to ``[-clip, clip]``.
     seed
         Seed of the cell subset and of the PCA solver.
+    target_sum
+        Each cell's counts are scaled to this total before the log: a
+        number (10,000: log-CP10k), or ``"median"``, the median total of the
+        fitted cells (scanpy's ``normalize_total`` default), which keeps a
+        single count near 1 on a panel of a few hundred counts per cell
+        rather than near 100.
     scaling
         ``"zscore"`` (each gene centred and scaled to unit variance),
         ``"center"`` (centred only: each gene keeps its variance of
@@ -237,7 +249,14 @@ class ExpressionFeatures:
         clip: float = 10.0,
         seed: int = 0,
         scaling: str = "auto",
+        target_sum: float | str = 1e4,
     ):
+        if isinstance(target_sum, str):
+            check_choice(target_sum, "target_sum", ("median",))
+        else:
+            check_number(target_sum, "target_sum", positive=True)
+        self.target_sum = target_sum
+        self.target_sum_: float | None = None
         self.n_top_genes = check_int(n_top_genes, "n_top_genes", minimum=1)
         self.scaling = check_choice(scaling, "scaling", SCALINGS)
         self.zscored_ = None
@@ -305,7 +324,9 @@ class ExpressionFeatures:
         block = RowReader(matrix).read_unique(rows)[1] if is_on_disk(matrix) else matrix[rows]
         check_finite(block, "matrix (the counts)", row_ids=rows)
         check_counts(block, "matrix (the counts)", row_ids=rows)
-        logged = log_normalise(block)
+        totals = np.asarray(block.sum(axis=1)).ravel()[np.isin(rows, subset)]
+        self.target_sum_ = float(self.target_sum) if not isinstance(self.target_sum, str) else _median_total(totals)
+        logged = log_normalise(block, self.target_sum_)
         in_subset = np.isin(rows, subset)
         codes = None if sections is None else _section_codes(sections, n_obs)
         self.genes = highly_variable_genes(  # per section: a sample effect is not a variable gene
@@ -392,7 +413,7 @@ class ExpressionFeatures:
         for start in range(0, counts.shape[0], self.chunk_rows):
             block = counts[start : start + self.chunk_rows]
             check_counts(block, "matrix (the counts)", row_ids=np.arange(start, start + block.shape[0]))
-            logged = log_normalise(block)[:, self.genes]
+            logged = log_normalise(block, self.target_sum_)[:, self.genes]
             part = None if sections is None else np.asarray(sections)[start : start + self.chunk_rows]
             out[start : start + self.chunk_rows] = self._standardised(logged, part) @ self.components_.T - self.offset_
         return out

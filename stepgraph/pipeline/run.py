@@ -289,9 +289,9 @@ def run_pipeline(
         progress=config.progress,
         precision=config.precision,
         callbacks=[stages.epoch_timer()],  # one stage row per training epoch
+        lossconfig={},  # the pipeline's own patience for every loss, not STEP's per-loss table
     )
     trainer.run_identity = run_identity(adata, config)  # a resume with other settings is refused
-    trainer.lossconfig = {}  # the pipeline's own patience for every loss, not STEP's per-loss table
     trainer.defualt_lcfg.update(patience=config.patience, delta=config.delta)
     trainer.init_optimizer(lr=config.lr)
     with trusted_checkpoints(config.trust_checkpoint):

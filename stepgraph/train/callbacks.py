@@ -61,7 +61,13 @@ class Callback:
     """
 
     def on_fit_start(self, trainer) -> None:
-        """A training call starts (a resumed one after its state was loaded)."""
+        """A training call starts (a resumed one after its state was loaded).
+
+        Parameters
+        ----------
+        trainer
+            The :class:`~stepgraph.Trainer`.
+        """
 
     def on_train_batch_end(self, trainer, losses: Mapping[str, torch.Tensor], step: int) -> None:
         """One optimizer step was taken.
@@ -79,16 +85,47 @@ class Callback:
         """
 
     def on_validation_end(self, trainer, metrics: Mapping[str, float]) -> None:
-        """The epoch's validation ended; ``metrics`` holds its ``val_`` values (empty without one)."""
+        """The epoch's validation ended.
+
+        Parameters
+        ----------
+        trainer
+            The :class:`~stepgraph.Trainer`.
+        metrics
+            The epoch's ``val_`` values (empty without a validation).
+        """
 
     def on_epoch_end(self, trainer, metrics: Mapping[str, float]) -> None:
-        """An epoch ended; ``metrics`` is its history row plus ``val_total`` (with a validation)."""
+        """An epoch ended.
+
+        Parameters
+        ----------
+        trainer
+            The :class:`~stepgraph.Trainer`.
+        metrics
+            The epoch's history row, plus ``total`` and (with a validation)
+            ``val_total``: the sums of the training and validation losses.
+        """
 
     def on_exception(self, trainer, exception: BaseException) -> None:
-        """The fit raised ``exception`` (it is raised again after every callback ran)."""
+        """The fit raised (it is raised again after every callback ran).
+
+        Parameters
+        ----------
+        trainer
+            The :class:`~stepgraph.Trainer`.
+        exception
+            What was raised (``KeyboardInterrupt`` included).
+        """
 
     def on_fit_end(self, trainer) -> None:
-        """The fit ended without an exception."""
+        """The fit ended without an exception (after the best weights were restored).
+
+        Parameters
+        ----------
+        trainer
+            The :class:`~stepgraph.Trainer`.
+        """
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue (plain types and tensors); empty by default."""

@@ -193,7 +193,15 @@ class EarlyStopping(Callback):
         self.early_stop, self.stop_reason = True, reason
 
     def on_epoch_end(self, trainer, metrics) -> None:
-        """As a callback (with a :attr:`monitor`): check the epoch's value, and stop the fit when told."""
+        """As a callback (with a :attr:`monitor`): check the epoch's value, and stop the fit when told.
+
+        Parameters
+        ----------
+        trainer
+            The :class:`~stepgraph.Trainer`; its :meth:`~stepgraph.Trainer.request_stop` is called.
+        metrics
+            The epoch's metrics; :attr:`monitor` is read from them.
+        """
         if self.monitor is None:
             raise ValueError(
                 "an EarlyStopping passed in callbacks needs monitor=, the logged value to watch (e.g. 'val_loss')"

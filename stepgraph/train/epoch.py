@@ -1,8 +1,9 @@
 """The epoch core shared by every training path: train, validate, end the epoch.
 
 Every collaborator comes in as an argument: the feed (batches, loss call,
-validation), the meter, the names of the training losses, and ``hooks``, the
-:class:`~stepgraph.Trainer` whose public methods do the work a STEP subclass
+validation), the meter, the names of the training losses, and ``hooks``, an
+:class:`EpochHooks`: the narrow set of members the core uses. The
+:class:`~stepgraph.Trainer` is one, whose public methods do the work a STEP subclass
 may override (:meth:`~stepgraph.Trainer.update_model_params`,
 :meth:`~stepgraph.Trainer.cum_loss`, :meth:`~stepgraph.Trainer.check_early_stop`,
 :meth:`~stepgraph.Trainer.format_loss_dict`) and whose strategy reduces over
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Sized
-from typing import cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -22,7 +23,45 @@ from stepgraph.progress import Progress
 from stepgraph.train.meter import LossMeter, without_metadata
 from stepgraph.train.state import LoopState
 
-__all__ = ["run_epoch", "evaluate", "end_epoch"]
+__all__ = ["run_epoch", "evaluate", "end_epoch", "EpochHooks"]
+
+
+@runtime_checkable
+class EpochHooks(Protocol):
+    """What the epoch core reads and calls: the narrow object it takes instead of a whole Trainer.
+
+    :class:`~stepgraph.Trainer` is one (its public methods, which a STEP
+    subclass may override); a test or another engine may pass any object
+    with these members.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None
+    strategy: Any
+    stopping: Any
+    history: list
+    progress: bool
+
+    @property
+    def stop_requested(self) -> bool: ...
+
+    def mode_switch_to_train(self) -> None: ...
+
+    def init_optimizer(self) -> Any: ...
+
+    def autocast(self) -> Any: ...
+
+    def update_model_params(self, loss_dict: Any, epoch: int, step: int | None = None) -> Any: ...
+
+    def cum_loss(self, loss_dict: Any, total_loss_dict: Any, *, weight: float = 1.0) -> Any: ...
+
+    def check_early_stop(self, total_loss_dict: Any) -> bool: ...
+
+    def format_loss_dict(
+        self, loss_dict: Any, state: Any, valid_loss_dict: Any = None, endepoch: bool = False
+    ) -> str: ...
+
+    def fit_callbacks(self, writer: Any = None, writer_every: str = "epoch") -> Any: ...
 
 
 def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Collection[str]) -> bool:
@@ -36,7 +75,7 @@ def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Colle
     Parameters
     ----------
     hooks
-        The :class:`~stepgraph.Trainer`.
+        An :class:`EpochHooks` (the :class:`~stepgraph.Trainer`, or any object with its members).
     state
         The loop state.
     feed

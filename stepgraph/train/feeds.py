@@ -121,10 +121,13 @@ def _takes_per_hop(func) -> bool:
         return False
 
 
-def takes_per_hop(method: Callable) -> bool:
-    """Whether a model's method opts in to layer-wise trimming by naming the
-    parameters ``num_sampled_nodes_per_hop`` and ``num_sampled_edges_per_hop``.
+def takes_per_hop(method: Callable, per_hop: bool | None = None) -> bool:
+    """Whether a model's method receives the per-hop counts (layer-wise trimming): as
+    ``per_hop`` says (the Trainer's ``per_hop``), or, when it is ``None``, when the method
+    names the parameters ``num_sampled_nodes_per_hop`` and ``num_sampled_edges_per_hop``.
     """
+    if per_hop is not None:
+        return bool(per_hop)
     return _takes_per_hop(getattr(method, "__func__", method))
 
 
@@ -221,10 +224,17 @@ def is_neighbor_loader(loader) -> bool:
     return isinstance(loader, NeighborLoader)
 
 
-def _steps_form(call: Callable) -> bool:
-    """Whether ``call`` has STEP's form ``(input_tuple, dataset, ind, step)``: its
-    second parameter is named ``dataset``.
+#: How a graph loss call is called (the Trainer's ``call_form``): told by its parameters' names
+#: (``"auto"``), or always STEP's ``(input_tuple, dataset, ind, step)``, or always ``(batch, ind, step)``.
+CALL_FORMS = ("auto", "step", "stepgraph")
+
+
+def _steps_form(call: Callable, form: str = "auto") -> bool:
+    """Whether ``call`` is called in STEP's form ``(input_tuple, dataset, ind, step)``:
+    as ``form`` says, or, with ``"auto"``, when its second parameter is named ``dataset``.
     """
+    if form != "auto":
+        return form == "step"
     try:
         names = list(inspect.signature(call).parameters)
     except (TypeError, ValueError):  # a builtin or C callable: stepgraph's form
@@ -232,15 +242,15 @@ def _steps_form(call: Callable) -> bool:
     return len(names) >= 2 and names[1] == "dataset"
 
 
-def graph_call(call: Callable, dataset) -> Callable:
+def graph_call(call: Callable, dataset, form: str = "auto") -> Callable:
     """``call`` in stepgraph's form ``call(batch, ind, step)`` (``ind``: local positions
     of the loss nodes).
 
     STEP's spatial models override ``handle_ginput_tuple(input_tuple, dataset, ind,
-    step)`` with the dataset second and ``ind`` as global node ids; a callable whose
-    second parameter is named ``dataset`` is taken to be of that form and adapted.
+    step)`` with the dataset second and ``ind`` as global node ids; a callable of
+    that ``form`` (see :data:`CALL_FORMS`) is adapted.
     """
-    if _steps_form(call):
+    if _steps_form(call, form):
         return lambda batch, ind, step: call(batch, dataset, batch.n_id[ind], step)
     return call
 
@@ -256,7 +266,7 @@ def loader_call(trainer, call_func: Callable | None, dataset, loader) -> Callabl
     a clear ``TypeError`` says what to do instead.
     """
     call = call_func or trainer.handle_ginput_tuple
-    if _steps_form(call):
+    if _steps_form(call, trainer.call_form):
         return lambda batch, ind, step: call(batch, dataset, ind, step)
     if call_func is None and getattr(call, "reads_neighbor_batches_only", False):  # the Trainer's own
         raise TypeError(
@@ -449,7 +459,7 @@ class _NeighborLoaderFeed(Feed):
         """The loaders, the loss call on the seeds in ``mask`` and the validation shard."""
         trainer = self.trainer
         self.train_loader, self.valid_loader, self.call_func = train_loader, valid_loader, call_func
-        self.loss = graph_loss_call(trainer, mask, graph_call(call_func or trainer.handle_ginput_tuple, self.dataset))
+        self.loss = graph_loss_call(trainer, mask, graph_call(call_func or trainer.handle_ginput_tuple, self.dataset, trainer.call_form))
         self._track(train_loader, valid_loader)
         self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self.seed, shuffle=False, pad=False)
 

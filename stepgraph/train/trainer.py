@@ -142,6 +142,22 @@ class Trainer:
         ``"raise"`` stops at a NaN or infinite training loss with
         :class:`NonFiniteLossError`; ``"skip"`` skips such batches, counted in
         :attr:`skipped_batches`.
+    lossconfig
+        Early-stopping settings per loss name (``{"recon_loss": {"patience": 30,
+        "delta": 0.01}}``), over :attr:`defualt_lcfg` for the others. ``None``
+        (default): STEP's table (:data:`STEP_LOSSCONFIG`: ``recon_loss``,
+        ``kl_loss``, ``cl_loss``, ``gate_loss``), which STEP's callers expect;
+        ``{}``: every loss gets the default settings.
+    call_form
+        How a graph loss call (``call_func`` or an overridden
+        :meth:`handle_ginput_tuple`) is called: ``"step"``, STEP's
+        ``(input_tuple, dataset, ind, step)`` with global node ids;
+        ``"stepgraph"``, ``(batch, ind, step)`` with local positions; ``"auto"``
+        (default): STEP's when its second parameter is named ``dataset``.
+    per_hop
+        Pass the batch's per-hop node and edge counts to the model's loss
+        (``num_sampled_nodes_per_hop``, ``num_sampled_edges_per_hop``: layer-wise
+        trimming). ``None`` (default): when the method names those parameters.
     callbacks
         :class:`~stepgraph.train.callbacks.Callback` instances called at fixed
         points of every fit (their states are saved in ``last.pt``). A
@@ -222,6 +238,9 @@ class Trainer:
         find_unused_parameters: bool = False,
         precision: str | int = "32",
         callbacks: Iterable[Any] = (),
+        lossconfig: Mapping[str, Mapping[str, Any]] | None = None,
+        call_form: str = "auto",
+        per_hop: bool | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got model of type {type(model).__name__}")
@@ -233,7 +252,14 @@ class Trainer:
         self.seed = check_int(seed, "seed", allow_none=True)
         self.grad_clip = check_number(grad_clip, "grad_clip", positive=True, allow_none=True)
         self.stopping = EarlyStoppingGroup(stop_on)
-        self.stopping.lossconfig = {k: dict(v) for k, v in STEP_LOSSCONFIG.items()}
+        table = STEP_LOSSCONFIG if lossconfig is None else lossconfig
+        if not isinstance(table, Mapping) or not all(isinstance(v, Mapping) for v in table.values()):
+            raise TypeError(f"lossconfig must map loss names to EarlyStopping settings, got lossconfig={lossconfig!r}")
+        self.stopping.lossconfig = {k: dict(v) for k, v in table.items()}
+        self.call_form = check_choice(call_form, "call_form", feeds.CALL_FORMS)
+        if per_hop is not None and not isinstance(per_hop, bool):
+            raise TypeError(f"per_hop must be True, False or None, got per_hop={per_hop!r}")
+        self.per_hop = per_hop
         self.stopping.default_config.update(STEP_DEFAULT_LCFG)
         self.strategy: Strategy = make_strategy(distributed, device, model, find_unused_parameters)
         if self.strategy.lockstep and on_nonfinite == "skip":
@@ -842,7 +868,7 @@ class Trainer:
         if ind is None:
             ind = torch.arange(input_tuple.batch_size)
         inputs = feeds.graph_inputs(
-            input_tuple, self.graph_dataset, self.device, per_hop=feeds.takes_per_hop(self.model.loss)
+            input_tuple, self.graph_dataset, self.device, per_hop=feeds.takes_per_hop(self.model.loss, self.per_hop)
         )
         return self.strategy.loss_forward(self.model, inputs.pop("x"), ind=ind.to(self.device), **inputs)
 
@@ -1031,7 +1057,7 @@ class Trainer:
         if not feeds.is_neighbor_loader(gloader):
             return _as_tensors(evaluate(self, *feeds.loader_validation(self, gloader, valid_ind, call_func)))
         mask = feeds.node_mask(valid_ind, "valid_ind", gloader.data.num_nodes)
-        call = feeds.graph_call(call_func or self.handle_ginput_tuple, self.graph_dataset)
+        call = feeds.graph_call(call_func or self.handle_ginput_tuple, self.graph_dataset, self.call_form)
         return _as_tensors(evaluate(self, gloader, feeds.graph_loss_call(self, mask, call)))
 
     def predict_gloader(self, gloader, dataset=None, method: str = "encode") -> torch.Tensor:

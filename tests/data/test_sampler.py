@@ -386,3 +386,33 @@ def test_default_sampler_is_uniform(monkeypatch):
     monkeypatch.setattr(sampler_module, "_choose_k", _floyd_from_half_open_range)
     p_values = _slot_p_values(BuiltinNeighborSampler(data, [fanout, fanout]), data, n_seeds, degree, fanout)
     assert max(p_values) < 1e-6, p_values
+
+
+def test_the_builtin_sampler_uses_only_pyg_public_interface():
+    """It implements ``BaseSampler.sample_from_nodes`` and imports no private PyG name or module."""
+    import ast
+    import inspect
+
+    from torch_geometric.sampler import BaseSampler, NeighborSampler
+
+    import stepgraph.data.sampler as module
+
+    assert issubclass(module.BuiltinNeighborSampler, BaseSampler)
+    assert not issubclass(module.BuiltinNeighborSampler, NeighborSampler)
+    imported = []
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch_geometric"):
+            imported += [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            imported += [a.name for a in node.names if a.name.startswith("torch_geometric")]
+    assert imported, "the test must see the PyG imports"
+    private = [name for name in imported if any(part.startswith("_") for part in name.split("."))]
+    assert private == []
+    # every imported name is exported by its package (listed in the package's __all__ or documented module)
+    import importlib
+
+    for name in imported:
+        package, _, attr = name.rpartition(".")
+        exported = getattr(importlib.import_module(package), "__all__", None)
+        if exported is not None and attr and package != "torch_geometric":
+            assert attr in exported, f"{name} is not in {package}.__all__"

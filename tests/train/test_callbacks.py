@@ -260,6 +260,4 @@ def test_callback_list_checks_its_items_and_names_repeated_states():
     a, b = Recorder(), Recorder()
     a.seen, b.seen = 1, 2
     assert CallbackList([a, b]).state_dict() == {"Recorder": {"seen": 1}, "Recorder#2": {"seen": 2}}
-    assert CallbackList([a]).wants("on_train_batch_end") and not CallbackList([WeightLog()]).wants(
-        "on_train_batch_end"
-    )
+    assert CallbackList([a]).wants("on_train_batch_end") and not CallbackList([WeightLog()]).wants("on_train_batch_end")
