@@ -187,7 +187,8 @@ class CallbackList:
                 method(*args)
 
     def _keys(self) -> list[str]:
-        keys, seen = [], {}
+        keys: list[str] = []
+        seen: dict[str, int] = {}
         for callback in self.callbacks:
             key = getattr(callback, "state_key", type(callback).__qualname__)
             seen[key] = seen.get(key, 0) + 1

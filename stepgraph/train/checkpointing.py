@@ -704,8 +704,8 @@ class ModelCheckpoint(Callback):
             kept, dropped = ranked[: self.save_top_k], ranked[self.save_top_k :]
             for row in kept:
                 if row["path"] is None:
-                    row["path"] = f"epoch={epoch:04d}.pt"
-                    atomic_save(model.state_dict(), cast(Path, self.file(row["path"])))
+                    name = row["path"] = f"epoch={epoch:04d}.pt"
+                    atomic_save(model.state_dict(), cast(Path, self.file(name)))
             for row in dropped:
                 if row["path"] is not None:
                     with contextlib.suppress(FileNotFoundError):

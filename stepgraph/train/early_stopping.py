@@ -239,7 +239,7 @@ class EarlyStopping(Callback):
             "check_finite": self.check_finite,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state produced by :meth:`state_dict`.
 
         Parameters
