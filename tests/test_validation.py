@@ -8,9 +8,12 @@ import scipy.sparse as sp
 from stepgraph._validation import (
     ArgumentTypeError,
     NonFinite,
+    as_index,
     category_codes,
     check_bool,
+    check_choice,
     check_finite,
+    check_int,
     check_key,
     check_number,
     first_nonfinite,
@@ -63,3 +66,21 @@ def test_bounds_keys_and_missing_categories_are_worded_alike():
         category_codes(pd.Series(["x", None, "y"]), "batch_key='s'", obs_names=pd.Index(["a", "b", "c"]))
     codes, cats = category_codes(pd.Categorical(["b", "b"], categories=["a", "b"]), "s")
     assert codes.tolist() == [1, 1] and list(cats) == ["a", "b"]  # unused categories are kept
+
+
+def test_checks_name_the_argument_the_value_and_what_was_expected():
+    with pytest.raises(ArgumentTypeError, match=r"epochs must be an int >= 1, got epochs=1.5"):
+        check_int(1.5, "epochs", minimum=1)
+    with pytest.raises(ValueError, match=r"patience must be an int >= 1, got patience=0"):
+        check_int(0, "patience", minimum=1)
+    with pytest.raises(ValueError, match=r"mode must be one of 'min', 'max', got mode='up'"):
+        check_choice("up", "mode", ("min", "max"))
+    with pytest.raises(IndexError, match=r"train_ind must hold positions in \[0, 5\)"):
+        as_index([0, 5], "train_ind", 5)
+    assert as_index(np.array([True, False, True]), "ind", 3).tolist() == [0, 2]
+    with pytest.raises(ValueError, match="boolean mask of length 4"):
+        as_index(np.array([True, False, True]), "ind", 4)
+    codes, cats = category_codes(["b", "a", None, "b"], "obs_key='x'", allow_missing=True)
+    assert codes.tolist() == [1, 0, -1, 1] and list(cats) == ["a", "b"]
+    with pytest.raises(ValueError, match=r"obs_key='x' must have no missing values, got 1 missing"):
+        category_codes(["b", "a", None], "obs_key='x'")

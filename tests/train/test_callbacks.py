@@ -1,7 +1,7 @@
 """Callbacks: the hooks a user's code sees, stopping with a reason, state in ``last.pt``,
-checkpoints by any monitor (min or max, top k), early-stopping thresholds and the loggers."""
+checkpoints by any monitor (min or max, top k) and early-stopping thresholds (the loggers are
+in test_loggers.py)."""
 
-import csv
 import math
 
 import numpy as np
@@ -12,7 +12,6 @@ from stepgraph import BaseDataset, Trainer
 from stepgraph.train.callbacks import Callback, CallbackList
 from stepgraph.train.checkpointing import ModelCheckpoint, load_checkpoint
 from stepgraph.train.early_stopping import EarlyStopping
-from stepgraph.train.loggers import CSVLogger, ScalarWriter
 
 
 class Classifier(torch.nn.Module):
@@ -226,32 +225,6 @@ def test_early_stopping_as_a_callback_stops_on_a_metric_in_max_mode():
 def test_early_stopping_in_callbacks_needs_a_monitor():
     with pytest.raises(ValueError, match="needs monitor="):
         fit([EarlyStopping(path=None)], epochs=1)
-
-
-# --------------------------------------------------------------------- loggers
-def test_csv_logger_writes_the_history_and_continues_on_resume(tmp_path):
-    log = tmp_path / "metrics.csv"
-    straight, _ = fit([CSVLogger(log)], epochs=4, checkpoint_dir=tmp_path / "a", use_earlystop=False)
-    with open(log) as fh:
-        rows = list(csv.DictReader(fh))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert [float(r["val_ce_loss"]) for r in rows] == [row["val_ce_loss"] for row in straight.history]
-
-    resumed_log = tmp_path / "resumed.csv"
-    fit([CSVLogger(resumed_log)], epochs=2, checkpoint_dir=tmp_path / "b", use_earlystop=False)
-    fit(
-        [CSVLogger(resumed_log)],
-        epochs=4,
-        checkpoint_dir=tmp_path / "b",
-        resume_from=tmp_path / "b" / "last.pt",
-        use_earlystop=False,
-    )
-    assert resumed_log.read_text() == log.read_text()
-
-
-def test_scalar_writer_takes_anything_with_add_scalar():
-    with pytest.raises(TypeError, match="add_scalar"):
-        ScalarWriter(object())
 
 
 def test_callback_list_checks_its_items_and_names_repeated_states():

@@ -5,6 +5,7 @@ import torch
 
 from stepgraph import EarlyStopping
 from stepgraph.train.checkpointing import load_checkpoint
+from stepgraph.train.early_stopping import EarlyStoppingGroup
 
 
 def first_stop(values, **kwargs):
@@ -103,3 +104,29 @@ def test_an_improvement_revokes_the_stop_signal():
     assert es.early_stop
     es(0.5)
     assert not es.early_stop and es.counter == 0
+
+
+def test_early_stopping_group_rules_and_reason():
+    group = EarlyStoppingGroup(stop_on="all", trace_func=lambda m: None)
+    group.default_config.update(patience=2)
+    group.lossconfig["b"] = {"patience": 4}
+    values, total = group.monitored({"val_a": 1.0, "val_b": 2.0, "val_logged": 9.0, "a": 5.0}, ["a", "b"])
+    assert values == {"val_a": 1.0, "val_b": 2.0} and total == 3.0
+    stops = [group.step({"val_a": 1.0, "val_b": 2.0}) for _ in range(5)]
+    assert group.monitors["val_a"].patience == 2 and group.monitors["val_b"].patience == 4
+    assert stops == [False, False, False, False, True]  # b stalls after 4 checks, a after 2
+    assert group.stop_code == "all_stalled" and "val_a" in group.stop_reason and "val_b" in group.stop_reason
+
+    any_group = EarlyStoppingGroup(stop_on="any", trace_func=lambda m: None)
+    any_group.default_config.update(patience=1)
+    any_group.step({"val_a": 1.0, "val_b": 1.0})
+    assert any_group.step({"val_a": 0.5, "val_b": 1.0})
+    assert any_group.stop_code == "any_stalled" and "val_a" not in any_group.stop_reason
+
+    total_group = EarlyStoppingGroup(stop_on="total", trace_func=lambda m: None)
+    values, total = total_group.monitored({"val_a": 1.0, "val_b": 0.5})
+    assert values == {"val_total": 1.5}
+    restored = EarlyStoppingGroup(stop_on="all")
+    restored.load_state_dict(group.state_dict())
+    assert restored.stop_reason == group.stop_reason
+    assert {k: m.counter for k, m in restored.monitors.items()} == {k: m.counter for k, m in group.monitors.items()}
