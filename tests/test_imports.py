@@ -82,3 +82,10 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle_inside_stepgraph():
     assert cycles(module_graph()) == []
+
+
+def test_every_module_of_the_engine_has_a_test_file_of_its_own():
+    tests = Path(__file__).parent / "train"
+    modules = [p.stem for p in (PACKAGE / "train").glob("*.py") if p.stem != "__init__"]
+    assert len(modules) > 10
+    assert [m for m in modules if not (tests / f"test_{m}.py").is_file()] == []
