@@ -138,12 +138,17 @@ def make_loaders(
 
 
 # ----------------------------------------------------------------- graph loaders
-def _neighbor_loader(data, num_neighbors, input_nodes, batch_size, shuffle, seed, backend, sampler=None, **kwargs):
+def _neighbor_loader(
+    data, num_neighbors, input_nodes, batch_size, shuffle, seed, backend, sampler=None, dataset=None, **kwargs
+):
     from torch_geometric.loader import NeighborLoader
 
+    from stepgraph.data.gather import GatherFeatures
     from stepgraph.data.sampler import make_neighbor_sampler
 
     check_int(batch_size, "batch_size", minimum=1)
+    if dataset is not None:
+        kwargs["transform"] = GatherFeatures(dataset, then=kwargs.get("transform"))
     if sampler is None:
         sampler = make_neighbor_sampler(
             data, list(num_neighbors), backend=backend, share_memory=kwargs.get("num_workers", 0) > 0
@@ -179,6 +184,7 @@ def node_loaders(
     shuffle: bool = True,
     seed: int | None = None,
     backend: str = "auto",
+    dataset=None,
     **kwargs,
 ):
     """``NeighborLoader`` pair for node-sampled training (``Trainer.train_node_sampler``).
@@ -204,6 +210,12 @@ def node_loaders(
         Neighbour sampler: ``"auto"`` or ``"builtin"`` (stepgraph's built-in,
         uniform sampler) or ``"pyg"`` (PyG's compiled one, which needs pyg-lib
         or torch-sparse); see :func:`stepgraph.data.sampler.make_neighbor_sampler`.
+    dataset
+        A :class:`~stepgraph.data.BaseDataset` whose features each mini-batch
+        gathers in the loader (:class:`~stepgraph.data.gather.GatherFeatures`:
+        ``batch.x`` and ``batch.batch_label``), in the workers when
+        ``num_workers > 0``, so reads from a backed file overlap training.
+        ``None``: the batches carry what ``data`` holds.
     **kwargs
         Passed to :class:`~torch_geometric.loader.NeighborLoader` (``num_workers``...).
 
@@ -214,7 +226,9 @@ def node_loaders(
     """
     fanouts = _check_fanouts(num_neighbors)
     train_ind = None if train_ind is None else torch.as_tensor(train_ind, dtype=torch.long)
-    train_loader = _neighbor_loader(data, fanouts, train_ind, batch_size, shuffle, seed, backend, **kwargs)
+    train_loader = _neighbor_loader(
+        data, fanouts, train_ind, batch_size, shuffle, seed, backend, dataset=dataset, **kwargs
+    )
     valid_loader = None
     if valid_ind is not None:
         valid_loader = derive_neighbor_loader(train_loader, valid_ind, shuffle=False)
@@ -228,6 +242,7 @@ def graph_loader(
     shuffle: bool = False,
     seed: int | None = None,
     backend: str = "auto",
+    dataset=None,
     **kwargs,
 ):
     """``NeighborLoader`` over all nodes with full ``n_layers``-hop neighbourhoods
@@ -247,11 +262,17 @@ def graph_loader(
         Seed of the shuffling; ``None`` draws one from torch's global generator.
     backend
         Neighbour sampler backend (see :func:`node_loaders`).
+    dataset
+        A :class:`~stepgraph.data.BaseDataset` whose features each mini-batch
+        gathers in the loader (:class:`~stepgraph.data.gather.GatherFeatures`:
+        ``batch.x`` and ``batch.batch_label``), in the workers when
+        ``num_workers > 0``, so reads from a backed file overlap training.
+        ``None``: the batches carry what ``data`` holds.
     **kwargs
         Passed to :class:`~torch_geometric.loader.NeighborLoader`.
     """
     check_int(n_layers, "n_layers", minimum=1)
-    return _neighbor_loader(data, [-1] * n_layers, None, batch_size, shuffle, seed, backend, **kwargs)
+    return _neighbor_loader(data, [-1] * n_layers, None, batch_size, shuffle, seed, backend, dataset=dataset, **kwargs)
 
 
 def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None = None):
@@ -259,8 +280,11 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
     workers) over other seed nodes.
 
     ``seed`` defaults to the seed of ``loader``'s shuffling generator (0 when it
-    has none). Other ``NeighborLoader`` options (``transform``,
-    ``pin_memory``...) are not carried over.
+    has none). Every other option of ``loader`` is carried over: ``transform``
+    (e.g. the features it gathers), ``transform_sampler_output``,
+    ``filter_per_worker``, ``pin_memory``, ``drop_last``, ``timeout``,
+    ``worker_init_fn``, ``multiprocessing_context`` and, with workers,
+    ``persistent_workers`` and ``prefetch_factor``.
     """
     from torch_geometric.loader import NeighborLoader
 
@@ -276,8 +300,20 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
         shuffle=shuffle,
         generator=generator,
         neighbor_sampler=loader.node_sampler,
-        num_workers=loader.num_workers,
+        **loader_options(loader),
     )
+
+
+#: The DataLoader options a derived loader keeps (read from the loader's attributes).
+_CARRIED = ("num_workers", "pin_memory", "drop_last", "timeout", "worker_init_fn", "multiprocessing_context")
+_CARRIED_WITH_WORKERS = ("persistent_workers", "prefetch_factor")
+_CARRIED_NODE_LOADER = ("transform", "transform_sampler_output", "filter_per_worker")
+
+
+def loader_options(loader) -> dict:
+    """The options of a ``NeighborLoader`` that a loader over other seeds must keep, by name."""
+    names = _CARRIED + _CARRIED_NODE_LOADER + (_CARRIED_WITH_WORKERS if loader.num_workers > 0 else ())
+    return {name: getattr(loader, name) for name in names if hasattr(loader, name)}
 
 
 def loader_seeds(loader) -> torch.Tensor:

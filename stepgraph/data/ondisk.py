@@ -148,7 +148,10 @@ class _Extents:
         self._map: mmap.mmap | None = None
         self._element_base: np.ndarray | None = None
         self._chunk_len = 0
+        self._pid = os.getpid()
+        self._h5_source: tuple[str, str] | None = None
         if type(array).__module__.split(".")[0] == "h5py":
+            self._h5_source = (array.file.filename, array.name)
             self._map_hdf5(array)
 
     # --- memory map of an uncompressed HDF5 dataset --------------------------
@@ -213,9 +216,22 @@ class _Extents:
         run_id = np.cumsum(new_run) - 1
         return buffer[_concat_ranges(run_offset[run_id] + starts - run_start[run_id], lengths)]
 
+    def _handle(self):
+        """The on-disk array; in a forked process (a loader worker), an HDF5 file is opened
+        afresh, as HDF5 handles must not be shared across ``fork``.
+        """
+        if self._h5_source is not None and os.getpid() != self._pid:
+            import h5py
+
+            filename, name = self._h5_source
+            self.array = h5py.File(filename, "r")[name]
+            self._pid = os.getpid()
+        return self.array
+
     def _read(self, start: int, end: int) -> np.ndarray:
+        array = self._handle()
         if self.n_cols is None:
-            return np.asarray(self.array[start:end])
+            return np.asarray(array[start:end])
         # a 2-D array is read by whole rows (the extents are whole rows)
-        rows = np.asarray(self.array[start // self.n_cols : -(-end // self.n_cols)])
+        rows = np.asarray(array[start // self.n_cols : -(-end // self.n_cols)])
         return rows.reshape(-1)

@@ -267,6 +267,7 @@ def run_pipeline(
         valid_ind=valid_ind if len(valid_ind) else None,
         seed=config.seed,
         backend=config.backend,
+        dataset=dataset,  # each mini-batch's features are gathered by the loader
     )
 
     model = GraphAutoencoder(

@@ -35,6 +35,7 @@ import torch
 
 from stepgraph._validation import as_index
 from stepgraph.data.dataset import MODES
+from stepgraph.data.gather import FEATURES_GATHERED
 from stepgraph.data.loaders import derive_neighbor_loader, loader_seeds
 
 __all__ = [
@@ -132,17 +133,23 @@ def takes_per_hop(method: Callable, per_hop: bool | None = None) -> bool:
 
 
 def graph_inputs(batch, dataset, device, per_hop: bool = False) -> dict[str, Any]:
-    """Model inputs of a ``NeighborLoader`` batch: features of ``batch.n_id`` from
-    ``dataset`` (sparse rows densified here), edges, edge weights and batch labels;
+    """Model inputs of a ``NeighborLoader`` batch: the features of ``batch.n_id`` (those
+    the loader gathered, :class:`~stepgraph.data.gather.GatherFeatures`, else read from
+    ``dataset`` here, sparse rows densified), edges, edge weights and batch labels;
     with ``per_hop``, the batch's per-hop node and edge counts too (see
     :func:`takes_per_hop`).
     """
     n_id = batch.n_id
-    inputs = {"x": to_device(dataset.features(n_id), device), "edge_index": to_device(batch.edge_index, device)}
+    if getattr(batch, FEATURES_GATHERED, False):  # the loader read them (GatherFeatures)
+        x, labels = batch.x, getattr(batch, "batch_label", None)
+    else:
+        x = dataset.features(n_id)
+        labels = dataset.labels("batch_label", n_id) if dataset.batch_label is not None else None
+    inputs = {"x": to_device(x, device), "edge_index": to_device(batch.edge_index, device)}
     if getattr(batch, "edge_weight", None) is not None:
         inputs["edge_weight"] = to_device(batch.edge_weight, device)
-    if dataset.batch_label is not None:
-        inputs["batch_label"] = to_device(dataset.labels("batch_label", n_id), device)
+    if labels is not None:
+        inputs["batch_label"] = to_device(labels, device)
     if per_hop and all(getattr(batch, attr, None) is not None for attr in PER_HOP_INPUTS.values()):
         inputs.update({name: list(getattr(batch, attr)) for name, attr in PER_HOP_INPUTS.items()})
     return inputs
@@ -459,7 +466,9 @@ class _NeighborLoaderFeed(Feed):
         """The loaders, the loss call on the seeds in ``mask`` and the validation shard."""
         trainer = self.trainer
         self.train_loader, self.valid_loader, self.call_func = train_loader, valid_loader, call_func
-        self.loss = graph_loss_call(trainer, mask, graph_call(call_func or trainer.handle_ginput_tuple, self.dataset, trainer.call_form))
+        self.loss = graph_loss_call(
+            trainer, mask, graph_call(call_func or trainer.handle_ginput_tuple, self.dataset, trainer.call_form)
+        )
         self._track(train_loader, valid_loader)
         self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self.seed, shuffle=False, pad=False)
 
