@@ -12,6 +12,13 @@ the same process, alternating backends epoch by epoch:
 * ``train``: training epochs of :class:`stepgraph.models.GraphAutoencoder`
   (Adam) on the dense features, losses on the seed nodes, with the resident
   memory after every epoch to show that it stays flat;
+* ``backed``: training epochs of :class:`stepgraph.models.GraphAutoencoder`
+  through ``Trainer.train_node_sampler`` on the sparse gene matrix written to
+  a backed h5ad (``--backed-compression``), read per mini-batch: the features
+  gathered in the training loop (``in-loop``, no worker) against gathered by
+  the loader (:class:`~stepgraph.data.gather.GatherFeatures`) in
+  ``--workers`` worker processes (``loader``), so that disk reads overlap
+  training; the ratio is the speed-up of the loader's gather;
 * ``trim``: with the built-in sampler, training epochs of the reference model
   as the code before layer-wise trimming ran it (``original``: GCN
   normalised in every layer, latent head on every node), of today's model
@@ -211,6 +218,49 @@ def trim_epoch(variant: str, model, optimizer, loader) -> dict:
     return {"seconds": time.perf_counter() - start, "sampled_nodes": nodes, "batches": batches}
 
 
+def backed_phase(args) -> list[dict]:
+    """Training epochs on a backed h5ad: features gathered in the loop vs by the loader's workers."""
+    import tempfile
+
+    import anndata as ad
+
+    from stepgraph import BaseDataset, Trainer
+    from stepgraph.data.loaders import node_loaders
+
+    n = args.backed_nodes
+    edge_index = spatial_knn_graph(n, args.k, args.seed)
+    genes = random_genes(n, args.n_genes, args.gene_density, args.seed)
+    folder = tempfile.mkdtemp(prefix="stepgraph-backed-")
+    path = os.path.join(folder, "genes.h5ad")
+    ad.AnnData(X=genes).write_h5ad(path, compression=None if args.backed_compression == "none" else "gzip")
+    print(f"backed: {n:,} cells x {args.n_genes} genes, {os.path.getsize(path) / 2**20:,.0f} MiB on disk", flush=True)
+    del genes
+    data = Data(edge_index=edge_index, num_nodes=n)
+    dataset = BaseDataset(ad.read_h5ad(path, backed="r"))
+    torch.manual_seed(args.seed)
+    init = GraphAutoencoder(
+        args.n_genes, hidden_dim=args.hidden, latent_dim=args.latent, n_layers=len(args.num_neighbors), conv=args.conv
+    )
+
+    def run(variant):
+        model = copy.deepcopy(init)
+        trainer = Trainer(model, progress=False, trace_func=lambda m: None, seed=args.seed, use_earlystop=False)
+        trainer.init_optimizer(lr=1e-3)
+        options = {"dataset": dataset, "num_workers": args.workers} if variant == "loader" else {}
+        loaders = node_loaders(data, args.num_neighbors, args.batch_size, seed=args.seed, backend="builtin", **options)
+        start = time.perf_counter()
+        trainer.train_node_sampler(epochs=1, gloader=loaders, dataset=dataset)
+        seconds = time.perf_counter() - start
+        batches = len(loaders[0])
+        return {"seconds": seconds, "sampled_nodes": batches * args.batch_size, "batches": batches}
+
+    rows = measure("backed", ["in-loop", "loader"], args.gene_repeats, run, {"in-loop": "in-loop", "loader": "loader"})
+    speed = {row["backend"]: row["s/epoch (best)"] for row in rows}
+    for row in rows:
+        row["speed-up vs in-loop"] = speed["in-loop"] / row["s/epoch (best)"]
+    return rows
+
+
 def measure(phase: str, backends: list[str], repeats: int, run, labels: dict) -> list[dict]:
     """Runs ``run(backend)`` ``repeats`` times per backend, alternating."""
     runs = {b: [] for b in backends}
@@ -290,7 +340,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--phases",
         nargs="+",
         default=["dense", "genes", "train", "trim"],
-        choices=["dense", "genes", "train", "trim"],
+        choices=["dense", "genes", "train", "trim", "backed"],
         help="what to measure; trim: built-in sampler, training epochs of the "
         "code before layer-wise trimming, of today's model untrimmed and trimmed",
     )
@@ -301,6 +351,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["builtin", "native"],
         help="samplers: stepgraph's built-in one, PyG's native one",
     )
+    runs.add_argument("--backed-nodes", type=int, default=200_000, help="cells of the backed phase's file")
+    runs.add_argument(
+        "--backed-compression", default="gzip", choices=["gzip", "none"], help="compression of the backed h5ad"
+    )
+    runs.add_argument("--workers", type=int, default=2, help="loader workers of the backed phase's 'loader' variant")
     runs.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
     runs.add_argument("--seed", type=int, default=0)
     runs.add_argument(
@@ -405,6 +460,9 @@ def main(argv=None) -> dict:
             {v: v for v in variants},
         )
 
+    if "backed" in args.phases:
+        rows += backed_phase(args)
+
     for row in rows:
         row["backend"] = labels.get(row["backend"], row["backend"])
     columns = [
@@ -417,6 +475,7 @@ def main(argv=None) -> dict:
         "set-up s",
         "speed ratio builtin/native",
         "speed-up vs original",
+        "speed-up vs in-loop",
         "peak RSS MiB",
         "RSS growth MiB",
     ]
