@@ -127,7 +127,7 @@ def banksy_domains(
         embedding = PCA(
             min(pca_dims, matrix.shape[1], matrix.shape[0] - 1), svd_solver="covariance_eigh", random_state=seed
         ).fit_transform(matrix)
-    labels = cluster_domains(embedding, n_domains, method="gmm", seed=seed, covariance_type="tied", n_init=10, tol=1e-5)
+    labels = cluster_domains(embedding, n_domains, method="gmm", seed=seed, covariance_type="tied", tol=1e-5)
     return np.asarray(labels, dtype=np.int64), embedding.astype(np.float32)
 
 
