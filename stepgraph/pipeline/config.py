@@ -354,29 +354,29 @@ class PipelineConfig:
         kw_only=True,
     )
     gmm_n_init: int = _setting(
-        30,
-        "starts of the Gaussian mixture from different k-means initialisations, screened on "
-        "gmm_screen_rows cells; the gmm_refine most likely are refined on all the fitted cells",
-        "with 10 starts, each fitted on every cell, the seed chose between fits of different likelihood "
-        "and domains on a single-cell panel; 30 starts screened on 5,000 cells and the 3 best refined "
-        "find the same fit whatever the seed, and cost less than 10 whole starts above 20,000 cells "
-        "(measured in docs/benchmarks.md, seed-stable clustering)",
+        10,
+        "fits of the Gaussian mixture from different k-means starts; the most likely is kept",
+        "the most likely of 10 starts: fewer starts left some seeds in a less likely fit with worse "
+        "domains, more found the same fits; the fit stays seconds at 100,000 cells (measured in "
+        "docs/benchmarks.md, the clustering)",
         cli=False,
         kw_only=True,
     )
-    gmm_screen_rows: int = _setting(
-        5_000,
-        "cells (drawn at random) on which the Gaussian mixture's starts are screened",
-        "enough cells to rank the starts of a mixture of tens of domains; few enough that 30 starts cost "
-        "seconds whatever the tissue's size",
+    gmm_screen_rows: int | None = _setting(
+        None,
+        "screen the Gaussian mixture's starts on this many random cells and refine the gmm_refine most "
+        "likely on all the fitted cells (None: every start is fitted on all of them)",
+        "screening 30 starts on 5,000 cells finds the same fit of an embedding whatever the seed and is "
+        "faster on a large tissue, but it did not lower the pipeline's seed spread (the model's training "
+        "sets it) and lost on the 8-patient legacy ST tissue (measured in docs/benchmarks.md, seed-stable "
+        "clustering)",
         cli=False,
         kw_only=True,
     )
     gmm_refine: int = _setting(
         3,
-        "the most likely starts of the screen that are run on all the fitted cells; the most likely is kept",
-        "a start that converges slowly can rank second on the screen and first once converged; 3 were "
-        "enough on every tissue of the panel",
+        "with gmm_screen_rows: the most likely screened starts that are run on all the fitted cells",
+        "a start that converges slowly can rank second on the screen and first once converged",
         cli=False,
         kw_only=True,
     )

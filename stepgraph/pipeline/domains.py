@@ -72,10 +72,10 @@ def gmm_domains(
     n_clusters: int,
     seed: int = 0,
     covariance_type: str = "tied",
-    n_init: int = 30,
+    n_init: int = 10,
     max_fit_rows: int | None = 100_000,
     tol: float | None = 1e-5,
-    screen_rows: int = 5_000,
+    screen_rows: int | None = None,
     n_refine: int = 3,
 ) -> np.ndarray:
     """Cluster the rows of ``embedding`` with a Gaussian mixture
@@ -95,24 +95,26 @@ def gmm_domains(
         ``"EEE"``, which STAGATE and GraphST use), ``"full"``, ``"diag"`` or
         ``"spherical"``.
     n_init
-        Starts from different k-means initialisations, each fitted on the
-        same ``screen_rows`` random rows until its mean log-likelihood per row
-        rises by less than scikit-learn's ``1e-3``.
+        Starts from different k-means initialisations, each fitted (on the
+        fit rows, or on ``screen_rows`` of them) until its mean log-likelihood
+        per row rises by less than scikit-learn's ``1e-3``.
     max_fit_rows
         The mixture is fitted on at most this many rows, drawn at random
         (seeded), and every row is then assigned; 100,000 rows estimate a
         few tens of components well and keep a tissue of millions of cells
         to seconds. ``None`` fits on all rows.
     tol
-        The ``n_refine`` most likely starts are then run on the fit rows (EM
-        from where they stopped) until their mean log-likelihood per row rises
-        by less than ``tol``, and the most likely is kept: a change of
-        ``1e-3`` per row can still move hundreds of rows between two
-        neighbouring components. ``None`` keeps each as it stopped.
+        The most likely start (the ``n_refine`` most likely, when screened) is
+        then run on the fit rows (EM from where it stopped) until its mean
+        log-likelihood per row rises by less than ``tol``, and the most likely
+        is kept: a change of ``1e-3`` per row can still move hundreds of rows
+        between two neighbouring components. ``None`` keeps each as it stopped.
     screen_rows
-        Rows the starts are screened on (all the fit rows when fewer).
+        Screen the starts on this many random rows (all the fit rows when
+        fewer) and refine the best on the fit rows (see :func:`fit_gmm`);
+        ``None`` (default): every start is fitted on the fit rows.
     n_refine
-        Starts refined on the fit rows.
+        Screened starts refined on the fit rows.
 
     Returns
     -------
@@ -139,10 +141,10 @@ def fit_gmm(
     n_clusters: int,
     seed: int = 0,
     covariance_type: str = "tied",
-    n_init: int = 30,
+    n_init: int = 10,
     max_fit_rows: int | None = 100_000,
     tol: float | None = 1e-5,
-    screen_rows: int = 5_000,
+    screen_rows: int | None = None,
     n_refine: int = 3,
     **init,
 ):
@@ -150,14 +152,17 @@ def fit_gmm(
     :class:`sklearn.mixture.GaussianMixture` (for its likelihood, means and
     covariances); the arguments are those of :func:`gmm_domains`.
 
-    The starts are screened, then the best are refined: each of the
-    ``n_init`` k-means starts is fitted (to scikit-learn's ``1e-3``) on the
-    same ``screen_rows`` random rows; the ``n_refine`` most likely there are
-    run on the fit rows (at most ``max_fit_rows``) until their mean
-    log-likelihood per row rises by less than ``tol``, and the most likely of
-    those is kept. Many cheap starts make the search find the same fit
-    whatever the seed; refining several keeps a start that was slower to
-    converge from losing to one cut off early.
+    By default each of the ``n_init`` k-means starts is fitted on the fit rows
+    (at most ``max_fit_rows``) to scikit-learn's ``1e-3``, and the most
+    likely is run on until its mean log-likelihood per row rises by less than
+    ``tol``. With ``screen_rows``, the starts are screened instead: each is
+    fitted on the same ``screen_rows`` random rows, the ``n_refine`` most
+    likely there are run on the fit rows to ``tol``, and the most likely of
+    those is kept. Many cheap starts then find the same fit of a given
+    embedding whatever the seed, and a large tissue clusters faster; on the
+    development panel this did not lower the pipeline's seed spread, whose
+    source is the model's training, and it lost on her2st (see
+    ``docs/benchmarks.md``, seed-stable clustering), so it is an option.
 
     ``init`` is passed on to :class:`~sklearn.mixture.GaussianMixture`
     (``means_init=`` to start from given means instead of k-means: one start,
@@ -170,7 +175,7 @@ def fit_gmm(
         tol = check_number(tol, "tol", positive=True)
     check_int(n_init, "n_init", minimum=1)
     check_int(n_refine, "n_refine", minimum=1)
-    check_int(screen_rows, "screen_rows", minimum=n_clusters)
+    check_int(screen_rows, "screen_rows", minimum=n_clusters, allow_none=True)
     rng = np.random.default_rng(seed)
     fit_rows = x
     if max_fit_rows is not None and len(x) > max_fit_rows:
@@ -188,6 +193,8 @@ def fit_gmm(
 
     if init:
         return refined(mixture(seed, **init).fit(fit_rows))
+    if screen_rows is None:
+        return refined(mixture(seed, n_init=n_init).fit(fit_rows))
     screen = fit_rows
     if len(fit_rows) > screen_rows:
         screen = fit_rows[rng.choice(len(fit_rows), screen_rows, replace=False)]
