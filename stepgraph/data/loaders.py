@@ -263,11 +263,7 @@ def graph_loader(
     backend
         Neighbour sampler backend (see :func:`node_loaders`).
     dataset
-        A :class:`~stepgraph.data.BaseDataset` whose features each mini-batch
-        gathers in the loader (:class:`~stepgraph.data.gather.GatherFeatures`:
-        ``batch.x`` and ``batch.batch_label``), in the workers when
-        ``num_workers > 0``, so reads from a backed file overlap training.
-        ``None``: the batches carry what ``data`` holds.
+        The dataset whose features the loader gathers (see :func:`node_loaders`).
     **kwargs
         Passed to :class:`~torch_geometric.loader.NeighborLoader`.
     """
