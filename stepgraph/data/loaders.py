@@ -271,7 +271,7 @@ def graph_loader(
     return _neighbor_loader(data, [-1] * n_layers, None, batch_size, shuffle, seed, backend, dataset=dataset, **kwargs)
 
 
-def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None = None):
+def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None = None, drop_last: bool | None = None):
     """A ``NeighborLoader`` like ``loader`` (same graph, sampler, batch size and
     workers) over other seed nodes.
 
@@ -280,7 +280,9 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
     (e.g. the features it gathers), ``transform_sampler_output``,
     ``filter_per_worker``, ``pin_memory``, ``drop_last``, ``timeout``,
     ``worker_init_fn``, ``multiprocessing_context`` and, with workers,
-    ``persistent_workers`` and ``prefetch_factor``.
+    ``persistent_workers`` and ``prefetch_factor``. ``drop_last`` is the
+    loader's when ``shuffle`` (a training loader), else ``False`` (a validation
+    loader sees every seed), unless given.
     """
     from torch_geometric.loader import NeighborLoader
 
@@ -296,7 +298,10 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
         shuffle=shuffle,
         generator=generator,
         neighbor_sampler=loader.node_sampler,
-        **loader_options(loader),
+        **{
+            **loader_options(loader),
+            "drop_last": bool(loader.drop_last and shuffle) if drop_last is None else drop_last,
+        },
     )
 
 

@@ -23,6 +23,7 @@ import torch_geometric.typing
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.sampler import BaseSampler, NeighborSampler, NodeSamplerInput, NumNeighbors, SamplerOutput
+from torch_geometric.utils import index_sort
 
 from stepgraph._validation import check_choice, check_instance
 
@@ -164,9 +165,10 @@ class BuiltinNeighborSampler(BaseSampler):
         self.num_nodes = int(data.num_nodes)
         # the CSC layout: incoming edges of each node, contiguous; ``perm`` maps a slot to its edge id
         src, dst = data.edge_index[0].to(torch.long), data.edge_index[1].to(torch.long)
-        self.perm: Tensor | None = None if is_sorted else torch.argsort(dst, stable=True)
-        if self.perm is not None:
-            src, dst = src.index_select(0, self.perm), dst.index_select(0, self.perm)
+        self.perm: Tensor | None = None
+        if not is_sorted:  # PyG's own sort, so the CSC order (and every batch) is that of NeighborSampler
+            dst, self.perm = index_sort(dst, max_value=self.num_nodes)
+            src = src.index_select(0, self.perm)
         self.row = src
         self.colptr = torch.zeros(self.num_nodes + 1, dtype=torch.long)
         torch.cumsum(torch.bincount(dst, minlength=self.num_nodes), 0, out=self.colptr[1:])

@@ -138,6 +138,7 @@ IDENTITY_FIELDS = (
     "feature_clip",
     "feature_smooth",
     "features",
+    "target_sum",
     "neighborhood_k",
     "neighborhood_lambda",
     "neighborhood_components",

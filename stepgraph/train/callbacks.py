@@ -11,7 +11,8 @@ hook                       when
 ``on_train_batch_end``     after each optimizer step, with the batch's losses (detached tensors)
 ``on_validation_end``      after the epoch's validation, with the ``val_`` values
 ``on_epoch_end``           after each epoch, with its metrics (the history row, plus
-                           ``val_total``: the sum of the validation losses)
+                           ``total`` and ``val_total``: the sums of the training and
+                           validation losses)
 ``on_exception``           the fit raised (``KeyboardInterrupt`` included)
 ``on_fit_end``             the fit ended normally (after the best weights are restored)
 =========================  ==============================================================
@@ -156,6 +157,8 @@ class CallbackList:
     """
 
     def __init__(self, callbacks: Iterable[Any] = ()):
+        if callbacks is None or isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+            raise TypeError(f"callbacks must be a list of Callback objects, got callbacks={callbacks!r}")
         self.callbacks = list(callbacks)
         for i, callback in enumerate(self.callbacks):
             if isinstance(callback, type):
@@ -174,8 +177,11 @@ class CallbackList:
     def wants(self, hook: str) -> bool:
         """Whether any callback implements ``hook`` (the base class's no-op does not count)."""
         for callback in self.callbacks:
-            method = getattr(type(callback), hook, None)
-            if method is not None and method is not getattr(Callback, hook):
+            if not isinstance(callback, Callback):  # any object with the hook: it counts
+                if callable(getattr(callback, hook, None)):
+                    return True
+                continue
+            if getattr(type(callback), hook, None) is not getattr(Callback, hook) or hook in vars(callback):
                 return True
         return False
 
@@ -196,27 +202,39 @@ class CallbackList:
         return keys
 
     def state_dict(self) -> dict[str, Any]:
-        """``{state_key: state}`` of every callback with a ``state_dict`` (a repeated key gets ``#2``, ...)."""
-        return {
-            key: callback.state_dict()
-            for key, callback in zip(self._keys(), self.callbacks)
-            if callable(getattr(callback, "state_dict", None))
-        }
+        """``{state_key: state}`` of every callback with a non-empty state (a repeated key gets
+        ``#2``, ...); a callback without state (a writer, the scheduler's step) is not recorded, so
+        a run resumes with or without it.
+        """
+        states = {}
+        for key, callback in zip(self._keys(), self.callbacks):
+            state = callback.state_dict() if callable(getattr(callback, "state_dict", None)) else None
+            if state:
+                states[key] = state
+        return states
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Give each callback its saved state; a callback without one starts afresh.
+    def check_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Refuse a saved state that holds the state of a callback this fit does not have.
 
         Raises
         ------
         ValueError
-            When the file holds the state of a callback this fit does not have.
+            Naming the missing callbacks.
         """
-        keys = self._keys()
-        unknown = sorted(set(state) - set(keys))
+        if not isinstance(state, Mapping):
+            raise ValueError(f"the saved callbacks' state is not a dict (got {type(state).__name__})")
+        unknown = sorted(set(state) - set(self._keys()))
         if unknown:
             raise ValueError(
                 f"the saved run had callbacks {unknown} that this call does not; pass the same callbacks to resume"
             )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Give each callback its saved state; a callback without one starts afresh
+        (see :meth:`check_state_dict` for what is refused).
+        """
+        self.check_state_dict(state)
+        keys = self._keys()
         for key, callback in zip(keys, self.callbacks):
             if key in state and callable(getattr(callback, "load_state_dict", None)):
                 callback.load_state_dict(state[key])
@@ -225,8 +243,8 @@ class CallbackList:
 class LRSchedulerStep(Callback):
     """Step the Trainer's ``lr_scheduler`` once per epoch (the Trainer adds this one itself).
 
-    A ``ReduceLROnPlateau`` is stepped with ``val_total`` (the training total
-    without a validation).
+    A ``ReduceLROnPlateau`` is stepped with ``val_total``, or ``total`` (the
+    training losses' sum) in a fit without validation.
     """
 
     def on_epoch_end(self, trainer, metrics):
@@ -234,9 +252,7 @@ class LRSchedulerStep(Callback):
         if scheduler is None:
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            value = metrics.get("val_total")
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                value = metrics.get("total", math.nan)
-            scheduler.step(value)
+            # the validation total whenever the epoch validated (NaN counts as a bad epoch), else the training one
+            scheduler.step(metrics["val_total"] if "val_total" in metrics else metrics.get("total", math.nan))
         else:
             scheduler.step()

@@ -510,6 +510,12 @@ class TrainingCheckpoint:
                 )
             if saved is not None and component is None:
                 raise ValueError(f"{source} holds a {name} state but this run has none; {self.hints.get(name, '')}")
+            check = getattr(component, "check_state_dict", None)
+            if saved is not None and callable(check):  # refused before anything is restored
+                try:
+                    check(saved)
+                except ValueError as err:
+                    raise ValueError(f"{source}: {err}") from None
         for name, component in self.components.items():
             saved = payload.get(name)
             if saved is None:
@@ -657,6 +663,8 @@ class ModelCheckpoint(Callback):
 
         if not isinstance(monitor, str) or not monitor:
             raise TypeError(f"monitor must be the name of a logged value, got monitor={monitor!r}")
+        if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
+            raise TypeError(f"dirpath must be a folder path (str or Path) or None, got dirpath={dirpath!r}")
         self.mode = check_choice(mode, "mode", ("min", "max"))
         self.save_top_k = cast(int, check_int(save_top_k, "save_top_k", minimum=1))
         if self.save_top_k > 1 and dirpath is None:
@@ -680,6 +688,7 @@ class ModelCheckpoint(Callback):
         """Forget the best weights and the top k of an earlier fit."""
         self.best = BestWeights(self.best_path, write=self.write, mode=self.mode)
         self.top_k: list[dict[str, Any]] = []
+        self._ranked_epoch: int | None = None
         return self.best
 
     def on_epoch_end(self, trainer, metrics) -> None:
@@ -691,7 +700,16 @@ class ModelCheckpoint(Callback):
                     f"ModelCheckpoint monitor {self.monitor!r} is not among the logged values {sorted(metrics)}"
                 )
             return
-        self.update(float(value), trainer.net, int(metrics.get("epoch", len(trainer.history))))
+        self.rank(float(value), trainer.net, int(metrics.get("epoch", len(trainer.history))))
+
+    def rank(self, value: float, model: torch.nn.Module, epoch: int) -> bool:
+        """Record ``epoch``'s ``value`` once (a second call for the same epoch is ignored);
+        return whether it is the best so far.
+        """
+        if epoch == self._ranked_epoch:
+            return False
+        self._ranked_epoch = epoch
+        return self.update(value, model, epoch)
 
     def update(self, value: float, model: torch.nn.Module, epoch: int) -> bool:
         """Record ``epoch``'s ``value``; return whether it is the best so far."""

@@ -192,6 +192,21 @@ class EarlyStopping(Callback):
             return
         self.early_stop, self.stop_reason = True, reason
 
+    def reset(self) -> None:
+        """Forget the values seen (a new fit): counter, best value, stop flag and reason."""
+        self.counter, self.best_score, self.early_stop, self.stop_reason = 0, None, False, None
+
+    def on_fit_start(self, trainer) -> None:
+        """As a callback: a new fit starts afresh (a resumed one keeps its restored state).
+
+        Parameters
+        ----------
+        trainer
+            The :class:`~stepgraph.Trainer`.
+        """
+        if trainer.loop_state.first_epoch == 1:
+            self.reset()
+
     def on_epoch_end(self, trainer, metrics) -> None:
         """As a callback (with a :attr:`monitor`): check the epoch's value, and stop the fit when told.
 

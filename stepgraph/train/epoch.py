@@ -63,6 +63,8 @@ class EpochHooks(Protocol):
 
     def fit_callbacks(self, writer: Any = None, writer_every: str = "epoch") -> Any: ...
 
+    def request_stop(self, reason: str) -> None: ...
+
 
 def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Collection[str]) -> bool:
     """Train one epoch of ``feed``.
@@ -162,8 +164,9 @@ def evaluate(hooks, batches: Iterable, loss_call: Callable, meter: LossMeter | N
 
 
 def _callbacks(hooks, state: LoopState):
-    if state.callbacks is None:  # an epoch run outside a training call
+    if state.callbacks is None:  # an epoch run outside a training call: its state is the current one
         state.callbacks = hooks.fit_callbacks(state.writer, state.writer_every)
+        hooks.loop_state = state
     return state.callbacks
 
 
@@ -193,4 +196,8 @@ def end_epoch(hooks, state: LoopState, train_losses: dict, valid_losses: dict, l
     callbacks.call("on_epoch_end", hooks, metrics)
     if state.tbar is not None:
         state.tbar.set_postfix(hooks.format_loss_dict(train_losses, state, valid_losses, endepoch=True))
-    return bool(stop) or hooks.stop_requested
+    # every process stops together: a request on one rank (its own batches' losses) stops them all
+    requested = any(hooks.strategy.gather(bool(hooks.stop_requested)))
+    if requested and not hooks.stop_requested:
+        hooks.request_stop("a callback in another process asked to stop")
+    return bool(stop) or requested

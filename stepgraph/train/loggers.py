@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from stepgraph._validation import check_choice
 from stepgraph.train.callbacks import Callback
 from stepgraph.train.checkpointing import atomic_write
 
@@ -40,7 +41,7 @@ class ScalarWriter(Callback):
     def __init__(self, writer, every: str = "epoch"):
         if not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have an add_scalar(tag, value, step) method, got {type(writer).__name__}")
-        self.writer, self.every = writer, every
+        self.writer, self.every = writer, check_choice(every, "every", ("epoch", "step"))
 
     def on_train_batch_end(self, trainer, losses, step):
         if self.every == "step" and trainer.strategy.is_main:
@@ -76,6 +77,8 @@ class CSVLogger(Callback):
     """
 
     def __init__(self, path: str | Path):
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"path must be a file path (str or Path), got path={path!r}")
         self.path = Path(path)
         self.rows: list[dict[str, float]] = []
 
@@ -107,6 +110,8 @@ class CSVLogger(Callback):
 class TensorBoardLogger(ScalarWriter):
     """Every epoch's losses and metrics in TensorBoard (needs ``tensorboard``: the ``tensorboard`` extra).
 
+    The event file is opened when a fit starts, on rank 0 only.
+
     Parameters
     ----------
     log_dir
@@ -122,14 +127,23 @@ class TensorBoardLogger(ScalarWriter):
 
     def __init__(self, log_dir: str | Path, every: str = "epoch"):
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            import tensorboard  # type: ignore[import-not-found]  # noqa: F401  (SummaryWriter needs it)
         except ImportError as err:
             raise ImportError(
                 "TensorBoardLogger needs the tensorboard package: pip install 'stepgraph[tensorboard]' "
                 "(or use CSVLogger, which needs nothing)"
             ) from err
+        if not isinstance(log_dir, (str, Path)):
+            raise TypeError(f"log_dir must be a folder path (str or Path), got log_dir={log_dir!r}")
         self.log_dir = Path(log_dir)
-        super().__init__(SummaryWriter(str(log_dir)), every)
+        self.writer, self.every = None, check_choice(every, "every", ("epoch", "step"))
+
+    def on_fit_start(self, trainer):
+        if self.writer is None and trainer.strategy.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.log_dir))
 
     def on_fit_end(self, trainer):
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()

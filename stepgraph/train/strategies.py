@@ -234,7 +234,8 @@ class DDPStrategy(Strategy):
         if loader is None:
             return None
         seeds = self.shard(loader_seeds(loader), epoch, seed, shuffle, pad)
-        return derive_neighbor_loader(loader, seeds, shuffle=False)
+        # a training share keeps the loader's drop_last; a validation share sees every seed
+        return derive_neighbor_loader(loader, seeds, shuffle=False, drop_last=bool(loader.drop_last and pad))
 
     def reduce_meter(self, meter):
         dist_utils.all_reduce_meter(meter)

@@ -180,7 +180,8 @@ class Trainer:
         The owner of the checkpoint files (their names, every write) and of
         the best weights.
     callbacks : list
-        The callbacks given to the constructor (a list you may extend).
+        The callbacks given to the constructor but a ``ModelCheckpoint``, which
+        is :attr:`checkpoints` (a list you may extend).
     loop_state : LoopState or None
         The progress of the current (or last) fit: ``epoch``, ``epochs``, ``step``.
     strategy : Strategy
@@ -276,6 +277,12 @@ class Trainer:
         self.stopping.trace_func = self.trace_func
         self.on_nonfinite = on_nonfinite
         self.callbacks = list(CallbackList(callbacks))  # checks each item
+        for i, callback in enumerate(self.callbacks):
+            if isinstance(callback, EarlyStopping) and callback.monitor is None:
+                raise ValueError(
+                    f"callbacks[{i}] is an EarlyStopping without monitor=; name the logged value it watches "
+                    "(e.g. monitor='val_loss'), or set per-loss settings with lossconfig"
+                )
         given = [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
         if len(given) > 1:
             raise ValueError(f"callbacks holds {len(given)} ModelCheckpoint objects; the one owner of files is one")
@@ -284,6 +291,11 @@ class Trainer:
                 raise ValueError(
                     f"checkpoint_dir={str(checkpoint_dir)!r} and the ModelCheckpoint's dirpath "
                     f"{str(given[0].dirpath)!r} differ; give one of them"
+                )
+            if checkpoint_every != 1:
+                raise ValueError(
+                    f"checkpoint_every={checkpoint_every} is the default ModelCheckpoint's; with your own, "
+                    "give it every= instead"
                 )
             self.callbacks.remove(given[0])
             self.checkpoints = given[0]
@@ -628,9 +640,10 @@ class Trainer:
         return self.stopping.setup(names)
 
     def check_early_stop(self, total_loss_dict: Mapping[str, float]) -> bool:
-        """Feed the validation losses to the early-stopping monitors (:attr:`stopping`).
-
-        The best weights are the checkpoint callback's (:attr:`checkpoints`), at the epoch's end.
+        """Feed the validation losses to the early-stopping monitors (:attr:`stopping`), and
+        their total to the checkpoints (:attr:`checkpoints`, which keep the best weights) when
+        those rank epochs by ``val_total`` (the default), so that an epoch loop of your own that
+        calls this method keeps the best weights as STEP's do.
 
         Parameters
         ----------
@@ -642,9 +655,12 @@ class Trainer:
         bool
             ``True`` when the :attr:`stop_on` rule is met.
         """
-        values, _ = self.stopping.monitored(total_loss_dict, self._loss_names)
+        values, total = self.stopping.monitored(total_loss_dict, self._loss_names)
         if not values:
             return False
+        if self.checkpoints.monitor == "val_total":  # STEP's own epoch loops keep the best weights here too
+            epoch = self.loop_state.epoch if self.loop_state is not None else len(self.history)
+            self.checkpoints.rank(total, self.net, epoch)
         return self.use_earlystop and self.stopping.step(values, self.model if self.strategy.is_main else None)
 
     def restore_best_weights(self) -> bool:

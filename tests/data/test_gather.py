@@ -109,7 +109,10 @@ def test_a_derived_loader_keeps_every_option(tissue):
     )
     for derived in (valid, derive_neighbor_loader(loader, np.arange(50), shuffle=False)):
         assert derived.transform is loader.transform
-        assert derived.persistent_workers and derived.drop_last and derived.prefetch_factor == 3
+        assert derived.persistent_workers and derived.prefetch_factor == 3
         assert derived.num_workers == 1
+        assert not derived.drop_last  # a validation loader sees every seed
+    assert derive_neighbor_loader(loader, np.arange(50), shuffle=True).drop_last  # a training one keeps it
+    assert sum(b.batch_size for b in valid) == 60  # 60 seeds in batches of 32: the last one is kept
     batch = next(iter(valid))
     assert torch.equal(batch.x, dataset.features(batch.n_id))

@@ -223,8 +223,8 @@ def test_early_stopping_as_a_callback_stops_on_a_metric_in_max_mode():
 
 
 def test_early_stopping_in_callbacks_needs_a_monitor():
-    with pytest.raises(ValueError, match="needs monitor="):
-        fit([EarlyStopping(path=None)], epochs=1)
+    with pytest.raises(ValueError, match="without monitor="):
+        Trainer(Classifier(), callbacks=[EarlyStopping(path=None)])
 
 
 def test_callback_list_checks_its_items_and_names_repeated_states():
@@ -234,3 +234,51 @@ def test_callback_list_checks_its_items_and_names_repeated_states():
     a.seen, b.seen = 1, 2
     assert CallbackList([a, b]).state_dict() == {"Recorder": {"seen": 1}, "Recorder#2": {"seen": 2}}
     assert CallbackList([a]).wants("on_train_batch_end") and not CallbackList([WeightLog()]).wants("on_train_batch_end")
+
+
+class Writer:
+    def __init__(self):
+        self.scalars = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, step))
+
+
+def test_a_run_resumes_without_the_writer_it_had(tmp_path):
+    torch.manual_seed(0)
+    loaders = Trainer.make_loaders(_dataset(matrix()), 50, split_rate=0.2, seed=0)
+    first = Trainer(Classifier(), progress=False, trace_func=lambda m: None, seed=0, checkpoint_dir=tmp_path)
+    first.train_batch(epochs=2, loaders=loaders, writer=Writer())
+    again = Trainer(Classifier(), progress=False, trace_func=lambda m: None, seed=0, checkpoint_dir=tmp_path)
+    again.train_batch(epochs=3, loaders=loaders, resume_from=tmp_path / "last.pt")
+    assert len(again.history) == 3
+
+
+def test_an_epoch_loop_of_your_own_keeps_the_best_weights_through_check_early_stop(tmp_path):
+    from stepgraph import train_loop_formatter
+
+    class OwnLoop(Trainer):
+        values = [3.0, 1.0, 2.0]
+
+        @train_loop_formatter
+        def fit_values(self, state):
+            with torch.no_grad():
+                self.model.weight.fill_(float(state.epoch))  # weights that name their epoch
+            self.history.append({"epoch": state.epoch})
+            return self.check_early_stop({"val_loss": self.values[state.epoch - 1]})
+
+    trainer = OwnLoop(torch.nn.Linear(1, 1, bias=False), progress=False, checkpoint_dir=tmp_path, restore_best=True)
+    trainer.fit_values(epochs=3)
+    assert trainer.best.best_score == 1.0 and (tmp_path / "best.pt").is_file()
+    assert float(trainer.model.weight) == 2.0  # epoch 2, the lowest value, restored
+
+
+def test_an_early_stopping_callback_starts_afresh_in_each_fit():
+    stopper = EarlyStopping(monitor="val_ce_loss", patience=2, path=None, mode="max")  # the loss falls: it stalls
+    trainer = Trainer(Classifier(), progress=False, trace_func=lambda m: None, seed=0, callbacks=[stopper])
+    loaders = Trainer.make_loaders(_dataset(matrix()), 50, split_rate=0.2, seed=0)
+    trainer.train_batch(epochs=10, loaders=loaders)
+    first = len(trainer.history)
+    assert stopper.early_stop and first < 10
+    trainer.train_batch(epochs=10, loaders=loaders)
+    assert len(trainer.history) == first  # the same stop, from a fresh counter, not at once

@@ -56,6 +56,9 @@ class MinimalHooks:
     def fit_callbacks(self, writer=None, writer_every="epoch"):
         return self._callbacks
 
+    def request_stop(self, reason):
+        self.stop_requested = True
+
 
 class Feed:
     """Two batches of 2 and 1 rows: y = 0, so the loss is (w x)^2."""
