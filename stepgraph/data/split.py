@@ -8,7 +8,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from stepgraph._validation import category_codes, check_int, check_key
+from stepgraph._validation import as_index, category_codes, check_int, check_key
 from stepgraph.data.dataset import BaseDataset, MaskedDataset
 from stepgraph.data.protocol import DatasetSubset, check_dataset, dataset_obs
 
@@ -18,6 +18,8 @@ __all__ = [
     "category_split_indices",
     "category_random_split",
     "resolve_seed",
+    "train_valid_split",
+    "check_disjoint",
 ]
 
 
@@ -182,3 +184,59 @@ def category_random_split(dataset, split_rate: float = 0.2, obs_key: str | None 
         train_ind, valid_ind = category_split_indices(obs[obs_key].to_numpy(), split_rate, seed)
     view = MaskedDataset if isinstance(dataset, BaseDataset) else DatasetSubset
     return view(dataset, train_ind), view(dataset, valid_ind)
+
+
+def train_valid_split(
+    n: int | None, train_ind=None, valid_ind=None, pool: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The training and validation positions that a training call was given, checked and completed.
+
+    Every way of training (a matrix, tensor batches, a graph loader) resolves its
+    ``train_ind`` / ``valid_ind`` here: positions or boolean masks become int64 tensors
+    (in the order given), a validation set given alone is completed by every other position
+    of ``pool``, and the two must not share a position.
+
+    Parameters
+    ----------
+    n
+        Number of positions (rows, graph nodes); ``None`` when unknown (a loader over
+        a dataset without ``len()``): the positions are then taken as they are and no
+        complement is drawn.
+    train_ind, valid_ind
+        The positions (or masks) given; either may be ``None``.
+    pool
+        The positions a validation set given alone is taken out of (a loader's seed
+        nodes); ``range(n)`` when ``None``.
+
+    Returns
+    -------
+    tuple
+        ``(train, valid)``: int64 tensors, or ``None`` where nothing was given and
+        nothing is implied (``train`` is ``None`` when neither was given).
+
+    Raises
+    ------
+    ValueError
+        When ``train_ind`` and ``valid_ind`` overlap, or a position is out of range.
+    """
+    train = _positions(train_ind, "train_ind", n)
+    valid = _positions(valid_ind, "valid_ind", n)
+    if train is None and valid is not None and (pool is not None or n is not None):
+        pool = torch.arange(cast(int, n)) if pool is None else pool
+        train = pool[~torch.isin(pool, valid)]  # never train on validation positions
+    check_disjoint(train, valid)
+    return train, valid
+
+
+def check_disjoint(train: torch.Tensor | None, valid: torch.Tensor | None) -> None:
+    """Raise a ``ValueError`` when the training and validation positions share one."""
+    if train is not None and valid is not None:
+        overlap = int(torch.isin(valid, train).sum())
+        if overlap:
+            raise ValueError(f"train_ind and valid_ind must be disjoint, got an overlap of {overlap} positions")
+
+
+def _positions(ind, name: str, n: int | None) -> torch.Tensor | None:
+    if ind is None:
+        return None
+    return as_index(ind, name, n) if n is not None else torch.as_tensor(ind, dtype=torch.long)

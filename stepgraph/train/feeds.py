@@ -5,12 +5,15 @@ A feed owns what differs between :meth:`~stepgraph.Trainer.train`,
 and :meth:`~stepgraph.Trainer.train_graph_batch`: its index checks, its
 loaders (derived from the user's and sharded by the trainer's strategy), the
 shuffling generators a resumed run must restore, and the one loss call that
-trains and validates. A feed reads the trainer (its strategy, device and
-hooks) and holds its own state; it never writes to the trainer. The shared
-core (:func:`stepgraph.train.epoch.run_epoch`) asks a feed three things per
-epoch: the training batches, the loss of a batch, and the validation losses,
-which every feed computes through the trainer's public ``validate_*`` method,
-so a subclass overriding one changes every feed that uses it.
+trains and validates. A feed is built from a :class:`FeedContext` (the
+strategy, the device, the default loss calls and the validation calls), not
+from the trainer: :meth:`~stepgraph.Trainer.feed_context` builds one, and a
+test or another engine can build its own. The shared core
+(:func:`stepgraph.train.epoch.run_epoch`) asks a feed three things per epoch:
+the training batches, the loss of a batch, and the validation losses, which
+every feed computes through the context's validation calls (the trainer's
+public ``validate_*`` methods, so a subclass overriding one changes every feed
+that uses it).
 
 The graph methods adapt to the loader (:func:`for_loader`): a PyG
 ``NeighborLoader`` gets :class:`NodeSamplingFeed` or
@@ -26,9 +29,8 @@ are means per sample, not STEP's means of per-batch means.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -37,8 +39,11 @@ from stepgraph._validation import as_index
 from stepgraph.data.dataset import MODES
 from stepgraph.data.gather import FEATURES_GATHERED
 from stepgraph.data.loaders import derive_neighbor_loader, loader_seeds
+from stepgraph.data.split import check_disjoint, train_valid_split
+from stepgraph.train.step_adapter import PER_HOP_INPUTS, names_per_hop, steps_form
 
 __all__ = [
+    "FeedContext",
     "Feed",
     "MatrixFeed",
     "TensorBatchFeed",
@@ -110,18 +115,6 @@ def batch_weight(batch) -> int:
     return 1
 
 
-#: The per-hop counts a model's method may take, to trim each layer to what the next reads.
-PER_HOP_INPUTS = {"num_sampled_nodes_per_hop": "num_sampled_nodes", "num_sampled_edges_per_hop": "num_sampled_edges"}
-
-
-@functools.lru_cache(maxsize=64)
-def _takes_per_hop(func) -> bool:
-    try:
-        return all(name in inspect.signature(func).parameters for name in PER_HOP_INPUTS)
-    except (TypeError, ValueError):
-        return False
-
-
 def takes_per_hop(method: Callable, per_hop: bool | None = None) -> bool:
     """Whether a model's method receives the per-hop counts (layer-wise trimming): as
     ``per_hop`` says (the Trainer's ``per_hop``), or, when it is ``None``, when the method
@@ -129,7 +122,7 @@ def takes_per_hop(method: Callable, per_hop: bool | None = None) -> bool:
     """
     if per_hop is not None:
         return bool(per_hop)
-    return _takes_per_hop(getattr(method, "__func__", method))
+    return names_per_hop(method)
 
 
 def graph_inputs(batch, dataset, device, per_hop: bool = False) -> dict[str, Any]:
@@ -198,13 +191,6 @@ def split_loaders(loaders, name: str = "loaders"):
     return loaders, None
 
 
-def _check_disjoint(train_ind: torch.Tensor, valid_ind: torch.Tensor | None) -> None:
-    if valid_ind is not None:
-        overlap = int(torch.isin(valid_ind, train_ind).sum())
-        if overlap:
-            raise ValueError(f"train_ind and valid_ind must be disjoint, got an overlap of {overlap} positions")
-
-
 # ------------------------------------------------------------------ loss calls
 def matrix_loss_call(X, call: Callable, kwargs: Mapping[str, Any], device) -> LossCall:
     """Loss of the full-matrix path on a batch of row positions."""
@@ -231,49 +217,31 @@ def is_neighbor_loader(loader) -> bool:
     return isinstance(loader, NeighborLoader)
 
 
-#: How a graph loss call is called (the Trainer's ``call_form``): told by its parameters' names
-#: (``"auto"``), or always STEP's ``(input_tuple, dataset, ind, step)``, or always ``(batch, ind, step)``.
-CALL_FORMS = ("auto", "step", "stepgraph")
-
-
-def _steps_form(call: Callable, form: str = "auto") -> bool:
-    """Whether ``call`` is called in STEP's form ``(input_tuple, dataset, ind, step)``:
-    as ``form`` says, or, with ``"auto"``, when its second parameter is named ``dataset``.
-    """
-    if form != "auto":
-        return form == "step"
-    try:
-        names = list(inspect.signature(call).parameters)
-    except (TypeError, ValueError):  # a builtin or C callable: stepgraph's form
-        return False
-    return len(names) >= 2 and names[1] == "dataset"
-
-
 def graph_call(call: Callable, dataset, form: str = "auto") -> Callable:
     """``call`` in stepgraph's form ``call(batch, ind, step)`` (``ind``: local positions
     of the loss nodes).
 
     STEP's spatial models override ``handle_ginput_tuple(input_tuple, dataset, ind,
     step)`` with the dataset second and ``ind`` as global node ids; a callable of
-    that ``form`` (see :data:`CALL_FORMS`) is adapted.
+    that ``form`` (see :data:`~stepgraph.train.step_adapter.CALL_FORMS`) is adapted.
     """
-    if _steps_form(call, form):
+    if steps_form(call, form):
         return lambda batch, ind, step: call(batch, dataset, batch.n_id[ind], step)
     return call
 
 
-def loader_call(trainer, call_func: Callable | None, dataset, loader) -> Callable:
+def loader_call(context: FeedContext, call_func: Callable | None, dataset, loader) -> Callable:
     """The loss call of a non-PyG graph loader's batches, in stepgraph's form
     ``call(batch, ind, step)`` (``ind``: global node ids, or ``None``).
 
-    ``call_func`` (or, without one, the trainer's ``handle_ginput_tuple``) is
+    ``call_func`` (or, without one, the context's ``graph_batch_call``) is
     called in STEP's form ``(batch, dataset, ind, step)`` when its second
     parameter is named ``dataset``, else as ``(batch, ind, step)``. The
     Trainer's own ``handle_ginput_tuple`` reads ``NeighborLoader`` batches only:
     a clear ``TypeError`` says what to do instead.
     """
-    call = call_func or trainer.handle_ginput_tuple
-    if _steps_form(call, trainer.call_form):
+    call = call_func or _required(context.graph_batch_call, "graph_batch_call")
+    if steps_form(call, context.call_form):
         return lambda batch, ind, step: call(batch, dataset, ind, step)
     if call_func is None and getattr(call, "reads_neighbor_batches_only", False):  # the Trainer's own
         raise TypeError(
@@ -285,7 +253,7 @@ def loader_call(trainer, call_func: Callable | None, dataset, loader) -> Callabl
     return call
 
 
-def graph_loss_call(trainer, mask: torch.Tensor | None, call: Callable) -> LossCall:
+def graph_loss_call(context: FeedContext, mask: torch.Tensor | None, call: Callable) -> LossCall:
     """Loss of a ``NeighborLoader`` batch on its seed nodes, restricted to ``mask``.
 
     A batch without such seeds is skipped, except in training under a strategy
@@ -298,7 +266,7 @@ def graph_loss_call(trainer, mask: torch.Tensor | None, call: Callable) -> LossC
         if mask is not None:
             ind = mask[batch.n_id[: batch.batch_size]].nonzero().flatten()
             if ind.numel() == 0:
-                if not (trainer.strategy.lockstep and trainer.model.training):
+                if not (context.strategy.lockstep and context.training()):
                     return None
                 losses = call(batch, torch.zeros(1, dtype=torch.long), step)
                 return {k: v * 0 if isinstance(v, torch.Tensor) else v for k, v in losses.items()}, 0
@@ -308,13 +276,70 @@ def graph_loss_call(trainer, mask: torch.Tensor | None, call: Callable) -> LossC
 
 
 # ----------------------------------------------------------------------- feeds
+@dataclass(frozen=True)
+class FeedContext:
+    """What a feed reads of the engine that trains on it; a feed never writes to it.
+
+    :meth:`~stepgraph.Trainer.feed_context` builds the trainer's. Everything is
+    explicit: nothing is found by a parameter's name except where ``call_form``
+    is ``"auto"`` (see :func:`graph_call`).
+
+    Parameters
+    ----------
+    strategy
+        The :class:`~stepgraph.train.strategies.Strategy` that shards the data
+        (``shard``, ``shard_loader``, ``shard_neighbor_loader``, ``lockstep``,
+        ``is_distributed``).
+    device
+        Where the batches go.
+    seed
+        Seed of the permutations that shard the data over ranks.
+    call_form
+        How graph loss calls are called (:data:`~stepgraph.train.step_adapter.CALL_FORMS`).
+    matrix_call, tensor_call, graph_batch_call
+        The default loss calls when a training call has no ``call_func``:
+        ``(X, ind=, **kwargs)`` for a matrix, ``(batch)`` for a tensor batch,
+        ``(batch, ind, step)`` or STEP's ``(batch, dataset, ind, step)`` for a
+        graph batch (the trainer's ``loss``, ``handle_input_tuple`` and
+        ``handle_ginput_tuple``).
+    validate_X, validate_loader, validate_gloader
+        The validation calls, with the signatures of the trainer's methods of
+        those names.
+    training
+        Whether the model is in training mode now (a rank of a lockstep
+        strategy then steps even on a batch without loss nodes).
+    graph_dataset
+        The dataset a graph feed falls back on when its call has none (STEP's
+        ``train_graph_batch`` may be called without one); ``None`` for none.
+    """
+
+    strategy: Any
+    device: torch.device | str = "cpu"
+    seed: int = 0
+    call_form: str = "auto"
+    matrix_call: Callable | None = None
+    tensor_call: Callable | None = None
+    graph_batch_call: Callable | None = None
+    validate_X: Callable | None = None
+    validate_loader: Callable | None = None
+    validate_gloader: Callable | None = None
+    training: Callable[[], bool] = lambda: True
+    graph_dataset: Any = None
+
+
+def _required(call: Callable | None, name: str) -> Callable:
+    if call is None:
+        raise TypeError(f"this feed needs a loss call: pass call_func=, or give the FeedContext a {name}")
+    return call
+
+
 class Feed:
     """What the shared core asks of a feed.
 
     Parameters
     ----------
-    trainer
-        The :class:`~stepgraph.Trainer` training on this feed (read, never written).
+    context
+        The :class:`FeedContext` of the engine training on this feed.
 
     Attributes
     ----------
@@ -331,15 +356,15 @@ class Feed:
     dataset: Any = None
     input_names: tuple[str, ...] | None = None
 
-    def __init__(self, trainer) -> None:
-        self.trainer = trainer
+    def __init__(self, context: FeedContext) -> None:
+        self.context = context
         self.generators: list[torch.Generator] = []
         self.loss: LossCall
 
     @property
     def seed(self) -> int:
-        """Seed of the permutation that shards the data over ranks (the trainer's, or 0)."""
-        return self.trainer.seed or 0
+        """Seed of the permutation that shards the data over ranks."""
+        return self.context.seed
 
     def _track(self, *loaders) -> None:
         self.generators = [
@@ -376,33 +401,31 @@ class Feed:
 class MatrixFeed(Feed):
     """The whole matrix, one step per epoch (:meth:`~stepgraph.Trainer.train`).
 
-    Rows ``train_ind`` train, rows ``valid_ind`` validate through
-    :meth:`~stepgraph.Trainer.validate_X`; with only ``valid_ind`` given, the
-    other rows train.
+    Rows ``train_ind`` train, rows ``valid_ind`` validate through the context's
+    ``validate_X``; with only ``valid_ind`` given, the other rows train.
     """
 
-    def __init__(self, trainer, X, train_ind=None, valid_ind=None, call_func: Callable | None = None, **kwargs):
-        super().__init__(trainer)
-        self.X = to_device(torch.as_tensor(X), trainer.device)
+    def __init__(
+        self, context: FeedContext, X, train_ind=None, valid_ind=None, call_func: Callable | None = None, **kwargs
+    ):
+        super().__init__(context)
+        self.X = to_device(torch.as_tensor(X), context.device)
         n = self.X.shape[0]
-        self.valid_ind = None if valid_ind is None else as_index(valid_ind, "valid_ind", n)
-        if train_ind is not None:
-            self.train_ind = as_index(train_ind, "train_ind", n)
-        elif self.valid_ind is not None:
-            self.train_ind = _complement(self.valid_ind, n)
-        else:
-            self.train_ind = torch.arange(n)
-        _check_disjoint(self.train_ind, self.valid_ind)
+        train, self.valid_ind = train_valid_split(n, train_ind, valid_ind)
+        self.train_ind = torch.arange(n) if train is None else train
         self.call_func, self.kwargs = call_func, kwargs
-        self.loss = matrix_loss_call(self.X, call_func or trainer.loss, kwargs, trainer.device)
+        self.loss = matrix_loss_call(
+            self.X, call_func or _required(context.matrix_call, "matrix_call"), kwargs, context.device
+        )
 
     def train_batches(self, epoch: int) -> list[torch.Tensor]:
-        return [self.trainer.strategy.shard(self.train_ind, epoch, self.seed, shuffle=False, pad=True)]
+        return [self.context.strategy.shard(self.train_ind, epoch, self.seed, shuffle=False, pad=True)]
 
     def validate(self, epoch: int) -> dict[str, float] | None:
         if self.valid_ind is None:
             return None
-        return self.trainer.validate_X(self.X, ind=self.valid_ind, call_func=self.call_func, **self.kwargs)
+        validate = _required(self.context.validate_X, "validate_X")
+        return validate(self.X, ind=self.valid_ind, call_func=self.call_func, **self.kwargs)
 
 
 class TensorBatchFeed(Feed):
@@ -412,30 +435,24 @@ class TensorBatchFeed(Feed):
     (:attr:`input_names`) when it has one.
     """
 
-    def __init__(self, trainer, loaders, call_func: Callable | None = None):
-        super().__init__(trainer)
+    def __init__(self, context: FeedContext, loaders, call_func: Callable | None = None):
+        super().__init__(context)
         self.train_loader, self.valid_loader = split_loaders(loaders)
         self.call_func = call_func
         mode = getattr(getattr(self.train_loader, "dataset", None), "mode", None)
         self.input_names = MODES.get(mode) if isinstance(mode, str) else None
-        self.loss = tensor_loss_call(call_func or trainer.handle_input_tuple)
+        self.loss = tensor_loss_call(call_func or _required(context.tensor_call, "tensor_call"))
         self._track(self.train_loader, self.valid_loader)
-        self._valid_shard = trainer.strategy.shard_loader(self.valid_loader, 0, self.seed, pad=False)
+        self._valid_shard = context.strategy.shard_loader(self.valid_loader, 0, self.seed, pad=False)
 
     def train_batches(self, epoch: int):
-        return self.trainer.strategy.shard_loader(self.train_loader, epoch, self.seed, pad=True)
+        return self.context.strategy.shard_loader(self.train_loader, epoch, self.seed, pad=True)
 
     def validate(self, epoch: int) -> dict[str, float] | None:
         if self._valid_shard is None:
             return None
-        return self.trainer.validate_loader(self._valid_shard, call_func=self.call_func)
-
-
-def _graph_dataset(trainer, dataset):
-    """``dataset``, or the trainer's :attr:`~stepgraph.Trainer.graph_dataset` (the last one
-    used) when ``None``, as STEP's ``train_graph_batch`` may be called without one.
-    """
-    return dataset if dataset is not None else trainer.graph_dataset
+        validate = _required(self.context.validate_loader, "validate_loader")
+        return validate(self._valid_shard, call_func=self.call_func)
 
 
 class _NeighborLoaderFeed(Feed):
@@ -443,7 +460,7 @@ class _NeighborLoaderFeed(Feed):
 
     def _bind(self, gloader, dataset) -> int:
         """Check that graph node ``i`` is dataset row ``i``; features come from the dataset."""
-        dataset = _graph_dataset(self.trainer, dataset)
+        dataset = dataset if dataset is not None else self.context.graph_dataset
         if dataset is None:
             raise TypeError(
                 "dataset must be the dataset whose row i is graph node i, got dataset=None "
@@ -464,21 +481,21 @@ class _NeighborLoaderFeed(Feed):
 
     def _set_loaders(self, train_loader, valid_loader, mask: torch.Tensor | None, call_func) -> None:
         """The loaders, the loss call on the seeds in ``mask`` and the validation shard."""
-        trainer = self.trainer
+        context = self.context
         self.train_loader, self.valid_loader, self.call_func = train_loader, valid_loader, call_func
-        self.loss = graph_loss_call(
-            trainer, mask, graph_call(call_func or trainer.handle_ginput_tuple, self.dataset, trainer.call_form)
-        )
+        call = call_func or _required(context.graph_batch_call, "graph_batch_call")
+        self.loss = graph_loss_call(context, mask, graph_call(call, self.dataset, context.call_form))
         self._track(train_loader, valid_loader)
-        self._valid_shard = trainer.strategy.shard_neighbor_loader(valid_loader, 0, self.seed, shuffle=False, pad=False)
+        self._valid_shard = context.strategy.shard_neighbor_loader(valid_loader, 0, self.seed, shuffle=False, pad=False)
 
     def train_batches(self, epoch: int):
-        return self.trainer.strategy.shard_neighbor_loader(self.train_loader, epoch, self.seed, shuffle=True, pad=True)
+        return self.context.strategy.shard_neighbor_loader(self.train_loader, epoch, self.seed, shuffle=True, pad=True)
 
     def validate(self, epoch: int) -> dict[str, float] | None:
         if self._valid_shard is None:
             return None
-        return self.trainer.validate_gloader(self._valid_shard, dataset=self.dataset, call_func=self.call_func)
+        validate = _required(self.context.validate_gloader, "validate_gloader")
+        return validate(self._valid_shard, dataset=self.dataset, call_func=self.call_func)
 
 
 class NodeSamplingFeed(_NeighborLoaderFeed):
@@ -491,23 +508,25 @@ class NodeSamplingFeed(_NeighborLoaderFeed):
     """
 
     def __init__(
-        self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None, call_func: Callable | None = None
+        self,
+        context: FeedContext,
+        gloader,
+        dataset=None,
+        train_ind=None,
+        valid_ind=None,
+        call_func: Callable | None = None,
     ):
-        super().__init__(trainer)
+        super().__init__(context)
         train_loader, valid_loader = split_loaders(gloader, "gloader")
         num_nodes = self._bind(train_loader, dataset)
-        train = None if train_ind is None else as_index(train_ind, "train_ind", num_nodes)
-        valid = None if valid_ind is None else as_index(valid_ind, "valid_ind", num_nodes)
-        if train is None and valid is not None:
-            seeds = loader_seeds(train_loader)
-            train = seeds[~torch.isin(seeds, valid)]
+        pool = loader_seeds(train_loader) if train_ind is None and valid_ind is not None else None
+        train, valid = train_valid_split(num_nodes, train_ind, valid_ind, pool=pool)
         if train is not None:
-            _check_disjoint(train, valid)
             train_loader = derive_neighbor_loader(train_loader, train, shuffle=True)
         if valid is not None and valid_loader is None:
             valid_loader = derive_neighbor_loader(train_loader, valid, shuffle=False)
         if valid_loader is not None:
-            _check_disjoint(loader_seeds(train_loader), loader_seeds(valid_loader))
+            check_disjoint(loader_seeds(train_loader), loader_seeds(valid_loader))
         self._set_loaders(train_loader, valid_loader, None, call_func)
 
 
@@ -521,47 +540,46 @@ class FullNeighbourhoodFeed(_NeighborLoaderFeed):
     """
 
     def __init__(
-        self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None, call_func: Callable | None = None
+        self,
+        context: FeedContext,
+        gloader,
+        dataset=None,
+        train_ind=None,
+        valid_ind=None,
+        call_func: Callable | None = None,
     ):
-        super().__init__(trainer)
+        super().__init__(context)
         num_nodes = self._bind(gloader, dataset)
-        train = None if train_ind is None else as_index(train_ind, "train_ind", num_nodes)
-        valid = None if valid_ind is None else as_index(valid_ind, "valid_ind", num_nodes)
-        if train is not None:
-            _check_disjoint(train, valid)
-        train_mask = node_mask(train, "train_ind", num_nodes)
-        if train_mask is None and valid is not None:
-            # never train on validation nodes (valid is not None: node_mask returns a mask)
-            train_mask = ~cast(torch.Tensor, node_mask(valid, "valid_ind", num_nodes))
+        train, valid = train_valid_split(num_nodes, train_ind, valid_ind)  # never train on validation nodes
         valid_loader = None if valid is None else derive_neighbor_loader(gloader, valid, shuffle=False)
-        self._set_loaders(gloader, valid_loader, train_mask, call_func)
+        self._set_loaders(gloader, valid_loader, node_mask(train, "train_ind", num_nodes), call_func)
 
 
 class LoaderFeed(Feed):
     """Any other graph loader, iterated as it is: a DGL loader, a list of subgraphs,
     or a function returning a fresh iterable each epoch (a generator function).
 
-    Each batch goes to ``call_func`` or the trainer's ``handle_ginput_tuple``, in
+    Each batch goes to ``call_func`` or the context's ``graph_batch_call``, in
     STEP's form ``(batch, dataset, ind, step)`` when its second parameter is
     named ``dataset`` (see :func:`loader_call`), with ``ind`` the global ids of
     ``train_ind`` in training and of ``valid_ind`` in validation (``None`` when
     not given; with only ``valid_ind`` and a dataset, every other row trains).
     Masking the loss to ``ind`` is the loss call's business. Validation runs
     over the pair's validation loader, or over ``gloader`` again when only
-    ``valid_ind`` is given, through :meth:`~stepgraph.Trainer.validate_gloader`;
+    ``valid_ind`` is given, through the context's ``validate_gloader``;
     batches weigh :func:`graph_batch_weight`. stepgraph cannot shard such a
     loader over ranks: under DDP it is refused.
 
     Parameters
     ----------
-    trainer
-        The trainer.
+    context
+        The :class:`FeedContext`.
     gloader
         The loader, or a ``tuple`` ``(train_loader, valid_loader)`` (a ``list``
         is one loader: a list of subgraphs).
     dataset
         Passed to the loss call (STEP's ``StDataset``, or anything it reads);
-        the trainer's :attr:`~stepgraph.Trainer.graph_dataset` when ``None``.
+        the context's ``graph_dataset`` when ``None``.
     train_ind, valid_ind
         Rows (node ids) to train and validate on.
     call_func
@@ -569,28 +587,30 @@ class LoaderFeed(Feed):
     """
 
     def __init__(
-        self, trainer, gloader, dataset=None, train_ind=None, valid_ind=None, call_func: Callable | None = None
+        self,
+        context: FeedContext,
+        gloader,
+        dataset=None,
+        train_ind=None,
+        valid_ind=None,
+        call_func: Callable | None = None,
     ):
-        super().__init__(trainer)
+        super().__init__(context)
         train_loader, valid_loader = gloader if isinstance(gloader, tuple) and len(gloader) == 2 else (gloader, None)
         for name, loader in (("gloader", train_loader), ("the validation loader", valid_loader)):
             _check_reiterable(loader, name)
-        if trainer.strategy.is_distributed:
+        if context.strategy.is_distributed:
             raise ValueError(
                 f"gloader of type {type(train_loader).__name__} cannot be sharded over ranks: "
                 "in distributed training stepgraph shards only torch_geometric NeighborLoaders "
                 "(stepgraph.node_loaders / stepgraph.graph_loader)"
             )
-        self.dataset = _graph_dataset(trainer, dataset)
+        self.dataset = dataset if dataset is not None else context.graph_dataset
         n = len(self.dataset) if hasattr(self.dataset, "__len__") else None
-        train, valid = _as_ids(train_ind, "train_ind", n), _as_ids(valid_ind, "valid_ind", n)
-        if train is None and valid is not None and n is not None:
-            train = _complement(valid, n)  # never train on validation nodes
-        if train is not None:
-            _check_disjoint(train, valid)
+        train, valid = train_valid_split(n, train_ind, valid_ind)
         self.train_loader, self.train_ind, self.valid_ind, self.call_func = train_loader, train, valid, call_func
         self.valid_loader = valid_loader if valid_loader is not None or valid is None else train_loader
-        self.loss = _loader_loss(loader_call(trainer, call_func, self.dataset, train_loader), train)
+        self.loss = _loader_loss(loader_call(context, call_func, self.dataset, train_loader), train)
         self._track(train_loader, valid_loader)
 
     def train_batches(self, epoch: int) -> Iterable:
@@ -599,9 +619,8 @@ class LoaderFeed(Feed):
     def validate(self, epoch: int) -> dict[str, float] | None:
         if self.valid_loader is None:
             return None
-        return self.trainer.validate_gloader(
-            self.valid_loader, valid_ind=self.valid_ind, dataset=self.dataset, call_func=self.call_func
-        )
+        validate = _required(self.context.validate_gloader, "validate_gloader")
+        return validate(self.valid_loader, valid_ind=self.valid_ind, dataset=self.dataset, call_func=self.call_func)
 
 
 def for_loader(neighbor_feed: type) -> Callable:
@@ -609,22 +628,25 @@ def for_loader(neighbor_feed: type) -> Callable:
     (or a pair of them), :class:`LoaderFeed` for any other loader.
     """
 
-    def build(trainer, gloader, *args, **kwargs) -> Feed:
+    def build(context: FeedContext, gloader, *args, **kwargs) -> Feed:
         first = gloader[0] if isinstance(gloader, (tuple, list)) and gloader else gloader
         cls = neighbor_feed if is_neighbor_loader(first) else LoaderFeed
-        return cls(trainer, gloader, *args, **kwargs)
+        return cls(context, gloader, *args, **kwargs)
 
     build.__name__ = build.__qualname__ = f"for_loader({neighbor_feed.__name__})"
     return build
 
 
-def loader_validation(trainer, loader, valid_ind, call_func: Callable | None) -> tuple[Iterable, LossCall]:
+def loader_validation(
+    context: FeedContext, loader, valid_ind, call_func: Callable | None, dataset=None
+) -> tuple[Iterable, LossCall]:
     """The batches and loss call with which :meth:`~stepgraph.Trainer.validate_gloader`
-    evaluates a non-PyG loader: every batch, ``ind`` the global ids of ``valid_ind``.
+    evaluates a non-PyG loader: every batch, ``ind`` the global ids of ``valid_ind``
+    (``dataset``: passed to the loss call; the context's ``graph_dataset`` when ``None``).
     """
-    dataset = trainer.graph_dataset
-    ind = _as_ids(valid_ind, "valid_ind", len(dataset) if hasattr(dataset, "__len__") else None)
-    return _batches(loader), _loader_loss(loader_call(trainer, call_func, dataset, loader), ind)
+    dataset = dataset if dataset is not None else context.graph_dataset
+    _, ind = train_valid_split(len(dataset) if hasattr(dataset, "__len__") else None, None, valid_ind)
+    return _batches(loader), _loader_loss(loader_call(context, call_func, dataset, loader), ind)
 
 
 def _loader_loss(call: Callable, ind: torch.Tensor | None) -> LossCall:
@@ -650,13 +672,3 @@ def _check_reiterable(loader, name: str) -> None:
         )
     if not (isinstance(loader, Iterable) or callable(loader)):
         raise TypeError(f"{name} must be a loader (an iterable of batches), got {name} of type {type(loader).__name__}")
-
-
-def _as_ids(ind, name: str, n: int | None) -> torch.Tensor | None:
-    if ind is None:
-        return None
-    return as_index(ind, name, n) if n is not None else torch.as_tensor(ind, dtype=torch.long)
-
-
-def _complement(ind: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.ones(n, dtype=torch.bool).index_fill_(0, ind, False).nonzero().flatten()

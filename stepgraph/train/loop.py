@@ -63,7 +63,7 @@ def train_loop_formatter(train_func: Callable | None = None, *, feed: Callable |
     feed
         A feed class (see :mod:`stepgraph.train.feeds`) or a function returning
         one, used as ``@train_loop_formatter(feed=MatrixFeed)``: it is built once
-        per call as ``feed(self, *args, **kwargs)``, from the method's own
+        per call as ``feed(self.feed_context(), *args, **kwargs)``, from the method's own
         arguments, before the first epoch (so bad arguments fail at once), and
         is the trainer's ``active_feed`` during the run.
 
@@ -113,7 +113,7 @@ def _fit(
     trainer.loop_state = state
     if resume_from is None:
         trainer.begin_fit()  # a resumed run gets its stop request, if any, from the file
-    trainer.active_feed = None if feed is None else feed(trainer, *args, **kwargs)
+    trainer.active_feed = None if feed is None else feed(trainer.feed_context(), *args, **kwargs)
     done, stopped = trainer.load_training_state(resume_from, state) if resume_from is not None else (0, False)
     completed, state.first_epoch = done, done + 1
     state.tbar = Progress(

@@ -39,6 +39,7 @@ from stepgraph.train.meter import LossMeter, running_mean_update, tensor_losses,
 from stepgraph.train.optim import build_optimizer, build_scheduler
 from stepgraph.train.rng import seed_everything
 from stepgraph.train.state import LoopState
+from stepgraph.train.step_adapter import CALL_FORMS, STEP_DEFAULT_LCFG, STEP_LOSSCONFIG, GraphDatasetMemory
 from stepgraph.train.strategies import Strategy, make_strategy
 
 __all__ = ["Trainer", "NonFiniteLossError"]
@@ -54,15 +55,6 @@ INPUT_NAMES = {
 NONFINITE_POLICIES = ("raise", "skip")
 #: The ``precision`` values (Lightning's names) and the one each stands for.
 PRECISIONS = {"32": "32", "32-true": "32", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed"}
-
-#: STEP's per-loss early-stopping settings (``Trainer.lossconfig``) and its default.
-STEP_LOSSCONFIG = {
-    "recon_loss": {"patience": 30, "delta": 1e-2},
-    "kl_loss": {"patience": 10, "delta": 1e-3},
-    "cl_loss": {"patience": 20, "delta": 1e-4},
-    "gate_loss": {"patience": 15, "delta": 1e-3},
-}
-STEP_DEFAULT_LCFG = {"patience": 15, "delta": 1e-3}
 
 
 def _as_tensors(losses: Mapping[str, float]) -> dict[str, torch.Tensor]:
@@ -82,7 +74,7 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss is NaN or infinite; the weights were not updated."""
 
 
-class Trainer:
+class Trainer(GraphDatasetMemory):
     """Train a model whose losses come back as a dict of named scalars.
 
     STEP's trainer API (differences in ``docs/porting-from-step.md``). The model
@@ -257,7 +249,7 @@ class Trainer:
         if not isinstance(table, Mapping) or not all(isinstance(v, Mapping) for v in table.values()):
             raise TypeError(f"lossconfig must map loss names to EarlyStopping settings, got lossconfig={lossconfig!r}")
         self.stopping.lossconfig = {k: dict(v) for k, v in table.items()}
-        self.call_form = check_choice(call_form, "call_form", feeds.CALL_FORMS)
+        self.call_form = check_choice(call_form, "call_form", CALL_FORMS)
         if per_hop is not None and not isinstance(per_hop, bool):
             raise TypeError(f"per_hop must be True, False or None, got per_hop={per_hop!r}")
         self.per_hop = per_hop
@@ -437,16 +429,29 @@ class Trainer:
     def active_feed(self, feed: feeds.Feed | None) -> None:
         self._active_feed = feed
         dataset = getattr(feed, "dataset", None)
-        if dataset is not None:
-            self._graph_dataset = dataset
+        self.remember_graph_dataset(dataset)
 
-    @property
-    def graph_dataset(self):
-        """The dataset serving node features to :meth:`handle_ginput_tuple`: that of the
-        current (or last) graph fit, or the one last given to :meth:`validate_gloader` /
-        :meth:`predict_gloader`.
+    def feed_context(self) -> feeds.FeedContext:
+        """What the feeds of this trainer read (:class:`~stepgraph.train.feeds.FeedContext`):
+        its strategy, device, seed and ``call_form``, its loss calls (:meth:`loss`,
+        :meth:`handle_input_tuple`, :meth:`handle_ginput_tuple`), its ``validate_*``
+        methods and :attr:`graph_dataset`. Built afresh at each call, so a subclass's
+        overrides and a changed strategy are seen.
         """
-        return self._graph_dataset
+        return feeds.FeedContext(
+            strategy=self.strategy,
+            device=self.device,
+            seed=self.seed or 0,
+            call_form=self.call_form,
+            matrix_call=self.loss,
+            tensor_call=self.handle_input_tuple,
+            graph_batch_call=self.handle_ginput_tuple,
+            validate_X=self.validate_X,
+            validate_loader=self.validate_loader,
+            validate_gloader=self.validate_gloader,
+            training=lambda: self.model.training,
+            graph_dataset=self.graph_dataset,
+        )
 
     @property
     def input_names(self) -> tuple[str, ...] | None:
@@ -1068,13 +1073,13 @@ class Trainer:
             ``{"val_<name>": mean}`` (0-d tensors), weighted by the number of loss
             nodes (a mean per node, where STEP averages the per-batch means).
         """
-        if dataset is not None:
-            self._graph_dataset = dataset
+        self.remember_graph_dataset(dataset)
         if not feeds.is_neighbor_loader(gloader):
-            return _as_tensors(evaluate(self, *feeds.loader_validation(self, gloader, valid_ind, call_func)))
+            context = self.feed_context()
+            return _as_tensors(evaluate(self, *feeds.loader_validation(context, gloader, valid_ind, call_func)))
         mask = feeds.node_mask(valid_ind, "valid_ind", gloader.data.num_nodes)
         call = feeds.graph_call(call_func or self.handle_ginput_tuple, self.graph_dataset, self.call_form)
-        return _as_tensors(evaluate(self, gloader, feeds.graph_loss_call(self, mask, call)))
+        return _as_tensors(evaluate(self, gloader, feeds.graph_loss_call(self.feed_context(), mask, call)))
 
     def predict_gloader(self, gloader, dataset=None, method: str = "encode") -> torch.Tensor:
         """``model.<method>(x, edge_index, edge_weight=..., batch_label=...)`` for every
@@ -1095,9 +1100,7 @@ class Trainer:
         torch.Tensor
             One row per graph node, on the CPU; rows of nodes never a seed are zero.
         """
-        if dataset is not None:
-            self._graph_dataset = dataset
-        dataset = self.graph_dataset
+        dataset = self.remember_graph_dataset(dataset)
         if dataset is None:
             raise ValueError("predict_gloader needs dataset= (no graph dataset trained on yet)")
         func = getattr(self.net, method, None)
@@ -1138,9 +1141,7 @@ class Trainer:
         torch.Tensor
             One row per graph node, on the CPU, in eval mode, without gradients.
         """
-        if dataset is not None:
-            self._graph_dataset = dataset
-        dataset = self.graph_dataset
+        dataset = self.remember_graph_dataset(dataset)
         if dataset is None:
             raise ValueError("predict_layerwise needs dataset= (no graph dataset trained on yet)")
         plan = layerwise.layerwise_plan(self.net, method)

@@ -157,3 +157,38 @@ def test_per_hop_counts_reach_only_models_that_name_them(tissue, tmp_path):
     CountingTrainer(Plain(), checkpoint_dir=tmp_path / "b").train_node_sampler(
         epochs=1, gloader=loader, dataset=dataset
     )
+
+
+def test_a_feed_runs_on_a_context_without_a_trainer(tissue):
+    """The feeds read a FeedContext only: a plain context with a loss call trains a batch
+    and validates through its own validation call."""
+    from stepgraph.train.feeds import FeedContext, FullNeighbourhoodFeed
+    from stepgraph.train.strategies import SingleDeviceStrategy
+
+    data, dataset = tissue
+    seen = {}
+
+    def loss(batch, ind, step):  # stepgraph's form: local positions of the loss nodes
+        seen.setdefault("ind", []).append(ind)
+        return {"n": torch.tensor(float(ind.numel()))}
+
+    def validate_gloader(loader, dataset=None, call_func=None, **kwargs):
+        seen["validated"] = (loader, dataset)
+        return {"val_n": torch.tensor(0.0)}
+
+    context = FeedContext(strategy=SingleDeviceStrategy("cpu"), validate_gloader=validate_gloader)
+    loader = graph_loader(data, batch_size=len(dataset), backend="builtin")
+    feed = FullNeighbourhoodFeed(context, loader, dataset, valid_ind=np.arange(10), call_func=loss)
+    batches = list(feed.train_batches(1))
+    out = feed.loss(batches[0], 0)
+    assert out is not None and out[1] == len(dataset) - 10  # every node but the validation ones
+    assert not np.isin(np.arange(10), batches[0].n_id[seen["ind"][0]].numpy()).any()
+    assert feed.validate(1) == {"val_n": torch.tensor(0.0)} and seen["validated"][1] is dataset
+
+
+def test_a_context_without_a_loss_call_says_what_it_needs(tissue):
+    from stepgraph.train.feeds import FeedContext, MatrixFeed
+    from stepgraph.train.strategies import SingleDeviceStrategy
+
+    with pytest.raises(TypeError, match="call_func=.*matrix_call"):
+        MatrixFeed(FeedContext(strategy=SingleDeviceStrategy("cpu")), torch.zeros(4, 2))

@@ -1,5 +1,6 @@
-"""Behaviour that names used to switch on their own is switched by explicit Trainer arguments:
-``lossconfig`` (STEP's per-loss patience), ``call_form`` (STEP's loss-call form) and ``per_hop``."""
+"""The STEP adapter: behaviour that names used to switch on their own is switched by explicit
+Trainer arguments (``lossconfig``: STEP's per-loss patience, ``call_form``: STEP's loss-call form,
+``per_hop``), whose defaults keep STEP's conventions; and STEP's remembered graph dataset."""
 
 import numpy as np
 import pytest
@@ -66,3 +67,25 @@ def test_per_hop_false_keeps_the_counts_from_a_model_that_names_them(small_tissu
         assert received and not any(received)
     finally:
         GraphAutoencoder.loss = original
+
+
+def test_steps_form_follows_the_form_given_before_the_parameter_name():
+    from stepgraph.train.step_adapter import steps_form
+
+    def step_style(batch, dataset, ind, step): ...
+
+    def ours(batch, ind, step): ...
+
+    assert steps_form(step_style) and not steps_form(ours)
+    assert not steps_form(step_style, "stepgraph") and steps_form(ours, "step")
+    assert not steps_form(len)  # a builtin without a signature: stepgraph's form
+
+
+def test_the_graph_dataset_is_remembered_only_when_one_is_given():
+    from stepgraph.train.step_adapter import GraphDatasetMemory
+
+    memory = GraphDatasetMemory()
+    assert memory.graph_dataset is None and memory.remember_graph_dataset(None) is None
+    first = object()
+    assert memory.remember_graph_dataset(first) is first
+    assert memory.remember_graph_dataset(None) is first and memory.graph_dataset is first
