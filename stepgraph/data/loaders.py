@@ -275,8 +275,10 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
     """A ``NeighborLoader`` like ``loader`` (same graph, sampler, batch size and
     workers) over other seed nodes.
 
-    ``seed`` defaults to the seed of ``loader``'s shuffling generator (0 when it
-    has none). Every other option of ``loader`` is carried over: ``transform``
+    ``seed`` defaults to the seed of ``loader``'s shuffling generator; when it has
+    none, the derived loader has none either and shuffles from torch's global
+    generator (so ``torch.manual_seed`` sets its order, as it sets that of
+    ``loader``). Every other option of ``loader`` is carried over: ``transform``
     (e.g. the features it gathers), ``transform_sampler_output``,
     ``filter_per_worker``, ``pin_memory``, ``drop_last``, ``timeout``,
     ``worker_init_fn``, ``multiprocessing_context`` and, with workers,
@@ -287,9 +289,10 @@ def derive_neighbor_loader(loader, input_nodes, shuffle: bool, seed: int | None 
     from torch_geometric.loader import NeighborLoader
 
     input_nodes = torch.as_tensor(input_nodes, dtype=torch.long)
-    if seed is None:
-        seed = loader.generator.initial_seed() if getattr(loader, "generator", None) is not None else 0
-    generator = torch.Generator().manual_seed(resolve_seed(seed)) if shuffle else None
+    if seed is None and getattr(loader, "generator", None) is not None:
+        seed = loader.generator.initial_seed()
+    # without a seed (a loader of yours without a generator), it shuffles from torch's global generator as yours does
+    generator = torch.Generator().manual_seed(resolve_seed(seed)) if shuffle and seed is not None else None
     return NeighborLoader(
         loader.data,
         num_neighbors=loader.node_sampler.num_neighbors.values,

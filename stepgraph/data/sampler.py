@@ -201,29 +201,43 @@ class BuiltinNeighborSampler(BaseSampler):
             self._local.table = table
         return table
 
+    def _sample_seeds(self, seed: Tensor) -> SamplerOutput:
+        """The neighbourhoods of ``seed`` (the seeds first), without metadata."""
+        seed = seed.to(torch.long)
+        table = self._lookup_table()
+        try:
+            return self._sample_hops(seed, table)
+        finally:
+            table.index_fill_(0, seed, -1)  # later nodes are reset in _sample_hops
+
     def sample_from_nodes(self, index: NodeSamplerInput, **kwargs) -> SamplerOutput:
         """Sample the neighbourhoods of ``index.node`` (PyG's public sampler interface)."""
         if index.input_type is not None:
             raise TypeError("BuiltinNeighborSampler supports homogeneous graphs only")
         if index.time is not None:
             raise ValueError("BuiltinNeighborSampler does not support temporal sampling")
-        seed = index.node.to(torch.long)
-        table = self._lookup_table()
-        try:
-            out = self._sample_hops(seed, table)
-        finally:
-            table.index_fill_(0, seed, -1)  # later nodes are reset in _sample_hops
+        out = self._sample_seeds(index.node)
         out.metadata = (index.input_id, index.time)
         if self.subgraph_type == "bidirectional":
             out = out.to_bidirectional()
         return out
 
     def sample_from_edges(self, index, neg_sampling=None) -> SamplerOutput:
-        """Not supported: link-level loaders need PyG's ``NeighborSampler`` (pyg-lib or torch-sparse)."""
-        raise NotImplementedError(
-            "BuiltinNeighborSampler samples from nodes only; LinkNeighborLoader needs PyG's NeighborSampler "
-            "(install pyg-lib or torch-sparse)"
-        )
+        """Sample the neighbourhoods of the end nodes of ``index``'s edges (and of the
+        negative ones of ``neg_sampling``), for a :class:`~torch_geometric.loader.LinkNeighborLoader`:
+        PyG's own edge-level logic (``edge_sample``: seeds, negatives, labels) around
+        this sampler's node sampling.
+        """
+        from torch_geometric.sampler.neighbor_sampler import edge_sample
+
+        if index.input_type is not None:
+            raise TypeError("BuiltinNeighborSampler supports homogeneous graphs only")
+        if index.time is not None:
+            raise ValueError("BuiltinNeighborSampler does not support temporal sampling")
+        out = edge_sample(index, lambda seed, _time: self._sample_seeds(seed), self.num_nodes, False, None, neg_sampling)
+        if self.subgraph_type == "bidirectional":
+            out = out.to_bidirectional()
+        return out
 
     def _sample_hops(self, seed: Tensor, table: Tensor) -> SamplerOutput:
         colptr, row = self.colptr, self.row

@@ -33,6 +33,7 @@ files), :class:`~stepgraph.train.early_stopping.EarlyStopping` given a
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -241,15 +242,35 @@ class CallbackList:
 
 
 class LRSchedulerStep(Callback):
-    """Step the Trainer's ``lr_scheduler`` once per epoch (the Trainer adds this one itself).
+    """Step the Trainer's ``lr_scheduler`` once per epoch (the Trainer adds this one itself;
+    a scheduler set with ``interval="step"`` is stepped by the optimizer step instead).
 
     A ``ReduceLROnPlateau`` is stepped with ``val_total``, or ``total`` (the
-    training losses' sum) in a fit without validation.
+    training losses' sum) in a fit without validation. A ``OneCycleLR`` stepped
+    per epoch whose ``total_steps`` exceeds the fit's epochs never reaches its
+    end: a warning says so at the start of the fit.
     """
+
+    def on_fit_start(self, trainer):
+        scheduler = getattr(trainer, "lr_scheduler", None)
+        epochs = getattr(getattr(trainer, "loop_state", None), "epochs", None)
+        if (
+            isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+            and getattr(trainer, "lr_scheduler_interval", "epoch") == "epoch"
+            and epochs is not None
+            and scheduler.total_steps > epochs
+        ):
+            warnings.warn(
+                f"the OneCycleLR scheduler is sized for {scheduler.total_steps} steps but is stepped once "
+                f"per epoch for {epochs} epochs, so it never reaches its peak and end; pass "
+                "interval='step' to set_lr_scheduler to step it after every optimizer step",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def on_epoch_end(self, trainer, metrics):
         scheduler = trainer.lr_scheduler
-        if scheduler is None:
+        if scheduler is None or getattr(trainer, "lr_scheduler_interval", "epoch") == "step":
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             # the validation total whenever the epoch validated (NaN counts as a bad epoch), else the training one

@@ -689,6 +689,7 @@ class ModelCheckpoint(Callback):
         self.best = BestWeights(self.best_path, write=self.write, mode=self.mode)
         self.top_k: list[dict[str, Any]] = []
         self._ranked_epoch: int | None = None
+        self.best_epoch: int | None = None
         return self.best
 
     def on_epoch_end(self, trainer, metrics) -> None:
@@ -714,6 +715,8 @@ class ModelCheckpoint(Callback):
     def update(self, value: float, model: torch.nn.Module, epoch: int) -> bool:
         """Record ``epoch``'s ``value``; return whether it is the best so far."""
         improved = self.best.update(value, model)
+        if improved:
+            self.best_epoch = epoch
         if self.save_top_k > 1 and math.isfinite(value) and self.write:
             ranked = sorted(
                 [*self.top_k, {"epoch": epoch, "score": value, "path": None}],
@@ -756,7 +759,12 @@ class ModelCheckpoint(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The top-k ranking (the best weights are the training state's ``best`` component)."""
-        return {"monitor": self.monitor, "mode": self.mode, "top_k": [dict(r) for r in self.top_k]}
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "top_k": [dict(r) for r in self.top_k],
+            "best_epoch": self.best_epoch,
+        }
 
     def load_state_dict(self, state) -> None:
         """Restore the ranking of the files still in :attr:`dirpath`."""
@@ -768,6 +776,7 @@ class ModelCheckpoint(Callback):
         self.top_k = [
             dict(r) for r in state.get("top_k", []) if r.get("path") and cast(Path, self.file(r["path"])).is_file()
         ]
+        self.best_epoch = state.get("best_epoch")
 
 
 #: The earlier name of :class:`ModelCheckpoint`.

@@ -354,7 +354,7 @@ class EarlyStoppingGroup:
         losses
             An epoch's losses; only ``val_`` keys are read.
         loss_names
-            Names of the tensor losses seen in training: values the model only
+            Names of the losses seen in training: values the model only
             logs are not monitored. Empty: every ``val_`` value counts.
 
         Returns

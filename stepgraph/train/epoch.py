@@ -85,7 +85,7 @@ def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Colle
     meter
         An empty :class:`~stepgraph.LossMeter` for the epoch's training losses.
     loss_names
-        Names of the tensor losses seen in training (values a model only logs
+        Names of the losses seen in training (tensors with a gradient, :func:`~stepgraph.train.meter.trained_losses`) (values a model only logs
         are not monitored).
 
     Returns
@@ -97,6 +97,9 @@ def run_epoch(hooks, state: LoopState, feed, meter: LossMeter, loss_names: Colle
     if hooks.optimizer is None:  # before the first forward (which may build the DDP wrapper)
         hooks.init_optimizer()
     _train_steps(hooks, state, feed.train_batches(state.epoch), feed.loss, meter)
+    leftover = getattr(hooks, "optimizer_step", None)
+    if leftover is not None:  # batches left over by gradient accumulation step once more
+        leftover()
     hooks.strategy.reduce_meter(meter)
     if not len(meter):
         raise ValueError(f"epoch {state.epoch} had no training batch")

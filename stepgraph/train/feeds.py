@@ -29,6 +29,7 @@ are means per sample, not STEP's means of per-batch means.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -53,6 +54,8 @@ __all__ = [
     "for_loader",
     "is_neighbor_loader",
     "to_device",
+    "loader_batches",
+    "on_device",
     "batch_weight",
     "graph_batch_weight",
     "graph_inputs",
@@ -90,12 +93,29 @@ def to_device(obj, device):
     return obj
 
 
-def graph_batch_weight(batch) -> int:
-    """Samples in a batch of a non-PyG graph loader, for the per-sample means: the
-    output nodes of a DGL block batch ``(input_nodes, output_nodes, blocks)``, else
-    its number of nodes (``num_nodes``: an attribute in PyG, a method in DGL), else 1
-    (each batch then weighs the same, as in STEP).
+def on_device(call: Callable, device) -> Callable:
+    """``call`` with its first argument (a batch: a PyG ``Data``, a tensor or a tuple of
+    them) and a tensor second argument (``ind``) moved to ``device`` first.
     """
+
+    def moved(batch, *args):
+        batch = batch.to(device) if hasattr(batch, "to") and not isinstance(batch, torch.Tensor) else batch
+        args = tuple(to_device(a, device) if isinstance(a, torch.Tensor) else a for a in args)
+        return call(to_device(batch, device), *args)
+
+    return moved
+
+
+def graph_batch_weight(batch) -> int:
+    """Samples in a batch of a non-``NeighborLoader`` graph loader, for the per-sample means:
+    the supervision edges of a link-level batch (``edge_label_index``, from a PyG
+    ``LinkNeighborLoader``), the output nodes of a DGL block batch ``(input_nodes,
+    output_nodes, blocks)``, else its number of nodes (``num_nodes``: an attribute in
+    PyG, a method in DGL), else 1 (each batch then weighs the same, as in STEP).
+    """
+    edge_label_index = getattr(batch, "edge_label_index", None)
+    if isinstance(edge_label_index, torch.Tensor) and edge_label_index.dim() == 2:
+        return int(edge_label_index.shape[1])
     if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[1], torch.Tensor):
         return batch[1].numel()
     nodes = getattr(batch, "num_nodes", None)
@@ -125,16 +145,43 @@ def takes_per_hop(method: Callable, per_hop: bool | None = None) -> bool:
     return names_per_hop(method)
 
 
-def graph_inputs(batch, dataset, device, per_hop: bool = False) -> dict[str, Any]:
-    """Model inputs of a ``NeighborLoader`` batch: the features of ``batch.n_id`` (those
-    the loader gathered, :class:`~stepgraph.data.gather.GatherFeatures`, else read from
-    ``dataset`` here, sparse rows densified), edges, edge weights and batch labels;
-    with ``per_hop``, the batch's per-hop node and edge counts too (see
-    :func:`takes_per_hop`).
+#: Attributes of a ``NeighborLoader`` batch that describe the sampling, not the nodes: never
+#: passed to a model's method as node attributes.
+SAMPLING_ATTRIBUTES = frozenset(
+    {"x", "edge_index", "edge_weight", "batch_label", "n_id", "e_id", "input_id", "batch_size", "batch", "ptr"}
+    | set(PER_HOP_INPUTS.values())
+    | {FEATURES_GATHERED}
+)
+
+
+def _named_parameters(func: Callable) -> frozenset[str]:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def graph_inputs(batch, dataset, device, per_hop: bool = False, method: Callable | None = None) -> dict[str, Any]:
+    """Model inputs of a ``NeighborLoader`` batch.
+
+    - ``x``: the features of ``batch.n_id``: those the loader gathered
+      (:class:`~stepgraph.data.gather.GatherFeatures`), else read from ``dataset``
+      here (sparse rows densified), else, without a dataset, the batch's own
+      ``x`` (a PyG ``Data`` as it is);
+    - ``edge_index``, and ``edge_weight`` and ``batch_label`` when there are;
+    - with ``per_hop``, the batch's per-hop node and edge counts (see :func:`takes_per_hop`);
+    - every other attribute of the batch (``y``, ``edge_attr``, masks, ...) that
+      ``method`` names as a parameter, by that name, as a PyG loop sees them.
     """
     n_id = batch.n_id
-    if getattr(batch, FEATURES_GATHERED, False):  # the loader read them (GatherFeatures)
-        x, labels = batch.x, getattr(batch, "batch_label", None)
+    if getattr(batch, FEATURES_GATHERED, False) or dataset is None:  # the loader's, or the user's Data
+        x, labels = getattr(batch, "x", None), getattr(batch, "batch_label", None)
+        if x is None:
+            raise ValueError(
+                "the batch has no x: pass dataset= (a stepgraph BaseDataset whose row i is graph node i) "
+                "or give the graph node features in data.x"
+            )
     else:
         x = dataset.features(n_id)
         labels = dataset.labels("batch_label", n_id) if dataset.batch_label is not None else None
@@ -145,6 +192,9 @@ def graph_inputs(batch, dataset, device, per_hop: bool = False) -> dict[str, Any
         inputs["batch_label"] = to_device(labels, device)
     if per_hop and all(getattr(batch, attr, None) is not None for attr in PER_HOP_INPUTS.values()):
         inputs.update({name: list(getattr(batch, attr)) for name, attr in PER_HOP_INPUTS.items()})
+    if method is not None and hasattr(batch, "keys"):
+        wanted = _named_parameters(method) - SAMPLING_ATTRIBUTES - set(inputs)
+        inputs.update({key: to_device(batch[key], device) for key in batch.keys() if key in wanted})
     return inputs
 
 
@@ -158,7 +208,7 @@ def predict_nodes(model: torch.nn.Module, func: Callable, gloader, dataset, devi
     try:
         with torch.no_grad():
             for batch in gloader:
-                inputs = graph_inputs(batch, dataset, device, per_hop=takes_per_hop(func))
+                inputs = graph_inputs(batch, dataset, device, per_hop=takes_per_hop(func), method=func)
                 pred = func(inputs.pop("x"), inputs.pop("edge_index"), **inputs)
                 pred = pred[: batch.batch_size].detach().cpu()
                 if out is None:
@@ -243,6 +293,10 @@ def loader_call(context: FeedContext, call_func: Callable | None, dataset, loade
     call = call_func or _required(context.graph_batch_call, "graph_batch_call")
     if steps_form(call, context.call_form):
         return lambda batch, ind, step: call(batch, dataset, ind, step)
+    if call_func is not None:  # a PyG batch of yours reaches your call on the trainer's device
+        return lambda batch, ind, step: call_func(
+            batch.to(context.device) if _is_pyg_batch(batch) else batch, ind, step
+        )
     if call_func is None and getattr(call, "reads_neighbor_batches_only", False):  # the Trainer's own
         raise TypeError(
             f"gloader of type {type(loader).__name__} is not a torch_geometric NeighborLoader, "
@@ -441,7 +495,8 @@ class TensorBatchFeed(Feed):
         self.call_func = call_func
         mode = getattr(getattr(self.train_loader, "dataset", None), "mode", None)
         self.input_names = MODES.get(mode) if isinstance(mode, str) else None
-        self.loss = tensor_loss_call(call_func or _required(context.tensor_call, "tensor_call"))
+        call = on_device(call_func, context.device) if call_func is not None else None
+        self.loss = tensor_loss_call(call or _required(context.tensor_call, "tensor_call"))
         self._track(self.train_loader, self.valid_loader)
         self._valid_shard = context.strategy.shard_loader(self.valid_loader, 0, self.seed, pad=False)
 
@@ -459,19 +514,25 @@ class _NeighborLoaderFeed(Feed):
     """The shared part of the two ``NeighborLoader`` feeds."""
 
     def _bind(self, gloader, dataset) -> int:
-        """Check that graph node ``i`` is dataset row ``i``; features come from the dataset."""
+        """Check that graph node ``i`` is dataset row ``i``; without a dataset (none given,
+        none remembered), the batches' own ``x`` is read: the graph must have node features.
+        """
         dataset = dataset if dataset is not None else self.context.graph_dataset
+        num_nodes = gloader.data.num_nodes
         if dataset is None:
-            raise TypeError(
-                "dataset must be the dataset whose row i is graph node i, got dataset=None "
-                "and no trainer.graph_dataset to fall back on"
-            )
+            if getattr(gloader.data, "x", None) is None and not _gathers(gloader):
+                raise TypeError(
+                    "dataset must be the dataset whose row i is graph node i when the graph has no "
+                    "node features: got dataset=None and a graph without x (set data.x, or pass a "
+                    "stepgraph BaseDataset)"
+                )
+            self.dataset = None
+            return num_nodes
         if not hasattr(dataset, "features"):
             raise TypeError(
                 f"dataset must be a stepgraph BaseDataset (the Trainer's handle_ginput_tuple "
                 f"reads its features), got dataset of type {type(dataset).__name__}"
             )
-        num_nodes = gloader.data.num_nodes
         if num_nodes != len(dataset):
             raise ValueError(
                 f"dataset must have one row per graph node, got {len(dataset)} rows; the graph has {num_nodes} nodes"
@@ -484,6 +545,8 @@ class _NeighborLoaderFeed(Feed):
         context = self.context
         self.train_loader, self.valid_loader, self.call_func = train_loader, valid_loader, call_func
         call = call_func or _required(context.graph_batch_call, "graph_batch_call")
+        if call_func is not None and not steps_form(call_func, context.call_form):
+            call = on_device(call_func, context.device)  # your call gets the batch on the trainer's device
         self.loss = graph_loss_call(context, mask, graph_call(call, self.dataset, context.call_form))
         self._track(train_loader, valid_loader)
         self._valid_shard = context.strategy.shard_neighbor_loader(valid_loader, 0, self.seed, shuffle=False, pad=False)
@@ -614,7 +677,7 @@ class LoaderFeed(Feed):
         self._track(train_loader, valid_loader)
 
     def train_batches(self, epoch: int) -> Iterable:
-        return _batches(self.train_loader)
+        return loader_batches(self.train_loader)
 
     def validate(self, epoch: int) -> dict[str, float] | None:
         if self.valid_loader is None:
@@ -646,7 +709,20 @@ def loader_validation(
     """
     dataset = dataset if dataset is not None else context.graph_dataset
     _, ind = train_valid_split(len(dataset) if hasattr(dataset, "__len__") else None, None, valid_ind)
-    return _batches(loader), _loader_loss(loader_call(context, call_func, dataset, loader), ind)
+    return loader_batches(loader), _loader_loss(loader_call(context, call_func, dataset, loader), ind)
+
+
+def _is_pyg_batch(batch) -> bool:
+    from torch_geometric.data.data import BaseData
+
+    return isinstance(batch, BaseData)
+
+
+def _gathers(loader) -> bool:
+    """Whether a loader's transform gathers the node features (:class:`~stepgraph.data.gather.GatherFeatures`)."""
+    from stepgraph.data.gather import GatherFeatures
+
+    return isinstance(getattr(loader, "transform", None), GatherFeatures)
 
 
 def _loader_loss(call: Callable, ind: torch.Tensor | None) -> LossCall:
@@ -656,7 +732,7 @@ def _loader_loss(call: Callable, ind: torch.Tensor | None) -> LossCall:
     return loss_call
 
 
-def _batches(loader) -> Iterable:
+def loader_batches(loader) -> Iterable:
     """The batches of a non-PyG loader: the loader itself, or what a function returns."""
     return loader() if callable(loader) and not isinstance(loader, Iterable) else loader
 

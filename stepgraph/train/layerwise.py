@@ -160,6 +160,26 @@ def _rowwise(
     return cast(Tensor, out)  # None only when there are no chunks (a graph without nodes)
 
 
+class _GraphRows:
+    """A graph's own node features (``data.x``) and sections (``data.batch_label``),
+    read as :func:`predict_layerwise` reads a dataset's rows.
+    """
+
+    def __init__(self, data):
+        if getattr(data, "x", None) is None:
+            raise ValueError("dataset must be given when the graph has no node features (data.x is None)")
+        self.x, self.batch_label = data.x, getattr(data, "batch_label", None)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def features(self, ids: Tensor) -> Tensor:
+        return self.x[ids]
+
+    def labels(self, name: str, ids: Tensor) -> Tensor:
+        return getattr(self, name)[ids]
+
+
 def predict_layerwise(
     model: torch.nn.Module,
     plan: LayerwisePlan,
@@ -187,7 +207,8 @@ def predict_layerwise(
         ``num_nodes`` and an optional ``edge_weight``).
     dataset
         Serves the input rows (``dataset.features(ids)``) and the sections
-        (``dataset.labels("batch_label", ids)``) of graph node ``i`` at row ``i``.
+        (``dataset.labels("batch_label", ids)``) of graph node ``i`` at row ``i``;
+        ``None``: the graph's own ``data.x`` (and ``data.batch_label``).
     device
         Where the layers run; the hidden states of all nodes are kept there.
     chunk_size
@@ -206,6 +227,7 @@ def predict_layerwise(
     if not plan.layers:
         raise ValueError("plan must hold at least one layer, got plan.layers=[]")
     num_nodes = int(data.num_nodes)
+    dataset = _GraphRows(data) if dataset is None else dataset
     if len(dataset) != num_nodes:
         raise ValueError(
             f"dataset must have one row per graph node, got {len(dataset)} rows; the graph has {num_nodes} nodes"

@@ -159,7 +159,12 @@ def _fit(
         state.tbar.close()
     if stopped and trainer.stop_reason:
         trainer.trace_func(f"Early stopping at epoch {len(trainer.history)}/{epochs}: {trainer.stop_reason}")
-    if trainer.restore_best:
-        trainer.restore_best_weights()
+    if trainer.restore_best and trainer.restore_best_weights():
+        best_epoch, checkpoints = getattr(trainer.checkpoints, "best_epoch", None), trainer.checkpoints
+        if best_epoch is not None and best_epoch != len(trainer.history):  # say so: history[-1] is not this model
+            trainer.trace_func(
+                f"Restored the best weights, of epoch {best_epoch} ({checkpoints.monitor}="
+                f"{checkpoints.best.best_score:.4g}), not those of the last epoch ({len(trainer.history)})"
+            )
     callbacks.call("on_fit_end", trainer)
     return stopped

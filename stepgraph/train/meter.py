@@ -8,7 +8,7 @@ from typing import SupportsFloat, cast
 
 import torch
 
-__all__ = ["LossMeter", "tensor_losses", "running_mean_update", "without_metadata", "METADATA_KEYS"]
+__all__ = ["LossMeter", "tensor_losses", "trained_losses", "running_mean_update", "without_metadata", "METADATA_KEYS"]
 
 #: Keys of a loss dict that carry metadata, never a loss (STEP's ``graph_ids``).
 METADATA_KEYS = frozenset({"graph_ids"})
@@ -31,10 +31,28 @@ def without_metadata(loss_dict: Mapping[str, object]) -> dict[str, object]:
 def tensor_losses(loss_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """The entries of a loss dict that take part in the backward pass.
 
-    Tensor values are losses; anything else (numbers, strings) is logged only.
+    Tensor values may be losses (see :func:`trained_losses`); anything else (numbers,
+    strings) is logged only.
     The metadata key ``graph_ids`` is never a loss.
     """
     return {k: v for k, v in without_metadata(loss_dict).items() if isinstance(v, torch.Tensor)}
+
+
+def trained_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors that are trained on: those carrying a gradient.
+
+    The rule that tells a loss from a metric, without names: in training, a
+    tensor computed from the parameters carries a gradient and is a loss (it
+    goes into the backward total and the monitored ``total``); a tensor
+    without one (an accuracy ``(pred == y).float().mean()``, a detached value)
+    is logged only (history, loggers), and can still be monitored by a
+    callback (``EarlyStopping(monitor="val_acc", mode="max")``,
+    ``ModelCheckpoint(monitor="val_acc", mode="max")``). With gradients off
+    (``torch.no_grad()`` around a training call) every tensor counts, as before.
+    """
+    if not torch.is_grad_enabled():
+        return dict(losses)
+    return {k: v for k, v in losses.items() if v.requires_grad}
 
 
 class LossMeter:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 
@@ -21,8 +22,17 @@ def build_optimizer(
     tune_lr: float = 0.0001,
     stage: int = 1,
     tune_batch_embedding: bool = True,
-) -> torch.optim.Adam:
-    """Adam over ``model``'s trainable parameters, grouped by training stage.
+    optimizer: type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer] | None = None,
+    params: Iterable | None = None,
+    **optimizer_kwargs,
+) -> torch.optim.Optimizer:
+    """An optimizer (Adam by default) over ``model``'s trainable parameters, grouped by training stage.
+
+    ``optimizer`` (a class such as :class:`torch.optim.AdamW`, or any callable
+    ``optimizer(params, lr=lr, **optimizer_kwargs)``) replaces Adam, and
+    ``optimizer_kwargs`` (``weight_decay=``, ``betas=``, ...) reach it. Parameter
+    groups of your own go in ``params`` (a list of dicts, as torch's optimizers
+    take them; a group without ``"lr"`` gets ``lr``): they replace the stage's groups.
 
     Stage 1 trains every parameter at ``lr``. Stage 2 fine-tunes a pretrained
     model, in one of two ways:
@@ -52,10 +62,10 @@ def build_optimizer(
     for p in model.parameters():
         if id(p) in batch_emb:
             p.requires_grad_(bool(tune_batch_embedding))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
         raise ValueError("the model has no trainable parameters")
-    fast = {id(p) for p in params}  # the parameters at lr; the rest train at tune_lr
+    fast = {id(p) for p in trainable}  # the parameters at lr; the rest train at tune_lr
     if stage == 2:
         hook = getattr(model, "backbone_parameters", None)
         smoother = getattr(model, "smoother", None)
@@ -71,10 +81,16 @@ def build_optimizer(
                 "smoother at lr, the rest of the model at tune_lr)"
             )
     groups = [
-        {"params": [p for p in params if id(p) in fast], "lr": lr},
-        {"params": [p for p in params if id(p) not in fast], "lr": tune_lr},
+        {"params": [p for p in trainable if id(p) in fast], "lr": lr},
+        {"params": [p for p in trainable if id(p) not in fast], "lr": tune_lr},
     ]
-    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
+    groups = [g for g in groups if g["params"]] if params is None else list(params)
+    if not groups:
+        raise ValueError("params must hold at least one parameter group, got an empty list")
+    make = cast(Callable[..., torch.optim.Optimizer], torch.optim.Adam if optimizer is None else optimizer)
+    if not callable(make):
+        raise TypeError(f"optimizer must be an optimizer class or a callable, got {type(make).__name__}")
+    return make(groups, lr=lr, **optimizer_kwargs)
 
 
 def build_scheduler(

@@ -100,7 +100,13 @@ class GraphDatasetMemory:
         return self._graph_dataset
 
     def remember_graph_dataset(self, dataset) -> Any:
-        """Remember ``dataset`` when it is given; return the dataset to use (it, or the last one)."""
+        """Remember ``dataset`` when it is given; return the dataset to use (it, or the last one).
+
+        Parameters
+        ----------
+        dataset
+            The dataset of a call, or ``None`` (the call had none).
+        """
         if dataset is not None:
             self._graph_dataset = dataset
         return self._graph_dataset

@@ -35,7 +35,7 @@ from stepgraph.train.checkpointing import ModelCheckpoint, TrainingCheckpoint
 from stepgraph.train.early_stopping import EarlyStopping, EarlyStoppingGroup
 from stepgraph.train.epoch import evaluate, run_epoch
 from stepgraph.train.loop import train_loop_formatter
-from stepgraph.train.meter import LossMeter, running_mean_update, tensor_losses, without_metadata
+from stepgraph.train.meter import LossMeter, running_mean_update, tensor_losses, trained_losses, without_metadata
 from stepgraph.train.optim import build_optimizer, build_scheduler
 from stepgraph.train.rng import seed_everything
 from stepgraph.train.state import LoopState
@@ -99,6 +99,11 @@ class Trainer(GraphDatasetMemory):
         ``torch.manual_seed(s)`` of yours stays in force.
     grad_clip
         Clip the gradients' global norm to this value; ``None`` does not clip.
+    accumulate_grad_batches
+        Step the optimizer once every this many training batches, on the mean
+        of their gradients (each batch's loss is divided by it; Lightning's
+        argument). Batches left at the end of an epoch step once more. Under DDP
+        every backward pass still reduces the gradients over ranks.
     stop_on
         ``"all"`` (stop when every validation loss stalled, STEP's rule), ``"any"``
         (when one has) or ``"total"`` (one monitor on their sum).
@@ -220,6 +225,7 @@ class Trainer(GraphDatasetMemory):
         checkpoint_dir: str | Path | None = None,
         seed: int | None = None,
         grad_clip: float | None = None,
+        accumulate_grad_batches: int = 1,
         stop_on: str = "all",
         restore_best: bool | None = None,
         use_earlystop: bool = True,
@@ -244,6 +250,11 @@ class Trainer(GraphDatasetMemory):
         checkpoint_every = cast(int, check_int(checkpoint_every, "checkpoint_every", minimum=0))
         self.seed = check_int(seed, "seed", allow_none=True)
         self.grad_clip = check_number(grad_clip, "grad_clip", positive=True, allow_none=True)
+        self.accumulate_grad_batches = cast(
+            int, check_int(accumulate_grad_batches, "accumulate_grad_batches", minimum=1)
+        )
+        self._accumulated = 0  # backward passes since the last optimizer step
+        self.lr_scheduler_interval = "epoch"
         self.stopping = EarlyStoppingGroup(stop_on)
         table = STEP_LOSSCONFIG if lossconfig is None else lossconfig
         if not isinstance(table, Mapping) or not all(isinstance(v, Mapping) for v in table.values()):
@@ -431,6 +442,16 @@ class Trainer(GraphDatasetMemory):
         dataset = getattr(feed, "dataset", None)
         self.remember_graph_dataset(dataset)
 
+    @property
+    def graph_dataset(self):
+        """The dataset serving node features to :meth:`handle_ginput_tuple`: that of the
+        current (or last) graph fit, or the one last given to :meth:`validate_gloader`,
+        :meth:`predict_gloader` or :meth:`predict_layerwise`; ``None`` until then (the
+        graph paths then read the batches' own ``x``). STEP's memory of it is
+        :class:`~stepgraph.train.step_adapter.GraphDatasetMemory`.
+        """
+        return self._graph_dataset
+
     def feed_context(self) -> feeds.FeedContext:
         """What the feeds of this trainer read (:class:`~stepgraph.train.feeds.FeedContext`):
         its strategy, device, seed and ``call_form``, its loss calls (:meth:`loss`,
@@ -473,9 +494,17 @@ class Trainer(GraphDatasetMemory):
         return contextlib.nullcontext()
 
     def init_optimizer(
-        self, lr: float = 0.001, tune_lr: float = 0.0001, stage: int = 1, tune_batch_embedding: bool = True
+        self,
+        lr: float = 0.001,
+        tune_lr: float = 0.0001,
+        stage: int = 1,
+        tune_batch_embedding: bool = True,
+        *,
+        optimizer: Any = None,
+        params: Iterable | None = None,
+        **optimizer_kwargs,
     ) -> torch.optim.Optimizer:
-        """Create the Adam optimizer; see :func:`~stepgraph.train.optim.build_optimizer`.
+        """Create the optimizer (Adam by default); see :func:`~stepgraph.train.optim.build_optimizer`.
 
         Parameters
         ----------
@@ -487,16 +516,54 @@ class Trainer(GraphDatasetMemory):
             1 (train all) or 2 (fine-tune the model's ``backbone_parameters()`` at ``tune_lr``).
         tune_batch_embedding
             Whether parameters named ``*batch_embedding*`` train (else frozen).
+        optimizer
+            An optimizer class (``torch.optim.AdamW``) or callable, built as
+            ``optimizer(groups, lr=lr, **optimizer_kwargs)``; or a ready
+            :class:`torch.optim.Optimizer` over this model's parameters, used as
+            it is (``lr`` and the rest are then ignored). ``None``: Adam.
+        params
+            Your own parameter groups (a list of dicts, as torch's optimizers take
+            them), in place of the stage's.
+        **optimizer_kwargs
+            Passed to the optimizer (``weight_decay=``, ``betas=``, ...).
+
+        Examples
+        --------
+        >>> trainer.init_optimizer(lr=0.01, optimizer=torch.optim.AdamW, weight_decay=5e-4)  # doctest: +SKIP
         """
-        self.optimizer = build_optimizer(self.net, lr, tune_lr, stage, tune_batch_embedding)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            own = {id(p) for p in self.net.parameters()}
+            stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
+            if stray:
+                raise ValueError(
+                    f"optimizer must be built on this trainer's model, got {stray} parameter(s) of another"
+                )
+            self.optimizer = optimizer
+        else:
+            self.optimizer = build_optimizer(
+                self.net,
+                lr,
+                tune_lr,
+                stage,
+                tune_batch_embedding,
+                optimizer=optimizer,
+                params=params,
+                **optimizer_kwargs,
+            )
         self.lr_scheduler = None
+        self._accumulated = 0
         self.strategy.parameters_changed()
         return self.optimizer
 
     def set_lr_scheduler(
-        self, lr_scheduler=None, gamma: float = 0.1, *step_milestones: int, milestones: Iterable[int] = ()
+        self,
+        lr_scheduler=None,
+        gamma: float = 0.1,
+        *step_milestones: int,
+        milestones: Iterable[int] = (),
+        interval: str = "epoch",
     ):
-        """Set the learning-rate scheduler, stepped once per epoch.
+        """Set the learning-rate scheduler, stepped once per epoch or once per optimizer step.
 
         Parameters
         ----------
@@ -510,18 +577,25 @@ class Trainer(GraphDatasetMemory):
             Milestones given positionally, as STEP's ``set_lr_scheduler(None, gamma, *milestones)``.
         milestones
             Epochs at which the learning rate decays (``MultiStepLR``).
+        interval
+            ``"epoch"`` (default, STEP's) or ``"step"``: after every optimizer step
+            (Lightning's ``interval``), as a ``OneCycleLR`` sized in steps needs.
         """
+        self.lr_scheduler_interval = check_choice(interval, "interval", ("epoch", "step"))
         if self.optimizer is None:
             self.init_optimizer()
         assert self.optimizer is not None  # set by init_optimizer
         self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler, gamma, [*step_milestones, *milestones])
+        if interval == "step" and isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ValueError("interval must be 'epoch' for ReduceLROnPlateau, which steps on the validation total")
         return self.lr_scheduler
 
     # ------------------------------------------------------------ the core
     def update_model_params(
         self, loss_dict: Mapping[str, Any], epoch: int, step: int | None = None
     ) -> torch.Tensor | None:
-        """Sum the tensor losses, back-propagate, clip and step the optimizer.
+        """Sum the losses (the tensors that carry a gradient, :func:`~stepgraph.train.meter.trained_losses`),
+        back-propagate, clip and step the optimizer (every ``accumulate_grad_batches`` batches).
 
         Returns the detached total, or ``None`` when a non-finite batch was skipped;
         raises :class:`NonFiniteLossError` (naming the losses, ``epoch`` and ``step``)
@@ -540,11 +614,11 @@ class Trainer(GraphDatasetMemory):
         if self.optimizer is None:
             self.init_optimizer()
         assert self.optimizer is not None  # set by init_optimizer
-        losses = tensor_losses(loss_dict)
+        losses = trained_losses(tensor_losses(loss_dict))
         if not losses:
             raise TypeError(
                 f"the loss dict holds no tensor to back-propagate; keys were {list(loss_dict)} "
-                "(values must be scalar tensors)"
+                "(a loss is a scalar tensor computed from the model's parameters, with a gradient)"
             )
         total = cast(torch.Tensor, sum(losses.values()))  # a tensor: losses is not empty
         if total.numel() != 1:
@@ -561,13 +635,29 @@ class Trainer(GraphDatasetMemory):
                 f"non-finite training loss at {where}: {values}; the weights were not updated{kept}"
             )
         self._loss_names.update(losses)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self._accumulated == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        (total / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else total).backward()
         self.strategy.after_backward(self.model)
+        self._accumulated += 1
+        if self._accumulated >= self.accumulate_grad_batches:
+            self.optimizer_step()
+        return total.detach()
+
+    def optimizer_step(self) -> None:
+        """Clip, step the optimizer on the gradients accumulated so far (if any), and
+        step a per-step scheduler (``set_lr_scheduler(..., interval="step")``).
+        The epoch core calls it at the end of each epoch for batches left over by
+        ``accumulate_grad_batches``.
+        """
+        if self._accumulated == 0 or self.optimizer is None:
+            return
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
-        return total.detach()
+        self._accumulated = 0
+        if self.lr_scheduler is not None and self.lr_scheduler_interval == "step":
+            self.lr_scheduler.step()
 
     def cum_loss(
         self,
@@ -866,11 +956,13 @@ class Trainer(GraphDatasetMemory):
         which every graph method also calls, with any loader).
 
         Gathers the features of ``batch.n_id`` from :attr:`graph_dataset` (sparse
-        rows densified per batch) and its batch labels, and calls
+        rows densified per batch) and its batch labels (without a dataset: the
+        batch's own ``x``, as a PyG ``Data`` holds them), and calls
         ``model.loss(x, ind=ind, edge_index=..., edge_weight=..., batch_label=...)``,
-        plus the batch's per-hop counts when ``model.loss`` names the parameters
-        ``num_sampled_nodes_per_hop`` and ``num_sampled_edges_per_hop`` (layer-wise
-        trimming; see :func:`~stepgraph.train.feeds.takes_per_hop`).
+        plus the batch's other attributes that ``model.loss`` names as
+        parameters (``y``, ``edge_attr``, ``train_mask``, ...), plus the batch's
+        per-hop counts when ``per_hop`` says so (see
+        :func:`~stepgraph.train.feeds.graph_inputs`).
 
         Parameters
         ----------
@@ -881,15 +973,15 @@ class Trainer(GraphDatasetMemory):
         step
             Step within the epoch (for subclasses that schedule by step).
         """
-        if self.graph_dataset is None:
-            raise RuntimeError(
-                "handle_ginput_tuple needs trainer.graph_dataset: the dataset given to "
-                "train_node_sampler / train_graph_batch / validate_gloader"
-            )
         if ind is None:
             ind = torch.arange(input_tuple.batch_size)
+        loss = self.net.loss
         inputs = feeds.graph_inputs(
-            input_tuple, self.graph_dataset, self.device, per_hop=feeds.takes_per_hop(self.model.loss, self.per_hop)
+            input_tuple,
+            self.graph_dataset,
+            self.device,
+            per_hop=feeds.takes_per_hop(loss, self.per_hop),
+            method=loss,
         )
         return self.strategy.loss_forward(self.model, inputs.pop("x"), ind=ind.to(self.device), **inputs)
 
@@ -1081,6 +1173,92 @@ class Trainer(GraphDatasetMemory):
         call = feeds.graph_call(call_func or self.handle_ginput_tuple, self.graph_dataset, self.call_form)
         return _as_tensors(evaluate(self, gloader, feeds.graph_loss_call(self.feed_context(), mask, call)))
 
+    def test(self, loader, call_func: Callable | None = None, dataset=None, test_ind=None) -> dict[str, float]:
+        """Mean losses and metrics over a test loader, in eval mode without gradients,
+        with ``test_`` keys (Lightning's ``test``).
+
+        Parameters
+        ----------
+        loader
+            A ``NeighborLoader`` (losses on its seed nodes), a loader of tensor
+            batches (a :class:`torch.utils.data.DataLoader` that is not PyG's), or
+            any other graph loader.
+        call_func
+            The loss call, as in the matching training method; the model's own
+            loss call when ``None``.
+        dataset
+            The dataset serving node features (graph loaders); ``None``: the
+            remembered one, else the batches' own ``x``.
+        test_ind
+            Restrict the losses to these seed nodes (graph loaders).
+
+        Returns
+        -------
+        dict
+            ``{"test_<name>": mean}``: every loss and logged value of the loss
+            dict, a mean per sample.
+        """
+        graph = feeds.is_neighbor_loader(loader) or not isinstance(loader, torch.utils.data.DataLoader)
+        graph = graph or type(loader).__module__.startswith("torch_geometric")
+        if graph:
+            out = self.validate_gloader(loader, valid_ind=test_ind, dataset=dataset, call_func=call_func)
+        else:
+            out = self.validate_loader(loader, call_func=call_func)
+        return {"test_" + key.removeprefix("val_"): float(value) for key, value in out.items()}
+
+    def predict(self, loader, func: Callable | None = None, method: str = "forward", dataset=None):
+        """The model's outputs over any loader, in eval mode without gradients (Lightning's
+        ``predict``).
+
+        A ``NeighborLoader`` gives one row per graph node (:meth:`predict_gloader`).
+        Any other loader gives the outputs of its batches, concatenated when
+        they are tensors (else a list). Batches are moved to the trainer's
+        device; the outputs come back on the CPU.
+
+        Parameters
+        ----------
+        loader
+            A ``NeighborLoader``, a loader of tensor batches, a list of PyG
+            ``Data``, or any iterable of batches.
+        func
+            ``func(batch) -> output``; ``None``: ``model.<method>`` of the batch:
+            ``(x, edge_index)`` of a PyG batch, the members of a tuple, or the
+            tensor itself.
+        method
+            Name of the model's method (``"encode"`` is the default of
+            :meth:`predict_gloader`; here ``"forward"``).
+        dataset
+            The dataset serving node features to a ``NeighborLoader``; ``None``:
+            the remembered one, else the batches' own ``x``.
+        """
+        if feeds.is_neighbor_loader(loader):
+            return self.predict_gloader(loader, dataset, method=method)
+        model_method = getattr(self.net, method, None)
+        if func is None and not callable(model_method):
+            raise AttributeError(f"method must name a method of the model, got method={method!r}")
+
+        def call(batch):
+            if func is not None:
+                return func(batch)
+            if hasattr(batch, "edge_index") and hasattr(batch, "x"):
+                return model_method(batch.x, batch.edge_index)
+            return model_method(*batch) if isinstance(batch, (tuple, list)) else model_method(batch)
+
+        was_training, outputs = self.model.training, []
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                for batch in feeds.loader_batches(loader):
+                    if hasattr(batch, "to") and not isinstance(batch, torch.Tensor):
+                        batch = batch.to(self.device)
+                    out = call(feeds.to_device(batch, self.device))
+                    outputs.append(out.detach().cpu() if isinstance(out, torch.Tensor) else out)
+        finally:
+            self.model.train(was_training)
+        if outputs and all(isinstance(o, torch.Tensor) for o in outputs):
+            return _full_precision(torch.cat(outputs))
+        return outputs
+
     def predict_gloader(self, gloader, dataset=None, method: str = "encode") -> torch.Tensor:
         """``model.<method>(x, edge_index, edge_weight=..., batch_label=...)`` for every
         seed node of a ``NeighborLoader``, in eval mode without gradients.
@@ -1100,9 +1278,7 @@ class Trainer(GraphDatasetMemory):
         torch.Tensor
             One row per graph node, on the CPU; rows of nodes never a seed are zero.
         """
-        dataset = self.remember_graph_dataset(dataset)
-        if dataset is None:
-            raise ValueError("predict_gloader needs dataset= (no graph dataset trained on yet)")
+        dataset = self.remember_graph_dataset(dataset)  # None: the batches' own x
         func = getattr(self.net, method, None)
         if not callable(func):
             raise AttributeError(f"method must name a method of the model, got method={method!r}")
@@ -1141,11 +1317,12 @@ class Trainer(GraphDatasetMemory):
         torch.Tensor
             One row per graph node, on the CPU, in eval mode, without gradients.
         """
-        dataset = self.remember_graph_dataset(dataset)
-        if dataset is None:
-            raise ValueError("predict_layerwise needs dataset= (no graph dataset trained on yet)")
+        dataset = self.remember_graph_dataset(dataset)  # None: the graph's own x
         plan = layerwise.layerwise_plan(self.net, method)
         loader = feeds.is_neighbor_loader(graph)
+        if plan is None and _has_pyg_inference(self.net):
+            data = graph.data if loader else graph
+            return self._pyg_inference(data, dataset, chunk_size)
         if plan is None:
             if not loader:
                 raise TypeError(
@@ -1169,6 +1346,26 @@ class Trainer(GraphDatasetMemory):
                 )
             )
 
+    def _pyg_inference(self, data, dataset, chunk_size: int) -> torch.Tensor:
+        """PyG's own layer-wise ``inference`` (``BasicGNN``: GCN, GraphSAGE, GAT, GIN, ...)
+        over full 1-hop neighbourhoods of ``chunk_size`` seeds (built-in sampler without pyg-lib).
+        """
+        from stepgraph.data.loaders import graph_loader
+
+        if dataset is not None:  # the dataset's rows as the graph's features
+            data = data.clone()
+            data.x = dataset.features(torch.arange(len(dataset)))
+        if getattr(data, "x", None) is None:
+            raise ValueError("dataset must be given when the graph has no node features (data.x is None)")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.autocast():
+                out = self.net.inference(graph_loader(data, n_layers=1, batch_size=chunk_size), device=self.device)
+        finally:
+            self.model.train(was_training)
+        return _full_precision(out.cpu())
+
     @staticmethod
     def make_loaders(
         dataset, batch_size: int, split_rate: float = 0.2, shuffle: bool = True, obs_key: str | None = None, **kwargs
@@ -1191,6 +1388,15 @@ class Trainer(GraphDatasetMemory):
             Passed to :func:`stepgraph.data.loaders.make_loaders` (``seed=`` among them).
         """
         return _make_loaders(dataset, batch_size, split_rate, shuffle, obs_key, **kwargs)
+
+
+def _has_pyg_inference(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has PyG's layer-wise ``inference(loader, device=...)`` (``BasicGNN``)."""
+    try:
+        from torch_geometric.nn.models.basic_gnn import BasicGNN
+    except ImportError:  # pragma: no cover - PyG is a dependency
+        return False
+    return isinstance(model, BasicGNN)
 
 
 class _RunRecord:
