@@ -234,7 +234,9 @@ class BuiltinNeighborSampler(BaseSampler):
             raise TypeError("BuiltinNeighborSampler supports homogeneous graphs only")
         if index.time is not None:
             raise ValueError("BuiltinNeighborSampler does not support temporal sampling")
-        out = edge_sample(index, lambda seed, _time: self._sample_seeds(seed), self.num_nodes, False, None, neg_sampling)
+        out = edge_sample(
+            index, lambda seed, _time: self._sample_seeds(seed), self.num_nodes, False, None, neg_sampling
+        )
         if self.subgraph_type == "bidirectional":
             out = out.to_bidirectional()
         return out
