@@ -301,3 +301,47 @@ def test_link_level_epochs_weigh_batches_by_their_supervision_edges():
     with torch.no_grad():
         per_edge = sum(float(call(b, None, 0)["bce"]) * graph_batch_weight(b) for b in batches)
     assert trainer.history[-1]["val_bce"] == pytest.approx(per_edge / (label_index.shape[1] // 2), rel=1e-6)
+
+
+def test_with_valid_ind_your_loader_keeps_its_transform_and_torchs_seed_sets_the_order():
+    data = two_class_graph()
+    seen = []
+
+    def mark(batch):  # a transform of yours
+        batch.marked = True
+        return batch
+
+    def first_batches(seed):
+        torch.manual_seed(seed)
+        sampler = make_neighbor_sampler(data, [2], backend="builtin")
+        loader = NeighborLoader(data, [2], batch_size=20, shuffle=True, transform=mark, neighbor_sampler=sampler)
+        model = GCN()
+        order = []
+
+        def call(batch, ind, step):
+            seen.append(getattr(batch, "marked", False))
+            if model.training:
+                order.append(batch.n_id[ind].tolist())
+            return {"loss": F.cross_entropy(model(batch.x, batch.edge_index)[ind], batch.y[ind])}
+
+        trainer = quiet(model, lossconfig={})
+        trainer.train_node_sampler(epochs=1, gloader=loader, valid_ind=torch.arange(30), call_func=call)
+        assert trainer.active_feed.train_loader.transform is mark
+        return order
+
+    assert first_batches(1) == first_batches(1) and first_batches(1) != first_batches(2)
+    assert seen and all(seen)  # every batch, training and validation, went through your transform
+
+
+def test_sgd_with_weight_decay_and_two_parameter_groups_trains():
+    model = Regression()
+    trainer = quiet(model, use_earlystop=False)
+    groups = [{"params": [model.lin.weight], "weight_decay": 0.1}, {"params": [model.lin.bias], "lr": 0.01}]
+    trainer.init_optimizer(lr=0.05, optimizer=torch.optim.SGD, params=groups, momentum=0.9)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train_batch(epochs=5, loaders=(_batches(4, 8), None))
+    opt = trainer.optimizer
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.01]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0]
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert trainer.history[-1]["mse"] < trainer.history[0]["mse"]
