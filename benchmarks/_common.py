@@ -50,3 +50,20 @@ def report_rows(out: str, rows: list[dict], columns: list[str], payload: dict) -
     write_json(out + ".json", {**payload, "rows": rows})
     with open(out + ".md", "w") as handle:
         handle.write(table + "\n")
+
+
+def ari_scores(truth, labels, codes, n_sections: int) -> dict:
+    """``{"ari": ...}`` on the cells with a known truth, and with several sections
+    ``"per-section ari"``, the mean of the ARI within each (rounded to 3 places)."""
+    import numpy as np
+
+    from stepgraph.pipeline.domains import adjusted_rand_index
+
+    known = truth.notna().to_numpy()
+    row = {"ari": round(adjusted_rand_index(truth[known], labels[known]), 3)}
+    if n_sections > 1:
+        each = [
+            adjusted_rand_index(truth[known & (codes == c)], labels[known & (codes == c)]) for c in range(n_sections)
+        ]
+        row["per-section ari"] = round(float(np.mean(each)), 3)
+    return row

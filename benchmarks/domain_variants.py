@@ -31,7 +31,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import torch
-from _common import RESULTS, report_rows
+from _common import RESULTS, ari_scores, report_rows
 from threadpoolctl import threadpool_limits
 
 from stepgraph.bench.domains import panel_tissues
@@ -40,7 +40,7 @@ from stepgraph.graph.spatial import get_coordinates, section_codes
 from stepgraph.pipeline import PipelineConfig, run_pipeline
 from stepgraph.pipeline import run as pipeline_run
 from stepgraph.pipeline.config import EMBEDDING_KEY
-from stepgraph.pipeline.domains import adjusted_rand_index, cluster_domains
+from stepgraph.pipeline.domains import cluster_domains
 from stepgraph.pipeline.neighborhood import neighborhood_features
 
 
@@ -86,24 +86,8 @@ def variants(tissue: dict, seed: int) -> list[dict]:
     rows = []
     for name, embedding in embeddings.items():
         labels = cluster_domains(np.asarray(embedding), n_domains, **options)
-        row = {
-            "tissue": tissue["path"].rsplit("/", 1)[-1],
-            "seed": seed,
-            "variant": name,
-            "ari": round(adjusted_rand_index(truth[known], labels[known]), 3),
-        }
-        if len(names) > 1:
-            row["per-section ari"] = round(
-                float(
-                    np.mean(
-                        [
-                            adjusted_rand_index(truth[known & (codes == c)], labels[known & (codes == c)])
-                            for c in range(len(names))
-                        ]
-                    )
-                ),
-                3,
-            )
+        row = {"tissue": tissue["path"].rsplit("/", 1)[-1], "seed": seed, "variant": name}
+        row.update(ari_scores(truth, labels, codes, len(names)))
         rows.append(row)
     return rows
 

@@ -32,7 +32,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import torch
-from _common import RESULTS, report_rows
+from _common import RESULTS, ari_scores, report_rows
 from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
@@ -41,7 +41,7 @@ from stepgraph.graph.ops import smooth_over_graph
 from stepgraph.graph.spatial import section_codes
 from stepgraph.pipeline import PipelineConfig, run_pipeline
 from stepgraph.pipeline.config import EMBEDDING_KEY
-from stepgraph.pipeline.domains import adjusted_rand_index, cluster_domains
+from stepgraph.pipeline.domains import cluster_domains
 
 
 def _unit(block: np.ndarray) -> np.ndarray:
@@ -80,8 +80,7 @@ def tissue_rows(tissue: dict, n_seeds: int, k: int) -> list[dict]:
     adata = ad.read_h5ad(tissue["path"])
     name = tissue["path"].rsplit("/", 1)[-1]
     truth = adata.obs[tissue["truth_key"]]
-    known = truth.notna().to_numpy()
-    n_domains = int(truth[known].nunique())
+    n_domains = int(truth.dropna().nunique())
     codes, names = section_codes(adata, tissue["batch_key"])
     embeddings, labels, seconds = {}, {}, {}
     for seed in range(n_seeds):
@@ -98,20 +97,7 @@ def tissue_rows(tissue: dict, n_seeds: int, k: int) -> list[dict]:
 
     def score(variant, seeds, lab, secs):
         row = {"tissue": name, "variant": variant, "seeds": ",".join(map(str, seeds)), "seconds": round(secs, 1)}
-        row["ari"] = round(adjusted_rand_index(truth[known], lab[known]), 3)
-        if len(names) > 1:
-            row["per-section ari"] = round(
-                float(
-                    np.mean(
-                        [
-                            adjusted_rand_index(truth[known & (codes == c)], lab[known & (codes == c)])
-                            for c in range(len(names))
-                        ]
-                    )
-                ),
-                3,
-            )
-        return row
+        return {**row, **ari_scores(truth, lab, codes, len(names))}
 
     rows = [score("single", (s,), labels[s], seconds[s]) for s in range(n_seeds)]
     for group in groups(n_seeds, k):
