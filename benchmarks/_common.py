@@ -67,3 +67,40 @@ def ari_scores(truth, labels, codes, n_sections: int) -> dict:
         ]
         row["per-section ari"] = round(float(np.mean(each)), 3)
     return row
+
+
+def panel_parser(doc: str, out_name: str):
+    """An argument parser for a script over a panel of tissues: ``inputs`` (files or
+    folders, as ``stepgraph bench domains`` reads them), ``--threads`` and ``--out``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="annotated .h5ad files or folders (as stepgraph bench domains)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
+    parser.add_argument("--out", default=str(RESULTS / out_name), help="OUT.json and OUT.md")
+    return parser
+
+
+def over_panel(args, tissue_rows, columns: list[str]) -> None:
+    """Run ``tissue_rows(tissue)`` on every tissue of ``args.inputs`` with ``args.threads``
+    torch and BLAS threads, then print and write the rows (:func:`report_rows`)."""
+    import time
+    import warnings
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from stepgraph.bench.domains import panel_tissues
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    torch.set_num_threads(args.threads)
+    rows, start = [], time.perf_counter()
+    with threadpool_limits(args.threads):
+        for tissue in panel_tissues(args.inputs):
+            rows += tissue_rows(tissue)
+    report_rows(
+        args.out,
+        rows,
+        columns,
+        {"inputs": args.inputs, "threads": args.threads, "seconds": time.perf_counter() - start},
+    )

@@ -23,18 +23,12 @@ Writes benchmarks/results/domain_variants.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
-import warnings
 
 import anndata as ad
 import numpy as np
-import torch
-from _common import RESULTS, ari_scores, report_rows
-from threadpoolctl import threadpool_limits
+from _common import ari_scores, over_panel, panel_parser
 
-from stepgraph.bench.domains import panel_tissues
 from stepgraph.graph.ops import gaussian_knn_kernel, smooth_over_graph
 from stepgraph.graph.spatial import get_coordinates, section_codes
 from stepgraph.pipeline import PipelineConfig, run_pipeline
@@ -93,24 +87,14 @@ def variants(tissue: dict, seed: int) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", nargs="+", help="annotated .h5ad files or folders (as stepgraph bench domains)")
+    parser = panel_parser(__doc__, "domain_variants")
     parser.add_argument("--seeds", default="0,1,2", help="seeds, comma separated")
-    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
-    parser.add_argument("--out", default=str(RESULTS / "domain_variants"), help="OUT.json and OUT.md")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    torch.set_num_threads(args.threads)
-    rows, start = [], time.perf_counter()
-    with threadpool_limits(args.threads):
-        for tissue in panel_tissues(args.inputs):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                rows += variants(tissue, seed)
-    report_rows(
-        args.out,
-        rows,
+    seeds = [int(s) for s in args.seeds.split(",")]
+    over_panel(
+        args,
+        lambda tissue: [row for seed in seeds for row in variants(tissue, seed)],
         ["tissue", "seed", "variant", "ari", "per-section ari"],
-        {"inputs": args.inputs, "threads": args.threads, "seconds": time.perf_counter() - start},
     )
 
 

@@ -24,19 +24,14 @@ Writes benchmarks/results/seed_consensus.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
-import warnings
 
 import anndata as ad
 import numpy as np
-import torch
-from _common import RESULTS, ari_scores, report_rows
+from _common import ari_scores, over_panel, panel_parser
 from scipy.optimize import linear_sum_assignment
-from threadpoolctl import threadpool_limits
 
-from stepgraph.bench.domains import panel_tissues
 from stepgraph.graph.ops import smooth_over_graph
 from stepgraph.graph.spatial import section_codes
 from stepgraph.pipeline import PipelineConfig, run_pipeline
@@ -112,24 +107,14 @@ def tissue_rows(tissue: dict, n_seeds: int, k: int) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", nargs="+", help="annotated .h5ad files or folders (as stepgraph bench domains)")
+    parser = panel_parser(__doc__, "seed_consensus")
     parser.add_argument("--n-seeds", type=int, default=6, help="training seeds 0 .. N-1")
     parser.add_argument("--k", type=int, default=3, help="seeds per consensus")
-    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
-    parser.add_argument("--out", default=str(RESULTS / "seed_consensus"), help="OUT.json and OUT.md")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    torch.set_num_threads(args.threads)
-    rows, start = [], time.perf_counter()
-    with threadpool_limits(args.threads):
-        for tissue in panel_tissues(args.inputs):
-            rows += tissue_rows(tissue, args.n_seeds, args.k)
-    report_rows(
-        args.out,
-        rows,
+    over_panel(
+        args,
+        lambda tissue: tissue_rows(tissue, args.n_seeds, args.k),
         ["tissue", "variant", "seeds", "ari", "per-section ari", "seconds"],
-        {"inputs": args.inputs, "threads": args.threads, "seconds": time.perf_counter() - start},
     )
 
 
