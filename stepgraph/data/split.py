@@ -239,4 +239,7 @@ def check_disjoint(train: torch.Tensor | None, valid: torch.Tensor | None) -> No
 def _positions(ind, name: str, n: int | None) -> torch.Tensor | None:
     if ind is None:
         return None
-    return as_index(ind, name, n) if n is not None else torch.as_tensor(ind, dtype=torch.long)
+    if n is not None:
+        return as_index(ind, name, n)
+    tensor = torch.as_tensor(ind)
+    return tensor.nonzero().flatten() if tensor.dtype == torch.bool else tensor.long().flatten()

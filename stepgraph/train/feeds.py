@@ -29,6 +29,7 @@ are means per sample, not STEP's means of per-batch means.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -55,7 +56,9 @@ __all__ = [
     "is_neighbor_loader",
     "to_device",
     "loader_batches",
+    "holds_tensor_batches",
     "on_device",
+    "batch_to",
     "batch_weight",
     "graph_batch_weight",
     "graph_inputs",
@@ -93,13 +96,22 @@ def to_device(obj, device):
     return obj
 
 
+def batch_to(batch, device):
+    """A PyG batch on ``device``: a shallow copy moved (``Data.to`` moves in place, and the
+    batch may be your own ``Data``); anything else through :func:`to_device`.
+    """
+    if _is_pyg_batch(batch):
+        return copy.copy(batch).to(device)
+    return to_device(batch, device)
+
+
 def on_device(call: Callable, device) -> Callable:
     """``call`` with its first argument (a batch: a PyG ``Data``, a tensor or a tuple of
     them) and a tensor second argument (``ind``) moved to ``device`` first.
     """
 
     def moved(batch, *args):
-        batch = batch.to(device) if hasattr(batch, "to") and not isinstance(batch, torch.Tensor) else batch
+        batch = batch_to(batch, device)
         args = tuple(to_device(a, device) if isinstance(a, torch.Tensor) else a for a in args)
         return call(to_device(batch, device), *args)
 
@@ -294,9 +306,7 @@ def loader_call(context: FeedContext, call_func: Callable | None, dataset, loade
     if steps_form(call, context.call_form):
         return lambda batch, ind, step: call(batch, dataset, ind, step)
     if call_func is not None:  # a PyG batch of yours reaches your call on the trainer's device
-        return lambda batch, ind, step: call_func(
-            batch.to(context.device) if _is_pyg_batch(batch) else batch, ind, step
-        )
+        return lambda batch, ind, step: call_func(batch_to(batch, context.device), ind, step)
     if call_func is None and getattr(call, "reads_neighbor_batches_only", False):  # the Trainer's own
         raise TypeError(
             f"gloader of type {type(loader).__name__} is not a torch_geometric NeighborLoader, "
@@ -669,7 +679,12 @@ class LoaderFeed(Feed):
                 "(stepgraph.node_loaders / stepgraph.graph_loader)"
             )
         self.dataset = dataset if dataset is not None else context.graph_dataset
-        n = len(self.dataset) if hasattr(self.dataset, "__len__") else None
+        n = _node_count(self.dataset, train_loader)
+        if n is None and train_ind is None and valid_ind is not None:
+            raise ValueError(
+                "valid_ind without train_ind needs the number of nodes, to train on the others: pass train_ind "
+                f"too, or a dataset with len(); gloader of type {type(train_loader).__name__} does not say it"
+            )
         train, valid = train_valid_split(n, train_ind, valid_ind)
         self.train_loader, self.train_ind, self.valid_ind, self.call_func = train_loader, train, valid, call_func
         self.valid_loader = valid_loader if valid_loader is not None or valid is None else train_loader
@@ -708,8 +723,19 @@ def loader_validation(
     (``dataset``: passed to the loss call; the context's ``graph_dataset`` when ``None``).
     """
     dataset = dataset if dataset is not None else context.graph_dataset
-    _, ind = train_valid_split(len(dataset) if hasattr(dataset, "__len__") else None, None, valid_ind)
+    _, ind = train_valid_split(_node_count(dataset, loader), None, valid_ind)
     return loader_batches(loader), _loader_loss(loader_call(context, call_func, dataset, loader), ind)
+
+
+def _node_count(dataset, loader) -> int | None:
+    """The number of nodes ``train_ind`` / ``valid_ind`` index: the dataset's length, or
+    the nodes of a loader that is one PyG graph in a list; ``None`` when unknown.
+    """
+    if hasattr(dataset, "__len__"):
+        return len(dataset)
+    if isinstance(loader, (list, tuple)) and len(loader) == 1 and _is_pyg_batch(loader[0]):
+        return int(loader[0].num_nodes)
+    return None
 
 
 def _is_pyg_batch(batch) -> bool:
@@ -730,6 +756,21 @@ def _loader_loss(call: Callable, ind: torch.Tensor | None) -> LossCall:
         return call(batch, ind, step), graph_batch_weight(batch)
 
     return loss_call
+
+
+def holds_tensor_batches(loader) -> bool:
+    """Whether ``loader`` yields tensor batches (a tensor, or a tuple or list of them), as
+    :meth:`~stepgraph.Trainer.train_batch` takes; a ``NeighborLoader`` or an empty loader does not.
+    """
+    if is_neighbor_loader(loader):
+        return False
+    try:
+        first = next(iter(loader_batches(loader)))
+    except (StopIteration, TypeError):
+        return False
+    items = list(first.values()) if isinstance(first, Mapping) else first
+    items = items if isinstance(items, (tuple, list)) else [items]
+    return bool(items) and all(isinstance(item, torch.Tensor) for item in items)
 
 
 def loader_batches(loader) -> Iterable:

@@ -10,6 +10,7 @@ the shared core in :mod:`stepgraph.train.epoch`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable
@@ -119,6 +120,7 @@ def _fit(
     state.tbar = Progress(
         epochs, f"Epoch {done + 1}/{epochs}", "epochs", enabled=trainer.progress, initial=done, leave=True
     )
+    epoch_start_schedule = None
     try:
         callbacks.call("on_fit_start", trainer)
         for epoch in range(done + 1, epochs + 1):
@@ -126,6 +128,7 @@ def _fit(
                 break
             state.epoch = epoch
             state.tbar.set_description(f"Epoch {epoch}/{epochs}")
+            epoch_start_schedule = _per_step_schedule(trainer)
             stopped = bool(train_func(trainer, state, *args, **kwargs))
             completed = epoch
             state.tbar.update()
@@ -138,6 +141,8 @@ def _fit(
         state.tbar.close()
         trainer.interrupted = True
         callbacks.call("on_exception", trainer, err)
+        if epoch_start_schedule is not None:  # the interrupted epoch runs again: so does its schedule
+            _rewind_schedule(trainer, epoch_start_schedule)
         saved = trainer.checkpoints.interrupted(
             trainer._training_checkpoint(), trainer._training_progress(state, completed, stopped)
         )
@@ -168,3 +173,18 @@ def _fit(
             )
     callbacks.call("on_fit_end", trainer)
     return stopped
+
+
+def _per_step_schedule(trainer) -> dict | None:
+    """A copy of the state of a scheduler stepped per optimizer step (``None`` for none)."""
+    scheduler = getattr(trainer, "lr_scheduler", None)
+    if scheduler is None or getattr(trainer, "lr_scheduler_interval", "epoch") != "step":
+        return None
+    return copy.deepcopy(scheduler.state_dict())
+
+
+def _rewind_schedule(trainer, schedule: dict) -> None:
+    """Put a per-step scheduler, and the learning rates it set, back to the start of the epoch."""
+    trainer.lr_scheduler.load_state_dict(schedule)
+    for group, lr in zip(trainer.optimizer.param_groups, schedule.get("_last_lr", [])):
+        group["lr"] = lr

@@ -39,7 +39,13 @@ from stepgraph.train.meter import LossMeter, running_mean_update, tensor_losses,
 from stepgraph.train.optim import build_optimizer, build_scheduler
 from stepgraph.train.rng import seed_everything
 from stepgraph.train.state import LoopState
-from stepgraph.train.step_adapter import CALL_FORMS, STEP_DEFAULT_LCFG, STEP_LOSSCONFIG, GraphDatasetMemory
+from stepgraph.train.step_adapter import (
+    CALL_FORMS,
+    STEP_DEFAULT_LCFG,
+    STEP_LOSSCONFIG,
+    GraphDatasetMemory,
+    steps_form,
+)
 from stepgraph.train.strategies import Strategy, make_strategy
 
 __all__ = ["Trainer", "NonFiniteLossError"]
@@ -323,6 +329,14 @@ class Trainer(GraphDatasetMemory):
         self.stopping.reset()
         self.checkpoints.new_fit()
         self._loss_names: set[str] = set()
+        self.discard_accumulated()
+
+    def discard_accumulated(self) -> None:
+        """Forget the gradients of an unfinished accumulation window (an interrupted or failed fit)."""
+        self._accumulated = 0
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------ settings
     distributed = property(
@@ -581,13 +595,14 @@ class Trainer(GraphDatasetMemory):
             ``"epoch"`` (default, STEP's) or ``"step"``: after every optimizer step
             (Lightning's ``interval``), as a ``OneCycleLR`` sized in steps needs.
         """
-        self.lr_scheduler_interval = check_choice(interval, "interval", ("epoch", "step"))
+        check_choice(interval, "interval", ("epoch", "step"))
         if self.optimizer is None:
             self.init_optimizer()
         assert self.optimizer is not None  # set by init_optimizer
-        self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler, gamma, [*step_milestones, *milestones])
-        if interval == "step" and isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler = build_scheduler(self.optimizer, lr_scheduler, gamma, [*step_milestones, *milestones])
+        if interval == "step" and isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             raise ValueError("interval must be 'epoch' for ReduceLROnPlateau, which steps on the validation total")
+        self.lr_scheduler, self.lr_scheduler_interval = scheduler, interval
         return self.lr_scheduler
 
     # ------------------------------------------------------------ the core
@@ -652,6 +667,11 @@ class Trainer(GraphDatasetMemory):
         """
         if self._accumulated == 0 or self.optimizer is None:
             return
+        if self._accumulated < self.accumulate_grad_batches:  # a short window: the mean of its batches
+            scale = self.accumulate_grad_batches / self._accumulated
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -722,7 +742,9 @@ class Trainer(GraphDatasetMemory):
         ----------
         loss_dict
             Training losses (STEP's form: tensor values; logged numbers are
-            skipped) or ``val_`` values: their names name the monitors.
+            skipped) or ``val_`` values: their names name the monitors. Once a
+            training step has run, only the losses trained on (tensors with a
+            gradient) get one; a metric is logged, not monitored.
         """
         if not self.use_earlystop:
             self.stopping.monitors = {}
@@ -732,6 +754,8 @@ class Trainer(GraphDatasetMemory):
             for k, v in without_metadata(loss_dict).items()
             if k.startswith("val_") or isinstance(v, torch.Tensor)
         ]
+        if self._loss_names:  # only the losses trained on so far get a monitor, not the logged metrics
+            names = [n for n in names if n.removeprefix("val_") in self._loss_names]
         return self.stopping.setup(names)
 
     def check_early_stop(self, total_loss_dict: Mapping[str, float]) -> bool:
@@ -875,6 +899,7 @@ class Trainer(GraphDatasetMemory):
         if self.optimizer is None:
             self.init_optimizer()
         progress = self._training_checkpoint().load(path, map_location=self.device)
+        self.discard_accumulated()
         self.interrupted = False
         state["epoch"], state["step"] = progress["epoch"], progress["step"]
         return progress["epoch"], progress["stopped"]
@@ -1115,7 +1140,8 @@ class Trainer(GraphDatasetMemory):
         call_func
             ``call_func(batch) -> loss_dict``; defaults to :meth:`handle_input_tuple`.
         """
-        return _as_tensors(evaluate(self, loader, feeds.tensor_loss_call(call_func or self.handle_input_tuple)))
+        call = feeds.on_device(call_func, self.device) if call_func is not None else self.handle_input_tuple
+        return _as_tensors(evaluate(self, loader, feeds.tensor_loss_call(call)))
 
     def validate_X(self, X, ind=None, call_func: Callable | None = None, **kwargs) -> dict[str, torch.Tensor]:
         """Losses of the full-matrix path on rows ``ind`` (all when ``None``) in eval mode:
@@ -1170,7 +1196,10 @@ class Trainer(GraphDatasetMemory):
             context = self.feed_context()
             return _as_tensors(evaluate(self, *feeds.loader_validation(context, gloader, valid_ind, call_func)))
         mask = feeds.node_mask(valid_ind, "valid_ind", gloader.data.num_nodes)
-        call = feeds.graph_call(call_func or self.handle_ginput_tuple, self.graph_dataset, self.call_form)
+        call = call_func or self.handle_ginput_tuple
+        if call_func is not None and not steps_form(call_func, self.call_form):
+            call = feeds.on_device(call_func, self.device)  # as in training: your call gets the batch on the device
+        call = feeds.graph_call(call, self.graph_dataset, self.call_form)
         return _as_tensors(evaluate(self, gloader, feeds.graph_loss_call(self.feed_context(), mask, call)))
 
     def test(self, loader, call_func: Callable | None = None, dataset=None, test_ind=None) -> dict[str, float]:
@@ -1181,8 +1210,8 @@ class Trainer(GraphDatasetMemory):
         ----------
         loader
             A ``NeighborLoader`` (losses on its seed nodes), a loader of tensor
-            batches (a :class:`torch.utils.data.DataLoader` that is not PyG's), or
-            any other graph loader.
+            batches (as :meth:`train_batch` takes: batches that are tensors or
+            tuples of tensors), or any other graph loader.
         call_func
             The loss call, as in the matching training method; the model's own
             loss call when ``None``.
@@ -1198,9 +1227,7 @@ class Trainer(GraphDatasetMemory):
             ``{"test_<name>": mean}``: every loss and logged value of the loss
             dict, a mean per sample.
         """
-        graph = feeds.is_neighbor_loader(loader) or not isinstance(loader, torch.utils.data.DataLoader)
-        graph = graph or type(loader).__module__.startswith("torch_geometric")
-        if graph:
+        if not feeds.holds_tensor_batches(loader):
             out = self.validate_gloader(loader, valid_ind=test_ind, dataset=dataset, call_func=call_func)
         else:
             out = self.validate_loader(loader, call_func=call_func)
@@ -1232,6 +1259,11 @@ class Trainer(GraphDatasetMemory):
             the remembered one, else the batches' own ``x``.
         """
         if feeds.is_neighbor_loader(loader):
+            if func is not None:
+                raise TypeError(
+                    "func is for loaders other than a NeighborLoader; a NeighborLoader's rows come from "
+                    "model.<method>(x, edge_index, ...): pass method= instead"
+                )
             return self.predict_gloader(loader, dataset, method=method)
         model_method = getattr(self.net, method, None)
         if func is None and not callable(model_method):
@@ -1249,9 +1281,7 @@ class Trainer(GraphDatasetMemory):
         try:
             with torch.no_grad(), self.autocast():
                 for batch in feeds.loader_batches(loader):
-                    if hasattr(batch, "to") and not isinstance(batch, torch.Tensor):
-                        batch = batch.to(self.device)
-                    out = call(feeds.to_device(batch, self.device))
+                    out = call(feeds.batch_to(batch, self.device))
                     outputs.append(out.detach().cpu() if isinstance(out, torch.Tensor) else out)
         finally:
             self.model.train(was_training)
@@ -1320,9 +1350,8 @@ class Trainer(GraphDatasetMemory):
         dataset = self.remember_graph_dataset(dataset)  # None: the graph's own x
         plan = layerwise.layerwise_plan(self.net, method)
         loader = feeds.is_neighbor_loader(graph)
-        if plan is None and _has_pyg_inference(self.net):
-            data = graph.data if loader else graph
-            return self._pyg_inference(data, dataset, chunk_size)
+        if plan is None and _pyg_inference_serves(self.net, method, graph.data if loader else graph):
+            return self._pyg_inference(graph.data if loader else graph, dataset, chunk_size)
         if plan is None:
             if not loader:
                 raise TypeError(
@@ -1390,13 +1419,22 @@ class Trainer(GraphDatasetMemory):
         return _make_loaders(dataset, batch_size, split_rate, shuffle, obs_key, **kwargs)
 
 
-def _has_pyg_inference(model: torch.nn.Module) -> bool:
-    """Whether ``model`` has PyG's layer-wise ``inference(loader, device=...)`` (``BasicGNN``)."""
-    try:
-        from torch_geometric.nn.models.basic_gnn import BasicGNN
-    except ImportError:  # pragma: no cover - PyG is a dependency
-        return False
-    return isinstance(model, BasicGNN)
+def _pyg_inference_serves(model: torch.nn.Module, method: str, data) -> bool:
+    """Whether PyG's layer-wise ``BasicGNN.inference`` computes ``model.<method>`` on ``data``:
+    a ``BasicGNN`` (GCN, GraphSAGE, GAT, GIN, ...) whose ``jk`` is ``None`` or ``"last"``, asked for
+    its forward pass (``method`` ``"forward"``, ``"inference"``, or a name it lacks, such as the
+    default ``"encode"``), on a graph without edge weights or attributes (``inference`` passes
+    only ``edge_index`` to its layers).
+    """
+    from torch_geometric.nn.models.basic_gnn import BasicGNN
+
+    return (
+        isinstance(model, BasicGNN)
+        and getattr(model, "jk_mode", None) in (None, "last")
+        and (method in ("forward", "inference") or not hasattr(model, method))
+        and getattr(data, "edge_weight", None) is None
+        and getattr(data, "edge_attr", None) is None
+    )
 
 
 class _RunRecord:
@@ -1412,6 +1450,7 @@ class _RunRecord:
             "loss_names": sorted(t._loss_names),
             "skipped_batches": t.skipped_batches,
             "stop_request": t._stop_request,
+            "lr_scheduler_interval": t.lr_scheduler_interval,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -1419,3 +1458,9 @@ class _RunRecord:
         t.history, t._loss_names = list(state["history"]), set(state["loss_names"])
         t.skipped_batches = state["skipped_batches"]
         t._stop_request = state.get("stop_request")
+        saved = state.get("lr_scheduler_interval", "epoch")
+        if t.lr_scheduler is not None and saved != t.lr_scheduler_interval:
+            raise ValueError(
+                f"the saved run stepped its LR scheduler per {saved} and this one per {t.lr_scheduler_interval}: "
+                f"call set_lr_scheduler(..., interval={saved!r}) as in the interrupted run before resuming"
+            )

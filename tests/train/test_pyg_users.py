@@ -157,7 +157,8 @@ class Regression(torch.nn.Module):
         super().__init__()
         self.lin = torch.nn.Linear(3, 1)
 
-    def loss(self, x, y=None, batch_label=None):
+    def loss(self, x, ind=None, y=None, batch_label=None):
+        x = x if ind is None else x[ind]
         return {"mse": F.mse_loss(self.lin(x).squeeze(-1), x.sum(-1))}
 
 
@@ -345,3 +346,146 @@ def test_sgd_with_weight_decay_and_two_parameter_groups_trains():
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0]
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert trainer.history[-1]["mse"] < trainer.history[0]["mse"]
+
+
+# ------------------------------------------------------------------ review findings, each a regression test
+def test_your_call_gets_a_copy_of_your_data_on_the_device_and_your_data_stays_put():
+    from stepgraph.train.feeds import on_device
+
+    data = two_class_graph()
+    seen = {}
+    on_device(lambda batch: seen.setdefault("device", batch.x.device), "meta")(data)
+    assert seen["device"].type == "meta" and data.x.device.type == "cpu"
+
+
+def test_validation_moves_your_batches_as_training_does(monkeypatch):
+    import stepgraph.train.feeds as feeds
+
+    moved = []
+    original = feeds.batch_to
+    monkeypatch.setattr(
+        feeds, "batch_to", lambda batch, device: moved.append(feeds.is_neighbor_loader) or original(batch, device)
+    )
+    data = two_class_graph()
+    model = GCN()
+    trainer = quiet(model, seed=0, lossconfig={})
+    loader = node_loaders(data, [2], 40, backend="builtin", seed=0)[0]
+    trainer.train_node_sampler(epochs=1, gloader=loader, valid_ind=torch.arange(40), call_func=accuracy_call(model))
+    n_train = len(moved)
+    trainer.validate_gloader(trainer.active_feed.valid_loader, call_func=accuracy_call(model))
+    assert n_train > 0 and len(moved) > n_train
+
+
+def test_a_per_step_schedule_resumes_from_an_interrupt_and_its_interval_is_checked(tmp_path):
+    class StopAt(Callback):
+        def on_train_batch_end(self, trainer, losses, step):
+            if trainer.loop_state.epoch == 2 and step == 1:
+                raise KeyboardInterrupt
+
+    def make(callbacks=()):
+        model = Regression()
+        torch.manual_seed(0)
+        trainer = quiet(model, use_earlystop=False, checkpoint_dir=tmp_path, callbacks=list(callbacks))
+        trainer.init_optimizer(lr=0.01, optimizer=torch.optim.SGD)
+        trainer.set_lr_scheduler(
+            lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=12), interval="step"
+        )
+        return trainer
+
+    first = make([StopAt()])
+    assert first.train_batch(epochs=3, loaders=(_batches(4, 5), None)) is False and first.interrupted
+    resumed = make()
+    resumed.train_batch(epochs=3, loaders=(_batches(4, 5), None), resume_from=tmp_path / "interrupted.pt")
+    assert resumed.lr_scheduler.last_epoch == 12 and len(resumed.history) == 3
+    other = make()
+    other.set_lr_scheduler(lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))  # per epoch now
+    with pytest.raises(ValueError, match="per step"):
+        other.train_batch(epochs=3, loaders=(_batches(4, 5), None), resume_from=tmp_path / "last.pt")
+
+
+def test_a_refused_interval_leaves_the_scheduler_as_it_was():
+    trainer = quiet(Regression())
+    trainer.init_optimizer()
+    with pytest.raises(ValueError, match="ReduceLROnPlateau"):
+        trainer.set_lr_scheduler(torch.optim.lr_scheduler.ReduceLROnPlateau(trainer.optimizer), interval="step")
+    assert trainer.lr_scheduler is None and trainer.lr_scheduler_interval == "epoch"
+
+
+def test_a_step_style_loop_monitors_its_losses_not_a_detached_metric():
+    class WithMetric(Regression):
+        def loss(self, x, ind=None, y=None, batch_label=None):
+            err = self.lin(x).squeeze(-1) - x.sum(-1)
+            return {"mse": (err**2).mean(), "mae": err.abs().mean().detach()}
+
+    trainer = quiet(WithMetric())
+    x = _batches(1, 8)[0]
+    losses = trainer.handle_input_tuple(x)
+    trainer.update_model_params(losses, epoch=1)
+    monitors = trainer.setup_early_stopping(losses)
+    assert list(monitors) == ["val_mse"]
+    assert trainer.check_early_stop({"val_mse": 1.0, "val_mae": 0.5}) is False
+
+
+def test_an_interrupted_accumulation_window_is_not_carried_into_the_next_fit():
+    class Fails(Callback):
+        def on_train_batch_end(self, trainer, losses, step):
+            if step == 1:
+                raise RuntimeError("stop here")
+
+    model = Regression()
+    trainer = quiet(model, accumulate_grad_batches=4, use_earlystop=False, callbacks=[Fails()])
+    trainer.init_optimizer(lr=0.1, optimizer=torch.optim.SGD)
+    with pytest.raises(RuntimeError, match="stop here"):
+        trainer.train_batch(epochs=1, loaders=(_batches(4, 5), None))
+    assert trainer._accumulated == 2
+    trainer.callbacks = []
+    trainer.begin_fit()
+    assert trainer._accumulated == 0 and all(p.grad is None for p in model.parameters())
+
+
+def test_a_short_accumulation_window_steps_with_the_mean_gradient():
+    def weights(k):
+        torch.manual_seed(0)
+        model = Regression()
+        trainer = quiet(model, accumulate_grad_batches=k, use_earlystop=False)
+        trainer.init_optimizer(lr=0.1, optimizer=torch.optim.SGD)
+        trainer.train(epochs=2, X=_batches(1, 6)[0][0])  # one batch per epoch
+        return model.lin.weight.detach().clone()
+
+    assert torch.allclose(weights(4), weights(1))
+
+
+def test_a_graph_in_a_list_splits_its_nodes_by_a_mask():
+    data = two_class_graph()
+    model = GCN()
+    seen = []
+
+    def call(batch, ind, step):
+        seen.append((model.training, None if ind is None else ind.numel()))
+        return {"loss": F.cross_entropy(model(batch.x, batch.edge_index)[ind], batch.y[ind])}
+
+    trainer = quiet(model, lossconfig={})
+    trainer.train_graph_batch(epochs=1, gloader=[data], valid_ind=data.val_mask, call_func=call)
+    assert seen == [(True, int(data.train_mask.sum())), (False, int(data.val_mask.sum()))]
+
+
+def test_pyg_inference_is_used_only_where_it_computes_the_model():
+    from stepgraph.train.trainer import _pyg_inference_serves
+
+    data = two_class_graph()
+    assert _pyg_inference_serves(GraphSAGE(2, 4, num_layers=2), "encode", data)
+    assert not _pyg_inference_serves(GraphSAGE(2, 4, num_layers=2, jk="cat"), "encode", data)
+    weighted = data.clone()
+    weighted.edge_weight = torch.rand(data.num_edges)
+    assert not _pyg_inference_serves(GraphSAGE(2, 4, num_layers=2), "encode", weighted)
+    with pytest.raises(TypeError, match="layerwise"):
+        quiet(GraphSAGE(2, 4, num_layers=2, jk="cat")).predict_layerwise(data)
+
+
+def test_predict_refuses_func_with_a_neighbor_loader_and_test_takes_a_list_of_tensor_batches():
+    data = two_class_graph()
+    trainer = quiet(GCN())
+    with pytest.raises(TypeError, match="method="):
+        trainer.predict(graph_loader(data, n_layers=1, batch_size=30), func=lambda batch: batch.x)
+    reg = quiet(Regression())
+    assert set(reg.test(_batches(2, 5))) == {"test_mse"}
