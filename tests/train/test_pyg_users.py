@@ -363,9 +363,12 @@ def test_validation_moves_your_batches_as_training_does(monkeypatch):
 
     moved = []
     original = feeds.batch_to
-    monkeypatch.setattr(
-        feeds, "batch_to", lambda batch, device: moved.append(feeds.is_neighbor_loader) or original(batch, device)
-    )
+
+    def counting(batch, device):
+        moved.append(device)
+        return original(batch, device)
+
+    monkeypatch.setattr(feeds, "batch_to", counting)
     data = two_class_graph()
     model = GCN()
     trainer = quiet(model, seed=0, lossconfig={})
