@@ -30,6 +30,7 @@ are means per sample, not STEP's means of per-batch means.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -111,9 +112,8 @@ def on_device(call: Callable, device) -> Callable:
     """
 
     def moved(batch, *args):
-        batch = batch_to(batch, device)
         args = tuple(to_device(a, device) if isinstance(a, torch.Tensor) else a for a in args)
-        return call(to_device(batch, device), *args)
+        return call(batch_to(batch, device), *args)
 
     return moved
 
@@ -167,6 +167,12 @@ SAMPLING_ATTRIBUTES = frozenset(
 
 
 def _named_parameters(func: Callable) -> frozenset[str]:
+    """The parameters ``func`` names (looked up once per function, not per batch)."""
+    return _parameters_of(getattr(func, "__func__", func))
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters_of(func: Callable) -> frozenset[str]:
     try:
         params = inspect.signature(func).parameters.values()
     except (TypeError, ValueError):
