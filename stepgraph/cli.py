@@ -80,6 +80,55 @@ def _seeds(text: str) -> list[int]:
     return values
 
 
+#: The settings that ``stepgraph bench domains`` gives every run itself: ``--set`` cannot change them.
+BENCH_OWN_FIELDS = ("spatial_key", "batch_key", "n_domains", "truth_key", "seed", "progress", "resume_from")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _pipeline_setting(text: str) -> tuple[str, object]:
+    """One ``--set FIELD=VALUE`` of ``stepgraph bench domains``: a field of
+    :class:`~stepgraph.pipeline.PipelineConfig` and its value, read as the field's type
+    (``none`` for a field that may be ``None``; ``true``/``false``; integers separated by
+    commas for a list; a word where a number or a word is allowed, as ``target_sum=median``).
+    """
+    import difflib
+
+    name, sep, raw = (part.strip() for part in text.partition("="))
+    known = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    if not sep or name not in known:
+        close = difflib.get_close_matches(name, list(known), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise argparse.ArgumentTypeError(
+            f"--set expects FIELD=VALUE, FIELD a setting of PipelineConfig, got {text!r}{hint}"
+        )
+    if name in BENCH_OWN_FIELDS:
+        raise argparse.ArgumentTypeError(f"--set {name}: the benchmark sets {name} for every run itself")
+    hint = typing.get_type_hints(PipelineConfig)[name]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    meta, kind = known[name].metadata, _value_type(hint)
+    if raw.lower() == "none" and type(None) in allowed:
+        return name, None
+    wrong = argparse.ArgumentTypeError(f"--set {name}: expected {getattr(hint, '__name__', hint)}, got {raw!r}")
+    value: object = raw
+    if kind is bool:
+        if raw.lower() not in _TRUE + _FALSE:
+            raise wrong
+        value = raw.lower() in _TRUE
+    elif kind is list:
+        value = _int_list(f"--set {name}")(raw)
+    elif kind in (int, float):
+        try:
+            value = kind(raw)
+        except ValueError:
+            if str not in allowed:
+                raise wrong from None
+        if meta["positive"] and not isinstance(value, str) and not value > 0:
+            raise argparse.ArgumentTypeError(f"--set {name}: expected a positive number, got {raw!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise argparse.ArgumentTypeError(f"--set {name}: expected one of {list(meta['choices'])}, got {raw!r}")
+    return name, value
+
+
 def _defaults(func) -> dict:
     """The default of every parameter of ``func`` that has one: options mirror them, never retype them."""
     return {
@@ -297,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(domains, BENCH_PIPELINE_FIELDS)  # the pipeline's input, for stepgraph and untrained
     domains.add_argument(
         "--epochs", type=_positive_int, default=None, help="maximum epochs of the pipeline (default: the pipeline's)"
+    )
+    domains.add_argument(
+        "--set",
+        dest="settings",
+        type=_pipeline_setting,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other setting of the pipeline (a field of PipelineConfig) for the stepgraph and untrained "
+        "runs, e.g. --set target_sum=median; repeat it for several (default: the pipeline's defaults)",
     )
     domains.add_argument(
         "--out",
@@ -742,7 +801,8 @@ def _run_bench_domains(args) -> int:
             threads=args.threads,
             jobs=args.jobs or max(1, usable_cores() // args.threads),
             pipeline_options={name: getattr(args, name) for name in BENCH_PIPELINE_FIELDS}
-            | ({"epochs": args.epochs} if args.epochs else {}),
+            | ({"epochs": args.epochs} if args.epochs else {})
+            | dict(args.settings),
             log=lambda line: print(line, flush=True),
         )
     except ValueError as err:

@@ -93,3 +93,45 @@ def test_panel_benchmark_writes_one_table_per_tissue_and_a_line_per_method(tmp_p
     report = panel_report(result)
     assert report.count("| method |") == 2 and "### one.h5ad" in report and "### two.h5ad" in report
     assert "- **neighbor_mean**: mean rank 1.00; leads on one, two (joint), two (per section)" in report
+
+
+def test_set_reads_any_pipeline_setting_as_its_type_and_refuses_the_benchmarks_own(capsys):
+    from stepgraph.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["bench", "domains", "x.h5ad", "--set", "target_sum=median", "--set", "fanout=5,5", "--set", "refine=true"]
+        + ["--set", "gmm_screen_rows=none", "--set", "target_sum=5000"]
+    )
+    assert args.settings == [
+        ("target_sum", "median"),
+        ("fanout", [5, 5]),
+        ("refine", True),
+        ("gmm_screen_rows", None),
+        ("target_sum", 5000.0),
+    ]
+    for bad, message in [
+        ("seed=3", "the benchmark sets seed"),
+        ("n_pc=30", "did you mean n_pcs"),
+        ("n_pcs=-2", "positive"),
+        ("n_pcs=many", "expected int"),
+        ("features=cells", "expected one of"),
+        ("refine", "FIELD=VALUE"),
+    ]:
+        with pytest.raises(SystemExit):
+            parser.parse_args(["bench", "domains", "x.h5ad", "--set", bad])
+        assert message in capsys.readouterr().err
+
+
+def test_set_reaches_the_pipelines_runs_and_is_recorded(tmp_path, capsys):
+    from stepgraph.cli import main
+
+    path = _write(tmp_path / "a.h5ad")
+    out = tmp_path / "res"
+    common = ["bench", "--threads", "1", "domains", str(path), "--methods", "untrained", "--seeds", "0", "--jobs", "1"]
+    assert main(common + ["--set", "n_pcs=4", "--out", str(out)]) == 0
+    tissue = json.loads(out.with_suffix(".json").read_text())["tissues"][0]
+    assert tissue["pipeline_options"]["n_pcs"] == 4
+    # a setting the file cannot serve fails the run with the pipeline's own error: it reached the run
+    assert main(common + ["--set", "layer_key=spliced", "--out", str(out)]) != 0
+    assert "spliced" in capsys.readouterr().err
