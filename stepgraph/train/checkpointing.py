@@ -121,6 +121,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], what: st
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        interrupt = _interrupt_behind(err)
+        if interrupt is not None and interrupt is not err:
+            raise interrupt from None
         if isinstance(err, OSError):
             raise _write_error(err, path, what) from err
         raise
@@ -133,6 +136,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], what: st
     except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
         pass
     return path
+
+
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as the CLI raises it) that ``err`` was
+    raised while handling, or ``err`` itself when it is one; ``None`` when there is none.
+
+    An interrupt that lands inside :func:`torch.save` makes its zip writer's cleanup fail
+    with a ``RuntimeError`` ("unexpected pos"): the interrupt is what happened, and the
+    training loop must see it to write ``interrupted.pt``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__context__
+    return None
 
 
 @functools.cache
