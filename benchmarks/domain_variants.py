@@ -24,6 +24,7 @@ Writes benchmarks/results/domain_variants.{json,md}.
 from __future__ import annotations
 
 import tempfile
+from unittest import mock
 
 import anndata as ad
 import numpy as np
@@ -56,12 +57,8 @@ def variants(tissue: dict, seed: int) -> list[dict]:
         return dataset, features
 
     config = PipelineConfig(batch_key=batch_key, truth_key=truth_key, seed=seed, progress=False)
-    pipeline_run._model_input = keep_input
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            run_pipeline(adata, out, config)
-    finally:
-        pipeline_run._model_input = model_input
+    with mock.patch.object(pipeline_run, "_model_input", keep_input), tempfile.TemporaryDirectory() as out:
+        run_pipeline(adata, out, config)
     graph = adata.obsp["spatial_connectivities"]
     codes, names = section_codes(adata, batch_key)
     xy = get_coordinates(adata, tissue["spatial_key"])

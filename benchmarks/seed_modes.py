@@ -22,6 +22,8 @@ Writes benchmarks/results/seed_modes.{json,md}.
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
+from unittest import mock
 
 import anndata as ad
 import torch
@@ -48,13 +50,9 @@ def _trained(tissue: dict, seed: int, init_seed: int | None):
             torch.manual_seed(init_seed)
             return model_class(*args, **kwargs)
 
-    if init_seed is not None:
-        pipeline_run.GraphAutoencoder = fixed_init
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            run_pipeline(adata, out, config)
-    finally:
-        pipeline_run.GraphAutoencoder = model_class
+    patch = mock.patch.object(pipeline_run, "GraphAutoencoder", fixed_init) if init_seed is not None else nullcontext()
+    with patch, tempfile.TemporaryDirectory() as out:
+        run_pipeline(adata, out, config)
     return adata, config
 
 
