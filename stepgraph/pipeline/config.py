@@ -21,7 +21,10 @@ EMBEDDING_KEY = "X_stepgraph"
 DOMAIN_KEY = "stepgraph_domain"
 
 #: The model input and encoder of each kind of gene set (:func:`gene_set_kind`): the values that
-#: :meth:`PipelineConfig.resolved` gives the fields left at ``None``. A transcriptome's spots or cells
+#: :meth:`PipelineConfig.resolved` gives the fields left at ``None``. With the default neighbourhood
+#: features the input is 50 per-cell components whatever the gene set (the neighbourhood blocks do the
+#: averaging), and only the encoder (``fanout``, ``hidden_dim``) comes from here; the input components
+#: below are those of ``features="expression"``. A transcriptome's spots or cells
 #: carry many axes of expression above their noise: the model reads 200 components of each cell's own
 #: expression and one attention layer, 256 wide, weighs its neighbours (STAGATE's design). A panel's
 #: cells carry fewer: the model reads 20 components of neighbourhood means, averaged once more, through
@@ -158,33 +161,38 @@ class PipelineConfig:
         kw_only=True,
     )
     target_sum: float | str = _setting(
-        1e4,
-        "each cell's counts are scaled to this total before the log: a number, or median (the median "
-        "total of the cells)",
-        "log-CP10k, the convention of scanpy's tutorials, STAGATE and SpaGCN",
+        "median",
+        "each cell's counts are scaled to this total before the log: a number (1e4: log-CP10k), or median "
+        "(the median total of the cells)",
+        "scanpy's normalize_total default: a cell's single count stays near log1p(1) whatever the depth of the "
+        "technology, where log-CP10k lifts it far from zero on a panel of few counts per cell; with the "
+        "neighbourhood features it leads or ties on every tissue of the panel over eight seeds (docs/benchmarks.md, "
+        "the neighbourhood features as the default)",
         cli=False,
         kw_only=True,
     )
     n_pcs: int | None = _setting(
         None,
-        "principal components of the model input (centred or scaled genes, see scaling; fitted on neighbourhood means)",
-        "per kind of gene set (see RECIPES and gene_set_kind): a transcriptome (more genes than "
-        "n_top_genes) keeps 200 components of each cell's own expression, and the model's attention layer"
-        " weighs the neighbours; a panel kept whole keeps 20 components of neighbourhood means, averaged "
-        "once more; with --features neighborhood, 50 components of each cell. Raise it for a "
-        "transcriptome with many fine domains, lower it for a small panel (measured in "
-        "docs/benchmarks.md, a transcriptome's own input)",
+        "principal components of each cell's expression (centred or scaled genes, see scaling) that the "
+        "model input is built from",
+        "50 per-cell components feed the neighbourhood features (as many as BANKSY's PCA of a cell keeps "
+        "apart from noise); with --features expression, per kind of gene set (see RECIPES and gene_set_kind): "
+        "a transcriptome (more genes than n_top_genes) keeps 200 components of each cell's own expression, a "
+        "panel kept whole 20 components of neighbourhood means, averaged once more (docs/benchmarks.md, a "
+        "transcriptome's own input)",
         positive=True,
-        shown="200 for a transcriptome, 20 for a panel",
+        shown="50; with --features expression 200 for a transcriptome, 20 for a panel",
     )
     features: str = _setting(
-        "expression",
-        "the model's input: expression (components of the cells' own expression, or of their "
-        "neighbourhood means for a panel; see n_pcs) or neighborhood (BANKSY's features: each cell's components "
-        "beside the Gaussian-weighted mean and the gradient of its --neighborhood-k nearest neighbours)",
-        "expression leads on the panel's Visium tissues and on STARmap; neighborhood on osmFISH and her2st "
-        "(docs/benchmarks.md, the development panel): neither holds on every tissue, so the default stays. "
-        "Compare both on an annotated section of your own (stepgraph bench domains --features neighborhood)",
+        "neighborhood",
+        "the model's input: neighborhood (BANKSY's features: each cell's components beside the "
+        "Gaussian-weighted mean and the gradient of its --neighborhood-k nearest neighbours) or expression "
+        "(components of the cells' own expression, or of their neighbourhood means for a panel; see n_pcs)",
+        "over eight seeds of every tissue of the development panel, the neighbourhood features lead on the "
+        "single-cell panels and the legacy-ST tumours, tie the Visium tissues on the mean (expression leads "
+        "their median, with two modes of training), and move less from seed to seed; measured in "
+        "docs/benchmarks.md (the neighbourhood features as the default). Compare both on an annotated section "
+        "of your own (stepgraph bench domains --set features=expression)",
         choices=("expression", "neighborhood"),
         kw_only=True,
     )
@@ -227,9 +235,10 @@ class PipelineConfig:
     feature_smooth: int | None = _setting(
         None,
         "rounds of averaging of the input features over each neighbourhood",
-        "per kind of gene set (see n_pcs): 0 for a transcriptome, whose model attends to each neighbour's own "
-        "expression (STAGATE's input); 1 for a panel, BANKSY's neighbour features (a cell's input is the mean "
-        "over itself and its neighbours)",
+        "0 with the neighbourhood features, which hold the neighbourhood's mean themselves; with --features "
+        "expression, per kind of gene set (see n_pcs): 0 for a transcriptome, whose model attends to each "
+        "neighbour's own expression (STAGATE's input); 1 for a panel (a cell's input is the mean over itself and "
+        "its neighbours)",
         cli=False,
         kw_only=True,
     )

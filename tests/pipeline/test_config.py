@@ -227,7 +227,7 @@ def test_the_pipeline_passes_every_option_of_its_stages_explicitly():
 
 
 def test_the_gene_set_picks_the_input_and_encoder_of_fields_left_unset():
-    config = PipelineConfig(n_top_genes=100)
+    config = PipelineConfig(n_top_genes=100, features="expression")
     with pytest.raises(
         ValueError, match=r"n_pcs, feature_smooth, fanout, hidden_dim .* left to the gene set.*resolved\(n_genes\)"
     ):
@@ -245,6 +245,11 @@ def test_the_gene_set_picks_the_input_and_encoder_of_fields_left_unset():
     assert config.resolved(101).fanout == [10]  # the recipe's list is not shared
     mine = PipelineConfig(n_top_genes=100, n_pcs=7, fanout=[4], feature_smooth=2, hidden_dim=9).resolved(5000)
     assert (mine.n_pcs, mine.feature_smooth, mine.fanout, mine.hidden_dim) == (7, 2, [4], 9)
+    # the default neighbourhood features: 50 per-cell components, not averaged, for either gene set;
+    # the encoder still follows the gene set
+    panel, transcriptome = PipelineConfig(n_top_genes=100).resolved(100), PipelineConfig(n_top_genes=100).resolved(101)
+    assert (panel.n_pcs, panel.feature_smooth, panel.fanout, panel.hidden_dim) == (50, 0, [10, 5], 64)
+    assert (transcriptome.n_pcs, transcriptome.feature_smooth, transcriptome.fanout) == (50, 0, [10])
     # ExpressionFeatures' scaling="auto" draws the same line between a panel and a transcriptome
     counts = np.random.default_rng(0).poisson(2.0, size=(60, 120)).astype(np.float32)
     assert ExpressionFeatures(n_top_genes=120, n_components=5).fit(counts).zscored_
@@ -253,11 +258,17 @@ def test_the_gene_set_picks_the_input_and_encoder_of_fields_left_unset():
 
 def test_a_transcriptome_run_records_the_recipe_it_used(tmp_path):
     adata = synthetic_tissue(n_cells=300, n_genes=60, seed=2)
-    summary = run_pipeline(adata, tmp_path, PipelineConfig(n_top_genes=40, epochs=1, batch_size=128, progress=False))
+    options = {"n_top_genes": 40, "epochs": 1, "batch_size": 128, "progress": False}
+    summary = run_pipeline(adata.copy(), tmp_path / "expression", PipelineConfig(features="expression", **options))
     used = summary["config"]
     assert (used["n_pcs"], used["feature_smooth"], used["fanout"], used["hidden_dim"]) == (200, 0, [10], 256)
     # 200 components asked, 39 possible (40 genes kept, minus one)
     assert summary["features"] == {"genes": 40, "components": 39}
+    summary = run_pipeline(adata, tmp_path / "neighborhood", PipelineConfig(**options))
+    used = summary["config"]
+    assert (used["features"], used["n_pcs"], used["fanout"], used["hidden_dim"]) == ("neighborhood", 50, [10], 256)
+    # 39 components of the cells, then 30 of their cell, mean and gradient blocks
+    assert summary["features"] == {"genes": 40, "components": 30}
 
 
 def test_run_pipeline_reads_its_fallbacks_from_the_config(tmp_path):
