@@ -19,6 +19,8 @@ time within 1.5x of in-memory. Torch runs with ``--threads`` threads
 Example (the figures in docs/benchmarks.md)::
 
     python benchmarks/end_to_end.py --n-cells 1000000 --n-genes 2000 --epochs 1
+
+With ``--features expression,neighborhood`` each mode runs once per model input, side by side.
 """
 
 from __future__ import annotations
@@ -66,25 +68,30 @@ def synthetic_counts_h5ad(path: Path, n_cells: int, n_genes: int, sections: int,
     return {"nnz": int(X.nnz), "file_mb": path.stat().st_size / 2**20}
 
 
-def run_train(path: Path, out: Path, backed: bool, args) -> dict:
-    """``stepgraph train`` in a fresh process; its stages and its own peak RSS."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "stepgraph",
-        "train",
-        str(path),
-        "--batch-key",
-        "section",
-        *(["--epochs", str(args.epochs)] if args.epochs else []),
-        "--batch-size",
-        str(args.batch_size),
-        "--quiet",
-        "--n-domains",
-        "7",
-        "--out",
-        str(out),
-    ] + (["--backed"] if backed else [])
+def run_train(path: Path, out: Path, backed: bool, args, features: str | None = None) -> dict:
+    """``stepgraph train`` in a fresh process (with ``--features features`` when given); its stages
+    and its own peak RSS."""
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "stepgraph",
+            "train",
+            str(path),
+            "--batch-key",
+            "section",
+            *(["--epochs", str(args.epochs)] if args.epochs else []),
+            "--batch-size",
+            str(args.batch_size),
+            "--quiet",
+            "--n-domains",
+            "7",
+            "--out",
+            str(out),
+        ]
+        + (["--backed"] if backed else [])
+        + (["--features", features] if features else [])
+    )
     env = dict(
         os.environ,
         OMP_NUM_THREADS=str(args.threads),
@@ -153,6 +160,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=1024, help="seed cells per batch")
     parser.add_argument("--modes", default="memory,backed", help="comma-separated: memory, backed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    parser.add_argument(
+        "--features",
+        default="",
+        help="comma-separated model inputs to run each mode with, side by side (e.g. expression,neighborhood; "
+        "default: the pipeline's own)",
+    )
     parser.add_argument("--workdir", default=None, help="folder for the h5ad and outputs (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS / "end_to_end.json"), help="JSON output ('' to skip)")
     args = parser.parse_args(argv)
@@ -169,10 +182,14 @@ def main(argv=None) -> dict:
         )
         results = {}
         for mode in [m for m in args.modes.split(",") if m]:
-            results[mode] = run_train(tmp / "tissue.h5ad", tmp / f"out_{mode}", mode == "backed", args)
-            print(
-                f"{mode}: {results[mode]['wall_s']:.1f} s, peak RSS {results[mode]['peak_rss_mb']:,.0f} MiB", flush=True
-            )
+            for features in [f for f in args.features.split(",") if f] or [None]:
+                name = mode if features is None else f"{mode}/{features}"
+                out = tmp / f"out_{mode}_{features or 'default'}"
+                results[name] = run_train(tmp / "tissue.h5ad", out, mode == "backed", args, features)
+                print(
+                    f"{name}: {results[name]['wall_s']:.1f} s, peak RSS {results[name]['peak_rss_mb']:,.0f} MiB",
+                    flush=True,
+                )
     table, verdict = report(results)
     print(table)
     for key, value in verdict.items():
