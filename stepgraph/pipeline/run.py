@@ -1,9 +1,10 @@
 """The reference pipeline behind ``stepgraph demo`` and ``stepgraph train``.
 
-AnnData -> spatial graph -> input features (log-CP10k, HVG, centred or
-z-scored genes, PCA fitted on neighbourhood means; for a transcriptome 200
-components of each cell, for a panel 20 averaged over its neighbourhood: see
-:data:`~stepgraph.pipeline.config.RECIPES`) -> node-sampled training of
+AnnData -> spatial graph -> input features (counts scaled to the cells' median
+total and log1p, HVG, centred or z-scored genes, 50 components of each cell,
+then BANKSY's cell, neighbourhood-mean and gradient blocks, see
+:mod:`~stepgraph.pipeline.neighborhood`; with ``features="expression"`` the
+components themselves: see :data:`~stepgraph.pipeline.config.RECIPES`) -> node-sampled training of
 :class:`~stepgraph.models.GraphAutoencoder` (validation split, early
 stopping, best checkpoint) -> embedding of every cell -> smoothed embedding ->
 Gaussian-mixture domains -> outputs in a folder. The defaults and their

@@ -163,7 +163,8 @@ def test_the_untrained_pipeline_baseline_clusters_the_model_input_and_leaves_ada
     before, obsm = adata.X.copy(), set(adata.obsm)
     config = PipelineConfig(batch_key="section")
     labels, smoothed = untrained_pipeline_domains(adata, 5, config=config, return_embedding=True)
-    assert smoothed.shape == (3000, config.resolved(adata.n_vars).n_pcs) and labels.shape == (3000,)
+    # the default input: the components of the cell, mean and gradient blocks
+    assert smoothed.shape == (3000, config.neighborhood_components) and labels.shape == (3000,)
     untrained = adjusted_rand_index(adata.obs["domain"], labels)
     plain = adjusted_rand_index(adata.obs["domain"], pca_kmeans_domains(adata, 5))
     assert untrained > plain + 0.2
