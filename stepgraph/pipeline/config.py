@@ -166,8 +166,8 @@ class PipelineConfig:
         "(the median total of the cells)",
         "scanpy's normalize_total default: a cell's single count stays near log1p(1) whatever the depth of the "
         "technology, where log-CP10k lifts it far from zero on a panel of few counts per cell; with the "
-        "neighbourhood features it leads or ties on every tissue of the panel over eight seeds (docs/benchmarks.md, "
-        "the neighbourhood features as the default)",
+        "neighbourhood features it leads on the single-cell panels and is level on the Visium tissues' mean over "
+        "eight seeds (docs/benchmarks.md, the neighbourhood features as the default)",
         cli=False,
         kw_only=True,
     )
