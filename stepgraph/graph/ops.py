@@ -161,6 +161,9 @@ def median_neighbor_distance(coordinates: np.ndarray, sections: np.ndarray | Non
     return float(np.median(d))
 
 
+_KERNEL_CHUNK = 65_536  # cells per chunk of gaussian_knn_kernel's neighbour queries
+
+
 def gaussian_knn_kernel(
     coordinates: np.ndarray, sections: np.ndarray | None = None, k: int = 15, harmonic: int = 0
 ) -> sp.csr_matrix:
@@ -201,28 +204,37 @@ def gaussian_knn_kernel(
     xy = np.asarray(coordinates, dtype=np.float64)
     n = len(xy)
     codes = np.zeros(n, np.int64) if sections is None else np.asarray(sections)
-    rows, cols, weights = [], [], []
+    dtype = np.complex128 if harmonic else np.float64
+    sizes = np.zeros(n, np.int64)  # neighbours of each cell
+    pieces = []  # (cells, their neighbours' columns, weights), one chunk of cells at a time
     for code in np.unique(codes):  # one tree per section
         members = np.flatnonzero(codes == code)
         kk = min(k, len(members) - 1)
         if kk < 1:
             continue
         part = xy[members]
-        d, j = cKDTree(part).query(part, k=kk + 1)
-        d, j = d[:, 1:], j[:, 1:]  # the cell itself comes first (ties aside, its distance is 0)
-        scale = np.median(d, axis=1, keepdims=True)
-        scale = np.where(scale > 0, scale, 1.0)
-        w = np.exp(-((d / scale) ** 2))
-        w /= w.sum(axis=1, keepdims=True)
-        if harmonic:
-            delta = part[j] - part[:, None, :]
-            w = w * np.exp(1j * harmonic * np.arctan2(delta[..., 1], delta[..., 0]))
-        rows.append(np.repeat(members, kk))
-        cols.append(members[j].ravel())
-        weights.append(w.ravel())
-    dtype = np.complex128 if harmonic else np.float64
-    if not rows:
-        return sp.csr_matrix((n, n), dtype=dtype)
-    return sp.csr_matrix(
-        (np.concatenate(weights).astype(dtype), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    )
+        tree = cKDTree(part)
+        sizes[members] = kk
+        # chunks of cells bound the temporary (cells x k) arrays on a tissue of millions of cells
+        for start in range(0, len(members), _KERNEL_CHUNK):
+            chunk = part[start : start + _KERNEL_CHUNK]
+            d, j = tree.query(chunk, k=kk + 1)
+            d, j = d[:, 1:], j[:, 1:]  # the cell itself comes first (ties aside, its distance is 0)
+            scale = np.median(d, axis=1, keepdims=True)
+            scale = np.where(scale > 0, scale, 1.0)
+            w = np.exp(-((d / scale) ** 2))
+            w /= w.sum(axis=1, keepdims=True)
+            if harmonic:
+                delta = part[j] - chunk[:, None, :]
+                w = w * np.exp(1j * harmonic * np.arctan2(delta[..., 1], delta[..., 0]))
+            pieces.append((members[start : start + _KERNEL_CHUNK], members[j], w.astype(dtype)))
+    indptr = np.concatenate([[0], np.cumsum(sizes)])
+    index_dtype = np.int32 if n <= np.iinfo(np.int32).max else np.int64
+    indices = np.empty(indptr[-1], index_dtype)
+    data = np.empty(indptr[-1], dtype)
+    for cells, columns, weights in pieces:  # each cell's row, in the order of the cells
+        at = (indptr[cells][:, None] + np.arange(columns.shape[1])).ravel()
+        indices[at], data[at] = columns.ravel(), weights.ravel()
+    kernel = sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    kernel.sort_indices()  # the canonical order, in which products sum each row
+    return kernel

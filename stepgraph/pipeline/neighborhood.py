@@ -21,6 +21,8 @@ from stepgraph.graph.ops import gaussian_knn_kernel
 
 __all__ = ["neighborhood_features"]
 
+_ROW_CHUNK = 65_536  # rows per chunk of the gradient's complex products
+
 
 def _unit_block(block: np.ndarray) -> np.ndarray:
     """``block`` centred, and scaled so that its mean variance per column is 1."""
@@ -85,17 +87,24 @@ def neighborhood_features(
     blocks = [np.sqrt(1.0 - lam) * _unit_block(x)]
     if gradient:
         ring = gaussian_knn_kernel(coordinates, sections, 2 * n_neighbors, harmonic=1).astype(np.complex64)
-        pattern = ring.copy()
-        pattern.data = np.ones(len(pattern.data), np.float32)
-        counts = np.asarray(pattern.sum(axis=1)).ravel().real
-        ring_mean = (sp.diags(1.0 / np.maximum(counts, 1.0)).astype(np.float32) @ pattern.real.astype(np.float32)) @ x
-        # sum_j w_ij e^{i theta_ij} (x_j - mean_i): the phases' sum times the ring's plain mean
+        # the ring's plain mean (1 / count on each neighbour), built on the ring's own pattern
+        pattern = sp.csr_matrix((np.ones(ring.nnz, np.float32), ring.indices, ring.indptr), shape=ring.shape)
+        counts = np.diff(ring.indptr).astype(np.float32)
+        ring_mean = (sp.diags(1.0 / np.maximum(counts, 1.0)).astype(np.float32) @ pattern) @ x
+        del pattern
+        # sum_j w_ij e^{i theta_ij} (x_j - mean_i): the phases' sum times the ring's plain mean; by
+        # chunks of rows, so that the complex (cells x dims) products stay small on millions of cells
         phase_sum = np.asarray(ring.sum(axis=1)).reshape(-1, 1)
-        grad = np.abs(ring @ x - phase_sum * ring_mean).astype(np.float32)
+        grad = np.empty(x.shape, np.float32)
+        for start in range(0, len(x), _ROW_CHUNK):
+            rows = slice(start, start + _ROW_CHUNK)
+            grad[rows] = np.abs(ring[rows] @ x - phase_sum[rows] * ring_mean[rows])
+        del ring, ring_mean
         blocks += [np.sqrt(2.0 * lam / 3.0) * _unit_block(mean), np.sqrt(lam / 3.0) * _unit_block(grad)]
     else:
         blocks.append(np.sqrt(lam) * _unit_block(mean))
-    features = np.hstack(blocks).astype(np.float32)
+    features = np.hstack(blocks).astype(np.float32, copy=False)
+    del blocks, mean
     if n_components is None:
         return features
     from sklearn.decomposition import PCA

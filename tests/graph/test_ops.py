@@ -67,3 +67,20 @@ def test_gaussian_knn_kernel_refuses_a_bad_k():
 
     with pytest.raises(ValueError, match="k"):
         gaussian_knn_kernel(np.zeros((3, 2)), k=0)
+
+
+def test_gaussian_knn_kernel_is_the_same_whatever_its_chunks_of_cells(monkeypatch):
+    import stepgraph.graph.ops as ops
+
+    rng = np.random.default_rng(4)
+    xy = rng.uniform(0, 30, (500, 2))
+    sections = rng.integers(0, 3, 500)  # interleaved: a section's cells are not one run of rows
+    sections[:2] = 3  # a section of two cells: one neighbour each
+    whole = {m: ops.gaussian_knn_kernel(xy, sections, k=6, harmonic=m) for m in (0, 1)}
+    monkeypatch.setattr(ops, "_KERNEL_CHUNK", 7)
+    for m, kernel in whole.items():
+        chunked = ops.gaussian_knn_kernel(xy, sections, k=6, harmonic=m)
+        assert chunked.has_sorted_indices
+        for attr in ("data", "indices", "indptr"):
+            assert np.array_equal(getattr(chunked, attr), getattr(kernel, attr)), (m, attr)
+    assert whole[0][0, 1] > 0 and whole[0][0].nnz == 1  # the two-cell section

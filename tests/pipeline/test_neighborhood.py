@@ -87,3 +87,18 @@ def test_the_pipeline_and_its_untrained_baseline_read_neighbourhood_features(tmp
     untrained = untrained_pipeline_domains(adata, 5, seed=0, config=config)
     assert adjusted_rand_index(adata.obs["domain"], untrained) > plain + 0.2
     assert summary["ari"] > plain + 0.2
+
+
+def test_the_features_are_the_same_whatever_the_chunks_of_cells(monkeypatch):
+    import stepgraph.graph.ops as ops
+    import stepgraph.pipeline.neighborhood as neighborhood
+
+    rng = np.random.default_rng(5)
+    xy, x = rng.uniform(0, 20, (400, 2)), rng.normal(size=(400, 6)).astype(np.float32)
+    sections = rng.integers(0, 2, 400)
+    whole = neighborhood_features(x, xy, sections, n_neighbors=5, n_components=None)
+    monkeypatch.setattr(ops, "_KERNEL_CHUNK", 9)
+    monkeypatch.setattr(neighborhood, "_ROW_CHUNK", 11)
+    chunked = neighborhood_features(x, xy, sections, n_neighbors=5, n_components=None)
+    assert np.array_equal(chunked, whole)
+    assert np.isfinite(whole).all() and whole[:, 12:].std() > 0  # the gradient block is not empty
