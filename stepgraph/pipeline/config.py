@@ -198,20 +198,20 @@ class PipelineConfig:
     )
     neighborhood_k: int = _setting(
         15,
-        "with --features neighborhood: neighbours of the mean (the gradient uses twice as many)",
+        "neighbourhood features: neighbours of the mean (the gradient uses twice as many)",
         "BANKSY's k_geom for single cells and domains; about two rings of a Visium lattice",
         positive=True,
         kw_only=True,
     )
     neighborhood_lambda: float = _setting(
         0.8,
-        "with --features neighborhood: weight of the neighbourhood against the cell itself, in [0, 1)",
+        "neighbourhood features: weight of the neighbourhood against the cell itself, in [0, 1)",
         "BANKSY's lambda for domains (0.2 is its choice for cell types)",
         kw_only=True,
     )
     neighborhood_components: int = _setting(
         30,
-        "with --features neighborhood: principal components of the cell, mean and gradient blocks",
+        "neighbourhood features: principal components of the cell, mean and gradient blocks",
         "as many as the embedding's dimensions",
         positive=True,
         cli=False,
