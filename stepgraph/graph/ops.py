@@ -20,6 +20,9 @@ __all__ = [
     "smooth_over_graph",
     "median_neighbor_distance",
     "gaussian_knn_kernel",
+    "gaussian_weights",
+    "knn_by_section",
+    "unit_phases",
 ]
 
 
@@ -161,7 +164,72 @@ def median_neighbor_distance(coordinates: np.ndarray, sections: np.ndarray | Non
     return float(np.median(d))
 
 
-_KERNEL_CHUNK = 65_536  # cells per chunk of gaussian_knn_kernel's neighbour queries
+_KERNEL_CHUNK = 65_536  # cells per chunk of the neighbour queries
+
+
+def knn_by_section(coordinates: np.ndarray, sections: np.ndarray | None, k: int, chunk: int | None = None):
+    """Each cell's ``k`` nearest neighbours within its own section, section by section and
+    chunk by chunk of cells, so that the temporary ``(cells x k)`` arrays stay small on a
+    tissue of millions of cells.
+
+    Parameters
+    ----------
+    coordinates
+        ``(n_obs, n_dims)`` finite coordinates.
+    sections
+        Section code per cell; ``None``: one section.
+    k
+        Neighbours per cell (capped at the section size minus one; a section of one cell is
+        skipped).
+    chunk
+        Cells per chunk; ``None`` for the module's ``_KERNEL_CHUNK``.
+
+    Yields
+    ------
+    members, chunks
+        ``members``: the section's cells (indices into ``coordinates``, in their order).
+        ``chunks``: an iterator of ``(rows, neighbours, distances)``, where ``rows`` is a
+        slice of ``members``, and ``neighbours`` and ``distances`` are ``(len(rows), kk)``:
+        positions in ``members``, nearest first, the cell itself left out.
+    """
+    check_int(k, "k", minimum=1)
+    xy = np.asarray(coordinates, dtype=np.float64)
+    codes = np.zeros(len(xy), np.int64) if sections is None else np.asarray(sections)
+    step = _KERNEL_CHUNK if chunk is None else chunk
+
+    def chunks(part: np.ndarray, kk: int):
+        tree = cKDTree(part)
+        for start in range(0, len(part), step):
+            rows = slice(start, start + step)
+            d, j = tree.query(part[rows], k=kk + 1)
+            yield rows, j[:, 1:], d[:, 1:]  # the cell itself comes first (ties aside, its distance is 0)
+
+    for code in np.unique(codes):  # one tree per section
+        members = np.flatnonzero(codes == code)
+        kk = min(k, len(members) - 1)
+        if kk >= 1:
+            yield members, chunks(xy[members], kk)
+
+
+def gaussian_weights(distances: np.ndarray) -> np.ndarray:
+    """``exp(-(d_ij / r_i)^2)`` of each row of ``distances``, ``r_i`` the row's median, each
+    row scaled to sum to 1 (the weights of :func:`gaussian_knn_kernel`).
+    """
+    scale = np.median(distances, axis=1, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    w = np.exp(-((distances / scale) ** 2))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def unit_phases(offsets: np.ndarray) -> np.ndarray:
+    """``exp(i theta)`` of each offset, ``theta`` its direction in the first two coordinates
+    (``theta = 0`` for an offset with no extent there).
+    """
+    dx, dy = offsets[..., 0], offsets[..., 1]
+    r = np.hypot(dx, dy)
+    flat = r == 0
+    r = np.where(flat, 1.0, r)
+    return np.where(flat, 1.0, dx / r) + 1j * (dy / r)
 
 
 def gaussian_knn_kernel(
@@ -203,31 +271,17 @@ def gaussian_knn_kernel(
     check_int(harmonic, "harmonic", minimum=0)
     xy = np.asarray(coordinates, dtype=np.float64)
     n = len(xy)
-    codes = np.zeros(n, np.int64) if sections is None else np.asarray(sections)
     dtype = np.complex128 if harmonic else np.float64
     sizes = np.zeros(n, np.int64)  # neighbours of each cell
     pieces = []  # (cells, their neighbours' columns, weights), one chunk of cells at a time
-    for code in np.unique(codes):  # one tree per section
-        members = np.flatnonzero(codes == code)
-        kk = min(k, len(members) - 1)
-        if kk < 1:
-            continue
+    for members, chunks in knn_by_section(xy, sections, k):
         part = xy[members]
-        tree = cKDTree(part)
-        sizes[members] = kk
-        # chunks of cells bound the temporary (cells x k) arrays on a tissue of millions of cells
-        for start in range(0, len(members), _KERNEL_CHUNK):
-            chunk = part[start : start + _KERNEL_CHUNK]
-            d, j = tree.query(chunk, k=kk + 1)
-            d, j = d[:, 1:], j[:, 1:]  # the cell itself comes first (ties aside, its distance is 0)
-            scale = np.median(d, axis=1, keepdims=True)
-            scale = np.where(scale > 0, scale, 1.0)
-            w = np.exp(-((d / scale) ** 2))
-            w /= w.sum(axis=1, keepdims=True)
+        for rows, j, d in chunks:
+            w = gaussian_weights(d)
             if harmonic:
-                delta = part[j] - chunk[:, None, :]
-                w = w * np.exp(1j * harmonic * np.arctan2(delta[..., 1], delta[..., 0]))
-            pieces.append((members[start : start + _KERNEL_CHUNK], members[j], w.astype(dtype)))
+                w = w * unit_phases(part[j] - part[rows][:, None, :]) ** harmonic
+            sizes[members[rows]] = j.shape[1]
+            pieces.append((members[rows], members[j], w.astype(dtype)))
     indptr = np.concatenate([[0], np.cumsum(sizes)])
     index_dtype = np.int32 if n <= np.iinfo(np.int32).max else np.int64
     indices = np.empty(indptr[-1], index_dtype)

@@ -14,21 +14,56 @@ the same total variance per column, as BANKSY z-scores each gene of each block.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from stepgraph._validation import check_int
-from stepgraph.graph.ops import gaussian_knn_kernel
+from stepgraph.graph.ops import gaussian_weights, knn_by_section, unit_phases
 
 __all__ = ["neighborhood_features"]
 
-_ROW_CHUNK = 65_536  # rows per chunk of the gradient's complex products
+_ROW_CHUNK = 16_384  # cells per chunk: their neighbours' rows (cells x 2k x dims) are gathered at once
+_SUM_CHUNK = 65_536  # rows per chunk of a block's float64 sum of squares (fixed: the sum's rounding with it)
 
 
-def _unit_block(block: np.ndarray) -> np.ndarray:
-    """``block`` centred, and scaled so that its mean variance per column is 1."""
-    block = block - block.mean(axis=0)
-    total = float((block.astype(np.float64) ** 2).sum()) / max(1, block.size)
-    return block / np.sqrt(total) if total > 0 else block
+def _unit_block(block: np.ndarray, weight: float) -> None:
+    """Centre ``block`` in place and scale it so that its mean variance per column is ``weight ** 2``."""
+    block -= block.mean(axis=0, dtype=np.float64).astype(block.dtype)
+    total = 0.0  # the sum of squares, in float64, a chunk of rows at a time
+    for start in range(0, len(block), _SUM_CHUNK):
+        total += float(np.square(block[start : start + _SUM_CHUNK], dtype=np.float64).sum())
+    total /= max(1, block.size)
+    block *= np.float32(weight / np.sqrt(total) if total > 0 else weight)
+
+
+def _neighbourhood_blocks(x, coordinates, sections, n_neighbors: int, gradient: bool, out: np.ndarray) -> None:
+    """Write the mean block (and the gradient block) of every cell into ``out``'s columns.
+
+    One neighbour query of ``2k`` (``k`` without the gradient) serves both: the mean reads its
+    nearest ``k``. Per chunk of cells the neighbours' rows are gathered once and weighed by the
+    rows of a small matrix: the mean's weights, the ring's weights times the cosine and the sine
+    of each neighbour's direction, and the ring's plain mean; the gradient is the modulus of
+    ``sum_j w_ij e^{i theta_ij} (x_j - mean_i)``, i.e. the phases' product minus their sum times
+    the plain mean.
+    """
+    dims = x.shape[1]
+    xy = np.asarray(coordinates, dtype=np.float64)
+    mean_block, grad_block = out[:, :dims], out[:, dims:]
+    ring = 2 * n_neighbors if gradient else n_neighbors
+    for members, chunks in knn_by_section(xy, sections, ring, chunk=_ROW_CHUNK):
+        part, own = xy[members], x[members]
+        for rows, j, d in chunks:
+            kk = j.shape[1]
+            near = min(n_neighbors, kk)
+            weights = np.zeros((len(j), 4 if gradient else 1, kk), np.float32)
+            weights[:, 0, :near] = gaussian_weights(d[:, :near])
+            if gradient:
+                phased = gaussian_weights(d) * unit_phases(part[j] - part[rows][:, None, :])
+                weights[:, 1], weights[:, 2], weights[:, 3] = phased.real, phased.imag, 1.0 / kk
+            products = np.matmul(weights, own[j])  # (cells, 4, dims)
+            cells = members[rows]
+            mean_block[cells] = products[:, 0]
+            if gradient:
+                phase_sum = weights[:, 1:3].sum(axis=2, keepdims=True)  # (cells, 2, 1)
+                grad_block[cells] = np.linalg.norm(products[:, 1:3] - phase_sum * products[:, 3:4], axis=1)
 
 
 def neighborhood_features(
@@ -83,28 +118,13 @@ def neighborhood_features(
     check_int(n_neighbors, "n_neighbors", minimum=1)
     if not 0.0 <= lam < 1.0:
         raise ValueError(f"lam (the pipeline's neighborhood_lambda) must be in [0, 1), got {lam!r}")
-    mean = gaussian_knn_kernel(coordinates, sections, n_neighbors).astype(np.float32) @ x
-    blocks = [np.sqrt(1.0 - lam) * _unit_block(x)]
-    if gradient:
-        ring = gaussian_knn_kernel(coordinates, sections, 2 * n_neighbors, harmonic=1).astype(np.complex64)
-        # the ring's plain mean (1 / count on each neighbour), built on the ring's own pattern
-        pattern = sp.csr_matrix((np.ones(ring.nnz, np.float32), ring.indices, ring.indptr), shape=ring.shape)
-        counts = np.diff(ring.indptr).astype(np.float32)
-        ring_mean = (sp.diags(1.0 / np.maximum(counts, 1.0)).astype(np.float32) @ pattern) @ x
-        del pattern
-        # sum_j w_ij e^{i theta_ij} (x_j - mean_i): the phases' sum times the ring's plain mean; by
-        # chunks of rows, so that the complex (cells x dims) products stay small on millions of cells
-        phase_sum = np.asarray(ring.sum(axis=1)).reshape(-1, 1)
-        grad = np.empty(x.shape, np.float32)
-        for start in range(0, len(x), _ROW_CHUNK):
-            rows = slice(start, start + _ROW_CHUNK)
-            grad[rows] = np.abs(ring[rows] @ x - phase_sum[rows] * ring_mean[rows])
-        del ring, ring_mean
-        blocks += [np.sqrt(2.0 * lam / 3.0) * _unit_block(mean), np.sqrt(lam / 3.0) * _unit_block(grad)]
-    else:
-        blocks.append(np.sqrt(lam) * _unit_block(mean))
-    features = np.hstack(blocks).astype(np.float32, copy=False)
-    del blocks, mean
+    dims = x.shape[1]
+    features = np.zeros((len(x), (3 if gradient else 2) * dims), np.float32)  # a lone cell's blocks stay 0
+    features[:, :dims] = x
+    _neighbourhood_blocks(x, coordinates, sections, n_neighbors, gradient, features[:, dims:])
+    weights = [np.sqrt(1.0 - lam)] + ([np.sqrt(2.0 * lam / 3.0), np.sqrt(lam / 3.0)] if gradient else [np.sqrt(lam)])
+    for b, weight in enumerate(weights):
+        _unit_block(features[:, b * dims : (b + 1) * dims], weight)
     if n_components is None:
         return features
     from sklearn.decomposition import PCA

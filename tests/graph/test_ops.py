@@ -84,3 +84,28 @@ def test_gaussian_knn_kernel_is_the_same_whatever_its_chunks_of_cells(monkeypatc
         for attr in ("data", "indices", "indptr"):
             assert np.array_equal(getattr(chunked, attr), getattr(kernel, attr)), (m, attr)
     assert whole[0][0, 1] > 0 and whole[0][0].nnz == 1  # the two-cell section
+
+
+def test_unit_phases_point_along_each_offset_and_take_no_direction_for_a_vertical_one():
+    from stepgraph.graph.ops import unit_phases
+
+    offsets = np.array([[2.0, 0.0, 0.0], [0.0, -3.0, 1.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
+    theta = np.array([0.0, -np.pi / 2, 3 * np.pi / 4, 0.0])  # the last: straight up in z
+    np.testing.assert_allclose(unit_phases(offsets), np.exp(1j * theta), atol=1e-12)
+
+
+def test_knn_by_section_keeps_each_section_apart_and_leaves_a_lone_cell_out():
+    from stepgraph.graph.ops import knn_by_section
+
+    rng = np.random.default_rng(2)
+    xy = rng.uniform(0, 10, (60, 2))
+    sections = np.r_[np.zeros(30, int), np.ones(29, int), [2]]  # section 2 holds one cell
+    seen = []
+    for members, chunks in knn_by_section(xy, sections, k=4, chunk=7):
+        for rows, neighbours, distances in chunks:
+            cells = members[rows]
+            assert (sections[members[neighbours]] == sections[cells][:, None]).all()
+            np.testing.assert_allclose(distances, np.linalg.norm(xy[members[neighbours]] - xy[cells][:, None], axis=2))
+            assert (np.diff(distances, axis=1) >= 0).all() and (members[neighbours] != cells[:, None]).all()
+            seen.append(cells)
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(59))  # every cell once, but the lone one
